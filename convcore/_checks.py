@@ -24,9 +24,7 @@ def check_tensor(name: str, t: object, dims: Sequence[str], *, floating: bool = 
             f"{name} must have {len(dims)} dimensions ({', '.join(dims)}), got {t.dim()} with shape {tuple(t.shape)}"
         )
     if floating and t.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}"
-        )
+        raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}")
     return t
 
 
@@ -100,9 +98,7 @@ def conv_geometry(
         pad = (ph, ph, pw, pw)
     H, W = int(in_hw[0]), int(in_hw[1])
     if padding_mode == "reflect" and (max(pad[:2]) >= H or max(pad[2:]) >= W):
-        raise ValueError(
-            f"padding_mode='reflect' needs padding < input size, got padding {pad} for input {(H, W)}"
-        )
+        raise ValueError(f"padding_mode='reflect' needs padding < input size, got padding {pad} for input {(H, W)}")
     if padding_mode in ("circular", "symmetric") and (max(pad[:2]) > H or max(pad[2:]) > W):
         raise ValueError(
             f"padding_mode={padding_mode!r} needs padding <= input size, got padding {pad} for input {(H, W)}"
@@ -128,9 +124,7 @@ def check_mask(
             f"mask must be a bool torch.Tensor of shape (N, H_out, W_out) or (H_out, W_out), got {type(mask).__name__}"
         )
     if mask.dtype != torch.bool:
-        raise TypeError(
-            f"mask must be a bool tensor (the ROI over output positions), got {mask.dtype}; use mask != 0"
-        )
+        raise TypeError(f"mask must be a bool tensor (the ROI over output positions), got {mask.dtype}; use mask != 0")
     expected = (n, *out_hw)
     if mask.dim() == 2 and tuple(mask.shape) == tuple(out_hw):
         mask = mask.unsqueeze(0).expand(n, -1, -1)

@@ -92,9 +92,7 @@ def roi_conv2d(
         if mask is not None:
             check_mask(mask, N, geom.out_hw)
         if plan.mask is not None and plan.mask.device != input.device:
-            raise ValueError(
-                f"plan is on {plan.device} but input is on {input.device}; build it with device="
-            )
+            raise ValueError(f"plan is on {plan.device} but input is on {input.device}; build it with device=")
     out_shape = (N, weight.shape[0], *geom.out_hw)
     check_out(out, out_shape, input)
     chosen = plan.strategy if strategy == "auto" else strategy
@@ -147,9 +145,7 @@ def roi_conv2d_batch(
     masks = list(masks) if masks is not None else [None] * n
     outs = list(outs) if outs is not None else [None] * n
     if len(masks) != n or len(outs) != n:
-        raise ValueError(
-            f"masks and outs must have one entry per input ({n}), got {len(masks)} and {len(outs)}"
-        )
+        raise ValueError(f"masks and outs must have one entry per input ({n}), got {len(masks)} and {len(outs)}")
     results: list[torch.Tensor] = []
     windows_items = []
     for i, (image, mask, out) in enumerate(zip(inputs, masks, outs)):
@@ -158,9 +154,7 @@ def roi_conv2d_batch(
         m = (
             None
             if mask is None
-            else check_mask(
-                mask, 1, _out_hw(image, weight, stride, padding, dilation, padding_mode), image.device
-            )
+            else check_mask(mask, 1, _out_hw(image, weight, stride, padding, dilation, padding_mode), image.device)
         )
         o = None if out is None else out.unsqueeze(0)
         plan = plan_roi(

@@ -36,9 +36,7 @@ def border_index(idx: torch.Tensor, size: int, mode: str) -> tuple[torch.Tensor,
     raise ValueError(f"unknown padding_mode {mode!r}")
 
 
-def window_index(
-    oy: torch.Tensor, ox: torch.Tensor, geom: ConvGeometry
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def window_index(oy: torch.Tensor, ox: torch.Tensor, geom: ConvGeometry) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Flat input indices of the receptive windows of output positions (oy, ox).
 
     Returns ``idx`` (Tensor[K, P], K = kh*kw, row-major over the kernel) into the flattened (H*W) plane, and for
@@ -75,9 +73,7 @@ def as_plane(image: torch.Tensor) -> torch.Tensor:
     return image.reshape(image.shape[0], -1)
 
 
-def scatter_windows(
-    out_image: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, values: torch.Tensor
-) -> None:
+def scatter_windows(out_image: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, values: torch.Tensor) -> None:
     """Write ``values`` (Tensor[O, P]) at output positions (oy, ox) of ``out_image`` (Tensor[O, H_out, W_out])."""
     W_out = out_image.shape[2]
     try:

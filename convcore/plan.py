@@ -254,9 +254,7 @@ def plan_roi(
     N, C, H, W = (int(s) for s in input_shape)
     O, Cg, kh, kw = (int(s) for s in weight_shape)
     _check_groups(C, O, Cg, groups)
-    geom = conv_geometry(
-        (H, W), (kh, kw), stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
-    )
+    geom = conv_geometry((H, W), (kh, kw), stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
     if device is None:
         device = mask.device if isinstance(mask, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
@@ -282,9 +280,7 @@ def _check_groups(C: int, O: int, Cg: int, groups: int) -> None:
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     if C % groups or O % groups:
-        raise ValueError(
-            f"in_channels ({C}) and out_channels ({O}) must both be divisible by groups ({groups})"
-        )
+        raise ValueError(f"in_channels ({C}) and out_channels ({O}) must both be divisible by groups ({groups})")
     if Cg * groups != C:
         raise ValueError(
             f"weight has {Cg} input channels per group, but input has {C} channels and groups={groups} "
@@ -315,15 +311,8 @@ def estimate_costs(plan: RoiPlan, *, fresh_output: bool = True) -> dict[str, flo
     if plan.mask is None:
         return {"dense": dense}
     chunks = math.ceil(P * (C * K + O) * 4 / workspace_limit()) + N
-    windows = (
-        P * C * K * k.gather_elem
-        + P * flop_per_pos * k.mm_flop
-        + P * O * k.scatter_elem
-        + chunks * k.call * 4
-    )
-    if (
-        P * 50 > total
-    ):  # rectangles only pay off where the mask is coherent enough to be worth reducing to tiles
+    windows = P * C * K * k.gather_elem + P * flop_per_pos * k.mm_flop + P * O * k.scatter_elem + chunks * k.call * 4
+    if P * 50 > total:  # rectangles only pay off where the mask is coherent enough to be worth reducing to tiles
         tiles = _tiles_cost(plan, k, flop_per_pos)
     else:
         tiles = math.inf
