@@ -13,6 +13,8 @@ from .plan import STRATEGIES, Rect, RoiPlan, _check_groups, plan_roi, workspace_
 
 __all__ = ["roi_conv2d", "roi_conv2d_batch", "conv2d_reference"]
 
+_CPU_CHUNK_ELEMS = 2**18  # gathered elements per chunk on the CPU (1 MiB of float32)
+
 
 def roi_conv2d(
     input: torch.Tensor,
@@ -242,6 +244,10 @@ def _run_windows(items, weight: torch.Tensor, bias: torch.Tensor | None, groups:
     elem = weight.element_size()
     per_window = (C * K + 2 * O) * elem + 3 * K * 8
     chunk = max(1, workspace_limit() // per_window)
+    if weight.device.type == "cpu":
+        # Small chunks keep the gathered block in cache and let the allocator reuse it: gathering into one large
+        # fresh buffer costs more in page faults than the gather itself.
+        chunk = min(chunk, max(256, _CPU_CHUNK_ELEMS // (C * K)))
     pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     count = 0
 

@@ -68,7 +68,7 @@ class _Costs:
 _CPU = _Costs(
     conv_flop=1 / 38e9,
     mm_flop=1 / 70e9,
-    gather_elem=0.8e-9,
+    gather_elem=3e-9,
     scatter_elem=3e-9,
     copy_elem=0.25e-9,
     where_elem=1.0e-9,
@@ -312,11 +312,7 @@ def estimate_costs(plan: RoiPlan, *, fresh_output: bool = True) -> dict[str, flo
         return {"dense": dense}
     chunks = math.ceil(P * (C * K + O) * 4 / workspace_limit()) + N
     windows = P * C * K * k.gather_elem + P * flop_per_pos * k.mm_flop + P * O * k.scatter_elem + chunks * k.call * 4
-    if P * 50 > total:  # rectangles only pay off where the mask is coherent enough to be worth reducing to tiles
-        tiles = _tiles_cost(plan, k, flop_per_pos)
-    else:
-        tiles = math.inf
-    return {"dense": dense, "windows": windows, "tiles": tiles}
+    return {"dense": dense, "windows": windows, "tiles": _tiles_cost(plan, k, flop_per_pos)}
 
 
 def _tiles_cost(plan: RoiPlan, k: _Costs, flop_per_pos: float) -> float:
