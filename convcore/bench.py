@@ -201,7 +201,8 @@ def check_targets(report: dict) -> list[dict]:
 def format_report(report: dict, checks: list[dict]) -> str:
     lines = [
         f"roi_conv2d vs dense F.conv2d — device {report['device']}, N=1, {report['channels']}→{report['channels']} "
-        f"channels, 3×3, {report['size']}×{report['size']}, torch {torch.__version__}, threads {torch.get_num_threads()}",
+        f"channels, 3×3, {report['size']}×{report['size']}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}",
         "",
         "| case | method | ms | × dense | peak extra MiB | auto picks |",
         "|---|---|---:|---:|---:|---|",
