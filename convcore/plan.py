@@ -261,7 +261,7 @@ def plan_roi(
     mask = check_mask(mask, N, geom.out_hw, device)
     total = N * geom.out_hw[0] * geom.out_hw[1]
     if mask is not None:
-        covered = int(mask.sum())
+        covered = int(mask.count_nonzero())
         if covered == total:
             mask = None
     else:
