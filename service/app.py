@@ -1,0 +1,181 @@
+"""The application factory and its lifespan: ``uvicorn service.app:create_app --factory``.
+
+The lifespan owns the background tasks (dispatcher, workers, warm-up): started on entry; on exit the server stops
+taking work, lets queued and running jobs finish for up to DRAIN_TIMEOUT_S, then cancels and awaits the tasks with
+a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .config import Settings, SettingsError, load_settings, parse_devices
+from .devices import DevicePool
+from .errors import ApiError, BodyTooLarge, error_response
+from .metrics import Metrics
+from .routes import routers
+
+__all__ = ["AppState", "BodyLimitMiddleware", "create_app"]
+
+log = logging.getLogger("roiconv.app")
+
+_BATCH_PIXEL_BUDGET = 64 * 2**20  # pixels per batch: bounds the memory of one batch
+
+
+@dataclass(eq=False)
+class AppState:
+    """Everything the routes need: settings, metrics, the pool, and the drain state."""
+
+    settings: Settings
+    devices: list[str]
+    metrics: Metrics
+    model_paths: dict[str, Path] = field(default_factory=dict)
+    pool: DevicePool | None = None
+    draining: bool = False
+    inflight: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        return self.pool is not None and self.pool.ready and not self.draining
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no /convolve request is in flight (at most ``timeout`` seconds); True when idle."""
+        deadline = time.monotonic() + timeout
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.inflight == 0
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit: from Content-Length before reading, else as soon as the count passes it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, on_reject=None) -> None:
+        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._reject(send, f"request body is {int(length)} bytes, more than {self.max_bytes}")
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(f"request body is larger than {self.max_bytes} bytes")
+            return message
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, watch)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await self._reject(send, str(exc))
+
+    async def _reject(self, send: Send, reason: str) -> None:
+        if self.on_reject is not None:
+            self.on_reject()
+        err = ApiError(413, "body_too_large", reason, "body", headers={"Connection": "close"})
+        response = error_response(err)
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _find_models(models_dir: Path | None) -> dict[str, Path]:
+    if models_dir is None:
+        return {}
+    return {p.stem: p for p in sorted(models_dir.glob("*.pt")) if p.is_file()}
+
+
+def _load_models(paths: dict[str, Path], devices: list[str]) -> dict[str, dict]:
+    """TorchScript modules per device: {device: {name: module}}. A file that does not load stops start-up."""
+    out: dict[str, dict] = {d: {} for d in devices}
+    for name, path in paths.items():
+        for d in devices:
+            try:
+                module = torch.jit.load(str(path), map_location=d)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"ROICONV_MODELS_DIR: {path.name} is not a loadable TorchScript model: {exc}"
+                ) from exc
+            out[d][name] = module.eval()
+    return out
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    state: AppState = app.state.roiconv
+    s = state.settings
+    models = await asyncio.to_thread(_load_models, state.model_paths, state.devices)
+    pool = DevicePool(
+        state.devices,
+        s.workers_per_device,
+        state.metrics,
+        max_batch=s.max_batch,
+        max_delay=s.max_batch_delay_ms / 1000,
+        max_queue=s.max_queue,
+        pixel_budget=_BATCH_PIXEL_BUDGET,
+        models=models,
+    )
+    state.pool = pool
+    state.draining = False
+    pool.start()
+    log.info("roiconv %s serving on %s", __version__, ", ".join(state.devices))
+    try:
+        yield
+    finally:
+        state.draining = True
+        drained = await state.wait_idle(s.drain_timeout_s) and await pool.drain(max(0.0, s.drain_timeout_s))
+        if not drained:
+            log.warning("drain timeout (%.1f s) passed with work left; cancelling it", s.drain_timeout_s)
+        await pool.stop(timeout=5.0)
+        log.info("roiconv stopped")
+
+
+def create_app(settings: Settings | None = None, *, registry: CollectorRegistry | None = None) -> FastAPI:
+    """Build the app. ``settings`` defaults to the ``ROICONV_*`` environment; raises SettingsError when invalid."""
+    settings = settings if settings is not None else load_settings()
+    try:
+        devices = parse_devices(settings.devices, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings:\n  ROICONV_DEVICES: {exc} (got {settings.devices!r})") from None
+    app = FastAPI(
+        title="roiconv",
+        version=__version__,
+        summary="Convolutions computed only inside a region of interest.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.roiconv = AppState(settings, devices, Metrics(registry), _find_models(settings.models_dir))
+    for router in routers:
+        app.include_router(router)
+    metrics = app.state.roiconv.metrics
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc(),
+    )
+    return app
