@@ -1,0 +1,30 @@
+"""Fixtures for the service tests (helpers live in service_support.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from service_support import ServerProcess
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("ROICONV_") and name != "ROICONV_TEST_DEVICE":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def server_process():
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str] | None = None) -> ServerProcess:
+        p = ServerProcess(env)
+        started.append(p)
+        p.wait_ready()
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
