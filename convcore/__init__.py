@@ -1,18 +1,26 @@
 """convcore: convolutions computed only inside a region of interest, and window ops conv2d cannot express."""
 
+from .adaptive import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d
 from .functional import conv2d_reference, roi_conv2d, roi_conv2d_batch
+from .morph import morph_conv2d
 from .nn import RoIConv2d
 from .plan import RoiPlan, plan_roi, set_workspace_limit, workspace_limit
+from .window import window_op2d
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RoIConv2d",
     "RoiPlan",
+    "adaptive_conv2d",
+    "adaptive_gaussian_blur2d",
     "conv2d_reference",
+    "dynamic_conv2d",
+    "morph_conv2d",
     "plan_roi",
     "roi_conv2d",
     "roi_conv2d_batch",
     "set_workspace_limit",
+    "window_op2d",
     "workspace_limit",
 ]

@@ -1,0 +1,268 @@
+"""Per-location kernels: adaptive_conv2d, dynamic_conv2d (kernels from a function of the patch) and
+adaptive_gaussian_blur2d (a Gaussian blur whose spread is a per-pixel map)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ._checks import check_same, check_tensor, pair
+from .window import check_bias, needs_grad, prepare, run_tiles_op, run_windows_op, shifted_views
+
+__all__ = ["adaptive_conv2d", "adaptive_gaussian_blur2d", "dynamic_conv2d"]
+
+BORDER_TYPES = ("reflect", "replicate", "zeros", "circular", "symmetric")
+_MIN_SIGMA = 1e-2  # below this every off-centre tap weighs exp(-5000) = 0: the blur is the identity
+
+
+def adaptive_conv2d(
+    input: torch.Tensor,
+    kernel: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    padding_mode: str = "zeros",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A convolution whose kernel differs at every output location.
+
+    Without ``weight`` every channel is filtered by its location's kernel (a per-pixel depthwise filter)::
+
+        y[n, c, i, j] = Σ_{m, q} kernel[n, g(c), m, q, i, j] · x[n, c, i·s + m·d, j·s + q·d]
+
+    With ``weight`` (O, C, kh, kw) it is the modulated convolution (torchvision's ``deform_conv2d`` with zero
+    offsets and ``mask=kernel``)::
+
+        y[n, o, i, j] = Σ_{c, m, q} weight[o, c, m, q] · kernel[n, g(c), m, q, i, j] · x[n, c, i·s + m·d, j·s + q·d]
+
+    (coordinates in the padded input; g(c) = c // (C / G) is the channel's kernel group). Computed over the kh·kw
+    shifted views of cache-sized input tiles — with ``weight``, one (O × C) matmul per tap — so neither the unfolded
+    input nor the per-location (N, O, C, kh, kw, H_out, W_out) kernel is ever materialized.
+
+    Args:
+        input (Tensor[N, C, H, W]): the input batch.
+        kernel (Tensor[N, kh, kw, H_out, W_out] or Tensor[N, G, kh, kw, H_out, W_out]): the per-location kernels,
+            shared by all channels or one per channel group (C divisible by G).
+        weight (Tensor[O, C, kh, kw], optional): the modulated convolution's weight.
+        bias (Tensor[O] or Tensor[C], optional): added at every computed position.
+        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over output positions.
+        stride, padding, dilation: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
+        padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric".
+        out (Tensor[N, O or C, H_out, W_out], optional): written only inside the mask; returned.
+
+    Returns:
+        Tensor[N, O, H_out, W_out] with ``weight``, else Tensor[N, C, H_out, W_out].
+    """
+    check_tensor("input", input, ["N", "C", "H", "W"])
+    if not isinstance(kernel, torch.Tensor) or kernel.dim() not in (5, 6):
+        shape = tuple(kernel.shape) if isinstance(kernel, torch.Tensor) else type(kernel).__name__
+        raise ValueError(
+            f"kernel must be a tensor of shape (N, kh, kw, H_out, W_out) or (N, G, kh, kw, H_out, W_out), got {shape}"
+        )
+    check_same("kernel", kernel, input)
+    if kernel.dim() == 5:
+        kernel = kernel.unsqueeze(1)  # [N, 1, kh, kw, H_out, W_out]
+    N, C = input.shape[:2]
+    G, kh, kw = kernel.shape[1:4]
+    if kernel.shape[0] != N:
+        raise ValueError(f"kernel must have one entry per image (N = {N}), got {kernel.shape[0]}")
+    if G < 1 or C % G:
+        raise ValueError(f"kernel groups G = {G} must divide the input channels C = {C}")
+    if weight is not None:
+        check_tensor("weight", weight, ["O", "C", "kh", "kw"])
+        check_same("weight", weight, input)
+        if tuple(weight.shape[1:]) != (C, kh, kw):
+            raise ValueError(
+                f"weight must have shape (O, C, kh, kw) = (O, {C}, {kh}, {kw}) to match the input and kernel, "
+                f"got {tuple(weight.shape)}"
+            )
+    O = weight.shape[0] if weight is not None else C
+    check_bias(bias, O, input)
+    geom, mask, result, done = prepare(
+        input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
+    )
+    if tuple(kernel.shape[4:]) != geom.out_hw:
+        raise ValueError(
+            f"kernel must cover the output positions: its last two dimensions must be (H_out, W_out) = "
+            f"{geom.out_hw}, got {tuple(kernel.shape[4:])}"
+        )
+    if done:
+        return result
+    Cg = C // G
+    in_place = not needs_grad(input, kernel, weight)
+
+    def compute(patch: torch.Tensor, r) -> torch.Tensor:  # patch [C, h_in, w_in] -> [O, h, w]
+        h, w = r.shape
+        kt = kernel[r.n, :, :, :, r.y0 : r.y1, r.x0 : r.x1]  # [G, kh, kw, h, w]
+        acc = None
+        for m, q, xs in shifted_views(patch, geom, h, w):
+            z = xs.unflatten(0, (G, Cg)) * kt[:, None, m, q]  # [G, Cg, h, w]
+            if weight is not None:
+                wk = weight[:, :, m, q]  # [O, C]
+                z = z.reshape(C, h * w)  # [C, h*w]
+                if acc is None:
+                    acc = wk @ z  # [O, h*w]
+                elif in_place:
+                    acc.addmm_(wk, z)  # [O, h*w]
+                else:
+                    acc = torch.addmm(acc, wk, z)  # [O, h*w]
+            elif acc is None:
+                acc = z
+            elif in_place:
+                acc += z
+            else:
+                acc = acc + z  # [G, Cg, h, w]
+        acc = acc.reshape(O, h, w)
+        return acc if bias is None else acc + bias[:, None, None]
+
+    row = (2 * C + (2 * O if weight is not None else C) + G * kh * kw) * geom.out_hw[1] * input.element_size()
+    run_tiles_op(input, geom, mask, result, compute, row_bytes=row)
+    return result
+
+
+def adaptive_gaussian_blur2d(
+    input: torch.Tensor,
+    sigma: torch.Tensor,
+    kernel_size: int | Sequence[int],
+    border_type: str = "reflect",
+    *,
+    mask: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A Gaussian blur whose standard deviation is a per-pixel map.
+
+    The output pixel (i, j) is the input under a normalized kh × kw Gaussian centred there with standard deviation
+    ``sigma[n, 0, i, j]`` (in pixels, the same along both axes)::
+
+        k[m, q] ∝ exp(-(dy_m² + dx_q²) / (2 σ²)),   Σ_{m, q} k[m, q] = 1
+
+    With a constant map it equals an ordinary Gaussian blur (``cv2.GaussianBlur(x, (kw, kh), σ)``); σ = 0 leaves the
+    pixel as it is. The kernels are built tile by tile from the map and never stored for the whole image.
+
+    Args:
+        input (Tensor[N, C, H, W]): the images; every channel is blurred alike.
+        sigma (Tensor[N, 1, H, W]): the standard deviation at each pixel, >= 0.
+        kernel_size: int or (kh, kw), odd.
+        border_type: "reflect" (gfedcb|abcdefgh|gfedcb: OpenCV's BORDER_REFLECT_101, torch's "reflect"),
+            "replicate", "zeros", "circular" or "symmetric" (fedcba|abcdefgh|hgfedc: OpenCV's BORDER_REFLECT).
+        mask (Tensor[N, H, W] or Tensor[H, W], bool, optional): blur only these pixels.
+        out (Tensor[N, C, H, W], optional): written only inside the mask (``out=x.clone()`` keeps the rest); returned.
+
+    Returns:
+        Tensor[N, C, H, W].
+    """
+    check_tensor("input", input, ["N", "C", "H", "W"])
+    check_tensor("sigma", sigma, ["N", "1", "H", "W"])
+    check_same("sigma", sigma, input)
+    N, C, H, W = input.shape
+    if tuple(sigma.shape) != (N, 1, H, W):
+        raise ValueError(
+            f"sigma must have shape (N, 1, H, W) = {(N, 1, H, W)}, one standard deviation per pixel, "
+            f"got {tuple(sigma.shape)}"
+        )
+    kh, kw = pair("kernel_size", kernel_size, minimum=1)
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernel_size must be odd in each dimension (the kernel is centred), got {(kh, kw)}")
+    if border_type not in BORDER_TYPES:
+        raise ValueError(f"border_type must be one of {BORDER_TYPES}, got {border_type!r}")
+    if bool((sigma < 0).any()) or bool(sigma.isnan().any()):
+        raise ValueError("sigma must be >= 0 everywhere (0 leaves a pixel unblurred); it has negative or NaN values")
+    geom, mask, result, done = prepare(
+        input, (kh, kw), mask, out, C, stride=1, padding="same", dilation=1, padding_mode=border_type
+    )
+    if done:
+        return result
+    dy = (torch.arange(kh, device=input.device, dtype=input.dtype) - (kh - 1) / 2).square()  # [kh]
+    dx = (torch.arange(kw, device=input.device, dtype=input.dtype) - (kw - 1) / 2).square()  # [kw]
+
+    def compute(patch: torch.Tensor, r) -> torch.Tensor:  # patch [C, h_in, w_in] -> [C, h, w]
+        h, w = r.shape
+        s = sigma[r.n, 0, r.y0 : r.y1, r.x0 : r.x1]  # [h, w]
+        coef = -0.5 / s.clamp_min(_MIN_SIGMA).square()  # [h, w]
+        gy = torch.exp(dy[:, None, None] * coef)  # [kh, h, w]
+        gx = torch.exp(dx[:, None, None] * coef)  # [kw, h, w]
+        gy = gy / gy.sum(0)
+        gx = gx / gx.sum(0)
+        acc = None
+        for m, q, xs in shifted_views(patch, geom, h, w):
+            t = xs * (gy[m] * gx[q])  # [C, h, w]
+            acc = t if acc is None else acc + t
+        return acc
+
+    run_tiles_op(input, geom, mask, result, compute, row_bytes=(3 * C + kh + kw + 4) * W * input.element_size())
+    return result
+
+
+def dynamic_conv2d(
+    input: torch.Tensor,
+    kernel_fn: Callable[[torch.Tensor], torch.Tensor],
+    out_channels: int,
+    kernel_size: int | Sequence[int],
+    bias: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    padding_mode: str = "zeros",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A convolution whose weights are computed from each patch by ``kernel_fn`` (e.g. a small trainable MLP)::
+
+        y[n, :, i, j] = kernel_fn(p)[0] @ p[0]  (+ bias),   p = the (C·kh·kw) window at (i, j), as F.unfold orders it
+
+    ``kernel_fn`` maps a chunk of patches (Tensor[P, C·kh·kw]) to per-window weights (Tensor[P, O, C·kh·kw] or
+    Tensor[P, O·C·kh·kw]). It is evaluated chunk by chunk under the workspace cap, so the (N·L, O·C·kh·kw) weights
+    of the whole input never exist at once; autograd reaches kernel_fn's parameters.
+
+    Args:
+        input (Tensor[N, C, H, W]): the input batch.
+        kernel_fn: patches (Tensor[P, C·kh·kw]) → weights (Tensor[P, O, C·kh·kw]).
+        out_channels: O.
+        kernel_size: int or (kh, kw).
+        bias (Tensor[O], optional): added at every computed position.
+        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over output positions.
+        stride, padding, dilation: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
+        padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric".
+        out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
+
+    Returns:
+        Tensor[N, O, H_out, W_out].
+    """
+    check_tensor("input", input, ["N", "C", "H", "W"])
+    if not callable(kernel_fn):
+        raise TypeError(f"kernel_fn must be a callable (patches [P, C*kh*kw] -> weights), got {type(kernel_fn)}")
+    if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels < 1:
+        raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+    kh, kw = pair("kernel_size", kernel_size, minimum=1)
+    O, C = out_channels, input.shape[1]
+    CK = C * kh * kw
+    check_bias(bias, O, input)
+    geom, mask, result, done = prepare(
+        input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
+    )
+    if done:
+        return result
+
+    def compute(cols: torch.Tensor) -> torch.Tensor:  # cols [C, K, P] -> [O, P]
+        P = cols.shape[2]
+        patches = cols.reshape(CK, P).t().contiguous()  # [P, C*K]
+        wts = kernel_fn(patches)
+        if not isinstance(wts, torch.Tensor) or wts.numel() != P * O * CK or wts.shape[0] != P:
+            got = tuple(wts.shape) if isinstance(wts, torch.Tensor) else type(wts).__name__
+            raise ValueError(
+                f"kernel_fn must return per-window weights of shape (P, O, C*kh*kw) = {(P, O, CK)} for patches of "
+                f"shape {(P, CK)}, got {got}"
+            )
+        y = torch.bmm(wts.reshape(P, O, CK), patches.unsqueeze(2)).squeeze(2)  # [P, O]
+        if bias is not None:
+            y = y + bias
+        return y.t()  # [O, P]
+
+    run_windows_op(input, geom, mask, result, compute, per_window_bytes=(3 * CK + 2 * O * CK) * input.element_size())
+    return result

@@ -1,0 +1,121 @@
+"""morph_conv2d: grayscale morphology (dilation / erosion) with a structuring element per (out, in) channel pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._checks import check_same, check_tensor, conv_geometry
+from .gather import pad_input
+from .plan import _check_groups
+from .window import needs_grad, prepare, run_tiles_op, shifted_views
+
+__all__ = ["morph_conv2d", "morph_reference"]
+
+MODES = ("dilation", "erosion")
+
+
+def morph_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    mode: str = "dilation",
+    *,
+    mask: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Morphological dilation or erosion: a convolution with (max, +) or (min, −) in place of (sum, ×).
+
+    ::
+
+        dilation: y[n, o, i, j] = max_{c, m, q} x[n, c, i·s + m·d, j·s + q·d] + w[o, c, m, q]
+        erosion:  y[n, o, i, j] = min_{c, m, q} x[n, c, i·s + m·d, j·s + q·d] − w[o, c, m, q]
+
+    (coordinates in the padded input; c runs over the input channels of o's group). A flat structuring element is
+    ``w = 0`` on its taps and ``-inf`` elsewhere; with ``groups=C`` and weight (C, 1, kh, kw) every channel is
+    dilated/eroded on its own, like ``cv2.dilate`` / ``cv2.erode`` (use ``padding="same"`` and a non-zero
+    ``padding_mode``: zero padding reads 0, it is not OpenCV's "ignore the border").
+
+    Computed as a running max/min over the kh·kw·C shifted views of cache-sized input tiles: the unfolded input is
+    never materialized.
+
+    Args:
+        input (Tensor[N, C, H, W]): the input batch.
+        weight (Tensor[O, C/groups, kh, kw]): the structuring elements.
+        mode: "dilation" or "erosion".
+        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over output positions.
+        stride, padding, dilation, groups: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
+        padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric" (edge repeated).
+        out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
+
+    Returns:
+        Tensor[N, O, H_out, W_out].
+    """
+    check_tensor("input", input, ["N", "C", "H", "W"])
+    check_tensor("weight", weight, ["O", "C/groups", "kh", "kw"])
+    check_same("weight", weight, input)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    O, Cg, kh, kw = weight.shape
+    _check_groups(input.shape[1], O, Cg, groups)
+    geom, mask, result, done = prepare(
+        input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
+    )
+    if done:
+        return result
+    G = groups
+    wg = weight.reshape(G, O // G, Cg, kh, kw)  # [G, O/G, Cg, kh, kw]
+    if mode == "erosion":
+        wg = -wg
+    pick = torch.maximum if mode == "dilation" else torch.minimum
+    in_place = not needs_grad(input, weight)
+
+    def compute(patch: torch.Tensor, r) -> torch.Tensor:  # patch [C, h_in, w_in] -> [O, h, w]
+        h, w = r.shape
+        acc = None
+        buf = None
+        for m, q, xs in shifted_views(patch, geom, h, w):
+            xg = xs.unflatten(0, (G, Cg))  # [G, Cg, h, w]
+            for c in range(Cg):
+                wk = wg[:, :, c, m, q, None, None]  # [G, O/G, 1, 1]
+                if acc is None:
+                    acc = xg[:, c, None] + wk  # [G, O/G, h, w]
+                elif in_place:
+                    buf = torch.add(xg[:, c, None], wk, out=buf)  # [G, O/G, h, w]
+                    pick(acc, buf, out=acc)
+                else:
+                    acc = pick(acc, xg[:, c, None] + wk)  # [G, O/G, h, w]
+        return acc.reshape(O, h, w)
+
+    run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())
+    return result
+
+
+def morph_reference(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    mode: str = "dilation",
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """The dense unfold recipe for :func:`morph_conv2d` (whole padded input, F.unfold, broadcast, reduce).
+
+    The test oracle and the benchmark baseline: it materializes (N, O, C/groups·kh·kw, L).
+    """
+    N, C, H, W = input.shape
+    O, Cg, kh, kw = weight.shape
+    geom = conv_geometry((H, W), (kh, kw), stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    cols = torch.nn.functional.unfold(pad_input(input, geom), (kh, kw), geom.dilation, 0, geom.stride)
+    cols = cols.view(N, groups, 1, Cg * kh * kw, -1)  # [N, G, 1, Cg*K, L]
+    w = weight.reshape(groups, O // groups, Cg * kh * kw, 1)  # [G, O/G, Cg*K, 1]
+    y = (cols + w).amax(3) if mode == "dilation" else (cols - w).amin(3)  # [N, G, O/G, L]
+    return y.reshape(N, O, *geom.out_hw)

@@ -1,0 +1,320 @@
+"""window_op2d — "a Conv2d that takes a function" — and the two engines every window op here runs on.
+
+* The **windows engine** (:func:`_run_windows_op`) gathers the receptive windows of a chunk of output positions
+  (indexed unfold, :func:`convcore.gather.gather_windows`), hands them to a per-chunk compute function and scatters
+  the result back. Chunks are small (cache-sized, and never above :func:`convcore.plan.workspace_limit`), so the
+  (N·L, C·kh·kw) unfold of the whole input never exists. Used by ops whose ``fn`` needs the whole window at once:
+  :func:`window_op2d`, ``dynamic_conv2d``.
+* The **tiles engine** (:func:`_run_tiles_op`) cuts the output into rectangles (row bands of the whole image, or the
+  mask's active tiles merged into rectangles), takes each rectangle's input patch with its halo
+  (:func:`convcore.gather.gather_tile`: a view inside the image, a remapped copy across a border) and hands it to a
+  compute function that loops over the kh·kw shifted views of the patch (:func:`_shifted_views`). Used by ops that
+  reduce elementwise over the window (morphology, L1 distance, per-location kernels, adaptive blur): no gather at
+  all, and each rectangle's working set stays in cache.
+
+Both engines honour the masked semantics of :func:`convcore.roi_conv2d`: values are computed only at in-mask output
+positions; the rest is zero, or with ``out=`` left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from ._checks import ConvGeometry, check_mask, check_out, check_same, check_tensor, conv_geometry
+from .gather import as_plane, gather_tile, gather_windows, scatter_windows, window_index
+from .plan import Rect, _rects_from_mask, _tile_size, workspace_limit
+
+__all__ = ["window_op2d"]
+
+REDUCTIONS = ("sum", "mean", "max", "min", "logsumexp")
+# Working set of one chunk/rectangle: small enough to stay in cache and let the allocator reuse blocks, large
+# enough that each elementwise op is worth its thread-pool round trip (much smaller tiles were erratic on 2 cores).
+_CPU_WORKING_BYTES = 2**23
+_GPU_WORKING_BYTES = 2**27
+
+Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def window_op2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    fn: Fn,
+    *,
+    reduce: str = "sum",
+    keep_window: bool = False,
+    bias: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    padding_mode: str = "zeros",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A sliding-window op with any elementwise ``fn`` in place of the product of a convolution.
+
+    For every output position (i, j) and output channel o::
+
+        y[n, o, i, j] = reduce_{c, m, q} fn(x_window, w)[o, c, m, q]      (+ bias[o])
+
+    where ``x_window[c, m, q]`` is the input value under kernel tap (m, q) of the window at (i, j) (read through
+    ``padding`` / ``padding_mode``; zero padding reads 0, as ``F.unfold`` does). ``fn=lambda x, w: x * w`` with
+    ``reduce="sum"`` is ``F.conv2d``.
+
+    ``fn(x, w)`` is called once per chunk of P windows with:
+
+    * ``x`` (Tensor[P, 1, C, kh, kw]): the P windows of the chunk;
+    * ``w`` (Tensor[O, C, kh, kw]): ``weight`` itself;
+
+    and must return a tensor broadcastable to (P, O, C, kh, kw) — any elementwise torch expression of the two
+    broadcasts like that (``(x - w).abs()``, ``torch.exp(-(x - w) ** 2)``, …). The result is reduced over
+    (C, kh, kw) — or over C only with ``keep_window=True`` — with ``reduce`` in sum | mean | max | min | logsumexp.
+
+    Args:
+        input (Tensor[N, C, H, W]): the input batch.
+        weight (Tensor[O, C, kh, kw]): the second operand of ``fn``; its shape sets the kernel size.
+        fn: the elementwise window function (see above).
+        reduce: "sum" | "mean" | "max" | "min" | "logsumexp".
+        keep_window: reduce over channels only and keep the window: the channel-only sum of the forum recipe.
+        bias (Tensor[O], optional): added after the reduction.
+        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over output positions.
+        stride, padding, dilation: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
+        padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric".
+        out (Tensor, optional): the output, written only inside the mask; returned.
+
+    Returns:
+        Tensor[N, O, H_out, W_out], or Tensor[N, O, kh, kw, H_out, W_out] with ``keep_window=True``.
+    """
+    check_tensor("input", input, ["N", "C", "H", "W"])
+    check_tensor("weight", weight, ["O", "C", "kh", "kw"])
+    check_same("weight", weight, input)
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable fn(x, w) -> Tensor, got {type(fn).__name__}")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if not isinstance(keep_window, bool):
+        raise TypeError(f"keep_window must be a bool, got {type(keep_window).__name__}")
+    N, C, H, W = input.shape
+    O, Cw, kh, kw = weight.shape
+    if Cw != C:
+        raise ValueError(f"weight must have shape (O, C, kh, kw) with C = {C} (the input's channels), got {Cw}")
+    check_bias(bias, O, input)
+    geom = conv_geometry((H, W), (kh, kw), stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    mask = _drop_full(check_mask(mask, N, geom.out_hw, input.device))
+    Ho, Wo = geom.out_hw
+    out_shape = (N, O, kh, kw, Ho, Wo) if keep_window else (N, O, Ho, Wo)
+    out = check_out(out, out_shape, input)
+    if keep_window and out is not None and not out.is_contiguous():
+        raise ValueError("out must be contiguous with keep_window=True (it is written as (N, O*kh*kw, H_out, W_out))")
+    dims = (2,) if keep_window else (2, 3, 4)
+    O_flat = O * kh * kw if keep_window else O
+    expected = None
+
+    def compute(cols: torch.Tensor) -> torch.Tensor:  # cols [C, K, P] -> [O_flat, P]
+        nonlocal expected
+        P = cols.shape[2]
+        x = cols.permute(2, 0, 1).reshape(P, 1, C, kh, kw)  # [P, 1, C, kh, kw]
+        v = fn(x, weight)
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"fn must return a torch.Tensor, got {type(v).__name__}")
+        full = (P, O, C, kh, kw)
+        if tuple(v.shape) != full:
+            try:
+                v = v.broadcast_to(full)  # [P, O, C, kh, kw]
+            except RuntimeError:
+                raise ValueError(
+                    f"fn(x, w) must return a tensor broadcastable to (P, O, C, kh, kw) = {full} for x of shape "
+                    f"{tuple(x.shape)} and w of shape {tuple(weight.shape)}; got {tuple(v.shape)}"
+                ) from None
+        r = _reduce(v, reduce, dims)  # [P, O] or [P, O, kh, kw]
+        if bias is not None:
+            r = r + (bias if not keep_window else bias[:, None, None])
+        return r.reshape(P, O_flat).t()  # [O_flat, P]
+
+    per_window = (2 * C * kh * kw + 3 * O * C * kh * kw + 2 * O_flat) * input.element_size()
+    result = new_output(out, out_shape, input)
+    flat = result.view(N, O_flat, Ho, Wo)
+    run_windows_op(input, geom, mask, flat, compute, per_window)
+    return result
+
+
+def _reduce(v: torch.Tensor, reduce: str, dims: tuple[int, ...]) -> torch.Tensor:
+    if reduce == "sum":
+        return v.sum(dims)
+    if reduce == "mean":
+        return v.mean(dims)
+    if reduce == "logsumexp":
+        return torch.logsumexp(v, dims)
+    return v.amax(dims) if reduce == "max" else v.amin(dims)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shared helpers (used by algebraic.py, morph.py, adaptive.py)
+
+
+def check_bias(bias: object, channels: int, like: torch.Tensor) -> None:
+    """Check an optional bias of shape (channels,)."""
+    if bias is None:
+        return
+    check_tensor("bias", bias, ["O"])
+    check_same("bias", bias, like)
+    if bias.shape[0] != channels:
+        raise ValueError(f"bias must have shape (O,) = ({channels},), got {tuple(bias.shape)}")
+
+
+def new_output(out: torch.Tensor | None, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """``out`` when given, else zeros of ``shape`` like ``like``."""
+    return out if out is not None else like.new_zeros(shape)
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on these tensors (else the engines may update buffers in place)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def working_bytes(device: torch.device) -> int:
+    """Target size of one chunk's or rectangle's working set: cache-sized on the CPU, capped by the workspace."""
+    target = _GPU_WORKING_BYTES if device.type == "cuda" else _CPU_WORKING_BYTES
+    return min(target, workspace_limit())
+
+
+def run_windows_op(
+    input: torch.Tensor,
+    geom: ConvGeometry,
+    mask: torch.Tensor | None,
+    out: torch.Tensor,
+    compute: Callable[[torch.Tensor], torch.Tensor],
+    per_window_bytes: int,
+    *,
+    with_positions: bool = False,
+) -> None:
+    """The windows engine: gather the windows of in-mask positions chunk by chunk, compute, scatter into ``out``.
+
+    Args:
+        input (Tensor[N, C, H, W]), geom: the input and its resolved geometry.
+        mask (bool Tensor[N, H_out, W_out] or None): checked ROI; None is everywhere.
+        out (Tensor[N, O, H_out, W_out]): written at the computed positions only.
+        compute: ``compute(cols)`` with cols (Tensor[C, kh*kw, P]) returns Tensor[O, P]; with ``with_positions``
+            it is called as ``compute(cols, n, oy, ox)``.
+        per_window_bytes: working memory one window costs, to size chunks.
+    """
+    N = input.shape[0]
+    Ho, Wo = geom.out_hw
+    chunk = max(1, working_bytes(input.device) // max(per_window_bytes, 1))
+    chunk = min(chunk, max(1, workspace_limit() // max(per_window_bytes, 1)))
+    for n in range(N):
+        plane = as_plane(input[n])  # [C, H*W]
+        if mask is None:
+            flat = None
+            total = Ho * Wo
+        else:
+            flat = mask[n].reshape(-1).nonzero().squeeze(1)  # [P_n]
+            total = flat.shape[0]
+        for s in range(0, total, chunk):
+            if flat is None:
+                f = torch.arange(s, min(s + chunk, total), device=input.device)
+            else:
+                f = flat[s : s + chunk]
+            oy, ox = f // Wo, f % Wo
+            idx, valid = window_index(oy, ox, geom)  # [K, p]
+            cols = gather_windows(plane, idx, valid)  # [C, K, p]
+            values = compute(cols, n, oy, ox) if with_positions else compute(cols)  # [O, p]
+            scatter_windows(out[n], oy, ox, values)  # out[n][:, oy, ox] = [O, p]
+
+
+def tile_rects(mask: torch.Tensor | None, n_images: int, geom: ConvGeometry, row_bytes: int, device) -> list[Rect]:
+    """Output rectangles the tiles engine visits: row bands of each image, or the mask's active tiles.
+
+    Each rectangle is split into row bands whose working set (``row_bytes`` per output row of full width, scaled
+    to the rectangle's width) stays near :func:`working_bytes`.
+    """
+    Ho, Wo = geom.out_hw
+    budget = working_bytes(device)
+    if mask is None:
+        base = [Rect(n, 0, Ho, 0, Wo, True) for n in range(n_images)]
+    else:
+        base = _rects_from_mask(mask.detach().cpu().numpy(), _tile_size(geom.out_hw), Ho)
+    rects: list[Rect] = []
+    for r in base:
+        per_row = max(1, row_bytes * (r.x1 - r.x0) // max(Wo, 1))
+        rows = max(1, budget // per_row)
+        for y0 in range(r.y0, r.y1, rows):
+            y1 = min(y0 + rows, r.y1)
+            full = r.full or mask is None or bool(mask[r.n, y0:y1, r.x0 : r.x1].all())
+            rects.append(Rect(r.n, y0, y1, r.x0, r.x1, full))
+    return rects
+
+
+def run_tiles_op(
+    input: torch.Tensor,
+    geom: ConvGeometry,
+    mask: torch.Tensor | None,
+    out: torch.Tensor,
+    compute: Callable[[torch.Tensor, Rect], torch.Tensor],
+    row_bytes: int,
+) -> None:
+    """The tiles engine: for each output rectangle, compute from its input patch and write it into ``out``.
+
+    Args:
+        input (Tensor[N, C, H, W]), geom: the input and its resolved geometry.
+        mask (bool Tensor[N, H_out, W_out] or None): checked ROI; None is everywhere.
+        out (Tensor[N, O, H_out, W_out]): written inside the mask only.
+        compute: ``compute(patch, rect)`` with patch (Tensor[C, h_in, w_in], the rectangle's input with halo, see
+            :func:`_shifted_views`) returns Tensor[O, h, w] for the rectangle's h × w output positions.
+        row_bytes: working memory of one full-width output row, to size the row bands.
+    """
+    for r in tile_rects(mask, input.shape[0], geom, row_bytes, input.device):
+        patch = gather_tile(input[r.n], geom, r.y0, r.y1, r.x0, r.x1)  # [C, h_in, w_in]
+        res = compute(patch, r)  # [O, h, w]
+        dst = out[r.n, :, r.y0 : r.y1, r.x0 : r.x1]  # [O, h, w] view
+        if r.full:
+            dst.copy_(res)
+        else:
+            dst.copy_(torch.where(mask[r.n, r.y0 : r.y1, r.x0 : r.x1], res, dst))
+
+
+def shifted_views(patch: torch.Tensor, geom: ConvGeometry, h: int, w: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The kh·kw shifted (strided) views of a rectangle's input patch: (m, q, Tensor[C, h, w]) per kernel tap.
+
+    The view for tap (m, q) holds, at output position (i, j) of the rectangle, the input value under that tap.
+    No data is copied.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    for m in range(kh):
+        for q in range(kw):
+            r0, c0 = m * dh, q * dw
+            yield m, q, patch[:, r0 : r0 + (h - 1) * sh + 1 : sh, c0 : c0 + (w - 1) * sw + 1 : sw]  # [C, h, w]
+
+
+def prepare(
+    input: torch.Tensor,
+    kernel_hw: Sequence[int],
+    mask: torch.Tensor | None,
+    out: torch.Tensor | None,
+    out_channels: int,
+    *,
+    stride,
+    padding,
+    dilation,
+    padding_mode: str,
+) -> tuple[ConvGeometry, torch.Tensor | None, torch.Tensor, bool]:
+    """Geometry, checked mask and the output tensor of a window op; ``done`` when the mask is empty.
+
+    A mask that covers everything is returned as None (the cheaper whole-image path).
+    """
+    N, _, H, W = input.shape
+    geom = conv_geometry(
+        (H, W), kernel_hw, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
+    )
+    mask = check_mask(mask, N, geom.out_hw, input.device)
+    out_shape = (N, out_channels, *geom.out_hw)
+    out = check_out(out, out_shape, input)
+    result = new_output(out, out_shape, input)
+    done = mask is not None and not bool(mask.any())
+    return geom, _drop_full(mask), result, done
+
+
+def _drop_full(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """None for a mask that covers every output position (the whole-image path is cheaper)."""
+    return None if mask is None or bool(mask.all()) else mask
