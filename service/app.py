@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,9 @@ def _load_models(paths: dict[str, Path], devices: list[str]) -> dict[str, dict]:
     for name, path in paths.items():
         for d in devices:
             try:
-                module = torch.jit.load(str(path), map_location=d)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what users ship
+                    module = torch.jit.load(str(path), map_location=d)
             except Exception as exc:
                 raise RuntimeError(
                     f"ROICONV_MODELS_DIR: {path.name} is not a loadable TorchScript model: {exc}"
