@@ -6,12 +6,14 @@ routes for paths, pyproject.toml for packages — so the deploy files cannot dri
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import tomllib
 import yaml
 
@@ -194,3 +196,26 @@ def k8s_documents() -> list[tuple[Path, dict]]:
 
 def k8s_objects(kind: str, under: Path = K8S) -> list[tuple[Path, dict]]:
     return [(p, d) for p, d in k8s_documents() if d.get("kind") == kind and under in p.parents]
+
+
+# ---- the app -----------------------------------------------------------------------------------------------------
+
+
+def app_get(*paths: str) -> dict[str, httpx.Response]:
+    """GET each path from a freshly built app in-process (ASGI, lifespan not started: no workers, not ready).
+
+    A path the app does not route answers 404, so this is how the deploy files' paths are checked against the app.
+    """
+    from service.app import create_app
+
+    async def run() -> dict[str, httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return {path: await client.get(path) for path in paths}
+
+    return asyncio.run(run())
+
+
+def assert_routed(*paths: str) -> None:
+    for path, response in app_get(*paths).items():
+        assert response.status_code not in (404, 405), f"GET {path}: the app has no such route"

@@ -11,6 +11,7 @@ from deploy_support import (
     DOCKER,
     ENV_PREFIX,
     K8S,
+    app_get,
     compose_default,
     duration_seconds,
     k8s_documents,
@@ -32,13 +33,6 @@ def fields() -> dict:
     from service.config import Settings
 
     return dict(Settings.model_fields)
-
-
-@pytest.fixture(scope="module")
-def app_paths() -> set[str]:
-    from service.app import create_app
-
-    return {route.path for route in create_app().routes if hasattr(route, "path")}
 
 
 def _field(name: str, fields: dict) -> str:
@@ -123,11 +117,13 @@ def test_compose_gpu_reserves_nvidia_devices_and_builds_cuda():
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), devices
 
 
-def test_prometheus_scrapes_every_replica(compose, fields, app_paths):
+def test_prometheus_scrapes_every_replica(compose, fields):
     prom = load_yaml(DOCKER / "prometheus.yml")
     jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
     job = jobs["roiconv"]
-    assert job.get("metrics_path", "/metrics") in app_paths
+    path = job.get("metrics_path", "/metrics")
+    scraped = app_get(path)[path]
+    assert scraped.status_code == 200 and "roiconv_requests_total" in scraped.text, f"{path} is not the metrics"
     dns = job["dns_sd_configs"]
     assert any("roiconv" in d["names"] and d["type"] == "A" for d in dns), "one A record per replica"
     assert all(d["port"] == _default("port", fields) for d in dns)
@@ -200,7 +196,7 @@ def test_k8s_env_names_are_settings_and_values_valid(deployment, fields):
         load_settings(**literal)  # raises SettingsError if a value is invalid
 
 
-def test_k8s_probes_and_ports_match_the_app(deployment, fields, app_paths):
+def test_k8s_probes_and_ports_match_the_app(deployment, fields):
     container = _container(deployment)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert list(ports.values()) == [_default("port", fields)]
@@ -209,14 +205,16 @@ def test_k8s_probes_and_ports_match_the_app(deployment, fields, app_paths):
         assert int(args[args.index("--port") + 1]) == _default("port", fields)
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        if probe in container:
-            get = container[probe]["httpGet"]
-            assert get["path"] in app_paths, f"{probe} {get['path']} is not a route of the app"
-            assert get["port"] in ports or get["port"] in ports.values(), f"{probe} port {get['port']}"
+    probes = {name: container[name]["httpGet"] for name in ("readinessProbe", "livenessProbe", "startupProbe")}
+    for name, get in probes.items():
+        assert get["port"] in ports or get["port"] in ports.values(), f"{name} port {get['port']}"
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == _default("port", fields)
-    assert annotations["prometheus.io/path"] in app_paths
+    answers = app_get(*{get["path"] for get in probes.values()}, annotations["prometheus.io/path"])
+    # Before the workers are warm: alive (200) but not ready (503), so no traffic reaches a cold replica.
+    assert answers["/livez"].status_code == 200
+    assert answers["/readyz"].status_code == 503, answers["/readyz"].text
+    assert answers[annotations["prometheus.io/path"]].status_code == 200
 
 
 def test_k8s_termination_grace_covers_prestop_and_drain(deployment, fields):
@@ -253,11 +251,7 @@ def test_k8s_service_selects_the_pods_and_targets_the_named_port(deployment):
 
 
 def test_k8s_autoscalers_target_the_deployment_on_cpu_and_queue_depth(deployment):
-    from prometheus_client import generate_latest
-
-    from service.metrics import Metrics
-
-    exposed = generate_latest(Metrics().registry).decode()
+    exposed = app_get("/metrics")["/metrics"].text
     hpas = k8s_objects("HorizontalPodAutoscaler")
     assert len(hpas) == 2, [str(p) for p, _ in hpas]
     metric_kinds = set()
