@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import warnings
 from contextlib import asynccontextmanager
@@ -127,6 +128,15 @@ def _load_models(paths: dict[str, Path], devices: list[str]) -> dict[str, dict]:
     return out
 
 
+def _set_cpu_threads(devices: list[str], workers: int) -> None:
+    """On CPU, give each worker's torch ops half the cores / workers: decoding, encoding and HTTP use the rest.
+
+    Small per-request ops gain nothing from more threads, and oversubscribed OpenMP threads spin and stall.
+    """
+    if all(d == "cpu" for d in devices):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2 // workers))
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     state: AppState = app.state.roiconv
@@ -144,6 +154,7 @@ async def lifespan(app: FastAPI):
     )
     state.pool = pool
     state.draining = False
+    _set_cpu_threads(state.devices, s.workers_per_device)
     pool.start()
     log.info("roiconv %s serving on %s", __version__, ", ".join(state.devices))
     try:

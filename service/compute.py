@@ -1,9 +1,10 @@
 """Run one batch of jobs that share a filter on one device: tensors in, convcore, pixels out.
 
 Each job holds decoded pixels (H, W, C), an optional ROI mask (H, W) and how to treat the outside. Color channels
-are split off the alpha channel (kept unchanged) and, for per-channel filters, every channel of every job becomes one
-(1, H, W) input of a single :func:`convcore.roi_conv2d_batch` call: one gather, one matmul, one scatter for the
-whole batch. Results are rounded half-to-even and saturated as OpenCV's ``saturate_cast`` does.
+are split off the alpha channel (kept unchanged); per-channel filters run depthwise (groups = C), and every job with
+the same channel count goes into a single :func:`convcore.roi_conv2d_batch` call: one gather, one matmul, one
+scatter for the whole batch, whatever the image sizes. Results are rounded half-to-even and saturated as OpenCV's
+``saturate_cast`` does.
 """
 
 from __future__ import annotations
@@ -72,18 +73,24 @@ def _base(work: Work, x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def _run_conv(op, works, xs, ms, device) -> list[torch.Tensor]:
-    inputs, masks, outs = [], [], []
+    """Depthwise: the (1, 1, kh, kw) kernel repeated per channel with groups=C; one batched call per channel count."""
     bases = [_base(w, x, x.shape[0]) for w, x in zip(works, xs)]
-    for x, m, base in zip(xs, ms, bases):
-        for c in range(x.shape[0]):
-            inputs.append(x[c : c + 1])  # [1, H, W]
-            masks.append(m)
-            outs.append(base[c : c + 1])  # [1, H, W] view, written in place
-    weight = op.weight.to(device)  # [1, 1, kh, kw]
-    bias = None if op.bias == 0 else torch.full((1,), op.bias, device=device)
-    convcore.roi_conv2d_batch(
-        inputs, weight, bias, masks, padding="same", padding_mode=op.padding_mode, outs=outs
-    )  # one gather + matmul + scatter over every channel of every image
+    by_channels: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        by_channels.setdefault(x.shape[0], []).append(i)
+    for c, idx in by_channels.items():
+        weight = op.weight.to(device).expand(c, 1, *op.weight.shape[2:]).contiguous()  # [C, 1, kh, kw]
+        bias = None if op.bias == 0 else torch.full((c,), op.bias, device=device)
+        convcore.roi_conv2d_batch(
+            [xs[i] for i in idx],  # each [C, H_i, W_i]
+            weight,
+            bias,
+            [ms[i] for i in idx],
+            padding="same",
+            padding_mode=op.padding_mode,
+            groups=c,
+            outs=[bases[i] for i in idx],  # written in place inside each mask
+        )  # the in-ROI windows of every image gathered into one matmul
     return bases
 
 
