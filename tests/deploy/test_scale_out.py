@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -127,8 +127,6 @@ class Proc:
     popen: subprocess.Popen
     log: Path
     port: int
-    stopped_with: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def tail(self, n: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
