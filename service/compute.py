@@ -111,7 +111,14 @@ def _run_morph(op, work, x, m, device) -> torch.Tensor:
     # OpenCV's default morphology border (the border never wins) equals replicate for symmetric shapes
     mode = "replicate" if op.padding_mode == "zeros" else op.padding_mode
     convcore.morph_conv2d(
-        x[None], weight, mode=op.mode, mask=None if m is None else m[None], padding="same", padding_mode=mode, out=out
+        x[None],
+        weight,
+        mode=op.mode,
+        mask=None if m is None else m[None],
+        padding="same",
+        padding_mode=mode,
+        groups=C,
+        out=out,
     )
     return out[0]
 

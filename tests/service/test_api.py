@@ -233,3 +233,33 @@ def test_metrics_present_and_counting():
     assert after[("roiconv_queue_wait_seconds_count", ())] >= 3
     assert ("roiconv_queue_depth", ()) in after
     assert ("roiconv_inflight_requests", (("device", "cpu"),)) in after
+
+
+@pytest.mark.parametrize(
+    ("flt", "ref"),
+    [
+        ({"name": "dilate", "ksize": 5, "shape": "ellipse"},
+         lambda im: cv2.dilate(im, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))),
+        ({"name": "erode", "ksize": 3}, lambda im: cv2.erode(im, np.ones((3, 3), np.uint8))),
+        ({"name": "adaptive_gaussian", "sigma_min": 1.5, "sigma_max": 1.5, "ksize": 7},
+         lambda im: cv2.GaussianBlur(im, (7, 7), 1.5)),
+        ({"name": "scharr", "dx": 1, "dy": 0}, lambda im: cv2.Scharr(im, -1, 1, 0)),
+        ({"name": "sharpen", "amount": 1.0},
+         lambda im: cv2.filter2D(im, -1, np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32))),
+    ],
+    ids=["dilate", "erode", "adaptive", "scharr", "sharpen"],
+)  # fmt: skip
+def test_more_filters_over_http(flt, ref):
+    img = rand_image(36, 44, seed=11)
+
+    async def main():
+        async with running() as (_, client):
+            return await post(client, encode(img), {"filter": flt, "roi": {"boxes": [[4, 6, 30, 28]]}})
+
+    r = run(main())
+    assert r.status_code == 200, r.text
+    out = decode(r.content)
+    inside = np.zeros((36, 44), bool)
+    inside[6:28, 4:30] = True
+    assert _within_one(out[inside], ref(img)[inside])
+    assert np.array_equal(out[~inside], img[~inside])

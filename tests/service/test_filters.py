@@ -136,3 +136,43 @@ def test_batched_equals_per_request():
     for work, result in zip(works, together):
         alone = run_batch(op, [work], CPU)[0]
         assert np.array_equal(result, alone)
+
+
+MORPH_SHAPES = {"rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MORPH_CROSS}
+
+
+@pytest.mark.parametrize("shape", list(MORPH_SHAPES))
+@pytest.mark.parametrize("name", ["dilate", "erode"])
+@pytest.mark.parametrize("border", ["reflect101", "constant", "replicate"])
+def test_morphology_equals_cv2(shape, name, border):
+    img = rand_image(40, 52, 3, seed=8)
+    mask = np.zeros((40, 52), bool)
+    mask[3:30, 20:52] = True
+    se = cv2.getStructuringElement(MORPH_SHAPES[shape], (5, 7))
+    out = _apply({"filter": {"name": name, "ksize": [5, 7], "shape": shape}, "border": border}, img, mask)
+    ref = getattr(cv2, name)(img, se, borderType=BORDERS[border])
+    assert np.array_equal(out[mask], ref[mask])
+    assert np.array_equal(out[~mask], img[~mask])
+
+
+def test_adaptive_gaussian_with_equal_sigmas_is_a_gaussian_blur():
+    img = rand_image(30, 34, 3, seed=6)
+    out = _apply({"filter": {"name": "adaptive_gaussian", "sigma_min": 2.0, "sigma_max": 2.0, "ksize": 9}}, img)
+    _assert_within_one(out, cv2.GaussianBlur(img, (9, 9), 2.0), np.ones(img.shape, bool))
+
+
+def test_adaptive_gaussian_follows_intensity():
+    img = rand_image(12, 14, 3, np.float32, seed=7)
+    lo, hi, k = 0.5, 2.5, 7
+    out = _apply({"filter": {"name": "adaptive_gaussian", "sigma_min": lo, "sigma_max": hi, "ksize": k}}, img)
+    r = k // 2
+    padded = cv2.copyMakeBorder(img, r, r, r, r, cv2.BORDER_REFLECT_101)
+    d = np.arange(-r, r + 1, dtype=np.float64)
+    ref = np.zeros(img.shape)
+    for i in range(img.shape[0]):
+        for j in range(img.shape[1]):
+            sigma = lo + (hi - lo) * float(img[i, j].mean())  # naive loop: one kernel per pixel
+            kern = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * sigma**2))
+            kern /= kern.sum()
+            ref[i, j] = np.tensordot(kern, padded[i : i + k, j : j + k], axes=([0, 1], [0, 1]))
+    assert np.abs(out - ref).max() < 1e-4
