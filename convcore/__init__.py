@@ -1,6 +1,7 @@
 """convcore: convolutions computed only inside a region of interest, and window ops conv2d cannot express."""
 
 from .adaptive import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d
+from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
 from .functional import conv2d_reference, roi_conv2d, roi_conv2d_batch
 from .morph import morph_conv2d
 from .nn import RoIConv2d
@@ -15,9 +16,12 @@ __all__ = [
     "adaptive_conv2d",
     "adaptive_gaussian_blur2d",
     "conv2d_reference",
+    "distance_conv2d",
     "dynamic_conv2d",
     "morph_conv2d",
+    "offset_conv2d",
     "plan_roi",
+    "quadratic_conv2d",
     "roi_conv2d",
     "roi_conv2d_batch",
     "set_workspace_limit",

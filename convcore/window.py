@@ -298,10 +298,13 @@ def prepare(
     padding,
     dilation,
     padding_mode: str,
-) -> tuple[ConvGeometry, torch.Tensor | None, torch.Tensor, bool]:
+    allocate: bool = True,
+) -> tuple[ConvGeometry, torch.Tensor | None, torch.Tensor | None, bool]:
     """Geometry, checked mask and the output tensor of a window op; ``done`` when the mask is empty.
 
-    A mask that covers everything is returned as None (the cheaper whole-image path).
+    A mask that covers everything is returned as None (the whole-image path). The output is ``out`` when given,
+    else new (zeros where a mask leaves positions unwritten, uninitialized when every position gets written), or
+    None with ``allocate=False``.
     """
     N, _, H, W = input.shape
     geom = conv_geometry(
@@ -310,9 +313,12 @@ def prepare(
     mask = check_mask(mask, N, geom.out_hw, input.device)
     out_shape = (N, out_channels, *geom.out_hw)
     out = check_out(out, out_shape, input)
-    result = new_output(out, out_shape, input)
     done = mask is not None and not bool(mask.any())
-    return geom, _drop_full(mask), result, done
+    mask = _drop_full(mask)
+    if out is not None or not allocate:
+        return geom, mask, out, done
+    result = input.new_zeros(out_shape) if mask is not None or done else input.new_empty(out_shape)
+    return geom, mask, result, done
 
 
 def _drop_full(mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -1,0 +1,267 @@
+"""Window ops whose algebra lowers them to ordinary convolutions: offset_conv2d (y = Σ A⊙(x − B)),
+quadratic_conv2d (y = Σ a x² + b x + c) and distance_conv2d (y = −Σ |x − w|^p; AdderNet for p = 1).
+
+The lowered forms call :func:`convcore.roi_conv2d`, so they inherit its exactness, its strategies and its speed
+inside small ROIs. When a mask is given, the input transform (x², channel sums) is applied only to the input patch
+under the mask's bounding box (:func:`_roi_patch`), never to the whole image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ._checks import ConvGeometry, check_same, check_tensor
+from .functional import roi_conv2d
+from .gather import gather_tile
+from .window import check_bias, needs_grad, prepare, run_tiles_op, shifted_views, window_op2d
+
+__all__ = ["distance_conv2d", "offset_conv2d", "quadratic_conv2d"]
+
+
+def offset_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    offset: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = Σ_{c, m, q} A ⊙ (x_window − B)  (+ bias): a convolution of the input shifted by a learnable offset.
+
+    Lowered exactly to ``roi_conv2d(x, A, bias − Σ A⊙B)``: one ordinary convolution. Padded positions read the
+    padding value (0 for zero padding) before the offset is subtracted, as in :func:`window_op2d` with
+    ``fn=lambda x, w: A * (x - B)``.
+
+    Args:
+        input (Tensor[N, C, H, W]): the input batch.
+        weight (Tensor[O, C/groups, kh, kw]): A.
+        offset (Tensor broadcastable to weight's shape, e.g. Tensor[O, C/groups, kh, kw] or Tensor[C/groups, 1, 1]):
+            B.
+        bias (Tensor[O], optional): added at every computed position.
+        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over output positions.
+        stride, padding, dilation, groups: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
+        padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric".
+        out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
+
+    Returns:
+        Tensor[N, O, H_out, W_out].
+    """
+    check_tensor("input", input, ["N", "C", "H", "W"])
+    check_tensor("weight", weight, ["O", "C/groups", "kh", "kw"])
+    if not isinstance(offset, torch.Tensor):
+        raise TypeError(f"offset must be a torch.Tensor broadcastable to weight's shape, got {type(offset).__name__}")
+    check_same("offset", offset, input)
+    if _broadcast_shape(offset.shape, weight.shape) != tuple(weight.shape):
+        raise ValueError(
+            f"offset must be broadcastable to weight's shape {tuple(weight.shape)}, got {tuple(offset.shape)}"
+        )
+    check_bias(bias, weight.shape[0], input)
+    shift = (weight * offset).sum((1, 2, 3))  # [O]: Σ A⊙B
+    bias = -shift if bias is None else bias - shift
+    return roi_conv2d(
+        input,
+        weight,
+        bias,
+        mask,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+        out=out,
+    )
+
+
+def quadratic_conv2d(
+    input: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    padding_mode: str = "zeros",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = Σ_{c, m, q} (a ⊙ x_window² + b ⊙ x_window)  (+ c): a convolution quadratic in the input.
+
+    Lowered exactly to one ordinary convolution of the channel-stacked [x², x] with the stacked weight [a, b]
+    (padding x² is the square of padding x in every padding mode).
+
+    Args:
+        input (Tensor[N, C, H, W]): the input batch.
+        a, b (Tensor[O, C, kh, kw]): the quadratic and linear weights.
+        c (Tensor[O], optional): the constant term.
+        mask, stride, padding, dilation, padding_mode, out: as in :func:`window_op2d`.
+
+    Returns:
+        Tensor[N, O, H_out, W_out].
+    """
+    check_tensor("input", input, ["N", "C", "H", "W"])
+    check_tensor("a", a, ["O", "C", "kh", "kw"])
+    check_tensor("b", b, ["O", "C", "kh", "kw"])
+    check_same("a", a, input)
+    check_same("b", b, input)
+    if a.shape != b.shape or a.shape[1] != input.shape[1]:
+        raise ValueError(
+            f"a and b must both have shape (O, C, kh, kw) with C = {input.shape[1]} (the input's channels), "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    check_bias(c, a.shape[0], input)
+    weight = torch.cat([a, b], 1)  # [O, 2C, kh, kw]
+    return _lowered(
+        input,
+        lambda x: torch.cat([x * x, x], 1),  # [N, 2C, h, w]
+        weight,
+        c,
+        mask,
+        out,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        padding_mode=padding_mode,
+    )
+
+
+def distance_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    p: float = 1,
+    bias: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    padding_mode: str = "zeros",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = −Σ_{c, m, q} |x_window − w|^p  (+ bias): a negative p-distance between each window and each filter.
+
+    * p = 1 is AdderNet's adder layer, computed as a running sum over the C·kh·kw shifted views of cache-sized
+      input tiles (no unfold).
+    * p = 2 is lowered exactly to one ordinary convolution through −(‖x‖² − 2⟨x, w⟩ + ‖w‖²): the stacked input
+      [x, Σ_c x²] convolved with [2w, −1] plus −‖w‖².
+    * any other p > 0 runs :func:`window_op2d` with ``fn=lambda x, w: -(x - w).abs() ** p``.
+
+    Args:
+        input (Tensor[N, C, H, W]): the input batch.
+        weight (Tensor[O, C, kh, kw]): the filters.
+        p: the exponent, > 0.
+        bias (Tensor[O], optional): added at every computed position.
+        mask, stride, padding, dilation, padding_mode, out: as in :func:`window_op2d`.
+
+    Returns:
+        Tensor[N, O, H_out, W_out].
+    """
+    check_tensor("input", input, ["N", "C", "H", "W"])
+    check_tensor("weight", weight, ["O", "C", "kh", "kw"])
+    check_same("weight", weight, input)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
+        raise ValueError(f"p must be a number > 0, got {p!r}")
+    O, C, kh, kw = weight.shape
+    if C != input.shape[1]:
+        raise ValueError(f"weight must have shape (O, C, kh, kw) with C = {input.shape[1]}, got {tuple(weight.shape)}")
+    check_bias(bias, O, input)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    if p == 2:
+        stacked = torch.cat([2 * weight, -weight.new_ones(O, 1, kh, kw)], 1)  # [O, C+1, kh, kw]
+        norm = -weight.square().sum((1, 2, 3))  # [O]
+        return _lowered(
+            input,
+            lambda x: torch.cat([x, x.square().sum(1, keepdim=True)], 1),  # [N, C+1, h, w]
+            stacked,
+            norm if bias is None else norm + bias,
+            mask,
+            out,
+            **geometry,
+        )
+    if p != 1:
+        return window_op2d(input, weight, lambda x, w: -((x - w).abs() ** p), bias=bias, mask=mask, out=out, **geometry)
+    geom, mask, result, done = prepare(input, (kh, kw), mask, out, O, **geometry)
+    if done:
+        return result
+    in_place = not needs_grad(input, weight)
+
+    def compute(patch: torch.Tensor, r) -> torch.Tensor:  # patch [C, h_in, w_in] -> [O, h, w]
+        h, w = r.shape
+        acc = None
+        buf = None
+        for m, q, xs in shifted_views(patch, geom, h, w):
+            for c in range(C):
+                wk = weight[:, c, m, q, None, None]  # [O, 1, 1]
+                if in_place:
+                    buf = torch.sub(xs[c], wk, out=buf).abs_()  # [O, h, w]
+                    acc = buf.neg() if acc is None else acc.sub_(buf)
+                else:
+                    d = (xs[c] - wk).abs()  # [O, h, w]
+                    acc = -d if acc is None else acc - d
+        return acc if bias is None else acc + bias[:, None, None]
+
+    run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())
+    return result
+
+
+def _lowered(
+    input: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    out: torch.Tensor | None,
+    **geometry,
+) -> torch.Tensor:
+    """roi_conv2d(transform(input), weight, bias) with the transform applied only where the mask reads."""
+    geom, mask, result, done = prepare(
+        input, weight.shape[2:], mask, out, weight.shape[0], allocate=mask is not None, **geometry
+    )
+    if done:
+        return result
+    if mask is None:
+        return roi_conv2d(transform(input), weight, bias, out=out, **geometry)
+    y0, y1, x0, x1 = _bbox(mask)
+    patch = _roi_patch(input, geom, y0, y1, x0, x1)  # [N, C, h_in, w_in]
+    roi_conv2d(
+        transform(patch),  # [N, C', h_in, w_in]
+        weight,
+        bias,
+        mask[:, y0:y1, x0:x1],
+        stride=geom.stride,
+        dilation=geom.dilation,
+        out=result[:, :, y0:y1, x0:x1],  # a view: roi_conv2d writes the ROI in place
+    )
+    return result
+
+
+def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """Bounding box [y0, y1) × [x0, x1) of the True entries of a non-empty mask (N, H_out, W_out), all images."""
+    rows = mask.any(2).any(0).nonzero().squeeze(1)
+    cols = mask.any(1).any(0).nonzero().squeeze(1)
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _roi_patch(input: torch.Tensor, geom: ConvGeometry, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    """The input (Tensor[N, C, h_in, w_in]) read by outputs [y0, y1) × [x0, x1), border handled per padding mode.
+
+    A view inside the image; a remapped copy of just the patch across a border.
+    """
+    N, C, H, W = input.shape
+    patch = gather_tile(input.reshape(N * C, H, W), geom, y0, y1, x0, x1)  # [N*C, h_in, w_in]
+    return patch.unflatten(0, (N, C))
+
+
+def _broadcast_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...] | None:
+    try:
+        return tuple(torch.broadcast_shapes(tuple(a), tuple(b)))
+    except RuntimeError:
+        return None
