@@ -3,6 +3,7 @@
 from .adaptive import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d
 from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
 from .functional import conv2d_reference, roi_conv2d, roi_conv2d_batch
+from .layers import DistanceConv2d, DynamicConv2d, MorphConv2d, OffsetConv2d, QuadraticConv2d
 from .morph import morph_conv2d
 from .nn import RoIConv2d
 from .plan import RoiPlan, plan_roi, set_workspace_limit, workspace_limit
@@ -11,6 +12,11 @@ from .window import window_op2d
 __version__ = "0.1.0"
 
 __all__ = [
+    "DistanceConv2d",
+    "DynamicConv2d",
+    "MorphConv2d",
+    "OffsetConv2d",
+    "QuadraticConv2d",
     "RoIConv2d",
     "RoiPlan",
     "adaptive_conv2d",
