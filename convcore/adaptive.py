@@ -96,28 +96,22 @@ def adaptive_conv2d(
     Cg = C // G
     in_place = not needs_grad(input, kernel, weight)
 
-    def compute(patch: torch.Tensor, r) -> torch.Tensor:  # patch [C, h_in, w_in] -> [O, h, w]
-        h, w = r.shape
-        kt = kernel[r.n, :, :, :, r.y0 : r.y1, r.x0 : r.x1]  # [G, kh, kw, h, w]
+    def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
+        h, w = band.shape
+        B = patch.shape[0]
+        kt = _band_rows(kernel, band, N)  # [B, G, kh, kw, h, w]
         acc = None
-        for m, q, xs in shifted_views(patch, geom, h, w):
-            z = xs.unflatten(0, (G, Cg)) * kt[:, None, m, q]  # [G, Cg, h, w]
+        for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
+            z = xs.unflatten(1, (G, Cg)) * kt[:, :, None, m, q]  # [B, G, Cg, h, w]
             if weight is not None:
-                wk = weight[:, :, m, q]  # [O, C]
-                z = z.reshape(C, h * w)  # [C, h*w]
-                if acc is None:
-                    acc = wk @ z  # [O, h*w]
-                elif in_place:
-                    acc.addmm_(wk, z)  # [O, h*w]
-                else:
-                    acc = torch.addmm(acc, wk, z)  # [O, h*w]
-            elif acc is None:
+                z = weight[:, :, m, q] @ z.reshape(B, C, h * w)  # [B, O, h*w]
+            if acc is None:
                 acc = z
             elif in_place:
                 acc += z
             else:
-                acc = acc + z  # [G, Cg, h, w]
-        acc = acc.reshape(O, h, w)
+                acc = acc + z
+        acc = acc.reshape(B, O, h, w)
         return acc if bias is None else acc + bias[:, None, None]
 
     row = (2 * C + (2 * O if weight is not None else C) + G * kh * kw) * geom.out_hw[1] * input.element_size()
@@ -180,22 +174,28 @@ def adaptive_gaussian_blur2d(
     dy = (torch.arange(kh, device=input.device, dtype=input.dtype) - (kh - 1) / 2).square()  # [kh]
     dx = (torch.arange(kw, device=input.device, dtype=input.dtype) - (kw - 1) / 2).square()  # [kw]
 
-    def compute(patch: torch.Tensor, r) -> torch.Tensor:  # patch [C, h_in, w_in] -> [C, h, w]
-        h, w = r.shape
-        s = sigma[r.n, 0, r.y0 : r.y1, r.x0 : r.x1]  # [h, w]
-        coef = -0.5 / s.clamp_min(_MIN_SIGMA).square()  # [h, w]
-        gy = torch.exp(dy[:, None, None] * coef)  # [kh, h, w]
-        gx = torch.exp(dx[:, None, None] * coef)  # [kw, h, w]
+    def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, C, h, w]
+        h, w = band.shape
+        s = _band_rows(sigma, band, N)  # [B, 1, h, w]
+        coef = -0.5 / s.clamp_min(_MIN_SIGMA).square()  # [B, 1, h, w]
+        gy = torch.exp(dy[:, None, None, None, None] * coef)  # [kh, B, 1, h, w]
+        gx = torch.exp(dx[:, None, None, None, None] * coef)  # [kw, B, 1, h, w]
         gy = gy / gy.sum(0)
         gx = gx / gx.sum(0)
         acc = None
-        for m, q, xs in shifted_views(patch, geom, h, w):
-            t = xs * (gy[m] * gx[q])  # [C, h, w]
+        for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
+            t = xs * (gy[m] * gx[q])  # [B, C, h, w]
             acc = t if acc is None else acc + t
         return acc
 
     run_tiles_op(input, geom, mask, result, compute, row_bytes=(3 * C + kh + kw + 4) * W * input.element_size())
     return result
+
+
+def _band_rows(t: torch.Tensor, band, n_images: int) -> torch.Tensor:
+    """The part of a per-position map t (Tensor[N, ..., H_out, W_out]) under a band: Tensor[B, ..., h, w]."""
+    t = t[..., band.y0 : band.y1, band.x0 : band.x1]
+    return t if len(band.ns) == n_images else t[list(band.ns)]
 
 
 def dynamic_conv2d(

@@ -66,18 +66,8 @@ def offset_conv2d(
     check_bias(bias, weight.shape[0], input)
     shift = (weight * offset).sum((1, 2, 3))  # [O]: Σ A⊙B
     bias = -shift if bias is None else bias - shift
-    return roi_conv2d(
-        input,
-        weight,
-        bias,
-        mask,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        padding_mode=padding_mode,
-        out=out,
-    )
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    return _lowered(input, None, weight, bias, mask, out, groups=groups, **geometry)
 
 
 def quadratic_conv2d(
@@ -193,18 +183,20 @@ def distance_conv2d(
         return result
     in_place = not needs_grad(input, weight)
 
-    def compute(patch: torch.Tensor, r) -> torch.Tensor:  # patch [C, h_in, w_in] -> [O, h, w]
-        h, w = r.shape
+    wt = weight.permute(2, 3, 1, 0)[..., None, None]  # [kh, kw, C, O, 1, 1]
+    taps = [[list(wt[m, q].unbind(0)) for q in range(kw)] for m in range(kh)]  # taps[m][q][c]: [O, 1, 1]
+
+    def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
+        h, w = band.shape
         acc = None
         buf = None
-        for m, q, xs in shifted_views(patch, geom, h, w):
-            for c in range(C):
-                wk = weight[:, c, m, q, None, None]  # [O, 1, 1]
+        for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
+            for xc, wk in zip(xs.unsqueeze(2).unbind(1), taps[m][q]):  # xc [B, 1, h, w]
                 if in_place:
-                    buf = torch.sub(xs[c], wk, out=buf).abs_()  # [O, h, w]
+                    buf = torch.sub(xc, wk, out=buf).abs_()  # [B, O, h, w]
                     acc = buf.neg() if acc is None else acc.sub_(buf)
                 else:
-                    d = (xs[c] - wk).abs()  # [O, h, w]
+                    d = (xc - wk).abs()  # [B, O, h, w]
                     acc = -d if acc is None else acc - d
         return acc if bias is None else acc + bias[:, None, None]
 
@@ -214,21 +206,29 @@ def distance_conv2d(
 
 def _lowered(
     input: torch.Tensor,
-    transform: Callable[[torch.Tensor], torch.Tensor],
+    transform: Callable[[torch.Tensor], torch.Tensor] | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     mask: torch.Tensor | None,
     out: torch.Tensor | None,
+    *,
+    groups: int = 1,
     **geometry,
 ) -> torch.Tensor:
-    """roi_conv2d(transform(input), weight, bias) with the transform applied only where the mask reads."""
+    """roi_conv2d(transform(input), weight, bias), the transform applied only to the input the mask reads.
+
+    With a mask, the convolution runs on the input patch under the mask's bounding box (borders resolved per
+    padding mode) and writes into the matching view of the output, so neither the transform nor roi_conv2d's
+    planning touches the rest of the image.
+    """
+    transform = transform or (lambda x: x)
     geom, mask, result, done = prepare(
         input, weight.shape[2:], mask, out, weight.shape[0], allocate=mask is not None, **geometry
     )
     if done:
         return result
     if mask is None:
-        return roi_conv2d(transform(input), weight, bias, out=out, **geometry)
+        return roi_conv2d(transform(input), weight, bias, out=out, groups=groups, **geometry)
     y0, y1, x0, x1 = _bbox(mask)
     patch = _roi_patch(input, geom, y0, y1, x0, x1)  # [N, C, h_in, w_in]
     roi_conv2d(
@@ -238,6 +238,7 @@ def _lowered(
         mask[:, y0:y1, x0:x1],
         stride=geom.stride,
         dilation=geom.dilation,
+        groups=groups,
         out=result[:, :, y0:y1, x0:x1],  # a view: roi_conv2d writes the ROI in place
     )
     return result

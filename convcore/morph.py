@@ -75,22 +75,25 @@ def morph_conv2d(
     pick = torch.maximum if mode == "dilation" else torch.minimum
     in_place = not needs_grad(input, weight)
 
-    def compute(patch: torch.Tensor, r) -> torch.Tensor:  # patch [C, h_in, w_in] -> [O, h, w]
-        h, w = r.shape
+    # taps[m][q][c]: the weight of every output channel at tap (m, q), input channel c of its group: [G, O/G, 1, 1]
+    wt = wg.permute(3, 4, 2, 0, 1)[..., None, None]  # [kh, kw, Cg, G, O/G, 1, 1]
+    taps = [[list(wt[m, q].unbind(0)) for q in range(kw)] for m in range(kh)]
+
+    def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
+        h, w = band.shape
         acc = None
         buf = None
-        for m, q, xs in shifted_views(patch, geom, h, w):
-            xg = xs.unflatten(0, (G, Cg))  # [G, Cg, h, w]
-            for c in range(Cg):
-                wk = wg[:, :, c, m, q, None, None]  # [G, O/G, 1, 1]
+        for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
+            xcs = xs.unflatten(1, (G, Cg)).unsqueeze(3).unbind(2)  # Cg x [B, G, 1, h, w]
+            for xc, wk in zip(xcs, taps[m][q]):
                 if acc is None:
-                    acc = xg[:, c, None] + wk  # [G, O/G, h, w]
+                    acc = xc + wk  # [B, G, O/G, h, w]
                 elif in_place:
-                    buf = torch.add(xg[:, c, None], wk, out=buf)  # [G, O/G, h, w]
+                    buf = torch.add(xc, wk, out=buf)  # [B, G, O/G, h, w]
                     pick(acc, buf, out=acc)
                 else:
-                    acc = pick(acc, xg[:, c, None] + wk)  # [G, O/G, h, w]
-        return acc.reshape(O, h, w)
+                    acc = pick(acc, xc + wk)  # [B, G, O/G, h, w]
+        return acc.reshape(patch.shape[0], O, h, w)
 
     run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())
     return result

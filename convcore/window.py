@@ -19,12 +19,13 @@ positions; the rest is zero, or with ``out=`` left untouched.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ._checks import ConvGeometry, check_mask, check_out, check_same, check_tensor, conv_geometry
 from .gather import as_plane, gather_tile, gather_windows, scatter_windows, window_index
-from .plan import Rect, _rects_from_mask, _tile_size, workspace_limit
+from .plan import _rects_from_mask, _tile_size, workspace_limit
 
 __all__ = ["window_op2d"]
 
@@ -223,27 +224,47 @@ def run_windows_op(
             scatter_windows(out[n], oy, ox, values)  # out[n][:, oy, ox] = [O, p]
 
 
-def tile_rects(mask: torch.Tensor | None, n_images: int, geom: ConvGeometry, row_bytes: int, device) -> list[Rect]:
-    """Output rectangles the tiles engine visits: row bands of each image, or the mask's active tiles.
+@dataclass(frozen=True)
+class Band:
+    """Output rows [y0, y1) × cols [x0, x1) of the images ``ns``; ``full`` when the mask covers all of it."""
 
-    Each rectangle is split into row bands whose working set (``row_bytes`` per output row of full width, scaled
-    to the rectangle's width) stays near :func:`working_bytes`.
+    ns: tuple[int, ...]
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    full: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+
+def tile_bands(mask: torch.Tensor | None, n_images: int, geom: ConvGeometry, row_bytes: int, device) -> list[Band]:
+    """The output rectangles the tiles engine visits, images that share a rectangle batched together.
+
+    Without a mask: row bands across the whole batch. With one: the mask's active tiles merged into rectangles
+    (:func:`convcore.plan._rects_from_mask`), those of different images with the same bounds grouped (a mask shared
+    by the batch gives one group per rectangle). Each group is cut into row bands whose working set (``row_bytes``
+    per full-width output row and image) stays near :func:`working_bytes`.
     """
     Ho, Wo = geom.out_hw
     budget = working_bytes(device)
     if mask is None:
-        base = [Rect(n, 0, Ho, 0, Wo, True) for n in range(n_images)]
+        groups = {(0, Ho, 0, Wo): list(range(n_images))}
     else:
-        base = _rects_from_mask(mask.detach().cpu().numpy(), _tile_size(geom.out_hw), Ho)
-    rects: list[Rect] = []
-    for r in base:
-        per_row = max(1, row_bytes * (r.x1 - r.x0) // max(Wo, 1))
+        groups = {}
+        for r in _rects_from_mask(mask.detach().cpu().numpy(), _tile_size(geom.out_hw), Ho):
+            groups.setdefault((r.y0, r.y1, r.x0, r.x1), []).append(r.n)
+    bands: list[Band] = []
+    for (y0, y1, x0, x1), ns in groups.items():
+        per_row = max(1, row_bytes * len(ns) * (x1 - x0) // max(Wo, 1))
         rows = max(1, budget // per_row)
-        for y0 in range(r.y0, r.y1, rows):
-            y1 = min(y0 + rows, r.y1)
-            full = r.full or mask is None or bool(mask[r.n, y0:y1, r.x0 : r.x1].all())
-            rects.append(Rect(r.n, y0, y1, r.x0, r.x1, full))
-    return rects
+        for b0 in range(y0, y1, rows):
+            b1 = min(b0 + rows, y1)
+            full = mask is None or bool(mask[ns, b0:b1, x0:x1].all())
+            bands.append(Band(tuple(ns), b0, b1, x0, x1, full))
+    return bands
 
 
 def run_tiles_op(
@@ -251,40 +272,55 @@ def run_tiles_op(
     geom: ConvGeometry,
     mask: torch.Tensor | None,
     out: torch.Tensor,
-    compute: Callable[[torch.Tensor, Rect], torch.Tensor],
+    compute: Callable[[torch.Tensor, Band], torch.Tensor],
     row_bytes: int,
 ) -> None:
-    """The tiles engine: for each output rectangle, compute from its input patch and write it into ``out``.
+    """The tiles engine: for each output band, compute from its input patch and write it into ``out``.
 
     Args:
         input (Tensor[N, C, H, W]), geom: the input and its resolved geometry.
         mask (bool Tensor[N, H_out, W_out] or None): checked ROI; None is everywhere.
         out (Tensor[N, O, H_out, W_out]): written inside the mask only.
-        compute: ``compute(patch, rect)`` with patch (Tensor[C, h_in, w_in], the rectangle's input with halo, see
-            :func:`_shifted_views`) returns Tensor[O, h, w] for the rectangle's h × w output positions.
-        row_bytes: working memory of one full-width output row, to size the row bands.
+        compute: ``compute(patch, band)`` with patch (Tensor[B, C, h_in, w_in]: the band's input with halo for its
+            B = len(band.ns) images, see :func:`shifted_views`) returns Tensor[B, O, h, w].
+        row_bytes: working memory of one full-width output row of one image, to size the bands.
     """
-    for r in tile_rects(mask, input.shape[0], geom, row_bytes, input.device):
-        patch = gather_tile(input[r.n], geom, r.y0, r.y1, r.x0, r.x1)  # [C, h_in, w_in]
-        res = compute(patch, r)  # [O, h, w]
-        dst = out[r.n, :, r.y0 : r.y1, r.x0 : r.x1]  # [O, h, w] view
-        if r.full:
-            dst.copy_(res)
-        else:
-            dst.copy_(torch.where(mask[r.n, r.y0 : r.y1, r.x0 : r.x1], res, dst))
+    N, C, H, W = input.shape
+    for band in tile_bands(mask, N, geom, row_bytes, input.device):
+        patch = _band_patch(input, geom, band)  # [B, C, h_in, w_in]
+        res = compute(patch, band)  # [B, O, h, w]
+        if band.full and len(band.ns) == N:
+            out[:, :, band.y0 : band.y1, band.x0 : band.x1].copy_(res)
+            continue
+        for b, n in enumerate(band.ns):
+            dst = out[n, :, band.y0 : band.y1, band.x0 : band.x1]  # [O, h, w] view
+            if band.full:
+                dst.copy_(res[b])
+            else:
+                dst.copy_(torch.where(mask[n, band.y0 : band.y1, band.x0 : band.x1], res[b], dst))
+
+
+def _band_patch(input: torch.Tensor, geom: ConvGeometry, band: Band) -> torch.Tensor:
+    """Input patch with halo (Tensor[B, C, h_in, w_in]) of a band: a view inside the image when possible."""
+    N, C, H, W = input.shape
+    if len(band.ns) == N and input.is_contiguous():
+        flat = input.view(N * C, H, W)  # [N*C, H, W]
+        return gather_tile(flat, geom, band.y0, band.y1, band.x0, band.x1).unflatten(0, (N, C))
+    tiles = [gather_tile(input[n], geom, band.y0, band.y1, band.x0, band.x1) for n in band.ns]  # [C, h_in, w_in]
+    return tiles[0].unsqueeze(0) if len(tiles) == 1 else torch.stack(tiles)
 
 
 def shifted_views(patch: torch.Tensor, geom: ConvGeometry, h: int, w: int) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """The kh·kw shifted (strided) views of a rectangle's input patch: (m, q, Tensor[C, h, w]) per kernel tap.
+    """The kh·kw shifted (strided) views of a band's input patch: (m, q, Tensor[B, C, h, w]) per kernel tap.
 
-    The view for tap (m, q) holds, at output position (i, j) of the rectangle, the input value under that tap.
+    The view for tap (m, q) holds, at output position (i, j) of the band, the input value under that tap.
     No data is copied.
     """
     (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
     for m in range(kh):
         for q in range(kw):
             r0, c0 = m * dh, q * dw
-            yield m, q, patch[:, r0 : r0 + (h - 1) * sh + 1 : sh, c0 : c0 + (w - 1) * sw + 1 : sw]  # [C, h, w]
+            yield m, q, patch[..., r0 : r0 + (h - 1) * sh + 1 : sh, c0 : c0 + (w - 1) * sw + 1 : sw]  # [B, C, h, w]
 
 
 def prepare(
