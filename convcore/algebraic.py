@@ -181,27 +181,57 @@ def distance_conv2d(
     geom, mask, result, done = prepare(input, (kh, kw), mask, out, O, **geometry)
     if done:
         return result
-    in_place = not needs_grad(input, weight)
-
-    wt = weight.permute(2, 3, 1, 0)[..., None, None]  # [kh, kw, C, O, 1, 1]
-    taps = [[list(wt[m, q].unbind(0)) for q in range(kw)] for m in range(kh)]  # taps[m][q][c]: [O, 1, 1]
+    track = needs_grad(input, weight)
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
-        h, w = band.shape
-        acc = None
-        buf = None
-        for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
-            for xc, wk in zip(xs.unsqueeze(2).unbind(1), taps[m][q]):  # xc [B, 1, h, w]
-                if in_place:
-                    buf = torch.sub(xc, wk, out=buf).abs_()  # [B, O, h, w]
-                    acc = buf.neg() if acc is None else acc.sub_(buf)
-                else:
-                    d = (xc - wk).abs()  # [B, O, h, w]
-                    acc = -d if acc is None else acc - d
-        return acc if bias is None else acc + bias[:, None, None]
+        y = _AdderBand.apply(patch, weight, geom, band.shape) if track else _adder_band(patch, weight, geom, band.shape)
+        return y if bias is None else y + bias[:, None, None]
 
     run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())
     return result
+
+
+def _adder_band(patch: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, hw: tuple[int, int]) -> torch.Tensor:
+    """−Σ |x − w| over the C·kh·kw shifted views of one band's patch (Tensor[B, C, h_in, w_in]) → Tensor[B, O, h, w]."""
+    h, w = hw
+    wt = weight.permute(2, 3, 1, 0)[..., None, None]  # [kh, kw, C, O, 1, 1]: wt[m, q, c] is [O, 1, 1]
+    acc = buf = None
+    for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
+        for c, xc in enumerate(xs.unsqueeze(2).unbind(1)):  # xc [B, 1, h, w]
+            buf = torch.sub(xc, wt[m, q, c], out=buf).abs_()  # [B, O, h, w]
+            acc = buf.neg() if acc is None else acc.sub_(buf)
+    return acc
+
+
+class _AdderBand(torch.autograd.Function):
+    """One band of distance_conv2d(p=1) whose backward recomputes sign(x − w) tap by tap instead of saving it.
+
+    Saves only the band's input patch (a view of the input inside the image).
+    """
+
+    @staticmethod
+    def forward(ctx, patch, weight, geom: ConvGeometry, hw: tuple[int, int]):
+        ctx.save_for_backward(patch, weight)
+        ctx.geom, ctx.hw = geom, hw
+        return _adder_band(patch.detach(), weight.detach(), geom, hw)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad [B, O, h, w]
+        patch, weight = ctx.saved_tensors
+        h, w = ctx.hw
+        grad_patch = torch.zeros_like(patch) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        views = shifted_views(grad_patch, ctx.geom, h, w) if grad_patch is not None else None
+        for m, q, xs in shifted_views(patch, ctx.geom, h, w):  # xs [B, C, h, w]
+            gxs = next(views)[2] if views is not None else None  # [B, C, h, w] view of grad_patch
+            for c in range(xs.shape[1]):
+                gs = grad * torch.sign(xs[:, c, None] - weight[:, c, m, q, None, None])  # [B, O, h, w]
+                if grad_w is not None:
+                    grad_w[:, c, m, q] += gs.sum((0, 2, 3))  # d/dw −|x − w| = sign(x − w)
+                if gxs is not None:
+                    gxs[:, c] -= gs.sum(1)  # d/dx −|x − w| = −sign(x − w)
+        return grad_patch, grad_w, None, None
 
 
 def _lowered(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_same, check_tensor, conv_geometry
+from ._checks import ConvGeometry, check_same, check_tensor, conv_geometry
 from .gather import pad_input
 from .plan import _check_groups
 from .window import needs_grad, prepare, run_tiles_op, shifted_views
@@ -72,31 +72,87 @@ def morph_conv2d(
     wg = weight.reshape(G, O // G, Cg, kh, kw)  # [G, O/G, Cg, kh, kw]
     if mode == "erosion":
         wg = -wg
-    pick = torch.maximum if mode == "dilation" else torch.minimum
-    in_place = not needs_grad(input, weight)
-
-    # taps[m][q][c]: the weight of every output channel at tap (m, q), input channel c of its group: [G, O/G, 1, 1]
-    wt = wg.permute(3, 4, 2, 0, 1)[..., None, None]  # [kh, kw, Cg, G, O/G, 1, 1]
-    taps = [[list(wt[m, q].unbind(0)) for q in range(kw)] for m in range(kh)]
+    track = needs_grad(input, weight)
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
-        h, w = band.shape
-        acc = None
-        buf = None
-        for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
-            xcs = xs.unflatten(1, (G, Cg)).unsqueeze(3).unbind(2)  # Cg x [B, G, 1, h, w]
-            for xc, wk in zip(xcs, taps[m][q]):
-                if acc is None:
-                    acc = xc + wk  # [B, G, O/G, h, w]
-                elif in_place:
-                    buf = torch.add(xc, wk, out=buf)  # [B, G, O/G, h, w]
-                    pick(acc, buf, out=acc)
-                else:
-                    acc = pick(acc, xc + wk)  # [B, G, O/G, h, w]
-        return acc.reshape(patch.shape[0], O, h, w)
+        if track:
+            return _MorphBand.apply(patch, wg, geom, band.shape, mode)
+        return _morph_band(patch, wg, geom, band.shape, mode, track=False)[0]
 
     run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())
     return result
+
+
+def _morph_band(
+    patch: torch.Tensor, wg: torch.Tensor, geom: ConvGeometry, hw: tuple[int, int], mode: str, *, track: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Running max (dilation) / min (erosion) of x + w over the C/G·kh·kw shifted views of one band's patch.
+
+    Returns the result (Tensor[B, O, h, w]) and, with ``track``, the index of the winning tap (int32
+    Tensor[B, O, h, w], c·kh·kw + m·kw + q into ``wg[g, o]``) that the backward pass routes the gradient through.
+    """
+    G, Og, Cg, kh, kw = wg.shape
+    h, w = hw
+    B = patch.shape[0]
+    pick = torch.maximum if mode == "dilation" else torch.minimum
+    better = torch.gt if mode == "dilation" else torch.lt
+    wt = wg.permute(3, 4, 2, 0, 1)[..., None, None]  # [kh, kw, Cg, G, O/G, 1, 1]: wt[m, q, c] is [G, O/G, 1, 1]
+    acc = code = buf = None
+    for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
+        xcs = xs.unflatten(1, (G, Cg)).unsqueeze(3).unbind(2)  # Cg x [B, G, 1, h, w]
+        for c, xc in enumerate(xcs):
+            wk = wt[m, q, c]  # [G, O/G, 1, 1]
+            if acc is None:
+                acc = xc + wk  # [B, G, O/G, h, w]
+                code = torch.zeros(acc.shape, dtype=torch.int32, device=acc.device) if track else None
+                continue
+            buf = torch.add(xc, wk, out=buf)  # [B, G, O/G, h, w]
+            if track:
+                code.masked_fill_(better(buf, acc), c * kh * kw + m * kw + q)
+            pick(acc, buf, out=acc)
+    O = G * Og
+    return acc.reshape(B, O, h, w), None if code is None else code.reshape(B, O, h, w)
+
+
+class _MorphBand(torch.autograd.Function):
+    """One band of morph_conv2d with a sparse backward: the gradient goes to the winning tap only.
+
+    Saves the winners' indices (int32, the size of the band's output) instead of every x + w of the loop.
+    """
+
+    @staticmethod
+    def forward(ctx, patch, wg, geom: ConvGeometry, hw: tuple[int, int], mode: str):
+        y, code = _morph_band(patch.detach(), wg.detach(), geom, hw, mode, track=True)
+        ctx.save_for_backward(code)
+        ctx.patch_shape, ctx.wg_shape, ctx.geom = patch.shape, wg.shape, geom
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad [B, O, h, w]
+        (code,) = ctx.saved_tensors
+        B, C, h_in, w_in = ctx.patch_shape
+        G, Og, Cg, kh, kw = ctx.wg_shape
+        (sh, sw), (dh, dw) = ctx.geom.stride, ctx.geom.dilation
+        grad = grad.contiguous()
+        code = code.long()  # [B, O, h, w]
+        grad_patch = grad_wg = None
+        if ctx.needs_input_grad[0]:
+            _, O, h, w = grad.shape
+            c, k = code // (kh * kw), code % (kh * kw)
+            rows = torch.arange(h, device=grad.device)[:, None] * sh + (k // kw) * dh  # [B, O, h, w]
+            cols = torch.arange(w, device=grad.device) * sw + (k % kw) * dw  # [B, O, h, w]
+            chan = (torch.arange(O, device=grad.device) // Og * Cg)[:, None, None] + c  # [B, O, h, w]
+            img = torch.arange(B, device=grad.device)[:, None, None, None]
+            flat = ((img * C + chan) * h_in + rows) * w_in + cols  # [B, O, h, w] into the patch
+            grad_patch = grad.new_zeros(B * C * h_in * w_in).index_add_(0, flat.reshape(-1), grad.reshape(-1))
+            grad_patch = grad_patch.view(B, C, h_in, w_in)
+        if ctx.needs_input_grad[1]:
+            O = G * Og
+            idx = code.transpose(0, 1).reshape(O, -1)  # [O, B*h*w]
+            grad_wg = grad.new_zeros(O, Cg * kh * kw).scatter_add_(1, idx, grad.transpose(0, 1).reshape(O, -1))
+            grad_wg = grad_wg.view(ctx.wg_shape)
+        return grad_patch, grad_wg, None, None, None
 
 
 def morph_reference(

@@ -164,6 +164,20 @@ def test_gradcheck(op, device):
     assert torch.autograd.gradcheck(f, (x, A, B, c))
 
 
+def test_adder_gradients_equal_the_recipe(device, assert_close):
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    g = torch.randn(2, 4, 5, 8, dtype=torch.float64, device=device)
+    kw = dict(stride=(2, 1), padding=1, padding_mode="circular")
+    y = distance_conv2d(x, w, 1, **kw)
+    ref = recipe(x, w, lambda a, b: -(a - b).abs(), (3, (2, 1), 1, 1), "circular")
+    assert_close(y, ref)
+    gx, gw = torch.autograd.grad((y * g).sum(), (x, w))
+    rx, rw = torch.autograd.grad((ref * g).sum(), (x, w))
+    assert_close(gx, rx)
+    assert_close(gw, rw)
+
+
 def test_errors():
     x = torch.randn(1, 3, 8, 8)
     A = torch.randn(2, 3, 3, 3)

@@ -146,16 +146,29 @@ def _geom(x, w):
     return conv_geometry(x.shape[2:], w.shape[2:], padding=1)
 
 
+@pytest.mark.parametrize("groups,stride,dilation", [(1, 1, 1), (2, (2, 1), (1, 2))])
 @pytest.mark.parametrize("mode", ["dilation", "erosion"])
-def test_gradcheck(mode, device):
-    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
-    w = torch.randn(2, 2, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
-    mask = masks("random", 1, (6, 4), device)
+def test_gradcheck(mode, groups, stride, dilation, device):
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(2, 2 // groups, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=(1, 0), padding_mode="reflect")
+    out_hw = morph_reference(x, w, mode, **kw).shape[2:]
+    mask = masks("random", 1, out_hw, device)
 
     def f(x, w):
-        return morph_conv2d(x, w, mode, padding=(1, 0), padding_mode="reflect", mask=mask)
+        return morph_conv2d(x, w, mode, mask=mask, **kw)
 
     assert torch.autograd.gradcheck(f, (x, w))
+
+
+def test_gradients_equal_the_recipe(device, assert_close):
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    g = torch.randn(2, 4, 9, 8, dtype=torch.float64, device=device)
+    gx, gw = torch.autograd.grad((morph_conv2d(x, w, padding=1, padding_mode="symmetric") * g).sum(), (x, w))
+    rx, rw = torch.autograd.grad((morph_reference(x, w, padding=1, padding_mode="symmetric") * g).sum(), (x, w))
+    assert_close(gx, rx)
+    assert_close(gw, rw)
 
 
 def test_errors():
