@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 
 from fastapi import APIRouter, Request
@@ -23,6 +24,8 @@ from .pipeline import encode_result, prepare
 from .schemas import ModelFilter, Spec
 
 __all__ = ["routers"]
+
+log = logging.getLogger("roiconv.routes")
 
 convolve_router = APIRouter(tags=["convolve"])
 catalog_router = APIRouter(tags=["catalog"])
@@ -75,6 +78,9 @@ async def convolve(request: Request) -> Response:
             metrics.rejected.labels(reason=err.code).inc()
         response = error_response(err)
         label = _filter_label(getattr(err, "spec", None))
+    except Exception as exc:  # a bug, not the input: answer with JSON, keep serving
+        log.exception("unexpected error in /convolve")
+        response = error_response(ApiError(500, "internal_error", f"unexpected {type(exc).__name__}: {exc}"))
     finally:
         state.inflight -= 1
     metrics.requests.labels(filter=label, status=str(response.status_code)).inc()
@@ -140,7 +146,13 @@ async def _run(state, spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, 
     if spec.timeout_ms is not None:
         timeout = min(timeout, spec.timeout_ms / 1000)
     deadline = t0 + timeout
-    prepared = await asyncio.to_thread(prepare, spec, image_bytes, mask_bytes, settings.max_pixels)
+    try:
+        prepared = await asyncio.to_thread(prepare, spec, image_bytes, mask_bytes, settings.max_pixels)
+    except ApiError:
+        raise
+    except Exception as exc:  # an input nothing above recognised as bad: still the input's fault
+        log.warning("could not prepare a request: %r", exc)
+        raise ApiError(422, "invalid_request", f"could not process the input: {exc}", "image") from None
     loop = asyncio.get_running_loop()
     job = Job(prepared.op, prepared.work, loop.create_future())
     try:

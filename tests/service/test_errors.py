@@ -169,8 +169,18 @@ def test_full_queue_is_429_with_retry_after_and_the_rest_succeed():
     async def main():
         async with running(max_queue=2, max_batch=1) as (app, client):
             app.state.roiconv.pool.run = gate
-            tasks = [asyncio.create_task(post(client, IMG, {"filter": GAUSS})) for _ in range(3)]
-            await asyncio.sleep(0.3)  # one computing (blocked), two queued
+            pool = app.state.roiconv.pool
+
+            async def until(cond):
+                for _ in range(1000):
+                    if cond():
+                        return
+                    await asyncio.sleep(0.01)
+
+            tasks = [asyncio.create_task(post(client, IMG, {"filter": GAUSS}))]
+            await until(lambda: pool.devices[0].load == 1)  # the first one computing (blocked)
+            tasks += [asyncio.create_task(post(client, IMG, {"filter": GAUSS})) for _ in range(2)]
+            await until(pool.queue.full)  # two waiting: the queue is full
             rejected = await post(client, IMG, {"filter": GAUSS})
             gate.event.set()
             done = await asyncio.gather(*tasks)
@@ -220,3 +230,27 @@ def test_failing_batch_fails_only_the_poisoned_request_and_worker_keeps_serving(
     assert decode(batch[0].content).shape == (20, 20, 3)
     assert after.status_code == 200 and ready.status_code == 200
     assert ready.json()["devices"]["cpu"]["failures"] >= 1
+
+
+def test_mutated_images_never_cause_a_500():
+    rng = np.random.default_rng(0)
+    img = rand_image(32, 40, seed=1)
+    cases = []
+    for ext in (".png", ".jpg", ".tiff", ".bmp", ".webp"):
+        data = bytearray(encode(img, ext))
+        for _ in range(6):
+            mutated = bytearray(data)
+            for pos in rng.integers(0, min(len(data), 64), 3):
+                mutated[pos] = int(rng.integers(0, 256))
+            cases.append(bytes(mutated))
+        cases.append(bytes(data[: len(data) // 3]))
+
+    async def main():
+        async with running(max_pixels=10**6) as (_, client):
+            statuses = [(await post(client, c, {"filter": GAUSS})).status_code for c in cases]
+            alive = await client.get("/livez")
+            return statuses, alive
+
+    statuses, alive = run(main())
+    assert set(statuses) <= {200, 413, 422}, statuses
+    assert 422 in statuses and alive.status_code == 200

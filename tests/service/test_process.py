@@ -51,7 +51,7 @@ class Slow(torch.nn.Module):
                 self.conv.weight[c, c, 1, 1] = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(150):
+        for _ in range(1000):
             x = self.conv(x)
         return x
 
@@ -76,10 +76,14 @@ def test_sigterm_drains_in_flight_requests(server_process, tmp_path):
     assert _inflight(server.url) == 1, "the slow request never started computing"
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
-    ready = httpx.get(server.url + "/readyz", timeout=5)
-    refused = _post(server.url, rand_image(10, 10), {"filter": {"name": "box"}}, timeout=5)
-    still_computing = _inflight(server.url)
-    client.join(120)
+    try:
+        ready = httpx.get(server.url + "/readyz", timeout=5)
+        refused = _post(server.url, rand_image(10, 10), {"filter": {"name": "box"}}, timeout=5)
+        still_computing = _inflight(server.url)
+    finally:
+        client.join(120)
+        if server.proc.poll() is not None:
+            print(results and (results[0].status_code, results[0].text[:300]), server.stop())
     assert ready.status_code == 503 and ready.json()["draining"] is True
     assert refused.status_code == 503
     assert still_computing == 1, "the drain checks must run while the slow request is in flight"
