@@ -46,6 +46,7 @@ class AppState:
     pool: DevicePool | None = None
     draining: bool = False
     inflight: int = 0
+    preparing: int = 0
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -151,6 +152,7 @@ async def lifespan(app: FastAPI):
         max_queue=s.max_queue,
         pixel_budget=_BATCH_PIXEL_BUDGET,
         models=models,
+        incoming=lambda: state.preparing,
     )
     state.pool = pool
     state.draining = False

@@ -17,16 +17,19 @@ __all__ = ["collect_batch", "group_batches"]
 T = TypeVar("T")
 
 
-async def collect_batch(queue: asyncio.Queue[T], max_size: int, max_delay: float) -> list[T]:
+async def collect_batch(queue: asyncio.Queue[T], max_size: int, max_delay: float | Callable[[], float]) -> list[T]:
     """Wait for the first item, then collect up to ``max_size`` items within ``max_delay`` seconds of it.
 
     Items already queued are taken at once, without waiting; the wait only applies while the queue is empty.
+    ``max_delay`` may be a function, called once the first item is in (e.g. 0 when nothing else is on its way).
     """
     if max_size < 1:
         raise ValueError(f"max_size must be >= 1, got {max_size}")
-    if max_delay < 0:
+    if not callable(max_delay) and max_delay < 0:
         raise ValueError(f"max_delay must be >= 0 seconds, got {max_delay}")
     batch = [await queue.get()]
+    if callable(max_delay):
+        max_delay = max(0.0, float(max_delay()))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_delay
     while len(batch) < max_size:

@@ -90,12 +90,14 @@ class DevicePool:
         pixel_budget: int,
         models: dict[str, dict] | None = None,
         run=run_batch,
+        incoming=None,
     ) -> None:
         self.devices = [Device(n, workers_per_device, (models or {}).get(n, {})) for n in names]
         self.metrics = metrics
         self.max_batch, self.max_delay, self.pixel_budget = max_batch, max_delay, pixel_budget
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
         self.run = run  # (op, works, torch.device, models) -> list[np.ndarray]; replaceable in tests
+        self.incoming = incoming  # () -> requests admitted but not queued yet (decoding); None: unknown
         self._slots = asyncio.Semaphore(len(self.devices) * workers_per_device)
         self._tasks: list[asyncio.Task] = []
 
@@ -163,7 +165,7 @@ class DevicePool:
     async def _dispatch(self) -> None:
         while True:
             await self._slots.acquire()
-            jobs = await collect_batch(self.queue, self.max_batch, self.max_delay)
+            jobs = await collect_batch(self.queue, self.max_batch, self._delay)
             self.metrics.queue_depth.set(self.queue.qsize())
             jobs = [j for j in jobs if not j.future.done()]  # timed out or cancelled while queued
             groups = group_batches(jobs, key=lambda j: j.op.key, size=lambda j: j.pixels, budget=self.pixel_budget)
@@ -175,6 +177,10 @@ class DevicePool:
                 device = self.least_loaded()
                 device.load += len(group)
                 device.queue.put_nowait(group)
+
+    def _delay(self) -> float:
+        """Wait for more only when more are on their way (being decoded right now), else dispatch at once."""
+        return self.max_delay if self.incoming is None or self.incoming() > 0 else 0.0
 
     async def _worker(self, device: Device) -> None:
         while True:

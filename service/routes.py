@@ -146,19 +146,20 @@ async def _run(state, spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, 
     if spec.timeout_ms is not None:
         timeout = min(timeout, spec.timeout_ms / 1000)
     deadline = t0 + timeout
+    state.preparing += 1
     try:
         prepared = await asyncio.to_thread(prepare, spec, image_bytes, mask_bytes, settings.max_pixels)
+        job = Job(prepared.op, prepared.work, asyncio.get_running_loop().create_future())
+        pool.submit(job)
     except ApiError:
         raise
+    except asyncio.QueueFull:
+        raise ApiError(429, "queue_full", "too many requests are waiting; retry later", headers=_retry()) from None
     except Exception as exc:  # an input nothing above recognised as bad: still the input's fault
         log.warning("could not prepare a request: %r", exc)
         raise ApiError(422, "invalid_request", f"could not process the input: {exc}", "image") from None
-    loop = asyncio.get_running_loop()
-    job = Job(prepared.op, prepared.work, loop.create_future())
-    try:
-        pool.submit(job)
-    except asyncio.QueueFull:
-        raise ApiError(429, "queue_full", "too many requests are waiting; retry later", headers=_retry()) from None
+    finally:
+        state.preparing -= 1
     try:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:

@@ -70,3 +70,17 @@ def test_group_by_key_keeps_order_and_respects_budget():
     items = [("a", 5), ("b", 1), ("a", 5), ("a", 5), ("b", 1), ("a", 20)]
     groups = group_batches(items, key=lambda x: x[0], size=lambda x: x[1], budget=10)
     assert groups == [[("a", 5), ("a", 5)], [("a", 5)], [("a", 20)], [("b", 1), ("b", 1)]]
+
+
+def test_delay_function_is_asked_after_the_first_item():
+    asked = []
+
+    async def main():
+        q = asyncio.Queue()
+        q.put_nowait("a")
+        t = time.perf_counter()
+        batch = await collect_batch(q, 8, lambda: asked.append(q.qsize()) or 0.0)
+        return batch, time.perf_counter() - t
+
+    batch, elapsed = asyncio.run(main())
+    assert batch == ["a"] and asked == [0] and elapsed < 0.5
