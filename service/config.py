@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     workers_per_device: int = Field(1, ge=1, le=64, description="Workers pulling batches on each device.")
     max_batch: int = Field(16, ge=1, le=1024, description="Most requests in one batch (1 disables batching).")
     max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000, description="Longest wait for a batch to fill, in ms.")
-    max_queue: int = Field(64, ge=1, description="Requests waiting for a worker before new ones get 429.")
+    max_queue: int = Field(
+        64, ge=1, description="Requests waiting for a worker (being decoded or queued) before new ones get 429."
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request (caps `timeout_ms`); then 504.")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body; larger gets 413.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest image (width × height); larger gets 413.")

@@ -180,10 +180,12 @@ def in_process_seconds(image: bytes, repeats: int = 50) -> float:
     """Median in-process decode + convolve + encode time of the load test's request (no HTTP)."""
     import torch
 
+    from .app import _set_cpu_threads
     from .compute import run_batch
     from .pipeline import encode_result, prepare
     from .schemas import Spec
 
+    _set_cpu_threads(["cpu"], 1)  # the server's thread setting, for a fair comparison
     spec = Spec.model_validate(SPEC)
     times = []
     for _ in range(repeats):
@@ -193,6 +195,29 @@ def in_process_seconds(image: bytes, repeats: int = 50) -> float:
         encode_result(out, p)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def compute_batch_gain(image: bytes, size: int = 16, repeats: int = 5) -> tuple[float, float]:
+    """In-process compute only: seconds for ``size`` requests as one batch and as ``size`` single batches."""
+    import torch
+
+    from .compute import run_batch
+    from .pipeline import prepare
+    from .schemas import Spec
+
+    p = prepare(Spec.model_validate(SPEC), image, None, 10**8)
+    works, cpu = [p.work] * size, torch.device("cpu")
+    run_batch(p.op, works, cpu)
+    one, single = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run_batch(p.op, works, cpu)
+        one.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for w in works:
+            run_batch(p.op, [w], cpu)
+        single.append(time.perf_counter() - t)
+    return statistics.median(one), statistics.median(single)
 
 
 def targets(args, body: bytes, ctype: str, image: bytes) -> None:
@@ -210,6 +235,11 @@ def targets(args, body: bytes, ctype: str, image: bytes) -> None:
     print(f"concurrency 1: {single.summary()}")
     print(f"in-process decode+convolve+encode median = {base * 1000:.2f} ms; HTTP p50 / in-process = {ratio1:.2f}x")
     print(f"target p50 within 1.3x of in-process: {'met' if ratio1 <= 1.3 else 'missed'}")
+    one, single = compute_batch_gain(image)
+    print(
+        f"compute only, 16 requests: one batch {one * 1000:.1f} ms, 16 single batches {single * 1000:.1f} ms "
+        f"({single / one:.2f}x); compute is {single / 16 / base:.0%} of the in-process request time"
+    )
     queue = 16
     overload = 4 * (queue + 16)  # 4x what the server holds: MAX_QUEUE waiting + MAX_BATCH computing
     with server({"ROICONV_MAX_QUEUE": str(queue)}) as url:

@@ -18,6 +18,19 @@ class RoiError(ValueError):
         self.field = field
 
 
+def _circle(canvas: np.ndarray, cx: int, cy: int, r: int) -> None:
+    """cv2.circle, with the huge cases decided without drawing (their cost grows with the radius)."""
+    h, w = canvas.shape
+    near_x, near_y = min(max(cx, 0), w - 1), min(max(cy, 0), h - 1)
+    if (near_x - cx) ** 2 + (near_y - cy) ** 2 > r * r:
+        return  # no pixel of the image is inside
+    far_x, far_y = max(abs(cx), abs(cx - (w - 1))), max(abs(cy), abs(cy - (h - 1)))
+    if far_x**2 + far_y**2 < (r - 1) ** 2:
+        canvas[:] = 1  # the whole image is inside, with a pixel to spare for OpenCV's polygon approximation
+        return
+    cv2.circle(canvas, (cx, cy), r, 1, thickness=-1)
+
+
 def build_mask(roi: Roi, height: int, width: int, mask_pixels: np.ndarray | None = None) -> np.ndarray | None:
     """The ROI as bool (H, W): the union of boxes, polygons, circles and the mask file, inverted if asked.
 
@@ -38,7 +51,7 @@ def build_mask(roi: Roi, height: int, width: int, mask_pixels: np.ndarray | None
     if roi.polygons:
         cv2.fillPoly(canvas, [np.asarray(p, np.int32).reshape(-1, 1, 2) for p in roi.polygons], 1)
     for cx, cy, r in roi.circles:
-        cv2.circle(canvas, (cx, cy), r, 1, thickness=-1)
+        _circle(canvas, cx, cy, r)
     mask = canvas.astype(bool)
     if mask_pixels is not None:
         mask |= (mask_pixels != 0).any(axis=2)

@@ -102,18 +102,36 @@ async def _convolve(request: Request, state, t0: float) -> tuple[Spec, Response]
         given = request.headers.get("x-api-key", "").encode()
         if not hmac.compare_digest(given, settings.api_key.get_secret_value().encode()):
             raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", "X-API-Key")
-    if pool.queue.full():
+    if state.preparing + pool.queue.qsize() >= settings.max_queue:  # before reading the body: a prompt 429
         raise ApiError(429, "queue_full", "too many requests are waiting; retry later", headers=_retry())
-    image_bytes, mask_bytes, spec_text = await _read_form(request)
+    admission = _Admission(state)
     try:
-        spec = Spec.model_validate_json(spec_text)
-    except ValidationError as exc:
-        raise from_validation(exc, "spec") from None
-    try:
-        return spec, await _run(state, spec, image_bytes, mask_bytes, t0)
-    except ApiError as err:
-        err.spec = spec
-        raise
+        image_bytes, mask_bytes, spec_text = await _read_form(request)
+        try:
+            spec = Spec.model_validate_json(spec_text)
+        except ValidationError as exc:
+            raise from_validation(exc, "spec") from None
+        try:
+            return spec, await _run(state, spec, image_bytes, mask_bytes, t0, admission)
+        except ApiError as err:
+            err.spec = spec
+            raise
+    finally:
+        admission.release()
+
+
+class _Admission:
+    """A request admitted but not queued yet (reading, decoding): counted against MAX_QUEUE with the queued ones."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+        state.preparing += 1
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.state.preparing -= 1
 
 
 async def _read_form(request: Request) -> tuple[bytes, bytes | None, str]:
@@ -137,7 +155,9 @@ async def _read_form(request: Request) -> tuple[bytes, bytes | None, str]:
     return await image.read(), (await mask.read()) if mask is not None else None, spec
 
 
-async def _run(state, spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, t0: float) -> Response:
+async def _run(
+    state, spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, t0: float, admission: _Admission
+) -> Response:
     settings, pool, metrics = state.settings, state.pool, state.metrics
     if isinstance(spec.filter, ModelFilter) and spec.filter.model not in state.model_paths:
         known = ", ".join(sorted(state.model_paths)) or "none"
@@ -146,10 +166,10 @@ async def _run(state, spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, 
     if spec.timeout_ms is not None:
         timeout = min(timeout, spec.timeout_ms / 1000)
     deadline = t0 + timeout
-    state.preparing += 1
     try:
         prepared = await asyncio.to_thread(prepare, spec, image_bytes, mask_bytes, settings.max_pixels)
         job = Job(prepared.op, prepared.work, asyncio.get_running_loop().create_future())
+        admission.release()
         pool.submit(job)
     except ApiError:
         raise
@@ -158,8 +178,6 @@ async def _run(state, spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, 
     except Exception as exc:  # an input nothing above recognised as bad: still the input's fault
         log.warning("could not prepare a request: %r", exc)
         raise ApiError(422, "invalid_request", f"could not process the input: {exc}", "image") from None
-    finally:
-        state.preparing -= 1
     try:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:

@@ -265,7 +265,7 @@ class Roi(_Strict):
 
     boxes: list[Box] = Field(default_factory=list, max_length=1024)
     polygons: list[Annotated[list[Point], Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
-    circles: list[Circle] = Field(default_factory=list, max_length=1024)
+    circles: list[Circle] = Field(default_factory=list, max_length=256)
     invert: bool = False
 
     @field_validator("boxes")

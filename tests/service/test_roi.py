@@ -47,3 +47,15 @@ def test_mask_size_mismatch_names_the_mask():
     with pytest.raises(RoiError, match="same width and height") as info:
         build_mask(Roi(), 10, 20, np.zeros((10, 21, 1), np.uint8))
     assert info.value.field == "mask"
+
+
+@pytest.mark.parametrize("circle", [[10, 10, 3], [100, -20, 25], [-5, -5, 8], [50, 40, 100], [30, 20, 36], [0, 0, 0]])
+def test_circles_match_cv2_including_the_shortcuts(circle):
+    ref = np.zeros((40, 60), np.uint8)
+    cv2.circle(ref, tuple(circle[:2]), circle[2], 1, -1)
+    assert np.array_equal(build_mask(Roi(circles=[circle]), 40, 60), ref.astype(bool))
+
+
+def test_huge_circles_are_cheap():
+    m = build_mask(Roi(circles=[[0, 0, 1 << 20]] * 255 + [[1 << 20, 1 << 20, 10]]), 500, 500)
+    assert m.all()
