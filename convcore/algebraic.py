@@ -67,7 +67,7 @@ def offset_conv2d(
     shift = (weight * offset).sum((1, 2, 3))  # [O]: Σ A⊙B
     bias = -shift if bias is None else bias - shift
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
-    return _lowered(input, None, weight, bias, mask, out, groups=groups, **geometry)
+    return _lowered(input, [(None, weight)], bias, mask, out, groups=groups, **geometry)
 
 
 def quadratic_conv2d(
@@ -108,19 +108,8 @@ def quadratic_conv2d(
             f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
     check_bias(c, a.shape[0], input)
-    weight = torch.cat([a, b], 1)  # [O, 2C, kh, kw]
-    return _lowered(
-        input,
-        lambda x: torch.cat([x * x, x], 1),  # [N, 2C, h, w]
-        weight,
-        c,
-        mask,
-        out,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        padding_mode=padding_mode,
-    )
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    return _lowered(input, [(torch.square, a), (None, b)], c, mask, out, **geometry)
 
 
 def distance_conv2d(
@@ -165,17 +154,9 @@ def distance_conv2d(
     check_bias(bias, O, input)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
     if p == 2:
-        stacked = torch.cat([2 * weight, -weight.new_ones(O, 1, kh, kw)], 1)  # [O, C+1, kh, kw]
         norm = -weight.square().sum((1, 2, 3))  # [O]
-        return _lowered(
-            input,
-            lambda x: torch.cat([x, x.square().sum(1, keepdim=True)], 1),  # [N, C+1, h, w]
-            stacked,
-            norm if bias is None else norm + bias,
-            mask,
-            out,
-            **geometry,
-        )
+        terms = [(None, 2 * weight), (_channel_square_sum, -weight.new_ones(O, 1, kh, kw))]
+        return _lowered(input, terms, norm if bias is None else norm + bias, mask, out, **geometry)
     if p != 1:
         return window_op2d(input, weight, lambda x, w: -((x - w).abs() ** p), bias=bias, mask=mask, out=out, **geometry)
     geom, mask, result, done = prepare(input, (kh, kw), mask, out, O, **geometry)
@@ -236,8 +217,7 @@ class _AdderBand(torch.autograd.Function):
 
 def _lowered(
     input: torch.Tensor,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None,
-    weight: torch.Tensor,
+    terms: list[tuple[Callable[[torch.Tensor], torch.Tensor] | None, torch.Tensor]],
     bias: torch.Tensor | None,
     mask: torch.Tensor | None,
     out: torch.Tensor | None,
@@ -245,33 +225,43 @@ def _lowered(
     groups: int = 1,
     **geometry,
 ) -> torch.Tensor:
-    """roi_conv2d(transform(input), weight, bias), the transform applied only to the input the mask reads.
+    """Σ_i roi_conv2d(transform_i(input), weight_i) + bias, each transform applied only to the input the mask reads.
 
-    With a mask, the convolution runs on the input patch under the mask's bounding box (borders resolved per
-    padding mode) and writes into the matching view of the output, so neither the transform nor roi_conv2d's
-    planning touches the rest of the image.
+    With a mask, the convolutions run on the input patch under the mask's bounding box (borders resolved per padding
+    mode) and write into the matching view of the output, so neither the transforms nor roi_conv2d's planning touch
+    the rest of the image. Separate convolutions (rather than one of the channel-stacked inputs) avoid copying the
+    input into a stacked tensor; with several terms, each adds into the first one's result.
     """
-    transform = transform or (lambda x: x)
-    geom, mask, result, done = prepare(
-        input, weight.shape[2:], mask, out, weight.shape[0], allocate=mask is not None, **geometry
-    )
+    O, _, kh, kw = terms[0][1].shape
+    geom, mask, result, done = prepare(input, (kh, kw), mask, out, O, allocate=mask is not None, **geometry)
     if done:
         return result
     if mask is None:
-        return roi_conv2d(transform(input), weight, bias, out=out, groups=groups, **geometry)
-    y0, y1, x0, x1 = _bbox(mask)
-    patch = _roi_patch(input, geom, y0, y1, x0, x1)  # [N, C, h_in, w_in]
-    roi_conv2d(
-        transform(patch),  # [N, C', h_in, w_in]
-        weight,
-        bias,
-        mask[:, y0:y1, x0:x1],
-        stride=geom.stride,
-        dilation=geom.dilation,
-        groups=groups,
-        out=result[:, :, y0:y1, x0:x1],  # a view: roi_conv2d writes the ROI in place
-    )
-    return result
+        x, sub_mask, conv_args, dst = input, None, dict(geometry, groups=groups), out
+    else:
+        y0, y1, x0, x1 = _bbox(mask)
+        x = _roi_patch(input, geom, y0, y1, x0, x1)  # [N, C, h_in, w_in]
+        sub_mask = mask[:, y0:y1, x0:x1]  # [N, h, w]
+        conv_args = dict(stride=geom.stride, dilation=geom.dilation, groups=groups)
+        dst = result[:, :, y0:y1, x0:x1]  # [N, O, h, w] view: roi_conv2d writes the ROI in place
+    transform, weight = terms[0]
+    if len(terms) == 1:
+        y = roi_conv2d(transform(x) if transform else x, weight, bias, sub_mask, out=dst, **conv_args)
+        return y if mask is None else result
+    total = roi_conv2d(transform(x) if transform else x, weight, bias, sub_mask, **conv_args)  # [N, O, h, w]
+    for transform, weight in terms[1:]:
+        total = total.add_(roi_conv2d(transform(x) if transform else x, weight, None, sub_mask, **conv_args))
+    if dst is None:
+        return total
+    if sub_mask is None or out is None:  # (a fresh result is zero outside the mask, as total is)
+        dst.copy_(total)
+    else:
+        dst.copy_(torch.where(sub_mask[:, None], total, dst))
+    return result if mask is not None else dst
+
+
+def _channel_square_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.square().sum(1, keepdim=True)  # [N, 1, H, W]
 
 
 def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:

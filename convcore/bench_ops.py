@@ -263,7 +263,7 @@ def _fmt(v: float | None) -> str:
 
 
 def run_ops(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m convcore.bench ops [--json] [--device D] [--size S] [--rounds R] [--only NAME]``.
+    """``python -m convcore.bench ops [--json] [--device D] [--size S] [--rounds R] [--only NAME] [--threads T]``.
 
     Returns 0 (the table reports misses; timing targets are not a test).
     """
@@ -273,13 +273,16 @@ def run_ops(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=SIZE, help=f"image side (default {SIZE})")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per op after one warm-up (median reported)")
     p.add_argument("--only", default=None, help="run only the ops whose name contains this string")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cases = [c for c in build_cases(device, args.size) if args.only is None or args.only in c.name]
     rows = [measure(c, device, args.size, args.rounds) for c in cases]
     header = (
         f"convcore ops on {device.type} ({torch.get_num_threads()} threads): N={N}, {C}→{O} ch, {K}×{K}, "
-        f"{args.size}×{args.size}, padding 1; median of {args.rounds}"
+        f"{args.size}×{args.size}, padding 1; median of {args.rounds} interleaved rounds"
     )
     if args.json:
         print(json.dumps({"config": header, "rows": rows}, indent=2))
