@@ -99,9 +99,9 @@ def adaptive_conv2d(
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
         h, w = band.shape
         B = patch.shape[0]
-        kt = _band_rows(kernel, band, N)  # [B, G, kh, kw, h, w]
+        kt = band.rows(kernel, N)  # [B, G, kh, kw, h, w]
         acc = None
-        for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
+        for m, q, xs in shifted_views(patch, band.geom, h, w):  # xs [B, C, h, w]
             z = xs.unflatten(1, (G, Cg)) * kt[:, :, None, m, q]  # [B, G, Cg, h, w]
             if weight is not None:
                 z = weight[:, :, m, q] @ z.reshape(B, C, h * w)  # [B, O, h*w]
@@ -176,26 +176,20 @@ def adaptive_gaussian_blur2d(
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, C, h, w]
         h, w = band.shape
-        s = _band_rows(sigma, band, N)  # [B, 1, h, w]
+        s = band.rows(sigma, N)  # [B, 1, h, w]
         coef = -0.5 / s.clamp_min(_MIN_SIGMA).square()  # [B, 1, h, w]
         gy = torch.exp(dy[:, None, None, None, None] * coef)  # [kh, B, 1, h, w]
         gx = torch.exp(dx[:, None, None, None, None] * coef)  # [kw, B, 1, h, w]
         gy = gy / gy.sum(0)
         gx = gx / gx.sum(0)
         acc = None
-        for m, q, xs in shifted_views(patch, geom, h, w):  # xs [B, C, h, w]
+        for m, q, xs in shifted_views(patch, band.geom, h, w):  # xs [B, C, h, w]
             t = xs * (gy[m] * gx[q])  # [B, C, h, w]
             acc = t if acc is None else acc + t
         return acc
 
     run_tiles_op(input, geom, mask, result, compute, row_bytes=(3 * C + kh + kw + 4) * W * input.element_size())
     return result
-
-
-def _band_rows(t: torch.Tensor, band, n_images: int) -> torch.Tensor:
-    """The part of a per-position map t (Tensor[N, ..., H_out, W_out]) under a band: Tensor[B, ..., h, w]."""
-    t = t[..., band.y0 : band.y1, band.x0 : band.x1]
-    return t if len(band.ns) == n_images else t[list(band.ns)]
 
 
 def dynamic_conv2d(

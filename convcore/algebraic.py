@@ -165,7 +165,11 @@ def distance_conv2d(
     track = needs_grad(input, weight)
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
-        y = _AdderBand.apply(patch, weight, geom, band.shape) if track else _adder_band(patch, weight, geom, band.shape)
+        y = (
+            _AdderBand.apply(patch, weight, band.geom, band.shape)
+            if track
+            else _adder_band(patch, weight, band.geom, band.shape)
+        )
         return y if bias is None else y + bias[:, None, None]
 
     run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())

@@ -76,8 +76,8 @@ def morph_conv2d(
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
         if track:
-            return _MorphBand.apply(patch, wg, geom, band.shape, mode)
-        return _morph_band(patch, wg, geom, band.shape, mode, track=False)[0]
+            return _MorphBand.apply(patch, wg, band.geom, band.shape, mode)
+        return _morph_band(patch, wg, band.geom, band.shape, mode, track=False)[0]
 
     run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())
     return result

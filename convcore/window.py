@@ -34,6 +34,8 @@ REDUCTIONS = ("sum", "mean", "max", "min", "logsumexp")
 # enough that each elementwise op is worth its thread-pool round trip (much smaller tiles were erratic on 2 cores).
 _CPU_WORKING_BYTES = 2**23
 _GPU_WORKING_BYTES = 2**27
+# The tiles engine gathers windows instead when the mask's rectangles cover this many times its positions.
+_SPARSE_RATIO = 4
 
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -224,9 +226,14 @@ def run_windows_op(
             scatter_windows(out[n], oy, ox, values)  # out[n][:, oy, ox] = [O, p]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Band:
-    """Output rows [y0, y1) × cols [x0, x1) of the images ``ns``; ``full`` when the mask covers all of it."""
+    """What the tiles engine hands an op's compute function: output rows [y0, y1) × cols [x0, x1) of images ``ns``.
+
+    ``geom`` is the geometry to take the shifted views with (:func:`shifted_views`). For scattered masks the engine
+    hands over a *window row* instead: ``pos`` = (oy, ox) of P in-mask positions of image ``ns[0]``, whose gathered
+    windows are laid out as a (1 × P) band of stride (1, kw) (see :func:`_window_row`).
+    """
 
     ns: tuple[int, ...]
     y0: int
@@ -234,10 +241,22 @@ class Band:
     x0: int
     x1: int
     full: bool
+    geom: ConvGeometry
+    pos: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
+        if self.pos is not None:
+            return 1, self.pos[0].shape[0]
         return self.y1 - self.y0, self.x1 - self.x0
+
+    def rows(self, t: torch.Tensor, n_images: int) -> torch.Tensor:
+        """The part of a per-output-position map t (Tensor[N, ..., H_out, W_out]) under the band: [B, ..., h, w]."""
+        if self.pos is not None:
+            oy, ox = self.pos
+            return t[self.ns[0]][..., oy, ox].unsqueeze(-2).unsqueeze(0)  # [1, ..., 1, P]
+        t = t[..., self.y0 : self.y1, self.x0 : self.x1]
+        return t if len(self.ns) == n_images else t[list(self.ns)]
 
 
 def tile_bands(mask: torch.Tensor | None, n_images: int, geom: ConvGeometry, row_bytes: int, device) -> list[Band]:
@@ -263,7 +282,7 @@ def tile_bands(mask: torch.Tensor | None, n_images: int, geom: ConvGeometry, row
         for b0 in range(y0, y1, rows):
             b1 = min(b0 + rows, y1)
             full = mask is None or bool(mask[ns, b0:b1, x0:x1].all())
-            bands.append(Band(tuple(ns), b0, b1, x0, x1, full))
+            bands.append(Band(tuple(ns), b0, b1, x0, x1, full, geom))
     return bands
 
 
@@ -277,16 +296,27 @@ def run_tiles_op(
 ) -> None:
     """The tiles engine: for each output band, compute from its input patch and write it into ``out``.
 
+    Where the mask is so scattered that its rectangles would cover more than ``_SPARSE_RATIO`` times its positions,
+    the engine gathers the in-mask windows instead (chunked, as the windows engine does) and hands them to the same
+    compute function as window rows.
+
     Args:
         input (Tensor[N, C, H, W]), geom: the input and its resolved geometry.
         mask (bool Tensor[N, H_out, W_out] or None): checked ROI; None is everywhere.
         out (Tensor[N, O, H_out, W_out]): written inside the mask only.
         compute: ``compute(patch, band)`` with patch (Tensor[B, C, h_in, w_in]: the band's input with halo for its
-            B = len(band.ns) images, see :func:`shifted_views`) returns Tensor[B, O, h, w].
+            B = len(band.ns) images, to be read through ``shifted_views(patch, band.geom, *band.shape)``) returns
+            Tensor[B, O, h, w].
         row_bytes: working memory of one full-width output row of one image, to size the bands.
     """
     N, C, H, W = input.shape
-    for band in tile_bands(mask, N, geom, row_bytes, input.device):
+    bands = tile_bands(mask, N, geom, row_bytes, input.device)
+    if mask is not None:
+        area = sum(len(b.ns) * b.shape[0] * b.shape[1] for b in bands)
+        if area > _SPARSE_RATIO * int(mask.sum()):
+            _run_window_rows(input, geom, mask, out, compute, max(1, row_bytes // max(geom.out_hw[1], 1)))
+            return
+    for band in bands:
         patch = _band_patch(input, geom, band)  # [B, C, h_in, w_in]
         res = compute(patch, band)  # [B, O, h, w]
         if band.full and len(band.ns) == N:
@@ -298,6 +328,36 @@ def run_tiles_op(
                 dst.copy_(res[b])
             else:
                 dst.copy_(torch.where(mask[n, band.y0 : band.y1, band.x0 : band.x1], res[b], dst))
+
+
+def _run_window_rows(input, geom: ConvGeometry, mask: torch.Tensor, out, compute, position_bytes: int) -> None:
+    """Scattered masks: gather the in-mask windows chunk by chunk and compute them as (1 × P) window rows."""
+    (kh, kw), K = geom.kernel, geom.window
+    per_window = position_bytes + 2 * input.shape[1] * K * input.element_size()
+    chunk = max(1, working_bytes(input.device) // per_window)
+    for n in range(input.shape[0]):
+        plane = as_plane(input[n])  # [C, H*W]
+        flat = mask[n].reshape(-1).nonzero().squeeze(1)  # [P_n]
+        for s in range(0, flat.shape[0], chunk):
+            f = flat[s : s + chunk]
+            oy, ox = f // geom.out_hw[1], f % geom.out_hw[1]
+            idx, valid = window_index(oy, ox, geom)  # [K, p]
+            cols = gather_windows(plane, idx, valid)  # [C, K, p]
+            band = Band((n,), 0, 1, 0, f.shape[0], True, _window_row(geom, f.shape[0]), (oy, ox))
+            res = compute(_as_window_row(cols, kh, kw), band)  # [1, O, 1, p]
+            scatter_windows(out[n], oy, ox, res[0, :, 0])  # out[n][:, oy, ox] = [O, p]
+
+
+def _window_row(geom: ConvGeometry, p: int) -> ConvGeometry:
+    """The geometry under which p gathered windows, laid out by :func:`_as_window_row`, are a (1 × p) band."""
+    (kh, kw) = geom.kernel
+    return ConvGeometry((kh, p * kw), (kh, kw), (1, kw), (0, 0, 0, 0), (1, 1), (1, p), geom.padding_mode)
+
+
+def _as_window_row(cols: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """Gathered windows (Tensor[C, kh*kw, P]) as a patch (Tensor[1, C, kh, P*kw]): window j at columns j*kw.."""
+    C, _, P = cols.shape
+    return cols.view(C, kh, kw, P).permute(0, 1, 3, 2).reshape(1, C, kh, P * kw)
 
 
 def _band_patch(input: torch.Tensor, geom: ConvGeometry, band: Band) -> torch.Tensor:

@@ -24,6 +24,9 @@ def masks(kind: str, n: int, hw, device) -> torch.Tensor | None:
     if kind == "random":
         g = torch.Generator().manual_seed(2)
         return (torch.rand(n, h, w, generator=g) < 0.3).to(device)
+    if kind == "sparse":  # so scattered that the tiles engine gathers windows instead
+        g = torch.Generator().manual_seed(2)
+        return (torch.rand(n, h, w, generator=g) < 0.04).to(device)
     m = torch.zeros(n, h, w, dtype=torch.bool)
     if kind == "box":
         m[:, h // 4 : h // 4 + max(1, h // 2), w // 3 : w - 1] = True
@@ -49,7 +52,7 @@ def _unfold(x, kernel, stride, padding, dilation, padding_mode):
 # ------------------------------------------------------------------------------------------------- adaptive_conv2d
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "random", "box"])
+@pytest.mark.parametrize("mask_kind", ["none", "random", "sparse", "box"])
 @pytest.mark.parametrize("padding_mode", MODES)
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[0]}s{g[1]}p{g[2]}d{g[3]}")
@@ -200,6 +203,30 @@ def test_blur_gradcheck(device):
     mask = masks("random", 1, (5, 6), device)
     f = lambda x, s: adaptive_gaussian_blur2d(x, s, 3, "symmetric", mask=mask)  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, sigma))
+
+
+def test_sparse_masks_gather_windows_and_differentiate(device, assert_close, monkeypatch):
+    import convcore.window as window
+
+    calls = []
+    real = window._run_window_rows
+    monkeypatch.setattr(window, "_run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(2, 2, 10, 9, dtype=torch.float64, device=device, requires_grad=True)
+    sigma = (torch.rand(2, 1, 10, 9, dtype=torch.float64, device=device) + 0.3).requires_grad_()
+    kernel = torch.randn(2, 3, 3, 10, 9, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    mask = masks("sparse", 2, (10, 9), device)
+    blur = adaptive_gaussian_blur2d(x, sigma, 3, "reflect", mask=mask)
+    assert_close(blur, adaptive_gaussian_blur2d(x, sigma, 3, "reflect") * mask[:, None])
+    mod = adaptive_conv2d(x, kernel, w, padding=1, padding_mode="replicate", mask=mask)
+    assert_close(mod, adaptive_conv2d(x, kernel, w, padding=1, padding_mode="replicate") * mask[:, None])
+    assert len(calls) == 2
+    assert torch.autograd.gradcheck(
+        lambda x, s: adaptive_gaussian_blur2d(x, s, 3, "reflect", mask=mask), (x, sigma), fast_mode=True
+    )
+    assert torch.autograd.gradcheck(
+        lambda x, k, w: adaptive_conv2d(x, k, w, padding=1, mask=mask), (x, kernel, w), fast_mode=True
+    )
 
 
 def test_blur_errors():

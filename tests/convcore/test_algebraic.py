@@ -23,6 +23,9 @@ def masks(kind: str, n: int, hw, device) -> torch.Tensor | None:
     if kind == "random":
         g = torch.Generator().manual_seed(4)
         return (torch.rand(n, h, w, generator=g) < 0.3).to(device)
+    if kind == "sparse":  # so scattered that the tiles engine gathers windows instead
+        g = torch.Generator().manual_seed(4)
+        return (torch.rand(n, h, w, generator=g) < 0.04).to(device)
     m = torch.zeros(n, h, w, dtype=torch.bool)
     if kind == "box":
         m[:, h // 4 : h // 4 + max(1, h // 2), w // 3 : w - 1] = True
@@ -70,7 +73,7 @@ OPS = {
 }
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "random", "box"])
+@pytest.mark.parametrize("mask_kind", ["none", "random", "sparse", "box"])
 @pytest.mark.parametrize("padding_mode", MODES)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[0]}s{g[1]}p{g[2]}d{g[3]}")
 @pytest.mark.parametrize("op", list(OPS))
@@ -176,6 +179,23 @@ def test_adder_gradients_equal_the_recipe(device, assert_close):
     rx, rw = torch.autograd.grad((ref * g).sum(), (x, w))
     assert_close(gx, rx)
     assert_close(gw, rw)
+
+
+def test_adder_sparse_mask_gathers_windows_and_differentiates(device, assert_close, monkeypatch):
+    import convcore.window as window
+
+    calls = []
+    real = window._run_window_rows
+    monkeypatch.setattr(window, "_run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 3, 11, 10, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(2, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    ref = recipe(x, w, lambda a, b: -(a - b).abs(), (3, 1, 1, (2, 1)), "reflect")
+    mask = masks("sparse", 2, ref.shape[2:], device)
+    y = distance_conv2d(x, w, 1, padding=1, dilation=(2, 1), padding_mode="reflect", mask=mask)
+    assert calls
+    assert_close(y, ref * mask[:, None])
+    f = lambda x, w: distance_conv2d(x, w, 1, padding=1, dilation=(2, 1), padding_mode="reflect", mask=mask)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, w), fast_mode=True)
 
 
 def test_errors():

@@ -28,6 +28,9 @@ def masks(kind: str, n: int, hw: tuple[int, int], device) -> torch.Tensor | None
     if kind == "random":
         g = torch.Generator().manual_seed(1)
         return (torch.rand(n, h, w, generator=g) < 0.3).to(device)
+    if kind == "sparse":  # so scattered that the tiles engine gathers windows instead
+        g = torch.Generator().manual_seed(1)
+        return (torch.rand(n, h, w, generator=g) < 0.04).to(device)
     m = torch.zeros(n, h, w, dtype=torch.bool)
     if kind == "box":
         m[:, h // 4 : h // 4 + max(1, h // 2), w // 3 : w - 1] = True
@@ -41,7 +44,7 @@ def _kernel(k):
     return (k, k) if isinstance(k, int) else k
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "random", "box"])
+@pytest.mark.parametrize("mask_kind", ["none", "random", "sparse", "box"])
 @pytest.mark.parametrize("padding_mode", MODES)
 @pytest.mark.parametrize("mode", ["dilation", "erosion"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"g{g[2]}k{g[3]}s{g[4]}p{g[5]}d{g[6]}")
@@ -169,6 +172,27 @@ def test_gradients_equal_the_recipe(device, assert_close):
     rx, rw = torch.autograd.grad((morph_reference(x, w, padding=1, padding_mode="symmetric") * g).sum(), (x, w))
     assert_close(gx, rx)
     assert_close(gw, rw)
+
+
+def test_sparse_mask_gathers_windows_and_differentiates(device, assert_close, monkeypatch):
+    import convcore.window as window
+
+    calls = []
+    real = window._run_window_rows
+    monkeypatch.setattr(window, "_run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 4, 12, 11, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 2, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    kw = dict(stride=(1, 2), dilation=(2, 1), groups=2, padding=2, padding_mode="symmetric")
+    ref = morph_reference(x, w, "erosion", **kw)
+    mask = masks("sparse", 2, ref.shape[2:], device)
+    y = morph_conv2d(x, w, "erosion", mask=mask, **kw)
+    assert calls, "a 4% scattered mask should take the gathered-windows path"
+    assert_close(y, ref * mask[:, None])
+    g = torch.randn_like(y)
+    assert_close(
+        torch.autograd.grad((y * g).sum(), (x, w))[0], torch.autograd.grad((ref * mask[:, None] * g).sum(), (x, w))[0]
+    )
+    assert torch.autograd.gradcheck(lambda x, w: morph_conv2d(x, w, mask=mask, **kw), (x, w), fast_mode=True)
 
 
 def test_errors():
