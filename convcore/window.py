@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ._checks import ConvGeometry, check_mask, check_out, check_same, check_tensor, conv_geometry
 from .gather import as_plane, gather_tile, gather_windows, scatter_windows, window_index
@@ -112,10 +113,8 @@ def window_op2d(
         raise ValueError("out must be contiguous with keep_window=True (it is written as (N, O*kh*kw, H_out, W_out))")
     dims = (2,) if keep_window else (2, 3, 4)
     O_flat = O * kh * kw if keep_window else O
-    expected = None
 
     def compute(cols: torch.Tensor) -> torch.Tensor:  # cols [C, K, P] -> [O_flat, P]
-        nonlocal expected
         P = cols.shape[2]
         x = cols.permute(2, 0, 1).reshape(P, 1, C, kh, kw)  # [P, 1, C, kh, kw]
         v = fn(x, weight)
@@ -189,23 +188,25 @@ def run_windows_op(
     out: torch.Tensor,
     compute: Callable[[torch.Tensor], torch.Tensor],
     per_window_bytes: int,
-    *,
-    with_positions: bool = False,
 ) -> None:
     """The windows engine: gather the windows of in-mask positions chunk by chunk, compute, scatter into ``out``.
+
+    Under autograd each chunk's compute is checkpointed: its intermediates (the (P, O, C, kh, kw) broadcast of
+    ``fn``, the per-window weights of ``kernel_fn``) are recomputed chunk by chunk in the backward pass instead of
+    being kept for the whole input, so training stays within the workspace too. ``compute`` must therefore be
+    deterministic (random ops inside it replay with the same RNG state).
 
     Args:
         input (Tensor[N, C, H, W]), geom: the input and its resolved geometry.
         mask (bool Tensor[N, H_out, W_out] or None): checked ROI; None is everywhere.
         out (Tensor[N, O, H_out, W_out]): written at the computed positions only.
-        compute: ``compute(cols)`` with cols (Tensor[C, kh*kw, P]) returns Tensor[O, P]; with ``with_positions``
-            it is called as ``compute(cols, n, oy, ox)``.
+        compute: ``compute(cols)`` with cols (Tensor[C, kh*kw, P]) returns Tensor[O, P].
         per_window_bytes: working memory one window costs, to size chunks.
     """
     N = input.shape[0]
     Ho, Wo = geom.out_hw
     chunk = max(1, working_bytes(input.device) // max(per_window_bytes, 1))
-    chunk = min(chunk, max(1, workspace_limit() // max(per_window_bytes, 1)))
+    recompute = torch.is_grad_enabled()
     for n in range(N):
         plane = as_plane(input[n])  # [C, H*W]
         if mask is None:
@@ -222,7 +223,10 @@ def run_windows_op(
             oy, ox = f // Wo, f % Wo
             idx, valid = window_index(oy, ox, geom)  # [K, p]
             cols = gather_windows(plane, idx, valid)  # [C, K, p]
-            values = compute(cols, n, oy, ox) if with_positions else compute(cols)  # [O, p]
+            if recompute:
+                values = checkpoint(compute, cols, use_reentrant=False)  # [O, p]
+            else:
+                values = compute(cols)  # [O, p]
             scatter_windows(out[n], oy, ox, values)  # out[n][:, oy, ox] = [O, p]
 
 

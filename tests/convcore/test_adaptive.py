@@ -320,6 +320,32 @@ def test_dynamic_gradcheck_reaches_kernel_fn_params(device):
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
 
 
+def test_dynamic_backward_recomputes_weights_chunk_by_chunk(device, assert_close, monkeypatch):
+    import convcore.window as window
+
+    monkeypatch.setattr(window, "_CPU_WORKING_BYTES", 16384)  # several chunks
+    monkeypatch.setattr(window, "_GPU_WORKING_BYTES", 16384)
+    mlp = _mlp(3 * 9, 2, device)
+    x = torch.randn(1, 3, 8, 9, dtype=torch.float64, device=device, requires_grad=True)
+    sizes = []
+
+    def fn(p):
+        sizes.append(p.shape[0])
+        return mlp(p)
+
+    y = dynamic_conv2d(x, fn, 2, 3, padding=1)
+    forward_calls = len(sizes)
+    assert forward_calls > 1 and max(sizes) < 8 * 9
+    y.square().sum().backward()
+    assert len(sizes) == 2 * forward_calls  # each chunk's weights rebuilt in backward, never all kept at once
+    ref_x = x.detach().clone().requires_grad_()
+    cols = F.unfold(ref_x, 3, padding=1).transpose(1, 2)  # [1, L, 27]
+    ref = (mlp(cols).view(1, -1, 2, 27) * cols[:, :, None]).sum(-1).transpose(1, 2).reshape(1, 2, 8, 9)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [ref_x, *mlp.parameters()])
+    assert_close(x.grad, ref_grads[0])
+    assert_close(mlp[0].weight.grad, ref_grads[1])
+
+
 def test_dynamic_errors():
     x = torch.randn(1, 2, 6, 6)
     good = lambda p: torch.zeros(p.shape[0], 3, 18)  # noqa: E731
