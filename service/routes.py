@@ -136,7 +136,7 @@ class _Admission:
 
 async def _read_form(request: Request) -> tuple[bytes, bytes | None, str]:
     try:
-        form = await request.form(max_files=2, max_fields=4, max_part_size=1 << 20)
+        form = await request.form(max_files=3, max_fields=4, max_part_size=1 << 20)
     except BodyTooLarge as exc:
         raise ApiError(413, "body_too_large", str(exc), "body", headers={"Connection": "close"}) from None
     except HTTPException as exc:
