@@ -253,7 +253,7 @@ def dynamic_conv2d(
                 f"kernel_fn must return per-window weights of shape (P, O, C*kh*kw) = {(P, O, CK)} for patches of "
                 f"shape {(P, CK)}, got {got}"
             )
-        y = torch.bmm(wts.reshape(P, O, CK), patches.unsqueeze(2)).squeeze(2)  # [P, O]
+        y = (wts.reshape(P, O, CK) * patches[:, None]).sum(-1)  # [P, O] (faster than P tiny matmuls)
         if bias is not None:
             y = y + bias
         return y.t()  # [O, P]
