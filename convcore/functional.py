@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 from ._checks import ConvGeometry, check_mask, check_out, check_same, check_tensor, conv_geometry
 from .gather import as_plane, gather_tile, gather_windows, pad_input, scatter_windows, window_index
-from .plan import STRATEGIES, Rect, RoiPlan, _check_groups, plan_roi, workspace_limit
+from .plan import STRATEGIES, RoiPlan, _check_groups, plan_roi, workspace_limit
 
 __all__ = ["roi_conv2d", "roi_conv2d_batch", "conv2d_reference"]
 
 _CPU_CHUNK_ELEMS = 2**18  # gathered elements per chunk on the CPU (1 MiB of float32)
+_BATCH_TILE_QUANTUM = 16  # roi_conv2d_batch rounds rectangle sizes up to this, so images share conv calls
 
 
 def roi_conv2d(
@@ -106,7 +107,9 @@ def roi_conv2d(
     if plan.coverage == 0:
         return out
     if chosen == "tiles":
-        _run_tiles(input, weight, bias, plan.geometry, groups, plan.rects(), plan.mask, out)
+        masks = [None] * N if plan.mask is None else list(plan.mask)
+        entries = [(input[r.n], out[r.n], masks[r.n], plan.geometry, r) for r in plan.rects()]
+        _run_tiles(entries, weight, bias, groups)
     else:
         items = [(input[n], out[n], oy, ox, plan.geometry) for n, (oy, ox) in enumerate(plan.positions())]
         _run_windows(items, weight, bias, groups)
@@ -149,16 +152,13 @@ def roi_conv2d_batch(
     if len(masks) != n or len(outs) != n:
         raise ValueError(f"masks and outs must have one entry per input ({n}), got {len(masks)} and {len(outs)}")
     results: list[torch.Tensor] = []
-    windows_items = []
+    windows_items, tile_entries = [], []
     for i, (image, mask, out) in enumerate(zip(inputs, masks, outs)):
         check_tensor(f"inputs[{i}]", image, ["C", "H", "W"])
+        check_same("weight", weight, image)
         x = image.unsqueeze(0)
-        m = (
-            None
-            if mask is None
-            else check_mask(mask, 1, _out_hw(image, weight, stride, padding, dilation, padding_mode), image.device)
-        )
-        o = None if out is None else out.unsqueeze(0)
+        out_hw = _out_hw(image, weight, stride, padding, dilation, padding_mode)
+        m = None if mask is None else check_mask(mask, 1, out_hw, image.device)
         plan = plan_roi(
             m,
             x.shape,
@@ -171,7 +171,8 @@ def roi_conv2d_batch(
             padding_mode=padding_mode,
             fresh_output=out is None,
         )
-        if plan.strategy != "windows":
+        if plan.strategy == "dense":
+            o = None if out is None else out.unsqueeze(0)
             results.append(
                 roi_conv2d(
                     x,
@@ -187,13 +188,18 @@ def roi_conv2d_batch(
                 )[0]
             )
             continue
-        check_same("weight", weight, image)
-        o = check_out(o, plan.out_shape, x) if o is not None else x.new_zeros(plan.out_shape)
-        oy, ox = plan.positions()[0]
-        windows_items.append((image, o[0], oy, ox, plan.geometry))
+        o = x.new_zeros(plan.out_shape) if out is None else check_out(out.unsqueeze(0), plan.out_shape, x)
         results.append(o[0])
+        if plan.strategy == "windows":
+            oy, ox = plan.positions()[0]
+            windows_items.append((image, o[0], oy, ox, plan.geometry))
+        else:
+            m0 = None if plan.mask is None else plan.mask[0]
+            tile_entries += [(image, o[0], m0, plan.geometry, r) for r in plan.rects()]
     if windows_items:
         _run_windows(windows_items, weight, bias, groups)
+    if tile_entries:
+        _run_tiles(tile_entries, weight, bias, groups, quantum=_BATCH_TILE_QUANTUM)
     return results
 
 
@@ -278,27 +284,34 @@ def _run_windows(items, weight: torch.Tensor, bias: torch.Tensor | None, groups:
     flush()
 
 
-def _run_tiles(input, weight, bias, geom: ConvGeometry, groups: int, rects: list[Rect], mask, out) -> None:
-    """Run the dense conv over the active rectangles (with halo), same-shape ones batched; write them back."""
-    C = input.shape[1]
+def _run_tiles(entries, weight, bias, groups: int, quantum: int = 1) -> None:
+    """Run the dense conv over active rectangles (with halo), same-shape ones batched into one call; write back.
+
+    ``entries`` are (image Tensor[C, H, W], out Tensor[O, H_out, W_out], mask Tensor[H_out, W_out] or None,
+    geometry, Rect). With ``quantum`` > 1 each rectangle is computed over its size rounded up to a multiple of
+    ``quantum`` (the extra outputs are discarded), so rectangles of different images and sizes share conv calls.
+    """
+    C = weight.shape[1] * groups
     O = weight.shape[0]
-    elem = input.element_size()
-    by_shape: dict[tuple[int, int], list[Rect]] = {}
-    for r in rects:
-        by_shape.setdefault(r.shape, []).append(r)
-    for (h, w), group in by_shape.items():
+    elem = weight.element_size()
+    buckets: dict[tuple[int, int], list] = {}
+    for entry in entries:
+        h, w = entry[4].shape
+        buckets.setdefault((-(-h // quantum) * quantum, -(-w // quantum) * quantum), []).append(entry)
+    for (h, w), group in buckets.items():
+        geom = group[0][3]
         h_in = (h - 1) * geom.stride[0] + (geom.kernel[0] - 1) * geom.dilation[0] + 1
         w_in = (w - 1) * geom.stride[1] + (geom.kernel[1] - 1) * geom.dilation[1] + 1
-        per_rect = (C * h_in * w_in + O * h * w) * elem
-        batch = max(1, workspace_limit() // per_rect)
+        batch = max(1, workspace_limit() // ((C * h_in * w_in + O * h * w) * elem))
         for s in range(0, len(group), batch):
             part = group[s : s + batch]
-            patches = [gather_tile(input[r.n], geom, r.y0, r.y1, r.x0, r.x1) for r in part]  # [C, h_in, w_in]
+            patches = [gather_tile(im, g, r.y0, r.y0 + h, r.x0, r.x0 + w) for im, _, _, g, r in part]  # [C, h_in, w_in]
             tiles = patches[0].unsqueeze(0) if len(part) == 1 else torch.stack(patches)  # [B, C, h_in, w_in]
             y = F.conv2d(tiles, weight, bias, geom.stride, 0, geom.dilation, groups)  # [B, O, h, w]
-            for r, y_r in zip(part, y):
-                dst = out[r.n, :, r.y0 : r.y1, r.x0 : r.x1]  # [O, h, w] view
+            for (_, out, mask, _, r), y_r in zip(part, y):
+                y_r = y_r[:, : r.y1 - r.y0, : r.x1 - r.x0]  # [O, rh, rw]: drop the rounding-up
+                dst = out[:, r.y0 : r.y1, r.x0 : r.x1]  # [O, rh, rw] view
                 if r.full:
                     dst.copy_(y_r)
                 else:
-                    dst.copy_(torch.where(mask[r.n, r.y0 : r.y1, r.x0 : r.x1], y_r, dst))
+                    dst.copy_(torch.where(mask[r.y0 : r.y1, r.x0 : r.x1], y_r, dst))

@@ -208,22 +208,57 @@ def test_plan_reuse_and_strategy_choice(device, assert_close):
     assert set(plan.estimates) == {"dense", "windows", "tiles"}
 
 
-def test_batch_of_different_sizes_equals_per_image(device, assert_close):
-    w = torch.randn(1, 1, 5, 5, device=device)
-    b = torch.randn(1, device=device)
-    images = [torch.randn(1, h, w_, device=device) for h, w_ in [(30, 40), (17, 23), (64, 64), (9, 9)]]
+@pytest.mark.parametrize("groups", [1, 3])
+def test_batch_of_different_sizes_equals_per_image(groups, device, assert_close):
+    w = torch.randn(3, 3 // groups, 5, 5, device=device)
+    b = torch.randn(3, device=device)
+    shapes = [(30, 40), (17, 23), (64, 64), (9, 9), (120, 90), (300, 300), (64, 64)]
+    images = [torch.randn(3, h, w_, device=device) for h, w_ in shapes]
     masks = []
     for i, im in enumerate(images):
         m = torch.zeros(im.shape[1:], dtype=torch.bool, device=device)
         m[i : i + 6, 2:8] = True
         masks.append(m)
     masks[3] = None  # whole image
+    masks[4][10:90, 5:70] = True  # a large box: tiles
+    masks[5] = torch.rand(300, 300, device=device) < 0.01  # scattered: windows
+    masks[6][:] = True
+    masks[6][0, 0] = False  # nearly full: dense
+    strategies = {
+        plan_roi(m, (1, *im.shape), w.shape, padding=2, groups=groups, padding_mode="reflect").strategy
+        for im, m in zip(images, masks)
+    }
+    assert strategies == {"windows", "tiles", "dense"} if groups == 1 else len(strategies) >= 2
     outs = [im.clone() for im in images]
-    results = roi_conv2d_batch(images, w, b, masks, padding=2, padding_mode="reflect", outs=outs)
+    results = roi_conv2d_batch(images, w, b, masks, padding=2, groups=groups, padding_mode="reflect", outs=outs)
     for im, m, r, o in zip(images, masks, results, outs):
-        single = roi_conv2d(im[None], w, b, m, padding=2, padding_mode="reflect", out=im[None].clone())[0]
-        assert_close(r, single)
+        single = roi_conv2d(im[None], w, b, m, padding=2, groups=groups, padding_mode="reflect", out=im[None].clone())
+        assert_close(r, single[0])
         assert r.data_ptr() == o.data_ptr()
+    fresh = roi_conv2d_batch(images, w, b, masks, padding=2, groups=groups, padding_mode="reflect")
+    for im, m, r in zip(images, masks, fresh):
+        assert_close(r, roi_conv2d(im[None], w, b, m, padding=2, groups=groups, padding_mode="reflect")[0])
+
+
+def test_batch_puts_same_bucket_rectangles_of_different_images_through_one_conv(device, monkeypatch):
+    calls = []
+    real = F.conv2d
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("convcore.functional.F.conv2d", counting)
+    w = torch.randn(8, 8, 3, 3, device=device)
+    images, masks = [], []
+    for h, w_, box in [(200, 240, (5, 30, 7, 36)), (210, 150, (20, 42, 3, 33)), (256, 256, (50, 78, 40, 69))]:
+        images.append(torch.randn(8, h, w_, device=device))
+        m = torch.zeros(h, w_, dtype=torch.bool, device=device)
+        m[box[0] : box[1], box[2] : box[3]] = True  # boxes of 25-30 pixels: one 32×32 bucket
+        masks.append(m)
+    assert {plan_roi(m, (1, *im.shape), w.shape, padding=1).strategy for im, m in zip(images, masks)} == {"tiles"}
+    roi_conv2d_batch(images, w, None, masks, padding=1)
+    assert calls == [3]  # one conv over the three images' rectangles
 
 
 def test_roiconv2d_module_from_conv_shares_weights(device, assert_close):
