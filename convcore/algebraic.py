@@ -270,8 +270,9 @@ def _channel_square_sum(x: torch.Tensor) -> torch.Tensor:
 
 def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
     """Bounding box [y0, y1) × [x0, x1) of the True entries of a non-empty mask (N, H_out, W_out), all images."""
-    rows = mask.any(2).any(0).nonzero().squeeze(1)
-    cols = mask.any(1).any(0).nonzero().squeeze(1)
+    union = mask.any(0)  # [H_out, W_out]
+    rows = union.any(1).nonzero().squeeze(1)
+    cols = union.any(0).nonzero().squeeze(1)
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 

@@ -39,7 +39,7 @@ N, C, O, K, SIZE = 4, 16, 16, 3, 256
 class Case:
     name: str
     kind: str  # "lowered" | "fast" | "generic": which targets apply
-    ours: Callable[[torch.Tensor | None], torch.Tensor]  # ours(mask)
+    ours: Callable[..., torch.Tensor]  # ours(mask, out=None)
     recipe: Callable[[], torch.Tensor]
     conv: Callable[[], torch.Tensor] | None = None
 
@@ -108,63 +108,63 @@ def build_cases(device: torch.device, size: int) -> list[Case]:
         Case(
             "offset_conv2d",
             "lowered",
-            lambda m: offset_conv2d(x, w, w2, bias, mask=m, **pad),
+            lambda m, out=None: offset_conv2d(x, w, w2, bias, mask=m, out=out, **pad),
             lambda: _recipe(x, w, lambda a, b: b * (a - w2.reshape(1, O, -1, 1)), "sum"),
             conv,
         ),
         Case(
             "quadratic_conv2d",
             "lowered",
-            lambda m: quadratic_conv2d(x, w, w2, bias, mask=m, **pad),
+            lambda m, out=None: quadratic_conv2d(x, w, w2, bias, mask=m, out=out, **pad),
             lambda: _recipe(x, w, lambda a, b: b * a * a + w2.reshape(1, O, -1, 1) * a, "sum"),
             conv,
         ),
         Case(
             "distance_conv2d p=1",
             "fast",
-            lambda m: distance_conv2d(x, w, 1, mask=m, **pad),
+            lambda m, out=None: distance_conv2d(x, w, 1, mask=m, out=out, **pad),
             lambda: _recipe(x, w, lambda a, b: -(a - b).abs(), "sum"),
         ),
         Case(
             "distance_conv2d p=2",
             "fast",
-            lambda m: distance_conv2d(x, w, 2, mask=m, **pad),
+            lambda m, out=None: distance_conv2d(x, w, 2, mask=m, out=out, **pad),
             lambda: _recipe(x, w, lambda a, b: -((a - b) ** 2), "sum"),
         ),
         Case(
             "morph_conv2d dilation",
             "fast",
-            lambda m: morph_conv2d(x, w, "dilation", mask=m, **pad),
+            lambda m, out=None: morph_conv2d(x, w, "dilation", mask=m, out=out, **pad),
             lambda: _recipe(x, w, lambda a, b: a + b, "max"),
         ),
         Case(
             "adaptive_conv2d +weight",
             "fast",
-            lambda m: adaptive_conv2d(x, kernel, w, mask=m, **pad),
+            lambda m, out=None: adaptive_conv2d(x, kernel, w, mask=m, out=out, **pad),
             adaptive_recipe,
         ),
         Case(
             "adaptive_gaussian_blur2d",
             "fast",
-            lambda m: adaptive_gaussian_blur2d(x, sigma, K, "reflect", mask=m),
+            lambda m, out=None: adaptive_gaussian_blur2d(x, sigma, K, "reflect", mask=m, out=out),
             blur_recipe,
         ),
         Case(
             "dynamic_conv2d (MLP)",
             "fast",
-            lambda m: dynamic_conv2d(x, kernel_fn, O, K, mask=m, **pad),
+            lambda m, out=None: dynamic_conv2d(x, kernel_fn, O, K, mask=m, out=out, **pad),
             dynamic_recipe,
         ),
         Case(
             "window_op2d exp(-(x-w)^2)",
             "generic",
-            lambda m: window_op2d(x, w, rbf, mask=m, **pad),
+            lambda m, out=None: window_op2d(x, w, rbf, mask=m, out=out, **pad),
             lambda: _recipe(x, w, rbf, "sum"),
         ),
         Case(
             "window_op2d keep_window",
             "generic",
-            lambda m: window_op2d(x, w, lambda a, b: a * b, keep_window=True, mask=m, **pad),
+            lambda m, out=None: window_op2d(x, w, lambda a, b: a * b, keep_window=True, mask=m, out=out, **pad),
             keep_recipe,
         ),
     ]
@@ -192,7 +192,13 @@ def _trimmed_peak(fn: Callable[[], object], device: torch.device) -> int | None:
 def measure(case: Case, device: torch.device, size: int, rounds: int) -> dict:
     mask = box_mask(size, 0.10, device)
     with torch.no_grad():
-        fns = {"ours": lambda: case.ours(None), "masked": lambda: case.ours(mask), "recipe": case.recipe}
+        buffer = torch.zeros_like(case.ours(mask))
+        fns = {
+            "ours": lambda: case.ours(None),
+            "masked": lambda: case.ours(mask),
+            "masked_out": lambda: case.ours(mask, buffer),
+            "recipe": case.recipe,
+        }
         if case.conv is not None:
             fns["conv"] = case.conv
         peaks = {k: _trimmed_peak(fns[k], device) for k in ("ours", "recipe")}
@@ -209,6 +215,8 @@ def measure(case: Case, device: torch.device, size: int, rounds: int) -> dict:
         "recipe_peak_mib": None if peaks["recipe"] is None else peaks["recipe"] / 2**20,
         "masked_ms": times["masked"] * 1e3,
         "mask_speedup": times["ours"] / times["masked"],
+        "masked_out_ms": times["masked_out"] * 1e3,
+        "mask_out_speedup": times["ours"] / times["masked_out"],
     }
     row["mem_ratio"] = (
         None
@@ -239,7 +247,10 @@ def _check(what: str, value: float, target: str, ok: bool) -> dict:
 
 
 def format_table(rows: list[dict], header: str) -> str:
-    cols = "| op | ours ms | recipe ms | ×recipe | F.conv2d ms | ×conv | peak MiB ours / recipe | 10% box ms | ×box |"
+    cols = (
+        "| op | ours ms | recipe ms | ×recipe | F.conv2d ms | ×conv | peak MiB ours / recipe | 10% box ms | ×box "
+        "| 10% box, out= ms | ×box out= |"
+    )
     lines = [header, "", cols, "|" + "---|" * (cols.count("|") - 1)]
     for r in rows:
         conv = "" if r["conv_ms"] is None else f"{r['conv_ms']:.1f}"
@@ -247,7 +258,8 @@ def format_table(rows: list[dict], header: str) -> str:
         mem = f"{_fmt(r['ours_peak_mib'])} / {_fmt(r['recipe_peak_mib'])}"
         lines.append(
             f"| {r['op']} | {r['ours_ms']:.1f} | {r['recipe_ms']:.0f} | {r['speedup_vs_recipe']:.1f} | {conv} | "
-            f"{xconv} | {mem} | {r['masked_ms']:.1f} | {r['mask_speedup']:.1f} |"
+            f"{xconv} | {mem} | {r['masked_ms']:.1f} | {r['mask_speedup']:.1f} | {r['masked_out_ms']:.1f} | "
+            f"{r['mask_out_speedup']:.1f} |"
         )
     lines += ["", "| op | check | measured | target | result |", "|---|---|---|---|---|"]
     for r in rows:

@@ -1,16 +1,18 @@
 """window_op2d — "a Conv2d that takes a function" — and the two engines every window op here runs on.
 
-* The **windows engine** (:func:`_run_windows_op`) gathers the receptive windows of a chunk of output positions
+* The **windows engine** (:func:`run_windows_op`) gathers the receptive windows of a chunk of output positions
   (indexed unfold, :func:`convcore.gather.gather_windows`), hands them to a per-chunk compute function and scatters
-  the result back. Chunks are small (cache-sized, and never above :func:`convcore.plan.workspace_limit`), so the
-  (N·L, C·kh·kw) unfold of the whole input never exists. Used by ops whose ``fn`` needs the whole window at once:
-  :func:`window_op2d`, ``dynamic_conv2d``.
-* The **tiles engine** (:func:`_run_tiles_op`) cuts the output into rectangles (row bands of the whole image, or the
-  mask's active tiles merged into rectangles), takes each rectangle's input patch with its halo
-  (:func:`convcore.gather.gather_tile`: a view inside the image, a remapped copy across a border) and hands it to a
-  compute function that loops over the kh·kw shifted views of the patch (:func:`_shifted_views`). Used by ops that
-  reduce elementwise over the window (morphology, L1 distance, per-location kernels, adaptive blur): no gather at
-  all, and each rectangle's working set stays in cache.
+  the result back. Chunks are cache-sized and never above :func:`convcore.plan.workspace_limit`, so the
+  (N·L, C·kh·kw) unfold of the whole input never exists; under autograd each chunk is checkpointed, so neither do
+  its intermediates. Used by ops whose function needs the whole window at once: :func:`window_op2d`,
+  ``dynamic_conv2d``.
+* The **tiles engine** (:func:`run_tiles_op`) cuts the output into bands (row bands of the whole batch, or the
+  mask's active tiles merged into rectangles, images sharing a rectangle batched), takes each band's input patch
+  with its halo (:func:`convcore.gather.gather_tile`: a view inside the image, a remapped copy across a border) and
+  hands it to a compute function that loops over the kh·kw shifted views of the patch (:func:`shifted_views`). Used
+  by ops that reduce elementwise over the window (morphology, L1 distance, per-location kernels, adaptive blur): no
+  gather at all, and each band's working set stays in cache. For scattered masks it gathers the in-mask windows and
+  lays them out as a band, so the same compute functions serve both.
 
 Both engines honour the masked semantics of :func:`convcore.roi_conv2d`: values are computed only at in-mask output
 positions; the rest is zero, or with ``out=`` left untouched.
@@ -135,7 +137,7 @@ def window_op2d(
         return r.reshape(P, O_flat).t()  # [O_flat, P]
 
     per_window = (2 * C * kh * kw + 3 * O * C * kh * kw + 2 * O_flat) * input.element_size()
-    result = new_output(out, out_shape, input)
+    result = out if out is not None else (input.new_empty if mask is None else input.new_zeros)(out_shape)
     flat = result.view(N, O_flat, Ho, Wo)
     run_windows_op(input, geom, mask, flat, compute, per_window)
     return result
@@ -163,11 +165,6 @@ def check_bias(bias: object, channels: int, like: torch.Tensor) -> None:
     check_same("bias", bias, like)
     if bias.shape[0] != channels:
         raise ValueError(f"bias must have shape (O,) = ({channels},), got {tuple(bias.shape)}")
-
-
-def new_output(out: torch.Tensor | None, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """``out`` when given, else zeros of ``shape`` like ``like``."""
-    return out if out is not None else like.new_zeros(shape)
 
 
 def needs_grad(*tensors: torch.Tensor | None) -> bool:
@@ -413,8 +410,10 @@ def prepare(
     mask = check_mask(mask, N, geom.out_hw, input.device)
     out_shape = (N, out_channels, *geom.out_hw)
     out = check_out(out, out_shape, input)
-    done = mask is not None and not bool(mask.any())
-    mask = _drop_full(mask)
+    covered = -1 if mask is None else int(mask.sum())
+    done = covered == 0
+    if covered == (-1 if mask is None else mask.numel()):
+        mask = None  # covers every position: the whole-image path is cheaper
     if out is not None or not allocate:
         return geom, mask, out, done
     result = input.new_zeros(out_shape) if mask is not None or done else input.new_empty(out_shape)
