@@ -85,8 +85,8 @@ def quadratic_conv2d(
 ) -> torch.Tensor:
     """y = Σ_{c, m, q} (a ⊙ x_window² + b ⊙ x_window)  (+ c): a convolution quadratic in the input.
 
-    Lowered exactly to one ordinary convolution of the channel-stacked [x², x] with the stacked weight [a, b]
-    (padding x² is the square of padding x in every padding mode).
+    Lowered exactly to ``roi_conv2d(x², a) + roi_conv2d(x, b) + c`` (padding x² is the square of padding x in every
+    padding mode): two convolutions' worth of multiply-adds, without copying the input into a stacked tensor.
 
     Args:
         input (Tensor[N, C, H, W]): the input batch.
@@ -129,8 +129,8 @@ def distance_conv2d(
 
     * p = 1 is AdderNet's adder layer, computed as a running sum over the C·kh·kw shifted views of cache-sized
       input tiles (no unfold).
-    * p = 2 is lowered exactly to one ordinary convolution through −(‖x‖² − 2⟨x, w⟩ + ‖w‖²): the stacked input
-      [x, Σ_c x²] convolved with [2w, −1] plus −‖w‖².
+    * p = 2 is lowered exactly to ordinary convolutions through −(‖x‖² − 2⟨x, w⟩ + ‖w‖²):
+      2·conv(x, w) − conv(Σ_c x², ones(kh, kw)) − ‖w‖² (the second one has a single input channel).
     * any other p > 0 runs :func:`window_op2d` with ``fn=lambda x, w: -(x - w).abs() ** p``.
 
     Args:
