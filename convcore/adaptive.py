@@ -164,7 +164,7 @@ def adaptive_gaussian_blur2d(
         raise ValueError(f"kernel_size must be odd in each dimension (the kernel is centred), got {(kh, kw)}")
     if border_type not in BORDER_TYPES:
         raise ValueError(f"border_type must be one of {BORDER_TYPES}, got {border_type!r}")
-    if bool((sigma < 0).any()) or bool(sigma.isnan().any()):
+    if not bool((sigma >= 0).all()):  # one pass; NaN compares False
         raise ValueError("sigma must be >= 0 everywhere (0 leaves a pixel unblurred); it has negative or NaN values")
     geom, mask, result, done = prepare(
         input, (kh, kw), mask, out, C, stride=1, padding="same", dilation=1, padding_mode=border_type

@@ -242,6 +242,8 @@ def test_blur_errors():
         adaptive_gaussian_blur2d(x, torch.ones(8, 8), 3)
     with pytest.raises(ValueError, match=">= 0"):
         adaptive_gaussian_blur2d(x, -s, 3)
+    with pytest.raises(ValueError, match="NaN"):
+        adaptive_gaussian_blur2d(x, s * float("nan"), 3)
     with pytest.raises(TypeError, match="int or a pair"):
         adaptive_gaussian_blur2d(x, s, 3.0)
     with pytest.raises(ValueError, match="out must have shape"):
