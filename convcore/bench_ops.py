@@ -279,7 +279,9 @@ def run_ops(argv: list[str] | None = None) -> int:
 
     Returns 0 (the table reports misses; timing targets are not a test).
     """
-    p = argparse.ArgumentParser(prog="python -m convcore.bench ops", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m convcore.bench ops", description="The generalized window ops against the recipes they replace."
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--size", type=int, default=SIZE, help=f"image side (default {SIZE})")
