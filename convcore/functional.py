@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ._alloc import zeros
 from ._checks import ConvGeometry, check_mask, check_out, check_same, check_tensor, conv_geometry
 from .gather import as_plane, gather_tile, gather_windows, pad_input, scatter_windows, window_index
 from .plan import STRATEGIES, RoiPlan, _check_groups, plan_roi, workspace_limit
@@ -103,7 +104,7 @@ def roi_conv2d(
         return _run_dense(input, weight, bias, plan, out)
     fresh = out is None
     if fresh:
-        out = input.new_zeros(out_shape)
+        out = zeros(out_shape, input)
     if plan.coverage == 0:
         return out
     if chosen == "tiles":
@@ -188,7 +189,7 @@ def roi_conv2d_batch(
                 )[0]
             )
             continue
-        o = x.new_zeros(plan.out_shape) if out is None else check_out(out.unsqueeze(0), plan.out_shape, x)
+        o = zeros(plan.out_shape, x) if out is None else check_out(out.unsqueeze(0), plan.out_shape, x)
         results.append(o[0])
         if plan.strategy == "windows":
             oy, ox = plan.positions()[0]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ._alloc import zeros
 from ._checks import ConvGeometry, check_mask, check_out, check_same, check_tensor, conv_geometry
 from .gather import as_plane, gather_tile, gather_windows, scatter_windows, window_index
 from .plan import _rects_from_mask, _tile_size, workspace_limit
@@ -137,7 +138,7 @@ def window_op2d(
         return r.reshape(P, O_flat).t()  # [O_flat, P]
 
     per_window = (2 * C * kh * kw + 3 * O * C * kh * kw + 2 * O_flat) * input.element_size()
-    result = out if out is not None else (input.new_empty if mask is None else input.new_zeros)(out_shape)
+    result = out if out is not None else (input.new_empty(out_shape) if mask is None else zeros(out_shape, input))
     flat = result.view(N, O_flat, Ho, Wo)
     run_windows_op(input, geom, mask, flat, compute, per_window)
     return result
@@ -416,7 +417,7 @@ def prepare(
         mask = None  # covers every position: the whole-image path is cheaper
     if out is not None or not allocate:
         return geom, mask, out, done
-    result = input.new_zeros(out_shape) if mask is not None or done else input.new_empty(out_shape)
+    result = zeros(out_shape, input) if mask is not None or done else input.new_empty(out_shape)
     return geom, mask, result, done
 
 

@@ -324,3 +324,25 @@ def test_plan_for_other_shapes_is_rejected():
     plan = plan_roi(None, (1, 4, 12, 12), (2, 4, 3, 3))
     with pytest.raises(ValueError, match="build a new plan"):
         _call(plan=plan)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_large_fresh_output_is_zero_outside_and_differentiable(dtype, device, assert_close):
+    from convcore._alloc import zeros
+
+    buf = zeros((2, 8, 256, 256), torch.empty(0, dtype=dtype, device=device))  # 2-8 MiB: the lazy path on CPU
+    assert buf.dtype == dtype and buf.device.type == device.type and not buf.any()
+    buf[0, 0, 0, 0] = 1  # writable, owns its memory
+    assert buf.sum().item() == 1
+    x = torch.randn(1, 4, 256, 256, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, device=device, dtype=dtype)
+    mask = torch.zeros(256, 256, dtype=torch.bool, device=device)
+    mask[40:90, 100:180] = True
+    y = roi_conv2d(x, w, None, mask, padding=1)
+    ref = F.conv2d(x, w, padding=1) * mask
+    assert_close(y.float(), ref.float(), dtype=dtype)
+    assert not y[..., ~mask].any()
+    y.sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    (F.conv2d(x2, w, padding=1) * mask).sum().backward()
+    assert_close(x.grad.float(), x2.grad.float(), dtype=dtype)
