@@ -15,7 +15,10 @@ from .plan import STRATEGIES, RoiPlan, _check_groups, plan_roi, workspace_limit
 __all__ = ["roi_conv2d", "roi_conv2d_batch", "conv2d_reference"]
 
 _CPU_CHUNK_ELEMS = 2**18  # gathered elements per chunk on the CPU (1 MiB of float32)
-_BATCH_TILE_QUANTUM = 16  # roi_conv2d_batch rounds rectangle sizes up to this, so images share conv calls
+# roi_conv2d_batch rounds rectangle sizes up to this many pixels per device type, so that rectangles of different
+# images share conv calls. Worth it where a call costs a kernel launch (CUDA); on the CPU a call is cheap next to the
+# extra pixels, so only rectangles of equal size share one.
+_BATCH_TILE_QUANTUM = {"cuda": 16}
 
 
 def roi_conv2d(
@@ -200,7 +203,7 @@ def roi_conv2d_batch(
     if windows_items:
         _run_windows(windows_items, weight, bias, groups)
     if tile_entries:
-        _run_tiles(tile_entries, weight, bias, groups, quantum=_BATCH_TILE_QUANTUM)
+        _run_tiles(tile_entries, weight, bias, groups, quantum=_BATCH_TILE_QUANTUM.get(weight.device.type, 1))
     return results
 
 

@@ -240,7 +240,8 @@ def test_batch_of_different_sizes_equals_per_image(groups, device, assert_close)
         assert_close(r, roi_conv2d(im[None], w, b, m, padding=2, groups=groups, padding_mode="reflect")[0])
 
 
-def test_batch_puts_same_bucket_rectangles_of_different_images_through_one_conv(device, monkeypatch):
+@pytest.mark.parametrize("quantum", [1, 16])
+def test_batch_puts_same_bucket_rectangles_of_different_images_through_one_conv(quantum, device, monkeypatch):
     calls = []
     real = F.conv2d
 
@@ -249,16 +250,22 @@ def test_batch_puts_same_bucket_rectangles_of_different_images_through_one_conv(
         return real(*args, **kwargs)
 
     monkeypatch.setattr("convcore.functional.F.conv2d", counting)
+    monkeypatch.setattr("convcore.functional._BATCH_TILE_QUANTUM", {device.type: quantum})
     w = torch.randn(8, 8, 3, 3, device=device)
     images, masks = [], []
-    for h, w_, box in [(200, 240, (5, 30, 7, 36)), (210, 150, (20, 42, 3, 33)), (256, 256, (50, 78, 40, 69))]:
+    boxes = [(5, 30, 7, 36), (20, 42, 3, 33), (50, 78, 40, 69)]  # 25-30 pixels: one 32×32 bucket
+    if quantum == 1:
+        boxes = [(5, 30, 7, 36), (20, 45, 3, 32), (50, 75, 40, 69)]  # equal sizes (25×29)
+    for (h, w_), box in zip([(200, 240), (210, 150), (256, 256)], boxes):
         images.append(torch.randn(8, h, w_, device=device))
         m = torch.zeros(h, w_, dtype=torch.bool, device=device)
-        m[box[0] : box[1], box[2] : box[3]] = True  # boxes of 25-30 pixels: one 32×32 bucket
+        m[box[0] : box[1], box[2] : box[3]] = True
         masks.append(m)
     assert {plan_roi(m, (1, *im.shape), w.shape, padding=1).strategy for im, m in zip(images, masks)} == {"tiles"}
-    roi_conv2d_batch(images, w, None, masks, padding=1)
+    results = roi_conv2d_batch(images, w, None, masks, padding=1)
     assert calls == [3]  # one conv over the three images' rectangles
+    for im, m, r in zip(images, masks, results):
+        assert torch.allclose(r, F.conv2d(im[None], w, padding=1)[0] * m, atol=1e-4)
 
 
 def test_roiconv2d_module_from_conv_shares_weights(device, assert_close):
