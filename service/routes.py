@@ -76,6 +76,8 @@ async def convolve(request: Request) -> Response:
     except ApiError as err:
         if err.status in (401, 413, 429, 503, 504):
             metrics.rejected.labels(reason=err.code).inc()
+        if err.status in (401, 429, 503):  # rejected before the body was read
+            await discard_body(request, state.settings.max_body_bytes)
         response = error_response(err)
         label = _filter_label(getattr(err, "spec", None))
     except Exception as exc:  # a bug, not the input: answer with JSON, keep serving
@@ -86,6 +88,22 @@ async def convolve(request: Request) -> Response:
     metrics.requests.labels(filter=label, status=str(response.status_code)).inc()
     metrics.request_duration.observe(time.perf_counter() - t0)
     return response
+
+
+async def discard_body(request: Request, limit: int) -> None:
+    """Read and drop what is left of a rejected request's body, at most ``limit`` bytes.
+
+    Closing a connection whose unread body still sits in the socket makes the kernel reset it, and the client may
+    then see the reset instead of the 429/503 it was sent; reading the rest first (no parsing) avoids that.
+    """
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                return
+    except RuntimeError:  # already read, or the client went away
+        return
 
 
 def _filter_label(spec: Spec | None) -> str:

@@ -254,3 +254,22 @@ def test_mutated_images_never_cause_a_500():
     statuses, alive = run(main())
     assert set(statuses) <= {200, 413, 422}, statuses
     assert 422 in statuses and alive.status_code == 200
+
+
+@pytest.mark.parametrize("limit, expected_reads", [(10**6, 5), (2500, 3)])
+def test_rejected_request_body_is_drained_up_to_the_limit(limit, expected_reads):
+    from starlette.requests import Request
+
+    from service.routes import discard_body
+
+    chunks = [b"x" * 1000] * 5
+    reads = []
+
+    async def receive():
+        reads.append(1)
+        i = len(reads) - 1
+        return {"type": "http.request", "body": chunks[i], "more_body": i < len(chunks) - 1}
+
+    request = Request({"type": "http", "method": "POST", "headers": [], "path": "/convolve"}, receive)
+    run(discard_body(request, limit))
+    assert len(reads) == expected_reads  # everything read, or stopped just past the limit
