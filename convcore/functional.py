@@ -161,10 +161,8 @@ def roi_conv2d_batch(
         check_tensor(f"inputs[{i}]", image, ["C", "H", "W"])
         check_same("weight", weight, image)
         x = image.unsqueeze(0)
-        out_hw = _out_hw(image, weight, stride, padding, dilation, padding_mode)
-        m = None if mask is None else check_mask(mask, 1, out_hw, image.device)
         plan = plan_roi(
-            m,
+            mask,  # (H_out, W_out): plan_roi checks it against this image's output size
             x.shape,
             weight.shape,
             stride=stride,
@@ -205,17 +203,6 @@ def roi_conv2d_batch(
     if tile_entries:
         _run_tiles(tile_entries, weight, bias, groups, quantum=_BATCH_TILE_QUANTUM.get(weight.device.type, 1))
     return results
-
-
-def _out_hw(image, weight, stride, padding, dilation, padding_mode) -> tuple[int, int]:
-    return conv_geometry(
-        image.shape[1:],
-        weight.shape[2:],
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        padding_mode=padding_mode,
-    ).out_hw
 
 
 def conv2d_reference(
