@@ -2,32 +2,39 @@
 
 from .adaptive import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d
 from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
+from .engine import set_workspace_limit, workspace_limit
 from .functional import conv2d_reference, roi_conv2d, roi_conv2d_batch
+from .geometry import ConvGeometry, conv_geometry, conv_output_size, resolve_padding
 from .layers import DistanceConv2d, DynamicConv2d, MorphConv2d, OffsetConv2d, QuadraticConv2d
 from .morph import morph_conv2d
 from .nn import RoIConv2d
-from .plan import RoiPlan, plan_roi, set_workspace_limit, workspace_limit
+from .plan import RoIPlan, RoiPlan, plan_roi
 from .window import window_op2d
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvGeometry",
     "DistanceConv2d",
     "DynamicConv2d",
     "MorphConv2d",
     "OffsetConv2d",
     "QuadraticConv2d",
     "RoIConv2d",
+    "RoIPlan",
     "RoiPlan",
     "adaptive_conv2d",
     "adaptive_gaussian_blur2d",
     "conv2d_reference",
+    "conv_geometry",
+    "conv_output_size",
     "distance_conv2d",
     "dynamic_conv2d",
     "morph_conv2d",
     "offset_conv2d",
     "plan_roi",
     "quadratic_conv2d",
+    "resolve_padding",
     "roi_conv2d",
     "roi_conv2d_batch",
     "set_workspace_limit",

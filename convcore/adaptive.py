@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._checks import check_same, check_tensor, pair
-from .window import check_bias, needs_grad, prepare, run_tiles_op, run_windows_op, shifted_views
+from .checks import check_bias, check_same, check_tensor, pair
+from .engine import needs_grad, prepare_op, run_tiles_op, run_windows, shifted_views, window_jobs
 
 __all__ = ["adaptive_conv2d", "adaptive_gaussian_blur2d", "dynamic_conv2d"]
 
@@ -57,6 +57,12 @@ def adaptive_conv2d(
 
     Returns:
         Tensor[N, O, H_out, W_out] with ``weight``, else Tensor[N, C, H_out, W_out].
+
+    Example:
+        >>> x = torch.randn(1, 2, 5, 5)
+        >>> k = torch.zeros(1, 3, 3, 5, 5); k[:, 1, 1] = 1  # every location's kernel is the identity
+        >>> torch.allclose(adaptive_conv2d(x, k, padding=1), x)
+        True
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
     if not isinstance(kernel, torch.Tensor) or kernel.dim() not in (5, 6):
@@ -83,7 +89,7 @@ def adaptive_conv2d(
             )
     O = weight.shape[0] if weight is not None else C
     check_bias(bias, O, input)
-    geom, mask, result, done = prepare(
+    geom, mask, result, done = prepare_op(
         input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
     )
     if tuple(kernel.shape[4:]) != geom.out_hw:
@@ -99,7 +105,7 @@ def adaptive_conv2d(
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
         h, w = band.shape
         B = patch.shape[0]
-        kt = band.rows(kernel, N)  # [B, G, kh, kw, h, w]
+        kt = band.rows(kernel)  # [B, G, kh, kw, h, w]
         acc = None
         for m, q, xs in shifted_views(patch, band.geom, h, w):  # xs [B, C, h, w]
             z = xs.unflatten(1, (G, Cg)) * kt[:, :, None, m, q]  # [B, G, Cg, h, w]
@@ -114,8 +120,8 @@ def adaptive_conv2d(
         acc = acc.reshape(B, O, h, w)
         return acc if bias is None else acc + bias[:, None, None]
 
-    row = (2 * C + (2 * O if weight is not None else C) + G * kh * kw) * geom.out_hw[1] * input.element_size()
-    run_tiles_op(input, geom, mask, result, compute, row_bytes=row)
+    position = (2 * C + (2 * O if weight is not None else C) + G * kh * kw) * input.element_size()
+    run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
     return result
 
 
@@ -149,6 +155,11 @@ def adaptive_gaussian_blur2d(
 
     Returns:
         Tensor[N, C, H, W].
+
+    Example:
+        >>> x = torch.rand(1, 3, 8, 8)
+        >>> torch.equal(adaptive_gaussian_blur2d(x, torch.zeros(1, 1, 8, 8), 5), x)  # σ = 0: unchanged
+        True
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
     check_tensor("sigma", sigma, ["N", "1", "H", "W"])
@@ -166,7 +177,7 @@ def adaptive_gaussian_blur2d(
         raise ValueError(f"border_type must be one of {BORDER_TYPES}, got {border_type!r}")
     if not bool((sigma >= 0).all()):  # one pass; NaN compares False
         raise ValueError("sigma must be >= 0 everywhere (0 leaves a pixel unblurred); it has negative or NaN values")
-    geom, mask, result, done = prepare(
+    geom, mask, result, done = prepare_op(
         input, (kh, kw), mask, out, C, stride=1, padding="same", dilation=1, padding_mode=border_type
     )
     if done:
@@ -176,7 +187,7 @@ def adaptive_gaussian_blur2d(
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, C, h, w]
         h, w = band.shape
-        s = band.rows(sigma, N)  # [B, 1, h, w]
+        s = band.rows(sigma)  # [B, 1, h, w]
         coef = -0.5 / s.clamp_min(_MIN_SIGMA).square()  # [B, 1, h, w]
         gy = torch.exp(dy[:, None, None, None, None] * coef)  # [kh, B, 1, h, w]
         gx = torch.exp(dx[:, None, None, None, None] * coef)  # [kw, B, 1, h, w]
@@ -188,7 +199,7 @@ def adaptive_gaussian_blur2d(
             acc = t if acc is None else acc + t
         return acc
 
-    run_tiles_op(input, geom, mask, result, compute, row_bytes=(3 * C + kh + kw + 4) * W * input.element_size())
+    run_tiles_op(input, geom, mask, result, compute, position_bytes=(3 * C + kh + kw + 4) * input.element_size())
     return result
 
 
@@ -227,6 +238,12 @@ def dynamic_conv2d(
 
     Returns:
         Tensor[N, O, H_out, W_out].
+
+    Example:
+        >>> x, w = torch.randn(1, 2, 6, 6), torch.randn(3, 2 * 3 * 3)
+        >>> y = dynamic_conv2d(x, lambda p: w.expand(p.shape[0], 3, 18), 3, 3, padding=1)  # the same kernel everywhere
+        >>> torch.allclose(y, torch.nn.functional.conv2d(x, w.view(3, 2, 3, 3), padding=1), atol=1e-5)
+        True
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
     if not callable(kernel_fn):
@@ -237,7 +254,7 @@ def dynamic_conv2d(
     O, C = out_channels, input.shape[1]
     CK = C * kh * kw
     check_bias(bias, O, input)
-    geom, mask, result, done = prepare(
+    geom, mask, result, done = prepare_op(
         input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
     )
     if done:
@@ -258,5 +275,12 @@ def dynamic_conv2d(
             y = y + bias
         return y.t()  # [O, P]
 
-    run_windows_op(input, geom, mask, result, compute, per_window_bytes=(3 * CK + 2 * O * CK) * input.element_size())
+    recompute = torch.is_grad_enabled()  # kernel_fn may hold parameters: checkpoint each chunk
+    run_windows(
+        window_jobs(input, result, mask, geom),
+        compute,
+        window_bytes=(3 * CK + 2 * O * CK) * input.element_size(),
+        recompute=recompute,
+        reuse=not recompute,
+    )
     return result

@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._checks import ConvGeometry, check_same, check_tensor
+from .checks import check_bias, check_same, check_tensor
+from .engine import needs_grad, prepare_op, run_tiles_op, shifted_views
 from .functional import roi_conv2d
 from .gather import gather_tile
-from .window import check_bias, needs_grad, prepare, run_tiles_op, shifted_views, window_op2d
+from .geometry import ConvGeometry
+from .window import window_op2d
 
 __all__ = ["distance_conv2d", "offset_conv2d", "quadratic_conv2d"]
 
@@ -53,6 +55,12 @@ def offset_conv2d(
 
     Returns:
         Tensor[N, O, H_out, W_out].
+
+    Example:
+        >>> x, A = torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3)
+        >>> y = offset_conv2d(x, A, torch.ones(1), padding=1)  # Σ A⊙(x − 1)
+        >>> torch.allclose(y, torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1)) - 1, A), atol=1e-5)
+        True
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
     check_tensor("weight", weight, ["O", "C/groups", "kh", "kw"])
@@ -96,6 +104,12 @@ def quadratic_conv2d(
 
     Returns:
         Tensor[N, O, H_out, W_out].
+
+    Example:
+        >>> x, a, b = torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3), torch.randn(3, 2, 3, 3)
+        >>> conv = torch.nn.functional.conv2d
+        >>> torch.allclose(quadratic_conv2d(x, a, b), conv(x * x, a) + conv(x, b), atol=1e-4)
+        True
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
     check_tensor("a", a, ["O", "C", "kh", "kw"])
@@ -142,6 +156,11 @@ def distance_conv2d(
 
     Returns:
         Tensor[N, O, H_out, W_out].
+
+    Example:
+        >>> x = torch.zeros(1, 1, 3, 3); w = torch.ones(1, 1, 3, 3)
+        >>> distance_conv2d(x, w, p=1)  # −Σ|0 − 1| over 9 taps
+        tensor([[[[-9.]]]])
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
     check_tensor("weight", weight, ["O", "C", "kh", "kw"])
@@ -159,7 +178,7 @@ def distance_conv2d(
         return _lowered(input, terms, norm if bias is None else norm + bias, mask, out, **geometry)
     if p != 1:
         return window_op2d(input, weight, lambda x, w: -((x - w).abs() ** p), bias=bias, mask=mask, out=out, **geometry)
-    geom, mask, result, done = prepare(input, (kh, kw), mask, out, O, **geometry)
+    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
     if done:
         return result
     track = needs_grad(input, weight)
@@ -172,7 +191,7 @@ def distance_conv2d(
         )
         return y if bias is None else y + bias[:, None, None]
 
-    run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())
+    run_tiles_op(input, geom, mask, result, compute, position_bytes=3 * O * input.element_size())
     return result
 
 
@@ -237,7 +256,7 @@ def _lowered(
     input into a stacked tensor; with several terms, each adds into the first one's result.
     """
     O, _, kh, kw = terms[0][1].shape
-    geom, mask, result, done = prepare(input, (kh, kw), mask, out, O, allocate=mask is not None, **geometry)
+    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, allocate=mask is not None, **geometry)
     if done:
         return result
     if mask is None:

@@ -2,14 +2,14 @@
 
 Borders are handled by index arithmetic (``border_index``) instead of a padded copy of the input, so gathering the
 windows of P output positions reads only those windows. Every function here works on one image at a time
-(``image`` is (C, H, W)); the callers loop over images and concatenate gathered windows before the one matmul.
+(``image`` is (C, H, W)); the engines in :mod:`convcore.engine` loop over images and chunks.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._checks import ConvGeometry
+from .geometry import ConvGeometry
 
 
 def border_index(idx: torch.Tensor, size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -58,14 +58,20 @@ def window_index(oy: torch.Tensor, ox: torch.Tensor, geom: ConvGeometry) -> tupl
     return idx, valid
 
 
-def gather_windows(plane: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Gather windows from one image viewed as ``plane`` (Tensor[C, H*W]) → Tensor[C, K, P]."""
+def gather_windows(
+    plane: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor | None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Gather windows from one image viewed as ``plane`` (Tensor[C, H*W]) → Tensor[C, K, P] (into ``out`` if given).
+
+    ``out`` (Tensor[C, K, P], contiguous) is written in place: a reused buffer, never one autograd needs.
+    """
     C = plane.shape[0]
     K, P = idx.shape
-    cols = plane.index_select(1, idx.reshape(-1)).view(C, K, P)  # [C, K, P]
-    if valid is not None:
-        cols = cols * valid.to(cols.dtype)
-    return cols
+    if out is None:
+        cols = plane.index_select(1, idx.reshape(-1)).view(C, K, P)  # [C, K, P]
+        return cols if valid is None else cols * valid.to(cols.dtype)
+    torch.index_select(plane, 1, idx.reshape(-1), out=out.view(C, K * P))  # [C, K*P]
+    return out if valid is None else out.mul_(valid.to(out.dtype))
 
 
 def as_plane(image: torch.Tensor) -> torch.Tensor:
@@ -84,23 +90,13 @@ def scatter_windows(out_image: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
     plane.index_copy_(1, oy * W_out + ox, values)
 
 
-def input_span(geom: ConvGeometry, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int, int, int]:
-    """Input rows/cols [iy0, iy1) × [ix0, ix1) (padded coordinates) read by outputs [y0, y1) × [x0, x1)."""
-    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
-    top, left = geom.pad[0], geom.pad[2]
-    iy0, ix0 = y0 * sh - top, x0 * sw - left
-    iy1 = (y1 - 1) * sh - top + (kh - 1) * dh + 1
-    ix1 = (x1 - 1) * sw - left + (kw - 1) * dw + 1
-    return iy0, iy1, ix0, ix1
-
-
 def gather_tile(image: torch.Tensor, geom: ConvGeometry, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
     """The input patch (Tensor[C, h_in, w_in]) with halo for output rectangle [y0, y1) × [x0, x1).
 
     Inside the input this is a view (no copy); across a border the rows/cols are remapped per padding mode.
     """
     H, W = geom.in_hw
-    iy0, iy1, ix0, ix1 = input_span(geom, y0, y1, x0, x1)
+    iy0, iy1, ix0, ix1 = geom.input_span(y0, y1, x0, x1)
     if iy0 >= 0 and ix0 >= 0 and iy1 <= H and ix1 <= W:
         return image[:, iy0:iy1, ix0:ix1]
     rows, valid_r = border_index(torch.arange(iy0, iy1, device=image.device), H, geom.padding_mode)

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import PADDING_MODES, pair
 from .adaptive import dynamic_conv2d
 from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
+from .geometry import PADDING_MODES, pair
 from .morph import MODES as MORPH_MODES
 from .morph import morph_conv2d
 
@@ -88,6 +88,11 @@ class OffsetConv2d(_WindowConv):
     """y = Σ A⊙(x − B) + bias with learnable A (``weight``), B (``offset``) and bias.
 
     See :func:`offset_conv2d`. Arguments as ``nn.Conv2d``; ``offset`` starts at zero (a plain convolution).
+
+    Example:
+        >>> layer = OffsetConv2d(2, 3, 3, padding=1)
+        >>> layer(torch.randn(1, 2, 8, 8)).shape
+        torch.Size([1, 3, 8, 8])
     """
 
     def __init__(
@@ -126,6 +131,11 @@ class QuadraticConv2d(_WindowConv):
 
     See :func:`quadratic_conv2d`. ``b`` and ``c`` start as ``nn.Conv2d``'s weight and bias, ``a`` as the same
     distribution scaled by 0.1 (a mildly quadratic start).
+
+    Example:
+        >>> layer = QuadraticConv2d(2, 3, 3, padding="same")
+        >>> layer(torch.randn(1, 2, 8, 8)).shape
+        torch.Size([1, 3, 8, 8])
     """
 
     def __init__(
@@ -163,6 +173,11 @@ class DistanceConv2d(_WindowConv):
 
     See :func:`distance_conv2d`. ``weight`` starts as ``nn.Conv2d``'s; no bias by default (AdderNet follows the
     layer with batch norm).
+
+    Example:
+        >>> layer = DistanceConv2d(2, 3, 3, padding=1)
+        >>> bool((layer(torch.randn(1, 2, 8, 8)) <= 0).all())  # −Σ|x − w| is never positive
+        True
     """
 
     def __init__(
@@ -202,6 +217,13 @@ class MorphConv2d(_WindowConv):
     """Learnable grayscale dilation (max(x + w)) or erosion (min(x − w)).
 
     See :func:`morph_conv2d`. The structuring elements start near flat: uniform in [-0.1, 0.1].
+
+    Example:
+        >>> layer = MorphConv2d(2, 2, 3, mode="erosion", padding=1, groups=2, padding_mode="replicate")
+        >>> mask = torch.zeros(8, 8, dtype=torch.bool); mask[:4] = True
+        >>> y = layer(torch.randn(1, 2, 8, 8), mask)
+        >>> y.shape, bool(y[..., 4:, :].any())
+        (torch.Size([1, 2, 8, 8]), False)
     """
 
     def __init__(
@@ -241,6 +263,11 @@ class DynamicConv2d(_WindowConv):
     See :func:`dynamic_conv2d`. The module owns ``kernel_net``: Linear(C·kh·kw → hidden) → ReLU →
     Linear(hidden → O·C·kh·kw). Its last bias starts as a ``nn.Conv2d`` weight and its last weight small, so the layer
     starts close to an ordinary convolution and learns how the kernel should depend on the patch.
+
+    Example:
+        >>> layer = DynamicConv2d(2, 3, 3, padding=1, hidden=4)
+        >>> layer(torch.randn(1, 2, 8, 8)).shape
+        torch.Size([1, 3, 8, 8])
     """
 
     def __init__(

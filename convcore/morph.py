@@ -6,12 +6,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import ConvGeometry, check_same, check_tensor, conv_geometry
-from .gather import pad_input
-from .plan import _check_groups
-from .window import needs_grad, prepare, run_tiles_op, shifted_views
+from .checks import check_groups, check_same, check_tensor
+from .engine import needs_grad, prepare_op, run_tiles_op, shifted_views
+from .geometry import ConvGeometry
 
-__all__ = ["morph_conv2d", "morph_reference"]
+__all__ = ["morph_conv2d"]
 
 MODES = ("dilation", "erosion")
 
@@ -55,6 +54,12 @@ def morph_conv2d(
 
     Returns:
         Tensor[N, O, H_out, W_out].
+
+    Example:
+        >>> x = torch.tensor([[[[0., 0., 5., 0., 0.]]]])
+        >>> se = torch.zeros(1, 1, 1, 3)  # flat 1×3 structuring element
+        >>> morph_conv2d(x, se, "dilation", padding=(0, 1), padding_mode="replicate")
+        tensor([[[[0., 5., 5., 5., 0.]]]])
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
     check_tensor("weight", weight, ["O", "C/groups", "kh", "kw"])
@@ -62,8 +67,8 @@ def morph_conv2d(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     O, Cg, kh, kw = weight.shape
-    _check_groups(input.shape[1], O, Cg, groups)
-    geom, mask, result, done = prepare(
+    check_groups(input.shape[1], O, Cg, groups)
+    geom, mask, result, done = prepare_op(
         input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
     )
     if done:
@@ -79,7 +84,7 @@ def morph_conv2d(
             return _MorphBand.apply(patch, wg, band.geom, band.shape, mode)
         return _morph_band(patch, wg, band.geom, band.shape, mode, track=False)[0]
 
-    run_tiles_op(input, geom, mask, result, compute, row_bytes=3 * O * geom.out_hw[1] * input.element_size())
+    run_tiles_op(input, geom, mask, result, compute, position_bytes=3 * O * input.element_size())
     return result
 
 
@@ -153,28 +158,3 @@ class _MorphBand(torch.autograd.Function):
             grad_wg = grad.new_zeros(O, Cg * kh * kw).scatter_add_(1, idx, grad.transpose(0, 1).reshape(O, -1))
             grad_wg = grad_wg.view(ctx.wg_shape)
         return grad_patch, grad_wg, None, None, None
-
-
-def morph_reference(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    mode: str = "dilation",
-    *,
-    stride: int | Sequence[int] = 1,
-    padding: int | Sequence[int] | str = 0,
-    dilation: int | Sequence[int] = 1,
-    groups: int = 1,
-    padding_mode: str = "zeros",
-) -> torch.Tensor:
-    """The dense unfold recipe for :func:`morph_conv2d` (whole padded input, F.unfold, broadcast, reduce).
-
-    The test oracle and the benchmark baseline: it materializes (N, O, C/groups·kh·kw, L).
-    """
-    N, C, H, W = input.shape
-    O, Cg, kh, kw = weight.shape
-    geom = conv_geometry((H, W), (kh, kw), stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
-    cols = torch.nn.functional.unfold(pad_input(input, geom), (kh, kw), geom.dilation, 0, geom.stride)
-    cols = cols.view(N, groups, 1, Cg * kh * kw, -1)  # [N, G, 1, Cg*K, L]
-    w = weight.reshape(groups, O // groups, Cg * kh * kw, 1)  # [G, O/G, Cg*K, 1]
-    y = (cols + w).amax(3) if mode == "dilation" else (cols - w).amin(3)  # [N, G, O/G, L]
-    return y.reshape(N, O, *geom.out_hw)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .functional import roi_conv2d
-from .plan import RoiPlan, plan_roi
+from .plan import RoIPlan, plan_roi
 
 __all__ = ["RoIConv2d"]
 
@@ -17,12 +17,20 @@ class RoIConv2d(nn.Conv2d):
     See :func:`roi_conv2d`. Parameters, initialization (``reset_parameters``) and arguments are those of
     ``nn.Conv2d``; ``forward(input, mask=None, out=None)`` takes the ROI over output positions. The plan built for a
     mask is cached, so calling the module again with the same mask tensor (unchanged) skips index building.
+
+    Example:
+        >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+        >>> roi = RoIConv2d.from_conv(conv)
+        >>> x, mask = torch.randn(1, 2, 8, 8), torch.zeros(8, 8, dtype=torch.bool)
+        >>> mask[2:6, 1:4] = True
+        >>> torch.allclose(roi(x, mask), conv(x) * mask, atol=1e-5)
+        True
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._plan_key: tuple | None = None
-        self._plan: RoiPlan | None = None
+        self._plan: RoIPlan | None = None
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> RoIConv2d:
@@ -60,7 +68,7 @@ class RoIConv2d(nn.Conv2d):
             plan=self._cached_plan(input, mask, out),
         )
 
-    def _cached_plan(self, input: torch.Tensor, mask: torch.Tensor | None, out) -> RoiPlan:
+    def _cached_plan(self, input: torch.Tensor, mask: torch.Tensor | None, out) -> RoIPlan:
         key = (mask, None if mask is None else mask._version, tuple(input.shape), input.device, out is None)
         if self._plan is not None and self._plan_key is not None and _same_key(key, self._plan_key):
             return self._plan

@@ -7,46 +7,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import GEOMETRIES, MODES, geometry_id, masks
+from oracles import conv as oracle_conv
+from oracles import pad as oracle_pad
+from oracles import pair as _pair
+from oracles import windows as oracle_windows
 
 from convcore import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d, window_op2d
-from convcore._checks import conv_geometry
-from convcore.gather import pad_input
-
-MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
-# (kernel, stride, padding, dilation)
-GEOMETRIES = [(3, 1, 1, 1), ((2, 3), (2, 1), (1, 0), 1), (3, 2, "valid", (1, 2)), (3, 1, "same", 2)]
-
-
-def masks(kind: str, n: int, hw, device) -> torch.Tensor | None:
-    h, w = hw
-    if kind == "none":
-        return None
-    if kind == "random":
-        g = torch.Generator().manual_seed(2)
-        return (torch.rand(n, h, w, generator=g) < 0.3).to(device)
-    if kind == "sparse":  # so scattered that the tiles engine gathers windows instead
-        g = torch.Generator().manual_seed(2)
-        return (torch.rand(n, h, w, generator=g) < 0.04).to(device)
-    m = torch.zeros(n, h, w, dtype=torch.bool)
-    if kind == "box":
-        m[:, h // 4 : h // 4 + max(1, h // 2), w // 3 : w - 1] = True
-        m[-1, : h // 3, : w // 2] = True
-    elif kind == "full":
-        m[:] = True
-    return m.to(device)
-
-
-def _pair(k):
-    return (k, k) if isinstance(k, int) else k
 
 
 def _unfold(x, kernel, stride, padding, dilation, padding_mode):
     """The forum recipe's first step: (N, C, kh*kw, H_out, W_out) windows of the padded input."""
-    geom = conv_geometry(
-        x.shape[2:], kernel, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
-    )
-    cols = F.unfold(pad_input(x, geom), kernel, geom.dilation, 0, geom.stride)
-    return cols.view(x.shape[0], x.shape[1], kernel[0] * kernel[1], *geom.out_hw), geom
+    cols, out_hw = oracle_windows(x, kernel, stride, padding, dilation, padding_mode)  # [N, 1, C, kh, kw, L]
+    return cols.view(x.shape[0], x.shape[1], kernel[0] * kernel[1], *out_hw), out_hw
 
 
 # ------------------------------------------------------------------------------------------------- adaptive_conv2d
@@ -55,13 +28,12 @@ def _unfold(x, kernel, stride, padding, dilation, padding_mode):
 @pytest.mark.parametrize("mask_kind", ["none", "random", "sparse", "box"])
 @pytest.mark.parametrize("padding_mode", MODES)
 @pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[0]}s{g[1]}p{g[2]}d{g[3]}")
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=geometry_id)
 def test_adaptive_matches_unfold_formula(geometry, groups, padding_mode, mask_kind, device, assert_close):
     k, s, p, d = geometry
     kh, kw = _pair(k)
     x = torch.randn(2, 4, 11, 13, dtype=torch.float64, device=device)
-    cols, geom = _unfold(x, (kh, kw), s, p, d, padding_mode)  # [N, C, K, Ho, Wo]
-    Ho, Wo = geom.out_hw
+    cols, (Ho, Wo) = _unfold(x, (kh, kw), s, p, d, padding_mode)  # [N, C, K, Ho, Wo]
     kernel = torch.randn(2, groups, kh, kw, Ho, Wo, dtype=torch.float64, device=device)
     weight = torch.randn(3, 4, kh, kw, dtype=torch.float64, device=device)
     mask = masks(mask_kind, 2, (Ho, Wo), device)
@@ -171,8 +143,7 @@ def test_blur_per_pixel_sigma_naive(border, device, assert_close):
     sigma = torch.rand(2, 1, 7, 9, dtype=torch.float64, device=device) * 2
     sigma[0, 0, 3, 4] = 0.0  # σ = 0 leaves the pixel as it is
     y = adaptive_gaussian_blur2d(x, sigma, 5, border)
-    geom = conv_geometry((7, 9), (5, 5), padding="same", padding_mode=border)
-    xp = pad_input(x, geom)
+    xp = oracle_pad(x, (2, 2, 2, 2), border)
     d = torch.arange(5, dtype=torch.float64, device=device) - 2
     naive = torch.empty_like(y)
     for n in range(2):
@@ -206,11 +177,11 @@ def test_blur_gradcheck(device):
 
 
 def test_sparse_masks_gather_windows_and_differentiate(device, assert_close, monkeypatch):
-    import convcore.window as window
+    import convcore.engine.tiles as tiles
 
     calls = []
-    real = window._run_window_rows
-    monkeypatch.setattr(window, "_run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tiles.run_window_rows
+    monkeypatch.setattr(tiles, "run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.rand(2, 2, 10, 9, dtype=torch.float64, device=device, requires_grad=True)
     sigma = (torch.rand(2, 1, 10, 9, dtype=torch.float64, device=device) + 0.3).requires_grad_()
     kernel = torch.randn(2, 3, 3, 10, 9, dtype=torch.float64, device=device, requires_grad=True)
@@ -255,15 +226,14 @@ def test_blur_errors():
 
 @pytest.mark.parametrize("mask_kind", ["none", "random", "box", "full"])
 @pytest.mark.parametrize("padding_mode", MODES)
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[0]}s{g[1]}p{g[2]}d{g[3]}")
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=geometry_id)
 def test_dynamic_constant_kernel_equals_conv2d(geometry, padding_mode, mask_kind, device, assert_close):
     k, s, p, d = geometry
     x = torch.randn(2, 3, 10, 12, dtype=torch.float64, device=device)
     w = torch.randn(4, 3, *_pair(k), dtype=torch.float64, device=device)
     b = torch.randn(4, dtype=torch.float64, device=device)
-    geom = conv_geometry(x.shape[2:], _pair(k), stride=s, padding=p, dilation=d, padding_mode=padding_mode)
-    ref = F.conv2d(pad_input(x, geom), w, b, geom.stride, 0, geom.dilation)
-    mask = masks(mask_kind, 2, geom.out_hw, device)
+    ref = oracle_conv(x, w, b, s, p, d, 1, padding_mode)
+    mask = masks(mask_kind, 2, ref.shape[2:], device)
     y = dynamic_conv2d(
         x,
         lambda patches: w.reshape(1, 4, -1).expand(patches.shape[0], -1, -1),
@@ -287,7 +257,7 @@ def _mlp(c_k: int, out: int, device) -> torch.nn.Module:
 
 
 def test_dynamic_mlp_equals_forum_recipe(device, assert_close, monkeypatch):
-    import convcore.window as window
+    import convcore.engine.policy as policy
 
     x = torch.randn(2, 3, 9, 11, dtype=torch.float64, device=device)
     mlp = _mlp(27, 2, device)
@@ -295,8 +265,8 @@ def test_dynamic_mlp_equals_forum_recipe(device, assert_close, monkeypatch):
     wts = mlp(cols).view(2, -1, 2, 27)  # [N, L, O, C*K]
     ref = (wts * cols[:, :, None]).sum(-1).transpose(1, 2).reshape(2, 2, 9, 11)
     assert_close(dynamic_conv2d(x, mlp, 2, 3, padding=1), ref)
-    monkeypatch.setattr(window, "_CPU_WORKING_BYTES", 4096)  # many chunks, each calling the MLP
-    monkeypatch.setattr(window, "_GPU_WORKING_BYTES", 4096)
+    monkeypatch.setitem(policy.CHUNK_BYTES, "cpu", 4096)  # many chunks, each calling the MLP
+    monkeypatch.setitem(policy.CHUNK_BYTES, "cuda", 4096)
     calls = []
     fn = lambda p: calls.append(p.shape[0]) or mlp(p)  # noqa: E731
     assert_close(dynamic_conv2d(x, fn, 2, 3, padding=1), ref)
@@ -323,10 +293,10 @@ def test_dynamic_gradcheck_reaches_kernel_fn_params(device):
 
 
 def test_dynamic_backward_recomputes_weights_chunk_by_chunk(device, assert_close, monkeypatch):
-    import convcore.window as window
+    import convcore.engine.policy as policy
 
-    monkeypatch.setattr(window, "_CPU_WORKING_BYTES", 16384)  # several chunks
-    monkeypatch.setattr(window, "_GPU_WORKING_BYTES", 16384)
+    monkeypatch.setitem(policy.CHUNK_BYTES, "cpu", 16384)  # several chunks
+    monkeypatch.setitem(policy.CHUNK_BYTES, "cuda", 16384)
     mlp = _mlp(3 * 9, 2, device)
     x = torch.randn(1, 3, 8, 9, dtype=torch.float64, device=device, requires_grad=True)
     sizes = []

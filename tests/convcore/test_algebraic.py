@@ -6,46 +6,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import GEOMETRIES, MODES, geometry_id, masks
+from oracles import pair as _pair
+from oracles import windows as oracle_windows
 
 from convcore import distance_conv2d, offset_conv2d, quadratic_conv2d, window_op2d
-from convcore._checks import conv_geometry
-from convcore.gather import pad_input
-
-MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
-# (kernel, stride, padding, dilation)
-GEOMETRIES = [(3, 1, 1, 1), ((2, 3), (2, 1), (1, 0), 1), (3, 2, "valid", (1, 2)), (2, 1, "same", 2)]
-
-
-def masks(kind: str, n: int, hw, device) -> torch.Tensor | None:
-    h, w = hw
-    if kind == "none":
-        return None
-    if kind == "random":
-        g = torch.Generator().manual_seed(4)
-        return (torch.rand(n, h, w, generator=g) < 0.3).to(device)
-    if kind == "sparse":  # so scattered that the tiles engine gathers windows instead
-        g = torch.Generator().manual_seed(4)
-        return (torch.rand(n, h, w, generator=g) < 0.04).to(device)
-    m = torch.zeros(n, h, w, dtype=torch.bool)
-    if kind == "box":
-        m[:, h // 4 : h // 4 + max(1, h // 2), w // 3 : w - 1] = True
-        m[-1, : h // 3, : w // 2] = True  # touches the top-left border
-    elif kind == "full":
-        m[:] = True
-    return m.to(device)
-
-
-def _pair(k):
-    return (k, k) if isinstance(k, int) else k
 
 
 def recipe(x, w, fn, geometry, padding_mode):
     """The forum recipe: unfold the padded input, broadcast against each filter, sum the window."""
     k, s, p, d = geometry
-    geom = conv_geometry(x.shape[2:], _pair(k), stride=s, padding=p, dilation=d, padding_mode=padding_mode)
-    cols = F.unfold(pad_input(x, geom), _pair(k), geom.dilation, 0, geom.stride)[:, None]  # [N, 1, C*K, L]
+    cols, out_hw = oracle_windows(x, _pair(k), s, p, d, padding_mode)  # [N, 1, C, kh, kw, L]
+    cols = cols.flatten(2, 4)  # [N, 1, C*K, L]
     y = fn(cols, w.reshape(1, w.shape[0], -1, 1)).sum(2)  # [N, O, L]
-    return y.view(x.shape[0], w.shape[0], *geom.out_hw)
+    return y.view(x.shape[0], w.shape[0], *out_hw)
 
 
 OPS = {
@@ -75,7 +49,7 @@ OPS = {
 
 @pytest.mark.parametrize("mask_kind", ["none", "random", "sparse", "box"])
 @pytest.mark.parametrize("padding_mode", MODES)
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[0]}s{g[1]}p{g[2]}d{g[3]}")
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=geometry_id)
 @pytest.mark.parametrize("op", list(OPS))
 def test_equals_window_op2d_and_recipe(op, geometry, padding_mode, mask_kind, device, assert_close):
     fast, make_fn = OPS[op]
@@ -182,11 +156,11 @@ def test_adder_gradients_equal_the_recipe(device, assert_close):
 
 
 def test_adder_sparse_mask_gathers_windows_and_differentiates(device, assert_close, monkeypatch):
-    import convcore.window as window
+    import convcore.engine.tiles as tiles
 
     calls = []
-    real = window._run_window_rows
-    monkeypatch.setattr(window, "_run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tiles.run_window_rows
+    monkeypatch.setattr(tiles, "run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.randn(2, 3, 11, 10, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(2, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     ref = recipe(x, w, lambda a, b: -(a - b).abs(), (3, 1, 1, (2, 1)), "reflect")

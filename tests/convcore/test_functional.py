@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import MODES, masks
+from oracles import conv as oracle_conv
 
 import convcore
 from convcore import RoIConv2d, plan_roi, roi_conv2d, roi_conv2d_batch
 
 STRATEGIES = ["windows", "tiles", "dense", "auto"]
-MODES = ["zeros", "reflect", "replicate", "circular"]
 
 # (in_ch, out_ch, kernel, stride, padding, dilation, groups)
 GEOMETRIES = [
@@ -26,19 +27,8 @@ GEOMETRIES = [
 ]
 
 
-def _reference(x, conv: torch.nn.Conv2d, mask):
-    y = conv(x)
-    return y * mask[:, None].to(y.dtype)
-
-
 def _masks(n, h, w, device, seed=0):
-    """A per-image mix: random pixels + a box in image 0, a border-touching box in image 1."""
-    g = torch.Generator().manual_seed(seed)
-    m = torch.rand(n, h, w, generator=g) < 0.15
-    m[0, h // 4 : h // 2 + 1, w // 3 : w - 1] = True
-    if n > 1:
-        m[1, : h // 3, w // 2 :] = True
-    return m.to(device)
+    return masks("mixed", n, (h, w), device, seed=seed)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -46,11 +36,15 @@ def _masks(n, h, w, device, seed=0):
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[2]}s{g[3]}p{g[4]}d{g[5]}g{g[6]}")
 def test_matches_conv2d_inside_mask(geometry, padding_mode, strategy, device, assert_close):
     cin, cout, k, s, p, d, g = geometry
-    conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, padding_mode=padding_mode)
+    module_mode = "zeros" if padding_mode == "symmetric" else padding_mode
+    conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, padding_mode=module_mode)
     conv = conv.double().to(device)
     x = torch.randn(2, cin, 23, 29, dtype=torch.float64, device=device)
     with torch.no_grad():
-        ref_full = conv(x)
+        if padding_mode == "symmetric":  # nn.Conv2d has no symmetric mode: numpy's pad + F.conv2d
+            ref_full = oracle_conv(x, conv.weight, conv.bias, s, p, d, g, "symmetric")
+        else:
+            ref_full = conv(x)
     mask = _masks(2, *ref_full.shape[2:], device)
     y = roi_conv2d(
         x,
@@ -319,7 +313,7 @@ def _call(**kw):
         (dict(padding=10, padding_mode="reflect"), ValueError, "needs padding < input size"),
         (dict(out=torch.zeros(1, 2, 10, 10)), ValueError, "out must have shape \\(1, 2, 8, 8\\)"),
         (dict(out=torch.zeros(1, 2, 8, 8, dtype=torch.float64)), TypeError, "out must have the input's dtype"),
-        (dict(plan="plan"), TypeError, "plan must be a RoiPlan"),
+        (dict(plan="plan"), TypeError, "plan must be a RoIPlan"),
     ],
 )
 def test_errors(kwargs, exc, message):
@@ -333,9 +327,42 @@ def test_plan_for_other_shapes_is_rejected():
         _call(plan=plan)
 
 
+def test_plan_for_another_mask_is_rejected_and_the_same_mask_accepted(assert_close):
+    x, w = torch.randn(1, 2, 10, 10), torch.randn(3, 2, 3, 3)
+    a = torch.zeros(10, 10, dtype=torch.bool)
+    a[1:4, 2:8] = True
+    b = torch.zeros(10, 10, dtype=torch.bool)
+    b[5:9, 0:3] = True
+    plan_a = plan_roi(a, x.shape, w.shape, padding=1)
+    with pytest.raises(ValueError, match="mask differs from the mask the plan was built for"):
+        roi_conv2d(x, w, None, b, padding=1, plan=plan_a)
+    with pytest.raises(ValueError, match="mask differs"):
+        roi_conv2d(x, w, None, torch.ones(10, 10, dtype=torch.bool), padding=1, plan=plan_a)
+    ref = F.conv2d(x, w, padding=1) * a
+    assert_close(roi_conv2d(x, w, None, a.clone(), padding=1, plan=plan_a), ref)
+    assert_close(roi_conv2d(x, w, None, padding=1, plan=plan_a), ref)
+
+
+@pytest.mark.parametrize(
+    "bias, exc, message",
+    [
+        (torch.zeros(1), ValueError, "bias must have shape \\(O,\\) = \\(3,\\)"),
+        (torch.zeros(3, dtype=torch.float64), TypeError, "bias must have the input's dtype"),
+        (torch.zeros(3, 1), ValueError, "bias must have 1 dimensions"),
+        ([0.0, 0.0, 0.0], TypeError, "bias must be a torch.Tensor"),
+    ],
+)
+def test_batch_checks_bias_like_roi_conv2d(bias, exc, message):
+    images, w = [torch.randn(2, 6, 6), torch.randn(2, 5, 7)], torch.randn(3, 2, 3, 3)
+    with pytest.raises(exc, match=message):
+        roi_conv2d_batch(images, w, bias, padding=1)
+    with pytest.raises(exc, match=message):
+        roi_conv2d(images[0][None], w, bias, padding=1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_large_fresh_output_is_zero_outside_and_differentiable(dtype, device, assert_close):
-    from convcore._alloc import zeros
+    from convcore.engine import zeros
 
     buf = zeros((2, 8, 256, 256), torch.empty(0, dtype=dtype, device=device))  # 2-8 MiB: the lazy path on CPU
     assert buf.dtype == dtype and buf.device.type == device.type and not buf.any()

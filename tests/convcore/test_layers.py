@@ -124,3 +124,51 @@ def test_constructor_errors():
         DynamicConv2d(4, 4, 3, hidden=0)
     with pytest.raises(ValueError, match="kernel_size must be >= 1"):
         OffsetConv2d(4, 4, 0)
+
+
+def _uniform_ok(t: torch.Tensor, bound: float) -> None:
+    """t looks like U(-bound, bound): inside the bound, std within 15% of bound/√3, mean near 0."""
+    t = t.detach().double().flatten()
+    assert t.abs().max().item() <= bound * (1 + 1e-9), f"max |t| {t.abs().max().item():.4g} > bound {bound:.4g}"
+    std = t.std().item()
+    assert abs(std - bound / 3**0.5) <= 0.15 * bound / 3**0.5, f"std {std:.4g}, expected {bound / 3**0.5:.4g}"
+    assert abs(t.mean().item()) <= 0.1 * bound
+
+
+@pytest.mark.parametrize("name", ["offset", "quadratic", "distance", "morph", "dynamic"])
+def test_initialization_follows_its_distribution(name):
+    """After reset_parameters every parameter has the documented distribution (nn.Conv2d's bounds written out)."""
+    torch.manual_seed(1)
+    cin, cout, k = 16, 32, 3
+    fan_in = cin * k * k
+    bound = 1 / fan_in**0.5  # kaiming_uniform_(a=√5) and nn.Conv2d's bias: U(±1/√fan_in)
+    m = {
+        "offset": lambda: OffsetConv2d(cin, cout, k),
+        "quadratic": lambda: QuadraticConv2d(cin, cout, k),
+        "distance": lambda: DistanceConv2d(cin, cout, k, bias=True),
+        "morph": lambda: MorphConv2d(cin, cout, k),
+        "dynamic": lambda: DynamicConv2d(cin, cout, k, hidden=8),
+    }[name]()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 100)  # whatever was there before must not survive
+    m.reset_parameters()
+    if name == "offset":
+        _uniform_ok(m.weight, bound)
+        _uniform_ok(m.bias, bound)
+        assert not m.offset.any(), "offset starts at zero (a plain convolution)"
+    elif name == "quadratic":
+        _uniform_ok(m.b, bound)
+        _uniform_ok(m.c, bound)
+        _uniform_ok(m.a, 0.1 * bound)
+    elif name == "distance":
+        _uniform_ok(m.weight, bound)
+        _uniform_ok(m.bias, bound)
+    elif name == "morph":
+        _uniform_ok(m.weight, 0.1)
+    else:
+        first, last = m.kernel_net[0], m.kernel_net[2]
+        _uniform_ok(first.weight, 1 / fan_in**0.5)  # nn.Linear's own initialization
+        _uniform_ok(last.bias, bound)  # a conv weight, flattened
+        _uniform_ok(last.weight, 0.1 / fan_in**0.5 / 8**0.5)  # Linear(8 → ...) scaled by 0.1/√fan_in
+        _uniform_ok(m.bias, bound)

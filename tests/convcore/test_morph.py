@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from oracles import MODES, masks
+from oracles import morph as morph_reference
+from oracles import pair as _kernel
 
 from convcore import morph_conv2d, window_op2d
-from convcore.morph import morph_reference
-
-MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
 
 # (in_ch, out_ch, groups, kernel, stride, padding, dilation)
 GEOMETRIES = [
@@ -17,31 +17,9 @@ GEOMETRIES = [
     (4, 4, 4, 3, 1, "same", 1),  # depthwise: per-channel dilate/erode
     (4, 6, 2, (2, 3), (2, 1), (1, 2), (1, 2)),
     (2, 3, 1, 5, 2, "valid", 1),
+    (3, 4, 1, (2, 3), 1, "same", 1),  # uneven same: rows padded (0, 1)
+    (2, 2, 2, (4, 2), 1, "same", (1, 2)),  # uneven same rows (1, 2), grouped
 ]
-
-
-def masks(kind: str, n: int, hw: tuple[int, int], device) -> torch.Tensor | None:
-    """The mask kinds every op's grid runs over (None, random pixels, a box, empty, full)."""
-    h, w = hw
-    if kind == "none":
-        return None
-    if kind == "random":
-        g = torch.Generator().manual_seed(1)
-        return (torch.rand(n, h, w, generator=g) < 0.3).to(device)
-    if kind == "sparse":  # so scattered that the tiles engine gathers windows instead
-        g = torch.Generator().manual_seed(1)
-        return (torch.rand(n, h, w, generator=g) < 0.04).to(device)
-    m = torch.zeros(n, h, w, dtype=torch.bool)
-    if kind == "box":
-        m[:, h // 4 : h // 4 + max(1, h // 2), w // 3 : w - 1] = True
-        m[-1, : h // 3, : w // 2] = True  # touches the border in the last image
-    elif kind == "full":
-        m[:] = True
-    return m.to(device)
-
-
-def _kernel(k):
-    return (k, k) if isinstance(k, int) else k
 
 
 @pytest.mark.parametrize("mask_kind", ["none", "random", "sparse", "box"])
@@ -131,22 +109,17 @@ def test_mask_shared_by_batch(device, assert_close):
 
 
 def test_small_workspace_gives_the_same_result(device, assert_close, monkeypatch):
-    import convcore.window as window
+    import convcore.engine.policy as policy
+    import convcore.engine.tiles as tiles
 
-    monkeypatch.setattr(window, "_CPU_WORKING_BYTES", 4096)
-    monkeypatch.setattr(window, "_GPU_WORKING_BYTES", 4096)
+    monkeypatch.setitem(policy.CHUNK_BYTES, "cpu", 4096)
+    monkeypatch.setitem(policy.CHUNK_BYTES, "cuda", 4096)
     x = torch.randn(2, 3, 20, 15, device=device)
     w = torch.randn(4, 3, 3, 3, device=device)
-    assert len(window.tile_bands(None, 2, _geom(x, w), 3 * 4 * 15 * 4, x.device)) > 2  # several bands per image
+    assert len(tiles.plan_bands([None], [(2, 20, 15)], 3 * 4 * 4, policy.chunk_bytes(x.device), 16)) > 2
     assert_close(
         morph_conv2d(x, w, padding=1, padding_mode="reflect"), morph_reference(x, w, padding=1, padding_mode="reflect")
     )
-
-
-def _geom(x, w):
-    from convcore._checks import conv_geometry
-
-    return conv_geometry(x.shape[2:], w.shape[2:], padding=1)
 
 
 @pytest.mark.parametrize("groups,stride,dilation", [(1, 1, 1), (2, (2, 1), (1, 2))])
@@ -175,11 +148,11 @@ def test_gradients_equal_the_recipe(device, assert_close):
 
 
 def test_sparse_mask_gathers_windows_and_differentiates(device, assert_close, monkeypatch):
-    import convcore.window as window
+    import convcore.engine.tiles as tiles
 
     calls = []
-    real = window._run_window_rows
-    monkeypatch.setattr(window, "_run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tiles.run_window_rows
+    monkeypatch.setattr(tiles, "run_window_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.randn(2, 4, 12, 11, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(4, 2, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
     kw = dict(stride=(1, 2), dilation=(2, 1), groups=2, padding=2, padding_mode="symmetric")

@@ -6,15 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import GEOMETRIES, MODES, geometry_id, masks
+from oracles import conv as oracle_conv
+from oracles import pair as _pair
+from oracles import windows as _windows
 
-import convcore.window as window
+import convcore.engine.policy as policy
 from convcore import window_op2d
-from convcore._checks import conv_geometry
-from convcore.gather import pad_input
 
-MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
-# (kernel, stride, padding, dilation)
-GEOMETRIES = [(3, 1, 1, 1), ((2, 3), (2, 1), (1, 0), 1), (3, 2, "valid", (1, 2)), (2, 1, "same", 2)]
 REDUCE = {
     "sum": lambda v, d: v.sum(d),
     "mean": lambda v, d: v.mean(d),
@@ -24,45 +23,16 @@ REDUCE = {
 }
 
 
-def masks(kind: str, n: int, hw, device) -> torch.Tensor | None:
-    h, w = hw
-    if kind == "none":
-        return None
-    if kind == "random":
-        g = torch.Generator().manual_seed(5)
-        return (torch.rand(n, h, w, generator=g) < 0.3).to(device)
-    m = torch.zeros(n, h, w, dtype=torch.bool)
-    if kind == "box":
-        m[:, h // 4 : h // 4 + max(1, h // 2), w // 3 : w - 1] = True
-    elif kind == "full":
-        m[:] = True
-    return m.to(device)
-
-
-def _pair(k):
-    return (k, k) if isinstance(k, int) else k
-
-
-def _windows(x, kernel, stride=1, padding=0, dilation=1, padding_mode="zeros"):
-    """(N, 1, C, kh, kw, L) windows of the padded input and the output size: the recipe's unfold."""
-    geom = conv_geometry(
-        x.shape[2:], kernel, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
-    )
-    cols = F.unfold(pad_input(x, geom), kernel, geom.dilation, 0, geom.stride)
-    return cols.view(x.shape[0], 1, x.shape[1], *kernel, -1), geom.out_hw
-
-
 @pytest.mark.parametrize("mask_kind", ["none", "random", "box", "full"])
 @pytest.mark.parametrize("padding_mode", MODES)
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[0]}s{g[1]}p{g[2]}d{g[3]}")
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=geometry_id)
 def test_product_fn_is_conv2d(geometry, padding_mode, mask_kind, device, assert_close):
     k, s, p, d = geometry
     x = torch.randn(2, 3, 10, 11, dtype=torch.float64, device=device)
     w = torch.randn(4, 3, *_pair(k), dtype=torch.float64, device=device)
     b = torch.randn(4, dtype=torch.float64, device=device)
-    geom = conv_geometry(x.shape[2:], _pair(k), stride=s, padding=p, dilation=d, padding_mode=padding_mode)
-    ref = F.conv2d(pad_input(x, geom), w, b, geom.stride, 0, geom.dilation)
-    mask = masks(mask_kind, 2, geom.out_hw, device)
+    ref = oracle_conv(x, w, b, s, p, d, 1, padding_mode)
+    mask = masks(mask_kind, 2, ref.shape[2:], device)
     y = window_op2d(
         x, w, lambda a, c: a * c, bias=b, mask=mask, stride=s, padding=p, dilation=d, padding_mode=padding_mode
     )
@@ -70,7 +40,7 @@ def test_product_fn_is_conv2d(geometry, padding_mode, mask_kind, device, assert_
 
 
 @pytest.mark.parametrize("reduce", list(REDUCE))
-@pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=lambda g: f"k{g[0]}s{g[1]}p{g[2]}d{g[3]}")
+@pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=geometry_id)
 def test_each_reduce_equals_unfold_recipe(geometry, reduce, device, assert_close):
     k, s, p, d = geometry
     x = torch.randn(2, 3, 9, 10, dtype=torch.float64, device=device)
@@ -142,8 +112,8 @@ def test_chunks_bounded_by_workspace(device, assert_close, monkeypatch):
     x = torch.randn(2, 3, 12, 13, device=device)
     w = torch.randn(4, 3, 3, 3, device=device)
     ref = window_op2d(x, w, lambda a, c: a * c, padding=1)
-    monkeypatch.setattr(window, "_CPU_WORKING_BYTES", 8192)
-    monkeypatch.setattr(window, "_GPU_WORKING_BYTES", 8192)
+    monkeypatch.setitem(policy.CHUNK_BYTES, "cpu", 8192)
+    monkeypatch.setitem(policy.CHUNK_BYTES, "cuda", 8192)
     sizes = []
 
     def fn(a, c):

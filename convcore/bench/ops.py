@@ -4,7 +4,7 @@ Every op runs at N=4, 16→16 channels, 3×3 kernel, padding 1, 256×256, in thi
 it replaces (``F.unfold`` + broadcast + reduce; offset and quadratic also against one plain ``F.conv2d`` of the same
 shape), then again with a 10% box mask. Reported: median time, speed ratio, peak extra memory (CPU: the peak RSS
 over the call, from /proc/self/status VmHWM after a reset through /proc/self/clear_refs; GPU: allocator stats), and
-PASS/MISS against the targets of the issue:
+PASS/MISS against these targets:
 
 * offset_conv2d, quadratic_conv2d: >= 0.7× the speed of one plain F.conv2d;
 * morph, distance, adaptive, dynamic: >= 2× faster than the unfold recipe with <= 1/4 of its peak memory;
@@ -15,22 +15,20 @@ PASS/MISS against the targets of the issue:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .adaptive import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d
-from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
-from .bench import peak_extra_bytes, time_side_by_side
-from .morph import morph_conv2d
-from .window import window_op2d
+from ..adaptive import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d
+from ..algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
+from ..morph import morph_conv2d
+from ..window import window_op2d
+from .measure import box_mask, busy_cpu, measure, peak_extra_bytes
 
-__all__ = ["run_ops"]
+__all__ = ["build_cases", "main", "measure_case"]
 
 N, C, O, K, SIZE = 4, 16, 16, 3, 256
 
@@ -170,27 +168,8 @@ def build_cases(device: torch.device, size: int) -> list[Case]:
     ]
 
 
-def box_mask(size: int, coverage: float, device: torch.device) -> torch.Tensor:
-    """One centred square covering ``coverage`` of the output, shared by the batch (N, H, W)."""
-    side = round(math.sqrt(coverage) * size)
-    m = torch.zeros(N, size, size, dtype=torch.bool, device=device)
-    a = (size - side) // 2
-    m[:, a : a + side, a : a + side] = True
-    return m
-
-
-def _trimmed_peak(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Peak extra memory of one call, with freed heap memory handed back first so it is not reused unseen."""
-    if device.type == "cpu":
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
-    return peak_extra_bytes(fn, device)
-
-
-def measure(case: Case, device: torch.device, size: int, rounds: int) -> dict:
-    mask = box_mask(size, 0.10, device)
+def measure_case(case: Case, device: torch.device, size: int, rounds: int, peaks: bool = True) -> dict:
+    mask = box_mask(size, 0.10, device, boxes=1)  # one centred square, shared by the batch
     with torch.no_grad():
         buffer = torch.zeros_like(case.ours(mask))
         fns = {
@@ -200,11 +179,13 @@ def measure(case: Case, device: torch.device, size: int, rounds: int) -> dict:
         }
         if case.conv is not None:
             fns["conv"] = case.conv
-        peaks = {"ours": _trimmed_peak(fns["ours"], device), "recipe": _trimmed_peak(case.recipe, device)}
+        peak = {"ours": None, "recipe": None}
+        if peaks:
+            peak = {"ours": peak_extra_bytes(fns["ours"], device), "recipe": peak_extra_bytes(case.recipe, device)}
         # The recipe allocates gigabytes: timed on its own so that returning them to the OS does not land on the
         # neighbours' timings (it is 3-200x slower, so its own noise hardly moves its ratios).
-        times = time_side_by_side(fns, device, rounds)
-        times.update(time_side_by_side({"recipe": case.recipe}, device, max(1, rounds // 2)))
+        times = measure(fns, rounds=rounds, device=device)
+        times["recipe"] = measure(case.recipe, rounds=max(1, rounds // 2), device=device)
     row = {
         "op": case.name,
         "kind": case.kind,
@@ -213,8 +194,8 @@ def measure(case: Case, device: torch.device, size: int, rounds: int) -> dict:
         "speedup_vs_recipe": times["recipe"] / times["ours"],
         "conv_ms": times["conv"] * 1e3 if "conv" in times else None,
         "speed_vs_conv": times["conv"] / times["ours"] if "conv" in times else None,
-        "ours_peak_mib": None if peaks["ours"] is None else peaks["ours"] / 2**20,
-        "recipe_peak_mib": None if peaks["recipe"] is None else peaks["recipe"] / 2**20,
+        "ours_peak_mib": None if peak["ours"] is None else peak["ours"] / 2**20,
+        "recipe_peak_mib": None if peak["recipe"] is None else peak["recipe"] / 2**20,
         "masked_ms": times["masked"] * 1e3,
         "mask_speedup": times["ours"] / times["masked"],
         "masked_out_ms": times["masked_out"] * 1e3,
@@ -276,11 +257,25 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.0f}"
 
 
-def run_ops(argv: list[str] | None = None) -> int:
-    """``python -m convcore.bench ops [--json] [--device D] [--size S] [--rounds R] [--only NAME] [--threads T]``.
+def format_busy(quiet: list[dict], busy: list[dict], k: int) -> str:
+    """Quiet and busy speed-ups of each op side by side ("keeps" = busy / quiet, target >= 0.6)."""
+    lines = [
+        f"quiet vs busy ({k} spinning process{'es' if k != 1 else ''}), measured in this run",
+        "",
+        "| op | ratio | quiet | busy | keeps | |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for q, b in zip(quiet, busy):
+        for key, label in (("speedup_vs_recipe", "× recipe"), ("mask_speedup", "10% box × unmasked")):
+            keeps = b[key] / q[key]
+            verdict = "PASS" if keeps >= 0.6 else "MISS"
+            lines.append(f"| {q['op']} | {label} | {q[key]:.2f} | {b[key]:.2f} | {keeps:.2f} | {verdict} |")
+    return "\n".join(lines)
 
-    Returns 0 (the table reports misses; timing targets are not a test).
-    """
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m convcore.bench ops [--json] [--device D] [--size S] [--rounds R] [--only NAME] [--threads T]
+    [--busy K]``. Returns 0 (the table reports misses; timing targets are not a test)."""
     p = argparse.ArgumentParser(
         prog="python -m convcore.bench ops", description="The generalized window ops against the recipes they replace."
     )
@@ -290,22 +285,26 @@ def run_ops(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per op after one warm-up (median reported)")
     p.add_argument("--only", default=None, help="run only the ops whose name contains this string")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--busy", type=int, default=0, metavar="K", help="then measure again with K processes spinning")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cases = [c for c in build_cases(device, args.size) if args.only is None or args.only in c.name]
-    rows = [measure(c, device, args.size, args.rounds) for c in cases]
+    rows = [measure_case(c, device, args.size, args.rounds) for c in cases]
+    busy = None
+    if args.busy > 0:
+        with busy_cpu(args.busy):
+            busy = [measure_case(c, device, args.size, args.rounds, peaks=False) for c in cases]
     header = (
         f"convcore ops on {device.type} ({torch.get_num_threads()} threads): N={N}, {C}→{O} ch, {K}×{K}, "
         f"{args.size}×{args.size}, padding 1; median of {args.rounds} interleaved rounds"
     )
     if args.json:
-        print(json.dumps({"config": header, "rows": rows}, indent=2))
-    else:
-        print(format_table(rows, header))
+        print(json.dumps({"config": header, "rows": rows, "busy": busy}, indent=2))
+        return 0
+    print(format_table(rows, header))
+    if busy is not None:
+        print()
+        print(format_busy(rows, busy, args.busy))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_ops())

@@ -1,7 +1,8 @@
-"""Benchmarks: ``python -m convcore.bench [--json] [--device cpu|cuda] [--quick]`` and ``python -m convcore.bench ops``.
+"""``python -m convcore.bench [conv]``: roi_conv2d against dense ``F.conv2d`` and the unfold recipe.
 
-Everything is measured side by side in one process, the methods of a case interleaved round by round, so the
-ratios hold on a shared, noisy machine; absolute times are context only.
+N=1, 16→16 channels, 3×3, 1024×1024, ROIs of 4 boxes covering 1–100% and 1% scattered pixels; every strategy with
+a fresh output and with ``out=`` a reused buffer; then an 8192×8192×16 input with a 1% ROI to show the bounded
+workspace. ``--busy K`` runs the cases quiet and then with K spinning processes, and prints both side by side.
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -19,34 +18,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .functional import roi_conv2d
-from .plan import plan_roi
+from ..functional import roi_conv2d
+from ..plan import plan_roi
+from .measure import box_mask, busy_cpu, measure, peak_extra_bytes, pixel_mask
 
 log = logging.getLogger(__name__)
 
 COVERAGES = (0.01, 0.10, 0.30, 0.60, 1.00)
 STRATEGIES = ("windows", "tiles", "dense", "auto")
-
-
-def box_mask(size: int, coverage: float, device: torch.device, boxes: int = 4) -> torch.Tensor:
-    """A ROI of ``boxes`` equal squares, one per quadrant, covering ``coverage`` of a size×size image."""
-    mask = torch.zeros(size, size, dtype=torch.bool)
-    if coverage >= 1:
-        return mask.fill_(True).to(device)
-    side = round(math.sqrt(coverage * size * size / boxes))
-    half = size // 2
-    for qy in range(2):
-        for qx in range(2):
-            y0 = qy * half + (half - side) // 2 + 3 * qx  # not tile-aligned on purpose
-            x0 = qx * half + (half - side) // 2 + 5 * qy
-            mask[y0 : y0 + side, x0 : x0 + side] = True
-    return mask.to(device)
-
-
-def pixel_mask(size: int, coverage: float, device: torch.device, seed: int = 0) -> torch.Tensor:
-    """Scattered single pixels covering ``coverage`` of the image."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(size, size, generator=g) < coverage).to(device)
 
 
 def unfold_recipe(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,63 +37,15 @@ def unfold_recipe(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> torch
     return y * mask
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_side_by_side(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int) -> dict[str, float]:
-    """Median seconds of each fn, interleaved round by round after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _rss_peak_reset() -> int | None:
-    """Reset the process's peak RSS (Linux) and return the current RSS in bytes, or None where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status("VmRSS")
-    except OSError:
-        return None
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Peak memory the call allocates beyond what was live before it (GPU: allocator stats; CPU: peak RSS)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    base = _rss_peak_reset()
-    if base is None:
-        return None
-    result = fn()
-    peak = _status("VmHWM")
-    del result
-    return max(0, peak - base)
-
-
-def run_roi(device: torch.device, size: int = 1024, channels: int = 16, rounds: int = 5) -> dict:
+def run_roi(
+    device: torch.device,
+    size: int = 1024,
+    channels: int = 16,
+    rounds: int = 5,
+    peaks: bool = True,
+    strategies: tuple[str, ...] = STRATEGIES,
+) -> dict:
+    """Time every case (one row per method) side by side; ``peaks`` also measures each call's peak memory."""
     torch.manual_seed(0)
     x = torch.randn(1, channels, size, size, device=device)
     w = torch.randn(channels, channels, 3, 3, device=device) / (3 * channels)
@@ -125,12 +56,12 @@ def run_roi(device: torch.device, size: int = 1024, channels: int = 16, rounds: 
     buffer = torch.zeros(1, channels, size, size, device=device)
     for case, mask in cases:
         fns: dict[str, Callable[[], object]] = {"dense": lambda: F.conv2d(x, w, b, padding=1)}
-        for s in STRATEGIES:
+        for s in strategies:
             fns[f"{s}"] = lambda s=s, m=mask: roi_conv2d(x, w, b, m, padding=1, strategy=s)
             fns[f"{s} out="] = lambda s=s, m=mask: roi_conv2d(x, w, b, m, padding=1, strategy=s, out=buffer)
         if case == "box 10%":
             fns["unfold recipe"] = lambda m=mask: unfold_recipe(x, w, m)
-        t = time_side_by_side(fns, device, rounds)
+        t = measure(fns, rounds=rounds, device=device)
         plan_fresh = plan_roi(mask, x.shape, w.shape, padding=1, device=device)
         plan_out = plan_roi(mask, x.shape, w.shape, padding=1, device=device, fresh_output=False)
         for name, fn in fns.items():
@@ -141,7 +72,7 @@ def run_roi(device: torch.device, size: int = 1024, channels: int = 16, rounds: 
                     "method": name,
                     "ms": t[name] * 1e3,
                     "speedup_vs_dense": t["dense"] / t[name],
-                    "peak_mib": _mib(peak_extra_bytes(fn, device)),
+                    "peak_mib": _mib(peak_extra_bytes(fn, device)) if peaks else None,
                     "auto_picks": plan_out.strategy if name.endswith("out=") else plan_fresh.strategy,
                 }
             )
@@ -223,29 +154,76 @@ def format_report(report: dict, checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "ops":
-        from .bench_ops import run_ops
+def busy_rows(quiet: dict, busy: dict) -> list[dict]:
+    """Quiet and busy figures of the same cases side by side, with busy ratio / quiet ratio ("keeps")."""
+    q = {(r["case"], r["method"]): r for r in quiet["rows"]}
+    rows = []
+    for r in busy["rows"]:
+        key = (r["case"], r["method"])
+        if key not in q or r["method"] == "dense":
+            continue
+        rows.append(
+            {
+                "case": r["case"],
+                "method": r["method"],
+                "quiet_x": q[key]["speedup_vs_dense"],
+                "busy_x": r["speedup_vs_dense"],
+                "keeps": r["speedup_vs_dense"] / q[key]["speedup_vs_dense"],
+                "quiet_dense_ms": q[(r["case"], "dense")]["ms"],
+                "busy_dense_ms": busy_dense(busy, r["case"]),
+            }
+        )
+    return rows
 
-        return run_ops(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m convcore.bench", description=__doc__)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+def busy_dense(report: dict, case: str) -> float:
+    return next(r["ms"] for r in report["rows"] if r["case"] == case and r["method"] == "dense")
+
+
+def format_busy(rows: list[dict], k: int) -> str:
+    lines = [
+        f"quiet vs busy ({k} spinning process{'es' if k != 1 else ''}), measured in this run; × = speed-up vs dense "
+        "F.conv2d measured alongside; keeps = busy × / quiet × (target >= 0.6)",
+        "",
+        "| case | method | quiet × dense | busy × dense | keeps | dense ms quiet / busy | |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['method']} | {r['quiet_x']:.2f} | {r['busy_x']:.2f} | {r['keeps']:.2f} | "
+            f"{r['quiet_dense_ms']:.0f} / {r['busy_dense_ms']:.0f} | {'PASS' if r['keeps'] >= 0.6 else 'MISS'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m convcore.bench conv", description=__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--rounds", type=int, default=int(os.environ.get("ROICONV_BENCH_ROUNDS", 5)))
-    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--size", type=int, default=1024, help="image side (targets are checked at 1024)")
+    p.add_argument("--channels", type=int, default=16)
     p.add_argument("--no-large", action="store_true", help="skip the 8192×8192 bounded-memory run")
+    p.add_argument("--busy", type=int, default=0, metavar="K", help="then measure auto again with K processes spinning")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     device = torch.device(args.device)
-    report = run_roi(device, size=args.size, rounds=args.rounds)
+    report = run_roi(device, size=args.size, channels=args.channels, rounds=args.rounds)
     checks = check_targets(report) if args.size == 1024 else []
+    if args.busy > 0:
+        with busy_cpu(args.busy):
+            busy = run_roi(
+                device, size=args.size, channels=args.channels, rounds=args.rounds, peaks=False, strategies=("auto",)
+            )
+        report["busy"] = {"k": args.busy, "rows": busy_rows(report, busy)}
     if not args.no_large:
         report["large"] = run_large(device)
     report["targets"] = checks
-    print(json.dumps(report, indent=1) if args.json else format_report(report, checks))
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(format_report(report, checks))
+    if "busy" in report:
+        print()
+        print(format_busy(report["busy"]["rows"], args.busy))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,37 @@
+"""``python -m convcore.bench [conv|ops|network|fused] [options]``: "conv" when no subcommand is given."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "conv": ("convcore.bench.conv", "roi_conv2d vs dense F.conv2d (the default)"),
+    "ops": ("convcore.bench.ops", "the generalized window ops vs the recipes they replace"),
+    "network": ("convcore.network.bench", "whole-network ROI execution"),
+    "fused": ("convcore.kernels.bench", "the fused GPU kernel"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
+        print(__doc__.strip(), "\n")
+        for name, (_, what) in SUBCOMMANDS.items():
+            print(f"  {name:8s} {what}")
+        print("\n`python -m convcore.bench SUBCOMMAND --help` lists a subcommand's options.")
+        return 0
+    name = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "conv"
+    module_name = SUBCOMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module_name.startswith(e.name):
+            raise
+        print(f"python -m convcore.bench {name}: {module_name} is not part of this installation", file=sys.stderr)
+        return 2
+    return module.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

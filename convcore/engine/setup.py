@@ -1,0 +1,66 @@
+"""What every window op does before it hands work to an engine: geometry, checked mask, output tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from ..checks import check_mask, check_out
+from ..geometry import ConvGeometry, conv_geometry
+from .policy import drop_full, zeros
+from .rects import positions
+from .windows import WindowJob
+
+__all__ = ["OpSetup", "prepare_op", "window_jobs"]
+
+
+class OpSetup(NamedTuple):
+    geom: ConvGeometry
+    mask: torch.Tensor | None  # None when the mask covers every position
+    out: torch.Tensor | None
+    done: bool  # the mask is empty: nothing to compute
+
+
+def prepare_op(
+    input: torch.Tensor,
+    kernel_hw: Sequence[int],
+    mask: torch.Tensor | None,
+    out: torch.Tensor | None,
+    out_channels: int,
+    *,
+    stride,
+    padding,
+    dilation,
+    padding_mode: str,
+    allocate: bool = True,
+) -> OpSetup:
+    """Geometry, checked mask and the output tensor of a window op; ``done`` when the mask is empty.
+
+    A mask that covers everything is returned as None (the whole-image path). The output is ``out`` when given,
+    else new (zeros where a mask leaves positions unwritten, uninitialized when every position gets written), or
+    None with ``allocate=False``.
+    """
+    N, _, H, W = input.shape
+    geom = conv_geometry(
+        (H, W), kernel_hw, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
+    )
+    mask, covered = drop_full(check_mask(mask, N, geom.out_hw, input.device))
+    out_shape = (N, out_channels, *geom.out_hw)
+    out = check_out(out, out_shape, input)
+    done = covered == 0
+    if out is not None or not allocate:
+        return OpSetup(geom, mask, out, done)
+    result = zeros(out_shape, input) if mask is not None or done else input.new_empty(out_shape)
+    return OpSetup(geom, mask, result, done)
+
+
+def window_jobs(
+    input: torch.Tensor, out: torch.Tensor, mask: torch.Tensor | None, geom: ConvGeometry
+) -> list[WindowJob]:
+    """The windows engine's jobs for a batch: each image's in-mask positions (all of them for None)."""
+    return [
+        WindowJob(input[n], out[n], *positions(None if mask is None else mask[n], geom.out_hw, input.device), geom)
+        for n in range(input.shape[0])
+    ]

@@ -1,0 +1,124 @@
+"""Break convcore on purpose, one breakage at a time, and count how many of the relevant tests notice.
+
+Run from the repository root: ``python tests/convcore/mutations.py [--only NAME]``. Each mutation edits one line of a
+temporary copy of the tree (the working tree is never touched), runs the tests that exercise that code, and prints
+failed / run. Not collected by pytest (the file name does not start with ``test_``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (name, file, original text, broken text, pytest arguments selecting the relevant tests)
+MUTATIONS = [
+    (
+        "symmetric border: edge not repeated",
+        "convcore/gather.py",
+        "idx = torch.where(idx < 0, -idx - 1, idx)",
+        "idx = torch.where(idx < 0, -idx, idx)",
+        ["tests/convcore", "-k", "symmetric"],
+    ),
+    (
+        "uneven 'same': extra pixel top/left instead of bottom/right",
+        "convcore/geometry.py",
+        "return (span_h // 2, span_h - span_h // 2, span_w // 2, span_w - span_w // 2)",
+        "return (span_h - span_h // 2, span_h // 2, span_w - span_w // 2, span_w // 2)",
+        ["tests/convcore", "-k", "same and not test_docs"],
+    ),
+    (
+        "reset_parameters: conv init ~ N(0, 100^2)",
+        "convcore/layers.py",
+        "nn.init.kaiming_uniform_(weight, a=math.sqrt(5))",
+        "nn.init.normal_(weight, 0, 100)",
+        ["tests/convcore/test_layers.py", "-k", "initialization or reset"],
+    ),
+    (
+        "reset_parameters: structuring element zeroed",
+        "convcore/layers.py",
+        "nn.init.uniform_(self.weight, -0.1, 0.1)",
+        "nn.init.zeros_(self.weight)",
+        ["tests/convcore/test_layers.py", "-k", "initialization or reset"],
+    ),
+    (
+        "full-mask shortcut: a mask covering half counts as full",
+        "convcore/engine/policy.py",
+        "return (None if covered == mask.numel() else mask), covered",
+        "return (None if 2 * covered >= mask.numel() else mask), covered",
+        ["tests/convcore", "-k", "box or random or mixed or inside_mask", "--deselect", "tests/convcore/test_docs.py"],
+    ),
+    (
+        "zero padding: out-of-image taps not zeroed in gathered windows",
+        "convcore/gather.py",
+        "return out if valid is None else out.mul_(valid.to(out.dtype))",
+        "return out",
+        ["tests/convcore/test_functional.py", "-k", "zeros or border or batch"],
+    ),
+    (
+        "tiles engine: partial rectangles written without the mask",
+        "convcore/engine/tiles.py",
+        "dst.copy_(y if r.full else torch.where(s.mask[r.n, r.y0 : r.y1, r.x0 : r.x1], y, dst))",
+        "dst.copy_(y)",
+        ["tests/convcore", "-k", "tiles or box or mixed or random", "--deselect", "tests/convcore/test_docs.py"],
+    ),
+    (
+        "plan/mask agreement check removed",
+        "convcore/functional.py",
+        "if (given is None) != (plan.mask is None) or (given is not None and not torch.equal(given, plan.mask)):",
+        "if False:",
+        ["tests/convcore/test_functional.py", "-k", "plan"],
+    ),
+]
+
+
+def run(tree: Path, args: list[str]) -> tuple[int, int]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *args]
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=1800)
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (failed|passed|error|errors)", tail)}
+    failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+    return failed, failed + counts.get("passed", 0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--only", default=None, help="run only the mutations whose name contains this string")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="convcore-mutations-") as tmp:
+        tree = Path(tmp)
+        for part in ("convcore", "tests/convcore", "tests/conftest.py", "pyproject.toml"):
+            src, dst = ROOT / part, tree / part
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, dst)
+        print("| mutation | file | failed / run |\n|---|---|---:|")
+        for name, rel, old, new, selection in MUTATIONS:
+            if args.only and args.only not in name:
+                continue
+            path = tree / rel
+            original = path.read_text()
+            if original.count(old) != 1:
+                print(f"| {name} | {rel} | the line to break was not found exactly once |")
+                continue
+            path.write_text(original.replace(old, new))
+            try:
+                failed, total = run(tree, selection)
+            finally:
+                path.write_text(original)
+            print(f"| {name} | {rel} | {failed} / {total} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
