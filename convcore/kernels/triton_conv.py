@@ -17,7 +17,7 @@ first imported, while builtins are patched at each launch.
 ``triton.jit`` decides at decoration time whether a kernel runs compiled (GPU) or under the interpreter
 (``TRITON_INTERPRET=1``, CPU tensors). The kernel is therefore decorated on first use, once per setting of that
 variable (:func:`get_kernel`), so setting it any time before the first fused call is enough (tested with triton
-3.9; setting it before importing triton, as Triton documents, is the safe way).
+3.2, 3.5.1 and 3.9; setting it before importing triton, as Triton documents, is the safe way).
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ def _roi_conv_src(
     HO,
     WO,
     TOTAL,  # N*HO*WO: active entries outside [0, TOTAL) are skipped
-    CG,
     OG,
     sxn,
     sxc,
@@ -114,6 +113,7 @@ def _roi_conv_src(
     pad_l,
     dil_h,
     dil_w,
+    CG: tl.constexpr,
     KH: tl.constexpr,
     KW: tl.constexpr,
     MODE: tl.constexpr,
@@ -247,7 +247,6 @@ def launch(
         HO,
         WO,
         N * HO * WO,
-        CG,
         OG,
         *input.stride(),
         *out.stride(),
@@ -257,6 +256,7 @@ def launch(
         pad[1],
         dilation[0],
         dilation[1],
+        CG=CG,
         KH=KH,
         KW=KW,
         MODE=MODE_IDS[padding_mode],
