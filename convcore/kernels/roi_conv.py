@@ -158,8 +158,9 @@ def fused_conv2d_active(
 
     One Triton kernel: each program computes a block of active positions × a block of output channels as an
     implicit GEMM, reading the input windows straight from ``input`` (borders by index arithmetic), accumulating in
-    fp32 (fp64 for fp64 inputs), adding the bias and storing only the active outputs. No autograd: use
-    :func:`fused_roi_conv2d` for gradients.
+    fp32 (fp64 for fp64 inputs), adding the bias and storing only the active outputs. float32 inputs on a GPU
+    multiply in TF32 when ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default, the setting F.conv2d
+    follows), in full float32 otherwise and under the interpreter. No autograd: use :func:`fused_roi_conv2d`.
 
     Args:
         input (Tensor[N, C, H, W]): float16/bfloat16/float32/float64, CUDA (or CPU under ``TRITON_INTERPRET=1``).

@@ -65,25 +65,21 @@ def kernel_config(channels_per_group: int, outputs_per_group: int, dtype: torch.
 
 
 def _border_src(i, size, MODE: tl.constexpr):
-    """Map input coordinates ``i`` (may lie in the padding) into [0, size); ``valid`` is False in zero padding."""
-    valid = (i >= 0) & (i < size)
+    """Map input coordinates ``i`` (may lie in the padding) into [0, size) by the padding mode.
+
+    Zero padding ("zeros", MODE 0) is clamped here and masked by the caller.
+    """
     if MODE == 1:  # reflect (PyTorch "reflect", OpenCV BORDER_REFLECT_101): the edge is not repeated
         i = tl.where(i < 0, -i, i)
         i = tl.where(i >= size, 2 * size - 2 - i, i)
-        valid = valid | True
-    elif MODE == 2:  # replicate
-        valid = valid | True
     elif MODE == 3:  # circular
         i = tl.where(i < 0, i + size, i)
         i = tl.where(i >= size, i - size, i)
-        valid = valid | True
     elif MODE == 4:  # symmetric (OpenCV BORDER_REFLECT): the edge is repeated
         i = tl.where(i < 0, -i - 1, i)
         i = tl.where(i >= size, 2 * size - 1 - i, i)
-        valid = valid | True
-    # Clamp for every mode: zeros (masked load) and replicate need it, the others stay in bounds even if misused.
-    i = tl.minimum(tl.maximum(i, 0), size - 1)
-    return i, valid
+    # Clamp for every mode: zeros (masked load) and replicate (MODE 2) need it; the others stay in bounds anyway.
+    return tl.minimum(tl.maximum(i, 0), size - 1)
 
 
 def _roi_conv_src(
@@ -151,10 +147,14 @@ def _roi_conv_src(
 
     acc = tl.full([BLOCK_P, BLOCK_O], 0, dtype=ACC)
     for ky in tl.static_range(KH):
-        iy, vy = _border(oy * stride_h - pad_t + ky * dil_h, H, MODE)  # [BP]
+        ry = oy * stride_h - pad_t + ky * dil_h  # [BP] row in the padded frame
+        iy = _border(ry, H, MODE)  # [BP]
         for kx in tl.static_range(KW):
-            ix, vx = _border(ox * stride_w - pad_l + kx * dil_w, W, MODE)  # [BP]
-            pix_ok = p_ok & vy & vx  # [BP]
+            rx = ox * stride_w - pad_l + kx * dil_w  # [BP]
+            ix = _border(rx, W, MODE)  # [BP]
+            pix_ok = p_ok  # [BP]
+            if MODE == 0:  # zero padding: taps outside the input read nothing
+                pix_ok = p_ok & (ry >= 0) & (ry < H) & (rx >= 0) & (rx < W)
             pix = x_img + iy * sxh + ix * sxw  # [BP]
             w_tap = w_row + ky * KW + kx  # [BO]
             if USE_DOT:
@@ -235,6 +235,8 @@ def launch(
     # The interpreter keeps bfloat16 as raw uint16 bits, which its tl.dot multiplies as integers: there the
     # bfloat16 blocks go through tl.dot as float32 (exactly representable, so the result is the same).
     upcast = input.dtype == torch.bfloat16 and interpreter_enabled()
+    # float32 on a GPU follows the switch F.conv2d follows (cuDNN's TF32 for convolutions, on by default).
+    allow_tf32 = torch.backends.cudnn.allow_tf32
     get_kernel()[grid](
         input,
         weight,
@@ -262,7 +264,7 @@ def launch(
         MODE=MODE_IDS[padding_mode],
         HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot,
-        IEEE=input.dtype == torch.float32 or upcast,
+        IEEE=upcast or (input.dtype == torch.float32 and not (allow_tf32 and not interpreter_enabled())),
         UPCAST=upcast,
         ACC=tl.float64 if input.dtype == torch.float64 else tl.float32,
         BLOCK_P=cfg.block_p,

@@ -33,12 +33,15 @@ MODES = ("zeros", "reflect", "replicate", "circular", "symmetric")
 
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(request: pytest.FixtureRequest):
-    """TRITON_INTERPRET=1 while this module runs on the CPU; the previous value is restored after."""
+    """TRITON_INTERPRET=1 while this module runs on the CPU (on a GPU: no TF32, to hold float32 tolerances)."""
     on_cpu = torch.device(request.config.getoption("--device")).type == "cpu"
     old = os.environ.get("TRITON_INTERPRET")
+    tf32 = torch.backends.cudnn.allow_tf32
     if on_cpu:
         os.environ["TRITON_INTERPRET"] = "1"
+    torch.backends.cudnn.allow_tf32 = False
     yield
+    torch.backends.cudnn.allow_tf32 = tf32
     if old is None:
         os.environ.pop("TRITON_INTERPRET", None)
     else:
