@@ -186,6 +186,8 @@ def fused_conv2d_active(
         raise ValueError(
             f"out must have shape (N, O, Ho, Wo) with N={input.shape[0]}, O={weight.shape[0]}, got {tuple(out.shape)}"
         )
+    if out.untyped_storage().data_ptr() == input.untyped_storage().data_ptr():
+        raise ValueError("out must not share memory with input: the kernel reads input while it writes out")
     _check_tensor("active", active, ["P"])
     if active.dtype != torch.int64 or active.device != input.device:
         raise TypeError(f"active must be an int64 tensor on {input.device}, got {active.dtype} on {active.device}")
@@ -279,8 +281,14 @@ def fused_roi_conv2d(
     kh, kw = weight.shape[2:]
     Ho, Wo = _out_size(H, top, bottom, kh, s[0], d[0]), _out_size(W, left, right, kw, s[1], d[1])
     out_shape = (N, weight.shape[0], Ho, Wo)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(
+            f"kernel {(kh, kw)} with dilation {d} spans more than the padded input: input {(H, W)}, "
+            f"pad (top, bottom, left, right) {(top, bottom, left, right)}"
+        )
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor of shape (N, Ho, Wo) = {(N, Ho, Wo)}, got {type(mask).__name__}")
+        got = f"{mask.dtype} tensor" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor of shape (N, Ho, Wo) = {(N, Ho, Wo)}, got {got}; use mask != 0")
     if tuple(mask.shape) != (N, Ho, Wo):
         raise ValueError(
             f"mask must have shape (N, Ho, Wo) = {(N, Ho, Wo)}, got {tuple(mask.shape)}; the mask is over outputs"

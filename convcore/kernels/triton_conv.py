@@ -240,7 +240,7 @@ def launch(
     get_kernel()[grid](
         input,
         weight,
-        bias if bias is not None else weight,
+        bias.contiguous() if bias is not None else weight,
         active,
         out,
         P,

@@ -246,6 +246,10 @@ def test_errors(device, monkeypatch):
         fused_conv2d_active(x, w, b, act.int(), out, pad=1)
     with pytest.raises(ValueError, match="does not record autograd"):
         fused_conv2d_active(x, w.clone().requires_grad_(), b, act, out, pad=1)
+    with pytest.raises(ValueError, match="must not share memory"):
+        fused_conv2d_active(x, w[:3, :, :1, :1].contiguous(), None, act, x)
+    with pytest.raises(ValueError, match="spans more than the padded input"):
+        fused_roi_conv2d(x, w, b, mask, dilation=4)
     with pytest.raises(ValueError, match="does not fit"):
         fused_conv2d_active(x, w, b, act, torch.zeros(2, 4, 9, 7, device=device), pad=1)
     if torch.device(device).type == "cpu":
