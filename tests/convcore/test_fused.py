@@ -80,6 +80,7 @@ CONFIGS = {
     "depthwise-dilated": (1, 3, 3, 7, 7, (3, 2), (1, 2), (2, 2, 1, 1), (2, 1), 3),
     "dot-path": (1, 16, 16, 5, 5, (3, 3), 1, (1, 1, 1, 1), 1, 1),
     "even-kernel-asymmetric": (1, 2, 3, 5, 6, (2, 2), 1, (0, 1, 0, 1), 1, 1),
+    "padding-at-the-limit": (1, 2, 2, 4, 5, (3, 3), 1, (3, 3, 4, 4), 1, 1),  # reflect's limit: pad = size - 1
 }
 
 
@@ -114,6 +115,22 @@ def test_dtypes_accumulate_in_fp32(name, dtype, device):
     assert y.dtype == dtype
     # The oracle convolves the same rounded inputs in float64: what is left is the output rounding.
     check(y, reference(x, w, b, mask, mode="reflect", **kw), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels", [16, 2])  # tl.dot path, rank-1 update path
+def test_accumulates_in_fp32_not_in_the_input_dtype(channels, dtype, device):
+    """One big tap and many ones: accumulated in the input dtype the ones vanish against the big value."""
+    big = 2048.0 if dtype == torch.float16 else 256.0  # where the dtype's spacing becomes 2
+    x = torch.ones(1, channels, 3, 3, dtype=dtype, device=device)
+    x[0, 0, 0, 0] = big
+    w = torch.ones(channels, channels, 3, 3, dtype=dtype, device=device)
+    mask = torch.ones(1, 1, 1, dtype=torch.bool, device=device)
+    y = fused_roi_conv2d(x, w, None, mask)
+    exact = big + channels * 9 - 1
+    assert y.dtype == dtype
+    # fp32 sum, one rounding at the store: within the spacing (2) of exact; a sum in the input dtype stays near big.
+    assert (y.double() - exact).abs().max().item() <= 2
 
 
 def _masks(n, ho, wo, device):
