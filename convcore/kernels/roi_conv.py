@@ -13,23 +13,20 @@ kernel code on CPU tensors, slowly: for tests). ``triton`` is imported on the fi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
+
+from .runtime import interpreter_enabled
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular", "symmetric")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
-
-
 def fused_available(device: torch.device | str) -> bool:
     """True when the fused kernel can run on ``device``: triton importable, and CUDA or the interpreter enabled."""
     device = torch.device(device)
-    if device.type != "cuda" and not (device.type == "cpu" and _interpreter_enabled()):
+    if device.type != "cuda" and not (device.type == "cpu" and interpreter_enabled()):
         return False
     try:
         import triton  # noqa: F401
@@ -78,7 +75,7 @@ def _check_like(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
 
 
 def _check_device(device: torch.device) -> None:
-    if device.type == "cuda" or (device.type == "cpu" and _interpreter_enabled()):
+    if device.type == "cuda" or (device.type == "cpu" and interpreter_enabled()):
         return
     if device.type == "cpu":
         raise ValueError(

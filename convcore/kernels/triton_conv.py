@@ -22,21 +22,17 @@ variable (:func:`get_kernel`), so setting it any time before the first fused cal
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from .runtime import interpreter_enabled
+
 # Padding modes as the kernel's MODE constant.
 GRID_Y_MAX = 65535  # CUDA's limit on the second grid dimension (groups × output-channel blocks)
 MODE_IDS = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3, "symmetric": 4}
-
-
-def interpreter_enabled() -> bool:
-    """True when ``TRITON_INTERPRET`` is set to a true value (kernels then run on CPU tensors, slowly)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
 
 
 @dataclass(frozen=True)
