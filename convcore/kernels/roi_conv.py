@@ -173,6 +173,16 @@ def fused_conv2d_active(
 
     Returns:
         ``out``.
+
+    Example:
+        >>> import os; os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors: the interpreter (slow)
+        '1'
+        >>> x, w = torch.randn(2, 4, 5, 5), torch.randn(4, 1, 3, 3)  # depthwise
+        >>> out = torch.full((2, 4, 3, 3), float("nan"))  # valid conv: Ho = Wo = 3
+        >>> active = torch.tensor([0, 4, 9 + 8])  # (n=0, y=0, x=0), (0, 1, 1), (1, 2, 2)
+        >>> _ = fused_conv2d_active(x, w, None, active, out, groups=4)
+        >>> int(out.isnan().sum()) == 4 * (18 - 3)
+        True
     """
     _check_tensor("out", out, ["N", "O", "Ho", "Wo"])
     stride, pad, dilation = _check_conv_args(

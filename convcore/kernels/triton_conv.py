@@ -191,7 +191,7 @@ _JITTED: dict[bool, tuple[object, object]] = {}
 _border = None  # the jitted _border_src that _roi_conv_src calls; set by get_kernel()
 
 
-def get_kernel():
+def get_kernel() -> triton.runtime.KernelInterface:
     """The jitted kernel for the current ``TRITON_INTERPRET`` setting (decorated on first use).
 
     ``_border_src`` is jitted alongside and bound to the module name ``_border`` that the kernel calls.
