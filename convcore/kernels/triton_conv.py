@@ -22,6 +22,7 @@ variable (:func:`get_kernel`), so setting it any time before the first fused cal
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,8 @@ import triton.language as tl
 
 from .runtime import interpreter_enabled
 
-# Padding modes as the kernel's MODE constant.
 GRID_Y_MAX = 65535  # CUDA's limit on the second grid dimension (groups × output-channel blocks)
+# Padding modes as the kernel's MODE constant.
 MODE_IDS = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3, "symmetric": 4}
 
 
@@ -80,7 +81,7 @@ def _border_src(i, size, MODE: tl.constexpr):
 
 def _roi_conv_src(
     x_ptr,  # input [N, C, H, W] (any strides)
-    w_ptr,  # weight [O, CG, KH, KW], contiguous
+    w_ptr,  # weight as [KH, KW, CG, O], contiguous: a tap's weights for consecutive outputs are adjacent
     b_ptr,  # bias [O] (ignored unless HAS_BIAS)
     act_ptr,  # active [P] int64 flat indices into N*HO*WO
     out_ptr,  # out [N, O, HO, WO] (any strides)
@@ -90,6 +91,7 @@ def _roi_conv_src(
     HO,
     WO,
     TOTAL,  # N*HO*WO: active entries outside [0, TOTAL) are skipped
+    O,
     OG,
     sxn,
     sxc,
@@ -139,7 +141,6 @@ def _roi_conv_src(
     o_glob = (g * OG + offs_o).to(tl.int64)  # [BO]
     offs_c = tl.arange(0, BLOCK_C)  # [BC]
     x_img = n * sxn + (g * CG).to(tl.int64) * sxc  # [BP]: start of the group's channels in each position's image
-    w_row = o_glob * (CG * KH * KW)  # [BO]
 
     acc = tl.full([BLOCK_P, BLOCK_O], 0, dtype=ACC)
     for ky in tl.static_range(KH):
@@ -152,7 +153,7 @@ def _roi_conv_src(
             if MODE == 0:  # zero padding: taps outside the input read nothing
                 pix_ok = p_ok & (ry >= 0) & (ry < H) & (rx >= 0) & (rx < W)
             pix = x_img + iy * sxh + ix * sxw  # [BP]
-            w_tap = w_row + ky * KW + kx  # [BO]
+            w_tap = (ky * KW + kx) * CG * O + o_glob  # [BO]
             if USE_DOT:
                 for c0 in range(0, CG, BLOCK_C):
                     cc = c0 + offs_c  # [BC]
@@ -163,7 +164,7 @@ def _roi_conv_src(
                         other=0.0,
                     )  # [BP, BC]
                     wv = tl.load(
-                        w_ptr + w_tap[None, :] + (cc * (KH * KW))[:, None],
+                        w_ptr + w_tap[None, :] + (cc * O)[:, None],
                         mask=c_ok[:, None] & o_ok[None, :],
                         other=0.0,
                     )  # [BC, BO]
@@ -178,7 +179,7 @@ def _roi_conv_src(
                 # Few channels per group (depthwise, first layers) or float64: one rank-1 update per input channel.
                 for c in range(0, CG):
                     a = tl.load(x_ptr + pix + c * sxc, mask=pix_ok, other=0.0).to(ACC)  # [BP]
-                    wv = tl.load(w_ptr + w_tap + c * (KH * KW), mask=o_ok, other=0.0).to(ACC)  # [BO]
+                    wv = tl.load(w_ptr + w_tap + c * O, mask=o_ok, other=0.0).to(ACC)  # [BO]
                     acc += a[:, None] * wv[None, :]  # [BP, BO]
 
     if HAS_BIAS:
@@ -227,44 +228,47 @@ def launch(
     grid = (triton.cdiv(P, cfg.block_p), groups * triton.cdiv(OG, cfg.block_o))
     if grid[1] > GRID_Y_MAX:
         raise ValueError(f"groups × output-channel blocks = {grid[1]} is above one launch's {GRID_Y_MAX}")
-    weight = weight.contiguous()
+    w_taps = weight.permute(2, 3, 1, 0).contiguous()  # [KH, KW, CG, O]
     # The interpreter keeps bfloat16 as raw uint16 bits, which its tl.dot multiplies as integers: there the
     # bfloat16 blocks go through tl.dot as float32 (exactly representable, so the result is the same).
     upcast = input.dtype == torch.bfloat16 and interpreter_enabled()
     # float32 on a GPU follows the switch F.conv2d follows (cuDNN's TF32 for convolutions, on by default).
-    allow_tf32 = torch.backends.cudnn.allow_tf32
-    get_kernel()[grid](
-        input,
-        weight,
-        bias.contiguous() if bias is not None else weight,
-        active,
-        out,
-        P,
-        H,
-        W,
-        HO,
-        WO,
-        N * HO * WO,
-        OG,
-        *input.stride(),
-        *out.stride(),
-        stride[0],
-        stride[1],
-        pad[0],
-        pad[1],
-        dilation[0],
-        dilation[1],
-        CG=CG,
-        KH=KH,
-        KW=KW,
-        MODE=MODE_IDS[padding_mode],
-        HAS_BIAS=bias is not None,
-        USE_DOT=cfg.use_dot,
-        IEEE=upcast or (input.dtype == torch.float32 and not (allow_tf32 and not interpreter_enabled())),
-        UPCAST=upcast,
-        ACC=tl.float64 if input.dtype == torch.float64 else tl.float32,
-        BLOCK_P=cfg.block_p,
-        BLOCK_C=cfg.block_c,
-        BLOCK_O=cfg.block_o,
-        num_warps=cfg.num_warps,
-    )
+    tf32 = input.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreter_enabled()
+    kernel = get_kernel()[grid]
+    with torch.cuda.device(input.device) if input.device.type == "cuda" else contextlib.nullcontext():
+        kernel(
+            input,
+            w_taps,
+            bias.contiguous() if bias is not None else w_taps,
+            active,
+            out,
+            P,
+            H,
+            W,
+            HO,
+            WO,
+            N * HO * WO,
+            O,
+            OG,
+            *input.stride(),
+            *out.stride(),
+            stride[0],
+            stride[1],
+            pad[0],
+            pad[1],
+            dilation[0],
+            dilation[1],
+            CG=CG,
+            KH=KH,
+            KW=KW,
+            MODE=MODE_IDS[padding_mode],
+            HAS_BIAS=bias is not None,
+            USE_DOT=cfg.use_dot,
+            IEEE=upcast or (input.dtype == torch.float32 and not tf32),
+            UPCAST=upcast,
+            ACC=tl.float64 if input.dtype == torch.float64 else tl.float32,
+            BLOCK_P=cfg.block_p,
+            BLOCK_C=cfg.block_c,
+            BLOCK_O=cfg.block_o,
+            num_warps=cfg.num_warps,
+        )
