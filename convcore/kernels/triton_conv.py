@@ -43,7 +43,8 @@ class KernelConfig:
     ``use_dot``: the channel reduction goes through ``tl.dot`` (tensor cores on a GPU; needs blocks >= 16),
     chosen when a group has >= 16 input and >= 16 output channels. Otherwise (few channels per group, depthwise,
     float64) one rank-1 update per input channel (``block_c`` unused), which wastes nothing on padding the blocks
-    up to 16. The sizes are reasonable defaults, not tuned: no GPU has run this code.
+    up to 16. The sizes are untimed defaults (no GPU has run this code), chosen so that compiling for sm_90a
+    (triton 3.9, ptxas -v) reports no register spills for a 3×3 kernel.
     """
 
     block_p: int
@@ -57,7 +58,8 @@ def kernel_config(channels_per_group: int, outputs_per_group: int, dtype: torch.
     """Pick block sizes for a group of ``channels_per_group`` inputs and ``outputs_per_group`` outputs."""
     cg, og = channels_per_group, outputs_per_group
     if dtype != torch.float64 and cg >= 16 and og >= 16:
-        return KernelConfig(64, 32 if cg >= 32 else 16, 64 if og >= 64 else max(16, triton.next_power_of_2(og)), True)
+        block_c = 32 if cg >= 32 and dtype != torch.float32 else 16
+        return KernelConfig(64, block_c, 64 if og >= 64 else max(16, triton.next_power_of_2(og)), True, num_warps=8)
     return KernelConfig(64, 1, min(16, triton.next_power_of_2(og)), False)
 
 
@@ -143,44 +145,45 @@ def _roi_conv_src(
     x_img = n * sxn + (g * CG).to(tl.int64) * sxc  # [BP]: start of the group's channels in each position's image
 
     acc = tl.full([BLOCK_P, BLOCK_O], 0, dtype=ACC)
-    for ky in tl.static_range(KH):
+    for tap in range(0, KH * KW):  # a loop: unrolled taps spilled registers (ptxas, sm_90a)
+        ky = tap // KW
+        kx = tap % KW
         ry = oy * stride_h - pad_t + ky * dil_h  # [BP] row in the padded frame
         iy = _border(ry, H, MODE)  # [BP]
-        for kx in tl.static_range(KW):
-            rx = ox * stride_w - pad_l + kx * dil_w  # [BP]
-            ix = _border(rx, W, MODE)  # [BP]
-            pix_ok = p_ok  # [BP]
-            if MODE == 0:  # zero padding: taps outside the input read nothing
-                pix_ok = p_ok & (ry >= 0) & (ry < H) & (rx >= 0) & (rx < W)
-            pix = x_img + iy * sxh + ix * sxw  # [BP]
-            w_tap = (ky * KW + kx) * CG * O + o_glob  # [BO]
-            if USE_DOT:
-                for c0 in range(0, CG, BLOCK_C):
-                    cc = c0 + offs_c  # [BC]
-                    c_ok = cc < CG
-                    a = tl.load(
-                        x_ptr + pix[:, None] + cc.to(tl.int64)[None, :] * sxc,
-                        mask=pix_ok[:, None] & c_ok[None, :],
-                        other=0.0,
-                    )  # [BP, BC]
-                    wv = tl.load(
-                        w_ptr + w_tap[None, :] + (cc * O)[:, None],
-                        mask=c_ok[:, None] & o_ok[None, :],
-                        other=0.0,
-                    )  # [BC, BO]
-                    if UPCAST:
-                        a = a.to(tl.float32)
-                        wv = wv.to(tl.float32)
-                    if IEEE:
-                        acc = tl.dot(a, wv, acc, input_precision="ieee")  # [BP, BO]
-                    else:
-                        acc = tl.dot(a, wv, acc)  # [BP, BO]
-            else:
-                # Few channels per group (depthwise, first layers) or float64: one rank-1 update per input channel.
-                for c in range(0, CG):
-                    a = tl.load(x_ptr + pix + c * sxc, mask=pix_ok, other=0.0).to(ACC)  # [BP]
-                    wv = tl.load(w_ptr + w_tap + c * O, mask=o_ok, other=0.0).to(ACC)  # [BO]
-                    acc += a[:, None] * wv[None, :]  # [BP, BO]
+        rx = ox * stride_w - pad_l + kx * dil_w  # [BP]
+        ix = _border(rx, W, MODE)  # [BP]
+        pix_ok = p_ok  # [BP]
+        if MODE == 0:  # zero padding: taps outside the input read nothing
+            pix_ok = p_ok & (ry >= 0) & (ry < H) & (rx >= 0) & (rx < W)
+        pix = x_img + iy * sxh + ix * sxw  # [BP]
+        w_tap = tap * (CG * O) + o_glob  # [BO]: this tap's weights of the block's outputs
+        if USE_DOT:
+            for c0 in range(0, CG, BLOCK_C):
+                cc = c0 + offs_c  # [BC]
+                c_ok = cc < CG
+                a = tl.load(
+                    x_ptr + pix[:, None] + cc.to(tl.int64)[None, :] * sxc,
+                    mask=pix_ok[:, None] & c_ok[None, :],
+                    other=0.0,
+                )  # [BP, BC]
+                wv = tl.load(
+                    w_ptr + w_tap[None, :] + (cc * O)[:, None],
+                    mask=c_ok[:, None] & o_ok[None, :],
+                    other=0.0,
+                )  # [BC, BO]
+                if UPCAST:
+                    a = a.to(tl.float32)
+                    wv = wv.to(tl.float32)
+                if IEEE:
+                    acc = tl.dot(a, wv, acc, input_precision="ieee")  # [BP, BO]
+                else:
+                    acc = tl.dot(a, wv, acc)  # [BP, BO]
+        else:
+            # Few channels per group (depthwise, first layers) or float64: one rank-1 update per input channel.
+            for c in range(0, CG):
+                a = tl.load(x_ptr + pix + c * sxc, mask=pix_ok, other=0.0).to(ACC)  # [BP]
+                wv = tl.load(w_ptr + w_tap + c * O, mask=o_ok, other=0.0).to(ACC)  # [BO]
+                acc += a[:, None] * wv[None, :]  # [BP, BO]
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + o_glob, mask=o_ok, other=0.0).to(ACC)[None, :]
