@@ -5,6 +5,7 @@ from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
 from .functional import conv2d_reference, roi_conv2d, roi_conv2d_batch
 from .layers import DistanceConv2d, DynamicConv2d, MorphConv2d, OffsetConv2d, QuadraticConv2d
 from .morph import morph_conv2d
+from .network import LayerRegion, NetworkPlan, RoiNetwork, roi_network
 from .nn import RoIConv2d
 from .plan import RoiPlan, plan_roi, set_workspace_limit, workspace_limit
 from .window import window_op2d
@@ -14,10 +15,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DistanceConv2d",
     "DynamicConv2d",
+    "LayerRegion",
     "MorphConv2d",
+    "NetworkPlan",
     "OffsetConv2d",
     "QuadraticConv2d",
     "RoIConv2d",
+    "RoiNetwork",
     "RoiPlan",
     "adaptive_conv2d",
     "adaptive_gaussian_blur2d",
@@ -28,6 +32,7 @@ __all__ = [
     "offset_conv2d",
     "plan_roi",
     "quadratic_conv2d",
+    "roi_network",
     "roi_conv2d",
     "roi_conv2d_batch",
     "set_workspace_limit",
