@@ -162,7 +162,7 @@ def avg_pool_crop(node, x: Part, win: Window, rect: Rect, out_hw) -> torch.Tenso
     return sums / div
 
 
-def upsample_axes(node, mode: str, in_hw, out_hw):
+def upsample_axes(node, mode: str, in_hw, out_hw, double: bool = False):
     """Per axis (idx0, idx1, lam0, lam1) of the upsampling op ``node``."""
     vec = str(node.target).endswith(".vec")
     if mode == "nearest":
@@ -174,7 +174,7 @@ def upsample_axes(node, mode: str, in_hw, out_hw):
     if vec and _arg(node, 1, "output_size") is not None:
         scales = None
     scales = list(scales) if scales else [None, None]
-    return [upsample_axis(in_hw[a], out_hw[a], mode, align, scales[a]) for a in (0, 1)]
+    return [upsample_axis(in_hw[a], out_hw[a], mode, align, scales[a], double) for a in (0, 1)]
 
 
 def upsample_taps(axes, device):

@@ -117,7 +117,8 @@ def input_taps(cap: Capture, node: fx.Node, device) -> list:
 def _upsample(cap: Capture, node: fx.Node):
     from .capture import UPSAMPLE
 
-    return upsample_axes(node, UPSAMPLE[node.target], cap.shapes[node.args[0]][2:], cap.shapes[node][2:])
+    double = node.meta["val"].dtype == torch.float64
+    return upsample_axes(node, UPSAMPLE[node.target], cap.shapes[node.args[0]][2:], cap.shapes[node][2:], double)
 
 
 class Runner:

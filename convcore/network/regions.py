@@ -147,38 +147,40 @@ def pad_taps(size: int, before: int, after: int, mode: str, device) -> list[torc
 
 
 def upsample_axis(
-    in_size: int, out_size: int, mode: str, align_corners: bool | None, scale: float | None
+    in_size: int, out_size: int, mode: str, align_corners: bool | None, scale: float | None, double: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weights of ATen's CPU nearest / bilinear upsampling along one axis.
 
     Returns (idx0, idx1, lam0, lam1), each of length ``out_size``: output ``o`` is
-    ``lam0[o] * x[idx0[o]] + lam1[o] * x[idx1[o]]``. The arithmetic is float32, as ATen's for float inputs.
+    ``lam0[o] * x[idx0[o]] + lam1[o] * x[idx1[o]]``. The arithmetic is float32 (float64 with ``double``), as
+    ATen's for float (double) inputs.
     """
+    f = np.float64 if double and mode != "nearest" else np.float32  # ATen's nearest index is float32 for all dtypes
     o = np.arange(out_size)
     if scale is not None and scale > 0:
-        ratio = np.float32(1.0 / scale)
+        ratio = f(1.0 / scale)
     else:
-        ratio = np.float32(in_size) / np.float32(out_size)
+        ratio = f(in_size) / f(out_size)
     if mode == "nearest":
         if out_size == in_size:
             idx = o
         elif out_size == 2 * in_size:
             idx = o >> 1
         else:
-            idx = np.minimum(np.floor(o.astype(np.float32) * ratio).astype(np.int64), in_size - 1)
-        ones = np.ones(out_size, np.float32)
-        return idx, idx, ones, np.zeros(out_size, np.float32)
+            idx = np.minimum(np.floor(o.astype(f) * ratio).astype(np.int64), in_size - 1)
+        ones = np.ones(out_size, f)
+        return idx, idx, ones, np.zeros(out_size, f)
     if out_size == in_size:
-        return o, o, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+        return o, o, np.ones(out_size, f), np.zeros(out_size, f)
     if align_corners:
-        ratio = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
-        real = ratio * o.astype(np.float32)
+        ratio = f(in_size - 1) / f(out_size - 1) if out_size > 1 else f(0)
+        real = ratio * o.astype(f)
     else:
-        real = np.maximum(ratio * (o.astype(np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+        real = np.maximum(ratio * (o.astype(f) + f(0.5)) - f(0.5), f(0))
     idx0 = np.minimum(np.floor(real).astype(np.int64), in_size - 1)
-    lam1 = np.minimum(np.maximum(real - idx0.astype(np.float32), np.float32(0)), np.float32(1)).astype(np.float32)
+    lam1 = np.minimum(np.maximum(real - idx0.astype(f), f(0)), f(1)).astype(f)
     idx1 = idx0 + (idx0 < in_size - 1)
-    return idx0, idx1, (np.float32(1) - lam1).astype(np.float32), lam1
+    return idx0, idx1, (f(1) - lam1).astype(f), lam1
 
 
 def window_span(o0: int, o1: int, k: int, s: int, d: int, before: int) -> tuple[int, int]:
