@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..functional import roi_conv2d
-from .regions import Part, ceil_div, pad_taps, take, transposed_taps, upsample_axis, window_span, window_taps
+from .regions import Part, ceil_div, pad_taps, take, upsample_axis, window_span
 
 __all__ = ["Window", "conv_crop", "conv_t_crop", "max_pool_crop", "avg_pool_crop", "upsample_crop", "pad_crop"]
 
@@ -45,11 +45,6 @@ class Window:
     d: tuple[int, int]
     before: tuple[int, int]
 
-    def taps(self, out_hw, in_hw, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        return tuple(
-            window_taps(out_hw[a], in_hw[a], self.k[a], self.s[a], self.d[a], self.before[a], device) for a in (0, 1)
-        )
-
     def span(self, rect: Rect) -> Rect:
         y0, y1 = window_span(rect[0], rect[1], self.k[0], self.s[0], self.d[0], self.before[0])
         x0, x1 = window_span(rect[2], rect[3], self.k[1], self.s[1], self.d[1], self.before[1])
@@ -63,7 +58,8 @@ def conv_window(node, weight_shape) -> tuple[Window, int]:
     if str(node.target).startswith("aten.convolution"):
         padding, dilation, groups = node.args[4], node.args[5], node.args[8]
     else:
-        padding, dilation, groups = _arg(node, 4, "padding", 0), _arg(node, 5, "dilation", 1), _arg(node, 6, "groups", 1)
+        padding, dilation = _arg(node, 4, "padding", 0), _arg(node, 5, "dilation", 1)
+        groups = _arg(node, 6, "groups", 1)
     dilation = _two(dilation, (1, 1))
     if padding == "valid":
         before = (0, 0)
@@ -84,6 +80,14 @@ def pool_window(node) -> Window:
 
 def conv_crop(x: Part, weight, bias, win: Window, groups: int, rect: Rect, mask: torch.Tensor | None) -> torch.Tensor:
     """Tensor[N, O, h, w]: the conv over ``rect``, computed where ``mask`` (bool Tensor[N, h, w] or None) is True."""
+    H, W = x.size
+    if x.rect == (0, H, 0, W) and rect[0] == 0 and rect[2] == 0:
+        # the whole map in: the conv pads it itself (no copy) when that gives the same outputs
+        sizes = [(n + 2 * win.before[a] - win.d[a] * (win.k[a] - 1) - 1) // win.s[a] + 1 for a, n in enumerate((H, W))]
+        if sizes == [rect[1], rect[3]]:
+            return roi_conv2d(
+                x.data, weight, bias, mask, stride=win.s, padding=win.before, dilation=win.d, groups=groups
+            )
     crop = take(x, *win.span(rect))  # [N, C, h_in, w_in], zeros past the borders (the conv's zero padding)
     return roi_conv2d(crop, weight, bias, mask, stride=win.s, padding=0, dilation=win.d, groups=groups)
 
@@ -102,10 +106,6 @@ def conv_t_args(node) -> dict:
         "d": _two(dilation, (1, 1)),
         "groups": int(groups),
     }
-
-
-def conv_t_taps(a: dict, k, out_hw, in_hw, device):
-    return tuple(transposed_taps(out_hw[i], in_hw[i], k[i], a["s"][i], a["d"][i], a["p"][i], device) for i in (0, 1))
 
 
 def conv_t_crop(x: Part, weight, bias, a: dict, rect: Rect) -> torch.Tensor:
@@ -184,6 +184,8 @@ def upsample_taps(axes, device):
 def upsample_crop(x: Part, axes, rect: Rect) -> torch.Tensor:
     """Interpolate rows then columns over ``rect`` from the input rows/columns its taps read."""
     dev, dt = x.data.device, x.data.dtype
+    if x.rect == (0, x.size[0], 0, x.size[1]) and rect == (0, len(axes[0][0]), 0, len(axes[1][0])):
+        return None  # the whole map in and out: the caller runs the op itself
     sel = []
     for a in (0, 1):
         i0, i1, l0, l1 = (v[rect[2 * a] : rect[2 * a + 1]] for v in axes[a])

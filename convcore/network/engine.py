@@ -13,7 +13,6 @@ from .crops import (
     conv_crop,
     conv_t_args,
     conv_t_crop,
-    conv_t_taps,
     conv_window,
     max_pool_crop,
     pad_args,
@@ -24,7 +23,7 @@ from .crops import (
     upsample_crop,
     upsample_taps,
 )
-from .regions import Part, bbox, fold, take, whole
+from .regions import Part, bbox, fold, fold_transposed, fold_window, take, whole
 
 LOCAL = ("conv", "conv_t", "max_pool", "avg_pool", "upsample", "pad", "crop")
 
@@ -75,18 +74,19 @@ def needed_regions(cap: Capture, regions: Regions) -> dict[fx.Node, torch.Tensor
                 'attention or a reshape), so exact mode cannot compute it from the ROI; use mode="masked"'
             )
         m = need[node]
-        for arg, taps in input_taps(cap, node, m.device):
-            add(arg, m if taps is None else fold(m, taps[0], taps[1], cap.shapes[arg][2:]))
+        for arg, m_in in input_needs(cap, node, m):
+            add(arg, m_in)
         for arg in node.all_input_nodes:
             if arg in cap.derived and arg not in cap.maps:
                 add(arg, m)  # not a map: raises when reached
     return need
 
 
-def input_taps(cap: Capture, node: fx.Node, device) -> list:
-    """(map input, (taps_y, taps_x) or None for "same positions") for each map input of a local op."""
+def input_needs(cap: Capture, node: fx.Node, m: torch.Tensor) -> list:
+    """(map input, the positions of it that output positions ``m`` read) for each map input of a local op."""
     kind = cap.kinds[node]
     out_hw = cap.shapes[node][2:]
+    dev = m.device
     if kind == "crop":
         res = []
         for a in node.all_input_nodes:
@@ -94,24 +94,29 @@ def input_taps(cap: Capture, node: fx.Node, device) -> list:
                 continue
             in_hw = cap.shapes[a][2:]
             if in_hw == out_hw:
-                res.append((a, None))
-            else:  # broadcast along a size-1 axis: every output position reads position 0
-                res.append((a, tuple([torch.zeros(out_hw[i], dtype=torch.long, device=device)] for i in (0, 1))))
+                res.append((a, m))
+            else:  # broadcast along a size-1 axis: every output position reads position 0 there
+                zeros = [[torch.zeros(out_hw[i], dtype=torch.long, device=dev)] for i in (0, 1)]
+                taps = [zeros[i] if in_hw[i] == 1 else [torch.arange(out_hw[i], device=dev)] for i in (0, 1)]
+                res.append((a, fold(m, taps[0], taps[1], in_hw)))
         return res
     x = node.args[0]
     in_hw = cap.shapes[x][2:]
     if kind == "conv":
         win, _ = conv_window(node, cap.shapes[node.args[1]])
-        return [(x, win.taps(out_hw, in_hw, device))]
+        return [(x, fold_window(m, win.k, win.s, win.d, win.before, in_hw))]
     if kind == "conv_t":
-        k = cap.shapes[node.args[1]][2:]
-        return [(x, conv_t_taps(conv_t_args(node), k, out_hw, in_hw, device))]
+        a = conv_t_args(node)
+        return [(x, fold_transposed(m, cap.shapes[node.args[1]][2:], a["s"], a["d"], a["p"], in_hw))]
     if kind in ("max_pool", "avg_pool"):
-        return [(x, pool_window(node).taps(out_hw, in_hw, device))]
+        win = pool_window(node)
+        return [(x, fold_window(m, win.k, win.s, win.d, win.before, in_hw))]
     if kind == "upsample":
-        return [(x, upsample_taps(_upsample(cap, node), device))]
-    pad, mode, _ = pad_args(node)
-    return [(x, pad_taps_2d(pad, mode, in_hw, device))]
+        taps = upsample_taps(_upsample(cap, node), dev)
+    else:
+        pad, mode, _ = pad_args(node)
+        taps = pad_taps_2d(pad, mode, in_hw, dev)
+    return [(x, fold(m, taps[0], taps[1], in_hw))]
 
 
 def _upsample(cap: Capture, node: fx.Node):
@@ -133,6 +138,16 @@ class Runner:
         self.cap, self.params, self.regions, self.mode, self.need = cap, params, regions, mode, need
         self.folded = folded if folded is not None else {}
         self.env: dict[fx.Node, object] = {}
+        self._boxes: dict[int, tuple] = {}
+
+    def box(self, region: torch.Tensor, rect=None) -> tuple:
+        """(bounding rectangle of ``region``, whether ``region`` fills that rectangle), cached per region tensor."""
+        hit = self._boxes.get(id(region))
+        if hit is None or hit[0] is not region:
+            r = bbox(region)
+            filled = r[1] > r[0] and bool(region[:, r[0] : r[1], r[2] : r[3]].all())
+            hit = self._boxes[id(region)] = (region, r, filled)
+        return hit[1], hit[2]
 
     def run(self, input: torch.Tensor):
         cap = self.cap
@@ -146,7 +161,7 @@ class Runner:
                 continue
             elif self.mode == "exact":
                 if node in self.need:
-                    self.env[node] = self._local(node, bbox(self.need[node]))
+                    self.env[node] = self._local(node, self.box(self.need[node])[0])
             else:
                 self.env[node] = self._masked(node)
         flat = [self._output(o) for o in cap.outputs]
@@ -177,11 +192,11 @@ class Runner:
             roi = self.regions.at(*v.shape[2:])
             if v.shape[0] != roi.shape[0]:
                 raise TypeError(f"{layer_name(node)} makes a map of batch {v.shape[0]}, not the input's {roi.shape[0]}")
-            return _mask_part(whole(v), roi, bbox(roi))
+            return _mask_part(whole(v), roi, *self.box(roi))
         roi = self.regions.at(*cap.shapes[node][2:])
-        rect = bbox(roi)
+        rect, filled = self.box(roi)
         part = self._local(node, rect, roi)
-        return part if kind == "conv" else _mask_part(part, roi, rect)
+        return part if kind == "conv" else _mask_part(part, roi, rect, filled)
 
     def _local(self, node: fx.Node, rect, roi: torch.Tensor | None = None) -> Part:
         """The node's values over ``rect`` (a Part); convs compute only the region (exact) or ROI (masked)."""
@@ -197,8 +212,8 @@ class Runner:
         if kind == "conv":
             weight, bias = self._conv_params(node)
             win, groups = conv_window(node, weight.shape)
-            region = (self.need[node] if self.mode == "exact" else roi)[:, y0:y1, x0:x1]
-            mask = None if bool(region.all()) else region.contiguous()
+            region = self.need[node] if self.mode == "exact" else roi
+            mask = None if self.box(region)[1] else region[:, y0:y1, x0:x1].contiguous()
             data = conv_crop(x, weight, bias, win, groups, rect, mask)
         elif kind == "conv_t":
             bias = self._value(node.args[2]) if len(node.args) > 2 else node.kwargs.get("bias")
@@ -209,6 +224,8 @@ class Runner:
             data = avg_pool_crop(node, x, pool_window(node), rect, (H, W))
         elif kind == "upsample":
             data = upsample_crop(x, _upsample(cap, node), rect)
+            if data is None:
+                data = self._call(node, full=True)
         elif kind == "pad":
             pad, mode, value = pad_args(node)
             data = pad_crop(x, pad, mode, value, rect)
@@ -275,13 +292,12 @@ def _materialize(a):
     return a
 
 
-def _mask_part(part: Part, roi: torch.Tensor, rect) -> Part:
-    """The part cut to ``rect`` and multiplied by the ROI there (skipped where the ROI fills the rectangle)."""
+def _mask_part(part: Part, roi: torch.Tensor, rect, filled: bool) -> Part:
+    """The part cut to ``rect`` and multiplied by the ROI there (skipped when the ROI fills the rectangle)."""
     y0, y1, x0, x1 = rect
     if part.empty or y1 <= y0 or x1 <= x0:
         return Part(part.data.new_zeros((*part.data.shape[:2], 0, 0)), (0, 0, 0, 0), part.size)
     data = take(part, y0, y1, x0, x1)
-    r = roi[:, None, y0:y1, x0:x1]
-    if not bool(r.all()):
-        data = data * r.to(data.dtype)
+    if not filled:
+        data = data * roi[:, None, y0:y1, x0:x1].to(data.dtype)
     return Part(data, rect, part.size)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Part", "bbox", "fold", "take", "window_taps", "transposed_taps", "pad_taps", "upsample_axis"]
+__all__ = ["Part", "bbox", "fold", "fold_transposed", "fold_window", "take", "pad_taps", "upsample_axis"]
 
 Rect = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open
 
@@ -81,14 +81,19 @@ def take(part: Part, y0: int, y1: int, x0: int, x1: int, fill: float = 0.0) -> t
         return part.data[:, :, y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
     N, C = part.data.shape[:2]
     H, W = part.size
+    iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+    if py0 <= iy0 and iy1 <= py1 and px0 <= ix0 and ix1 <= px1 and iy1 > iy0 and ix1 > ix0:
+        # the part holds all of the rectangle inside the map: pad a view in one pass
+        view = part.data[:, :, iy0 - py0 : iy1 - py0, ix0 - px0 : ix1 - px0]
+        return F.pad(view, (ix0 - x0, x1 - ix1, iy0 - y0, y1 - iy1), value=fill)
     out = part.data.new_full((N, C, max(y1 - y0, 0), max(x1 - x0, 0)), fill)
     if fill != 0:
-        iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
         if iy1 > iy0 and ix1 > ix0:
             out[:, :, iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = 0
     cy0, cy1, cx0, cx1 = max(y0, py0), min(y1, py1), max(x0, px0), min(x1, px1)
     if cy1 > cy0 and cx1 > cx0:
-        out[:, :, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = part.data[:, :, cy0 - py0 : cy1 - py0, cx0 - px0 : cx1 - px0]
+        src = part.data[:, :, cy0 - py0 : cy1 - py0, cx0 - px0 : cx1 - px0]
+        out[:, :, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = src
     return out
 
 
@@ -102,6 +107,8 @@ def fold(
     """
     N, h, w = need.shape
     H, W = in_hw
+    if not bool(need.any()):
+        return need.new_zeros((N, H, W))
     m = need.to(torch.float32)
     rows = m.new_zeros((N, H, w))
     for t in taps_y:
@@ -114,26 +121,40 @@ def fold(
     return out > 0
 
 
-def window_taps(out: int, size: int, k: int, s: int, d: int, before: int, device) -> list[torch.Tensor]:
-    """Taps of a sliding window (conv, pool): output ``o`` reads ``o*s - before + j*d`` for ``j < k``."""
-    base = torch.arange(out, device=device) * s - before
-    taps = []
-    for j in range(k):
-        t = base + j * d
-        taps.append(torch.where((t >= 0) & (t < size), t, -1))
-    return taps
+def fold_window(need: torch.Tensor, k, s, d, before, in_hw) -> torch.Tensor:
+    """:func:`fold` for a sliding window (conv, pool) along both axes, as one transposed conv of the mask with ones.
+
+    Output ``o`` reads ``o*s - before + j*d``: the transposed conv spreads each needed output over its window.
+    """
+    if not bool(need.any()):
+        return need.new_zeros((need.shape[0], *in_hw))
+    m = need[:, None].to(torch.float32)  # [N, 1, h, w]
+    spread = F.conv_transpose2d(m, m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0]  # padded coordinates
+    return _window_of(spread, before, in_hw) > 0
 
 
-def transposed_taps(out: int, size: int, k: int, s: int, d: int, p: int, device) -> list[torch.Tensor]:
-    """Taps of a transposed conv: output ``o`` receives input ``i`` where ``o = i*s - p + j*d``."""
-    o = torch.arange(out, device=device)
-    taps = []
-    for j in range(k):
-        num = o + p - j * d
-        i = torch.div(num, s, rounding_mode="floor")
-        ok = (num % s == 0) & (i >= 0) & (i < size)
-        taps.append(torch.where(ok, i, -1))
-    return taps
+def fold_transposed(need: torch.Tensor, k, s, d, p, in_hw) -> torch.Tensor:
+    """:func:`fold` for a transposed conv: input ``i`` reaches outputs ``i*s - p + j*d``: a strided conv with ones."""
+    if not bool(need.any()):
+        return need.new_zeros((need.shape[0], *in_hw))
+    m = need[:, None].to(torch.float32)  # [N, 1, h, w]
+    H, W = in_hw
+    pads = []
+    for a, size in ((1, W), (0, H)):
+        extra = (size - 1) * s[a] + d[a] * (k[a] - 1) + 1 - (m.shape[2 + a] + p[a])
+        pads += [p[a], max(0, extra)]
+    reach = F.conv2d(F.pad(m, pads), m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0]  # [N, >= H, >= W]
+    return reach[:, :H, :W] > 0
+
+
+def _window_of(t: torch.Tensor, before, hw) -> torch.Tensor:
+    """Rows/columns [before, before + size) of ``t`` (Tensor[N, h, w]), zero where ``t`` ends."""
+    out = t.new_zeros((t.shape[0], *hw))
+    y0, x0 = before
+    h, w = min(hw[0], t.shape[1] - y0), min(hw[1], t.shape[2] - x0)
+    if h > 0 and w > 0:
+        out[:, :h, :w] = t[:, y0 : y0 + h, x0 : x0 + w]
+    return out
 
 
 def pad_taps(size: int, before: int, after: int, mode: str, device) -> list[torch.Tensor]:
