@@ -138,16 +138,17 @@ def masks(size: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def _rss_peak_extra(fn: Callable[[], object]) -> float:
-    """Peak resident memory of one ``fn()`` call above the resident memory before it, in MiB (Linux; else nan)."""
+def _timed(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
+    """(median seconds of ``fn()``, peak resident memory during the calls above that before them, MiB; Linux)."""
+    fn()  # warm-up (captures the graph) outside the memory window
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
         before = _status("VmRSS")
-        fn()
-        return (_status("VmHWM") - before) / 1024
     except OSError:
-        return float("nan")
+        before = None
+    t = measure(fn, rounds=rounds)
+    return t, (_status("VmHWM") - before) / 1024 if before is not None else float("nan")
 
 
 def _status(key: str) -> int:
@@ -168,24 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
-    rows, checks = [], []
-    print(f"CPU, {args.threads} threads, {args.size}x{args.size}, median of {args.rounds}")
-    print(f"{'model':9} {'roi':13} {'dense s':>8} {'exact':>7} {'macs':>6} {'mem MiB':>8} {'masked':>7} {'macs':>6} {'mem MiB':>8}")
+    checks = []
+    print(f"CPU, {args.threads} threads, {args.size}x{args.size}, median of {args.rounds}; mem = peak extra RSS")
+    head = ("model", "roi", "dense s", "dense mem", "exact", "macs", "mem MiB", "masked", "macs", "mem MiB")
+    print("{:9} {:13} {:>8} {:>9} {:>7} {:>6} {:>8} {:>7} {:>6} {:>8}".format(*head))
     built = models(args.dncnn_width)  # outside inference mode: export cannot trace inference-tensor parameters
     with torch.inference_mode():
         for name, model in built.items():
             if name not in args.models.split(","):
                 continue
-            dense = measure(lambda m=model: m(x), rounds=args.rounds)
+            dense, dense_mem = _timed(lambda m=model: m(x), args.rounds)
             nets = {mode: roi_network(model, mode=mode) for mode in ("exact", "masked")}
             for roi, mask in masks(args.size).items():
                 res = {}
                 for mode, net in nets.items():
-                    t = measure(lambda n=net, mk=mask: n(x, mk), rounds=args.rounds)
-                    res[mode] = (dense / t, net.plan(mask, x.shape).mac_fraction, _rss_peak_extra(lambda: net(x, mask)))
+                    t, mem = _timed(lambda n=net, mk=mask: n(x, mk), args.rounds)
+                    res[mode] = (dense / t, net.plan(mask, x.shape).mac_fraction, mem)
                 (re, fe, me), (rm, fm, mm) = res["exact"], res["masked"]
-                print(f"{name:9} {roi:13} {dense:8.3f} {re:6.2f}x {fe:6.3f} {me:8.0f} {rm:6.2f}x {fm:6.3f} {mm:8.0f}")
-                rows.append((name, roi, res))
+                print(
+                    f"{name:9} {roi:13} {dense:8.3f} {dense_mem:9.0f} {re:6.2f}x {fe:6.3f} {me:8.0f} "
+                    f"{rm:6.2f}x {fm:6.3f} {mm:8.0f}",
+                    flush=True,
+                )
                 checks += _targets(name, roi, res)
     print()
     for ok, text in checks:
@@ -209,7 +214,8 @@ def _targets(name: str, roi: str, res: dict) -> list[tuple[bool, str]]:
     }
     for mode, ratio in (("exact", re), ("masked", rm)):
         if (name, roi, mode) in need:
-            out.append((ratio >= need[name, roi, mode], f"{name} {roi} {mode} {ratio:.2f}x >= {need[name, roi, mode]}x"))
+            target = need[name, roi, mode]
+            out.append((ratio >= target, f"{name} {roi} {mode} {ratio:.2f}x >= {target}x"))
         if roi == "full":
             out.append((ratio >= 0.9, f"{name} full {mode} {ratio:.2f}x >= 0.9x"))
         if roi == "empty":

@@ -124,7 +124,10 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Capture:
                 f"cannot capture {type(model).__name__}: its forward branches on a tensor's value ({text}); "
                 "a ROI network runs one fixed graph, so the branch cannot follow the data"
             ) from exc
-        raise TypeError(f"cannot capture {type(model).__name__} with torch.export: {text}") from exc
+        hint = ""
+        if "Guard failed" in text:
+            hint = " (a program exported for one input shape; export it with dynamic_shapes for other sizes)"
+        raise TypeError(f"cannot capture {type(model).__name__} with torch.export: {text}{hint}") from exc
     graph = ep.graph_module.graph
     by_name = {n.name: n for n in graph.nodes}
     sources: dict[fx.Node, tuple[str, str]] = {}

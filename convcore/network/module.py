@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ __all__ = ["LayerRegion", "NetworkPlan", "RoiNetwork", "roi_network"]
 
 MODES = ("exact", "masked")
 _CACHE = 8  # captured graphs kept per RoiNetwork (one per input shape, dtype and device)
+_CAPTURE_LOCK = threading.Lock()  # torch.export and the caches are not safe to run from several threads at once
 
 
 @dataclass
@@ -113,15 +115,16 @@ class RoiNetwork(nn.Module):
 
     def _capture(self, shape, dtype, device) -> Capture:
         key = (tuple(int(s) for s in shape), dtype, torch.device(device))
-        cap = self._captures.get(key)
-        if cap is None:
-            with torch.inference_mode(False):
-                example = torch.zeros(key[0], dtype=dtype, device=device)
-                cap = capture(self.model, example)
-            self._captures[key] = cap
-            if len(self._captures) > _CACHE:
-                self._captures.popitem(last=False)
-        self._captures.move_to_end(key)
+        with _CAPTURE_LOCK:
+            cap = self._captures.get(key)
+            if cap is None:
+                with torch.inference_mode(False):
+                    example = torch.zeros(key[0], dtype=dtype, device=device)
+                    cap = capture(self.model, example)
+                self._captures[key] = cap
+                if len(self._captures) > _CACHE:
+                    self._captures.popitem(last=False)
+            self._captures.move_to_end(key)
         return cap
 
     def _params(self, cap: Capture) -> dict[fx.Node, object]:
