@@ -23,7 +23,7 @@ from .crops import (
     upsample_crop,
     upsample_taps,
 )
-from .regions import Part, bbox, fold, fold_transposed, fold_window, take, whole
+from .regions import Part, Region, bbox, fold, fold_window, take, transposed_taps, whole
 
 LOCAL = ("conv", "conv_t", "max_pool", "avg_pool", "upsample", "pad", "crop")
 
@@ -34,23 +34,26 @@ class Regions:
     def __init__(self, mask: torch.Tensor) -> None:
         self.mask = mask  # bool [N, H, W]
         self._at: dict[tuple[int, int], torch.Tensor] = {tuple(mask.shape[1:]): mask}
+        self._float: torch.Tensor | None = None
 
     def at(self, h: int, w: int) -> torch.Tensor:
         """bool Tensor[N, h, w]: a position is in when any input pixel of its cell is."""
         if (h, w) not in self._at:
-            self._at[(h, w)] = F.adaptive_max_pool2d(self.mask[:, None].float(), (h, w))[:, 0] > 0
+            if self._float is None:
+                self._float = self.mask[:, None].to(torch.float32)  # [N, 1, H, W], converted once
+            self._at[(h, w)] = F.adaptive_max_pool2d(self._float, (h, w))[:, 0] > 0
         return self._at[(h, w)]
 
 
-def needed_regions(cap: Capture, regions: Regions) -> dict[fx.Node, torch.Tensor]:
-    """For every map node, the positions (bool Tensor[N, h, w]) the outputs' ROI needs through the layers after it.
+def needed_regions(cap: Capture, regions: Regions) -> dict[fx.Node, Region]:
+    """For every map node, the :class:`Region` the outputs' ROI needs through the receptive fields after it.
 
     Raises ValueError for a layer whose output depends on the whole map and TypeError for an unsupported op.
     """
-    need: dict[fx.Node, torch.Tensor] = {}
+    need: dict[fx.Node, Region] = {}
 
-    def add(node: fx.Node, m: torch.Tensor) -> None:
-        need[node] = m if node not in need else need[node] | m
+    def add(node: fx.Node, r: Region) -> None:
+        need[node] = r if node not in need else need[node].union(r)
 
     for i, out in enumerate(cap.outputs):
         if not (isinstance(out, fx.Node) and out in cap.derived):
@@ -60,7 +63,7 @@ def needed_regions(cap: Capture, regions: Regions) -> dict[fx.Node, torch.Tensor
                 f"output {i} ({layer_name(out)}) is not a 4-D feature map, so it has no ROI: exact mode needs "
                 'every output that depends on the input to be a map; use mode="masked"'
             )
-        add(out, regions.at(*cap.shapes[out][2:]))
+        add(out, Region.of(regions.at(*cap.shapes[out][2:])))
     for node in reversed(cap.nodes):
         if node not in need or node is cap.input_node:
             continue
@@ -82,11 +85,11 @@ def needed_regions(cap: Capture, regions: Regions) -> dict[fx.Node, torch.Tensor
     return need
 
 
-def input_needs(cap: Capture, node: fx.Node, m: torch.Tensor) -> list:
-    """(map input, the positions of it that output positions ``m`` read) for each map input of a local op."""
+def input_needs(cap: Capture, node: fx.Node, r: Region) -> list:
+    """(map input, the :class:`Region` of it that output region ``r`` reads) for each map input of a local op."""
     kind = cap.kinds[node]
     out_hw = cap.shapes[node][2:]
-    dev = m.device
+    dev = r.crop.device
     if kind == "crop":
         res = []
         for a in node.all_input_nodes:
@@ -94,29 +97,30 @@ def input_needs(cap: Capture, node: fx.Node, m: torch.Tensor) -> list:
                 continue
             in_hw = cap.shapes[a][2:]
             if in_hw == out_hw:
-                res.append((a, m))
+                res.append((a, r))
             else:  # broadcast along a size-1 axis: every output position reads position 0 there
-                zeros = [[torch.zeros(out_hw[i], dtype=torch.long, device=dev)] for i in (0, 1)]
-                taps = [zeros[i] if in_hw[i] == 1 else [torch.arange(out_hw[i], device=dev)] for i in (0, 1)]
-                res.append((a, fold(m, taps[0], taps[1], in_hw)))
+                taps = [
+                    [torch.zeros(out_hw[i], dtype=torch.long, device=dev)]
+                    if in_hw[i] == 1
+                    else [torch.arange(out_hw[i], device=dev)]
+                    for i in (0, 1)
+                ]
+                res.append((a, fold(r, taps[0], taps[1], in_hw)))
         return res
     x = node.args[0]
     in_hw = cap.shapes[x][2:]
-    if kind == "conv":
-        win, _ = conv_window(node, cap.shapes[node.args[1]])
-        return [(x, fold_window(m, win.k, win.s, win.d, win.before, in_hw))]
+    if kind in ("conv", "max_pool", "avg_pool"):
+        win = conv_window(node, cap.shapes[node.args[1]])[0] if kind == "conv" else pool_window(node)
+        return [(x, fold_window(r, win.k, win.s, win.d, win.before, in_hw))]
     if kind == "conv_t":
-        a = conv_t_args(node)
-        return [(x, fold_transposed(m, cap.shapes[node.args[1]][2:], a["s"], a["d"], a["p"], in_hw))]
-    if kind in ("max_pool", "avg_pool"):
-        win = pool_window(node)
-        return [(x, fold_window(m, win.k, win.s, win.d, win.before, in_hw))]
-    if kind == "upsample":
+        a, k = conv_t_args(node), cap.shapes[node.args[1]][2:]
+        taps = [transposed_taps(out_hw[i], in_hw[i], k[i], a["s"][i], a["d"][i], a["p"][i], dev) for i in (0, 1)]
+    elif kind == "upsample":
         taps = upsample_taps(_upsample(cap, node), dev)
     else:
         pad, mode, _ = pad_args(node)
         taps = pad_taps_2d(pad, mode, in_hw, dev)
-    return [(x, fold(m, taps[0], taps[1], in_hw))]
+    return [(x, fold(r, taps[0], taps[1], in_hw))]
 
 
 def _upsample(cap: Capture, node: fx.Node):
@@ -161,7 +165,7 @@ class Runner:
                 continue
             elif self.mode == "exact":
                 if node in self.need:
-                    self.env[node] = self._local(node, self.box(self.need[node])[0])
+                    self.env[node] = self._local(node, self.need[node].rect)
             else:
                 self.env[node] = self._masked(node)
         flat = [self._output(o) for o in cap.outputs]
@@ -212,8 +216,11 @@ class Runner:
         if kind == "conv":
             weight, bias = self._conv_params(node)
             win, groups = conv_window(node, weight.shape)
-            region = self.need[node] if self.mode == "exact" else roi
-            mask = None if self.box(region)[1] else region[:, y0:y1, x0:x1].contiguous()
+            if self.mode == "exact":
+                region = self.need[node]
+                mask = None if region.filled else region.crop.contiguous()
+            else:
+                mask = None if self.box(roi)[1] else roi[:, y0:y1, x0:x1].contiguous()
             data = conv_crop(x, weight, bias, win, groups, rect, mask)
         elif kind == "conv_t":
             bias = self._value(node.args[2]) if len(node.args) > 2 else node.kwargs.get("bias")

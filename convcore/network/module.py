@@ -13,7 +13,7 @@ from torch import nn
 from .capture import Capture, capture, layer_name
 from .crops import conv_window
 from .engine import Regions, Runner, fold_bn, needed_regions
-from .regions import bbox
+from .regions import Region
 
 __all__ = ["LayerRegion", "NetworkPlan", "RoiNetwork", "roi_network"]
 
@@ -108,9 +108,9 @@ class RoiNetwork(nn.Module):
             if need is not None and node not in need:
                 continue
             h, w = cap.shapes[node][2:]
-            region = need[node] if need is not None else regions.at(h, w)
-            macs, dense = _macs(cap, node, region)
-            layers.append(LayerRegion(layer_name(node), (h, w), region, bbox(region), macs, dense))
+            region = need[node] if need is not None else Region.of(regions.at(h, w))
+            macs, dense = _macs(cap, node, region.count())
+            layers.append(LayerRegion(layer_name(node), (h, w), region.full(), region.rect, macs, dense))
         return NetworkPlan(self.mode, layers)
 
     def _capture(self, shape, dtype, device) -> Capture:
@@ -200,19 +200,19 @@ def roi_network(model: nn.Module, *, mode: str = "exact") -> RoiNetwork:
     return RoiNetwork(model, mode)
 
 
-def _macs(cap: Capture, node: fx.Node, region: torch.Tensor) -> tuple[int, int]:
+def _macs(cap: Capture, node: fx.Node, count: int) -> tuple[int, int]:
     kind = cap.kinds[node]
     N, O, h, w = cap.shapes[node]
     if kind == "conv":
         wshape = cap.shapes[node.args[1]]
         _, groups = conv_window(node, wshape)
         per = O * wshape[1] * wshape[2] * wshape[3]
-        return int(region.sum()) * per, N * h * w * per
+        return count * per, N * h * w * per
     if kind == "conv_t":
         wshape = cap.shapes[node.args[1]]
         H, W = cap.shapes[node.args[0]][2:]
         dense = N * H * W * wshape[0] * wshape[1] * wshape[2] * wshape[3]  # weight (C_in, O/groups, kh, kw)
-        return round(dense * float(region.float().mean())), dense
+        return round(dense * count / (N * h * w)), dense
     return 0, 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Part", "bbox", "fold", "fold_transposed", "fold_window", "take", "pad_taps", "upsample_axis"]
+__all__ = ["Part", "Region", "bbox", "fold", "fold_window", "take", "pad_taps", "transposed_taps", "upsample_axis"]
 
 Rect = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open
 
@@ -63,10 +63,11 @@ def whole(t: torch.Tensor) -> Part:
 
 def bbox(region: torch.Tensor) -> Rect:
     """The bounding rectangle of a bool Tensor[N, h, w] over the whole batch; (0, 0, 0, 0) when empty."""
-    rows = region.any(dim=2).any(dim=0).nonzero()
+    f = region.to(torch.float32)  # float sums are much faster than bool any() on the CPU
+    rows = f.sum(dim=(0, 2)).nonzero()
     if rows.numel() == 0:
         return (0, 0, 0, 0)
-    cols = region.any(dim=1).any(dim=0).nonzero()
+    cols = f.sum(dim=(0, 1)).nonzero()
     return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
 
 
@@ -97,64 +98,125 @@ def take(part: Part, y0: int, y1: int, x0: int, x1: int, fill: float = 0.0) -> t
     return out
 
 
-def fold(
-    need: torch.Tensor, taps_y: list[torch.Tensor], taps_x: list[torch.Tensor], in_hw: tuple[int, int]
-) -> torch.Tensor:
-    """The input positions that the output positions ``need`` (bool Tensor[N, h, w]) read: bool Tensor[N, H, W].
+@dataclass
+class Region:
+    """Positions of a map of size ``size`` (H, W): bool ``crop`` over the rectangle ``rect``, False outside.
+
+    The rectangle holds every True position (it need not be tight), so the work on a region follows its area.
+    """
+
+    size: tuple[int, int]
+    rect: Rect
+    crop: torch.Tensor  # bool [N, y1 - y0, x1 - x0]
+    _filled: bool | None = None
+
+    @staticmethod
+    def of(mask: torch.Tensor) -> Region:
+        """The region of a bool Tensor[N, H, W], cut to its bounding rectangle."""
+        y0, y1, x0, x1 = bbox(mask)
+        return Region(tuple(mask.shape[1:]), (y0, y1, x0, x1), mask[:, y0:y1, x0:x1])
+
+    @property
+    def empty(self) -> bool:
+        return self.rect[1] <= self.rect[0] or self.rect[3] <= self.rect[2]
+
+    @property
+    def filled(self) -> bool:
+        """Whether every position of the rectangle is in (then a conv over it needs no mask)."""
+        if self._filled is None:
+            self._filled = not self.empty and bool(self.crop.all())
+        return self._filled
+
+    def full(self) -> torch.Tensor:
+        """bool Tensor[N, H, W]."""
+        out = self.crop.new_zeros((self.crop.shape[0], *self.size))
+        y0, y1, x0, x1 = self.rect
+        if not self.empty:
+            out[:, y0:y1, x0:x1] = self.crop
+        return out
+
+    def count(self) -> int:
+        return int(self.crop.sum()) if not self.empty else 0
+
+    def union(self, other: Region) -> Region:
+        if other is self or other.empty:
+            return self
+        if self.empty:
+            return other
+        a, b = self.rect, other.rect
+        r = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+        crop = self.crop.new_zeros((self.crop.shape[0], r[1] - r[0], r[3] - r[2]))
+        for reg in (self, other):
+            y0, y1, x0, x1 = reg.rect
+            view = crop[:, y0 - r[0] : y1 - r[0], x0 - r[2] : x1 - r[2]]
+            view |= reg.crop
+        return Region(self.size, r, crop)
+
+
+def _nothing(like: torch.Tensor, n: int, in_hw) -> Region:
+    return Region(tuple(in_hw), (0, 0, 0, 0), like.new_zeros((n, 0, 0)))
+
+
+def fold(region: Region, taps_y: list[torch.Tensor], taps_x: list[torch.Tensor], in_hw: tuple[int, int]) -> Region:
+    """The input positions that the output positions ``region`` reads, through separable taps.
 
     ``taps_y[j]`` (Tensor[h], long) is the input row output row ``o`` reads through tap ``j`` (``-1``: none);
     ``taps_x`` likewise for columns.
     """
-    N, h, w = need.shape
-    H, W = in_hw
-    if not bool(need.any()):
-        return need.new_zeros((N, H, W))
-    m = need.to(torch.float32)
-    rows = m.new_zeros((N, H, w))
-    for t in taps_y:
+    N = region.crop.shape[0]
+    if region.empty:
+        return _nothing(region.crop, N, in_hw)
+    y0, y1, x0, x1 = region.rect
+    ty = [t[y0:y1] for t in taps_y]
+    tx = [t[x0:x1] for t in taps_x]
+    spans = []
+    for taps in (ty, tx):
+        valid = torch.cat([t[t >= 0] for t in taps])
+        if valid.numel() == 0:
+            return _nothing(region.crop, N, in_hw)
+        spans.append((int(valid.min()), int(valid.max()) + 1))
+    (iy0, iy1), (ix0, ix1) = spans
+    m = region.crop.to(torch.float32)  # [N, h, w]
+    rows = m.new_zeros((N, iy1 - iy0, m.shape[2]))
+    for t in ty:
         ok = t >= 0
-        rows.index_add_(1, t[ok], m[:, ok, :])  # rows[:, t[o], :] += m[:, o, :]
-    out = m.new_zeros((N, H, W))
-    for t in taps_x:
+        rows.index_add_(1, t[ok] - iy0, m[:, ok, :])  # rows[:, t[o], :] += m[:, o, :]
+    out = m.new_zeros((N, iy1 - iy0, ix1 - ix0))
+    for t in tx:
         ok = t >= 0
-        out.index_add_(2, t[ok], rows[:, :, ok])  # out[:, :, t[o]] += rows[:, :, o]
-    return out > 0
+        out.index_add_(2, t[ok] - ix0, rows[:, :, ok])  # out[:, :, t[o]] += rows[:, :, o]
+    return Region(tuple(in_hw), (iy0, iy1, ix0, ix1), out > 0)
 
 
-def fold_window(need: torch.Tensor, k, s, d, before, in_hw) -> torch.Tensor:
-    """:func:`fold` for a sliding window (conv, pool) along both axes, as one transposed conv of the mask with ones.
+def fold_window(region: Region, k, s, d, before, in_hw) -> Region:
+    """:func:`fold` for a sliding window (conv, pool), as one transposed conv of the region's crop with ones.
 
     Output ``o`` reads ``o*s - before + j*d``: the transposed conv spreads each needed output over its window.
     """
-    if not bool(need.any()):
-        return need.new_zeros((need.shape[0], *in_hw))
-    m = need[:, None].to(torch.float32)  # [N, 1, h, w]
-    spread = F.conv_transpose2d(m, m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0]  # padded coordinates
-    return _window_of(spread, before, in_hw) > 0
+    N = region.crop.shape[0]
+    if region.empty:
+        return _nothing(region.crop, N, in_hw)
+    y0, y1, x0, x1 = region.rect
+    m = region.crop[:, None].to(torch.float32)  # [N, 1, h, w]
+    spread = F.conv_transpose2d(m, m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0] > 0
+    oy, ox = y0 * s[0] - before[0], x0 * s[1] - before[1]  # the input position of spread[:, 0, 0]
+    iy0, ix0 = max(oy, 0), max(ox, 0)
+    iy1, ix1 = min(oy + spread.shape[1], in_hw[0]), min(ox + spread.shape[2], in_hw[1])
+    if iy1 <= iy0 or ix1 <= ix0:
+        return _nothing(region.crop, N, in_hw)
+    return Region(tuple(in_hw), (iy0, iy1, ix0, ix1), spread[:, iy0 - oy : iy1 - oy, ix0 - ox : ix1 - ox])
 
 
-def fold_transposed(need: torch.Tensor, k, s, d, p, in_hw) -> torch.Tensor:
-    """:func:`fold` for a transposed conv: input ``i`` reaches outputs ``i*s - p + j*d``: a strided conv with ones."""
-    if not bool(need.any()):
-        return need.new_zeros((need.shape[0], *in_hw))
-    m = need[:, None].to(torch.float32)  # [N, 1, h, w]
-    H, W = in_hw
-    pads = []
-    for a, size in ((1, W), (0, H)):
-        extra = (size - 1) * s[a] + d[a] * (k[a] - 1) + 1 - (m.shape[2 + a] + p[a])
-        pads += [p[a], max(0, extra)]
-    reach = F.conv2d(F.pad(m, pads), m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0]  # [N, >= H, >= W]
-    return reach[:, :H, :W] > 0
-
-
-def _window_of(t: torch.Tensor, before, hw) -> torch.Tensor:
-    """Rows/columns [before, before + size) of ``t`` (Tensor[N, h, w]), zero where ``t`` ends."""
-    out = t.new_zeros((t.shape[0], *hw))
-    y0, x0 = before
-    h, w = min(hw[0], t.shape[1] - y0), min(hw[1], t.shape[2] - x0)
-    if h > 0 and w > 0:
-        out[:, :h, :w] = t[:, y0 : y0 + h, x0 : x0 + w]
-    return out
+def transposed_taps(out: int, size: int, k: int, s: int, d: int, p: int, device) -> list[torch.Tensor]:
+    """Taps of a transposed conv: output ``o`` receives input ``i`` where ``o = i*s - p + j*d``."""
+    o = torch.arange(out, device=device)
+    taps = []
+    for j in range(k):
+        num = o + p - j * d
+        i = torch.div(num, s, rounding_mode="floor")
+        ok = (num % s == 0) & (i >= 0) & (i < size)
+        taps.append(torch.where(ok, i, -1))
+    return taps
 
 
 def pad_taps(size: int, before: int, after: int, mode: str, device) -> list[torch.Tensor]:

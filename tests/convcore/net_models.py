@@ -191,7 +191,8 @@ class InstanceNormNet(nn.Module):
 
 class Odd(nn.Module):
     """Geometry corner cases: reflect/circular padding, dilation, groups, "same" even kernels, strided transposed
-    conv with output_padding, avg pool without pad counting, non-integer nearest sizes, channel slice, dropout."""
+    conv with output_padding, avg pool without pad counting, non-integer sizes and scale factors, channel slice,
+    dropout."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -208,7 +209,8 @@ class Odd(nn.Module):
         z = F.interpolate(z, size=(y.shape[2] + 3, y.shape[3] - 2), mode="nearest")
         w = self.t(self.c(y))
         w = F.interpolate(w, size=y.shape[2:], mode="bilinear", align_corners=True)
-        return torch.sigmoid(self.drop(w[:, :3])) * 2 + y[:, 1:4], z
+        up = F.interpolate(y, scale_factor=1.7, mode="nearest") + F.interpolate(y, scale_factor=1.7, mode="bilinear")
+        return torch.sigmoid(self.drop(w[:, :3])) * 2 + y[:, 1:4], z, up
 
 
 class IsInstanceBranch(nn.Module):

@@ -13,6 +13,8 @@ from torch.export import Dim
 import convcore
 from service.models import ServedModel, load_models
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 
 
