@@ -156,7 +156,12 @@ class Runner:
     def run(self, input: torch.Tensor):
         cap = self.cap
         self.like = input
-        for node in cap.nodes:
+        last = {}  # node → index of the last node that reads it: its value is dropped after that
+        for i, node in enumerate(cap.nodes):
+            for a in node.all_input_nodes:
+                last[a] = i
+        keep = {o for o in cap.outputs if isinstance(o, fx.Node)}
+        for i, node in enumerate(cap.nodes):
             if node.op == "placeholder":
                 self.env[node] = whole(input) if node is cap.input_node else self.params[node]
             elif cap.kinds[node] == "plain":
@@ -168,6 +173,9 @@ class Runner:
                     self.env[node] = self._local(node, self.need[node].rect)
             else:
                 self.env[node] = self._masked(node)
+            for a in node.all_input_nodes:
+                if last.get(a) == i and a not in keep and a.op != "placeholder":
+                    self.env.pop(a, None)
         flat = [self._output(o) for o in cap.outputs]
         return tree_unflatten(flat, cap.out_spec)
 
