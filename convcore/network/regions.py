@@ -11,7 +11,6 @@ consumers need at its output into the region the op needs at its input.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -273,7 +272,3 @@ def window_span(o0: int, o1: int, k: int, s: int, d: int, before: int) -> tuple[
 
 def ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
-
-
-def out_size_floor(length: int, k: int, s: int, d: int) -> int:
-    return math.floor((length - d * (k - 1) - 1) / s) + 1

@@ -230,3 +230,12 @@ def test_bad_arguments():
         net(x, torch.ones(2, H, W))
     with pytest.raises(ValueError, match="N, C, H, W"):
         net(x[0], MASKS["box"][0])
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    from convcore.network import module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
