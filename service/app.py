@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import time
-import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from .config import Settings, SettingsError, load_settings, parse_devices
 from .devices import DevicePool
 from .errors import ApiError, BodyTooLarge, error_response
 from .metrics import Metrics
+from .models import find_models, load_models
 from .routes import routers
 
 __all__ = ["AppState", "BodyLimitMiddleware", "create_app"]
@@ -107,26 +107,12 @@ class BodyLimitMiddleware:
 
 
 def _find_models(models_dir: Path | None) -> dict[str, Path]:
-    if models_dir is None:
-        return {}
-    return {p.stem: p for p in sorted(models_dir.glob("*.pt")) if p.is_file()}
+    return find_models(models_dir)
 
 
 def _load_models(paths: dict[str, Path], devices: list[str]) -> dict[str, dict]:
-    """TorchScript modules per device: {device: {name: module}}. A file that does not load stops start-up."""
-    out: dict[str, dict] = {d: {} for d in devices}
-    for name, path in paths.items():
-        for d in devices:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what users ship
-                    module = torch.jit.load(str(path), map_location=d)
-            except Exception as exc:
-                raise RuntimeError(
-                    f"ROICONV_MODELS_DIR: {path.name} is not a loadable TorchScript model: {exc}"
-                ) from exc
-            out[d][name] = module.eval()
-    return out
+    """Per device {name: model}: torch.export programs through roi_network, TorchScript dense (service/models.py)."""
+    return load_models(paths, devices)
 
 
 def _set_cpu_threads(devices: list[str], workers: int) -> None:

@@ -17,6 +17,7 @@ import torch
 import convcore
 
 from .filters import FilterOp
+from .models import ServedModel
 
 __all__ = ["Work", "finish", "run_batch"]
 
@@ -137,7 +138,10 @@ def _run_adaptive(op, work, x, m) -> torch.Tensor:
 
 def _run_model(module, work, x, m) -> torch.Tensor:
     scale = _MAX.get(work.pixels.dtype, 1.0)
-    y = module(x[None] / scale)  # [1, O, H, W]
+    if isinstance(module, ServedModel):  # a torch.export program: computed inside the ROI (see service/models.py)
+        y = module(x, m, scale)  # [O, H, W]
+        return y if m is None else torch.where(m[None], y, _base(work, x, y.shape[0]))
+    y = module(x[None] / scale)  # [1, O, H, W], TorchScript: dense
     if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[0] != 1 or y.shape[2:] != x.shape[1:]:
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise RuntimeError(f"the model must return (1, O, {x.shape[1]}, {x.shape[2]}) for this image, got {got}")
