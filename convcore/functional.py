@@ -24,6 +24,7 @@ from .engine import (
 )
 from .gather import pad_input
 from .geometry import ConvGeometry, conv_geometry
+from .kernels import fused_available, fused_roi_conv2d
 from .plan import STRATEGIES, RoIPlan, plan_roi, tile_position_bytes, window_bytes
 
 __all__ = ["conv2d_reference", "roi_conv2d", "roi_conv2d_batch"]
@@ -67,7 +68,9 @@ def roi_conv2d(
             is "symmetric" here (see :mod:`convcore.geometry`).
         out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
         strategy: "auto" (a cost model picks, see :mod:`convcore.plan`), "windows" (indexed unfold + a matmul per
-            chunk), "tiles" (active tiles with their halo through the dense conv) or "dense" (F.conv2d + masked write).
+            chunk), "tiles" (active tiles with their halo through the dense conv), "dense" (F.conv2d + masked write)
+            or "fused" (the Triton kernel of :mod:`convcore.kernels`: CUDA tensors, or CPU tensors under
+            ``TRITON_INTERPRET=1``; "auto" does not pick it yet, see :mod:`convcore.kernels.cost`).
         plan: a :class:`RoIPlan` from :func:`plan_roi` for the same shapes, to skip index building; ``mask`` may
             then be omitted (the plan's is used) or given, and must then be the plan's mask.
 
@@ -128,6 +131,8 @@ def roi_conv2d(
     chosen = plan.strategy if strategy == "auto" else strategy
     if chosen == "dense":
         return _run_dense(input, weight, bias, plan, out)
+    if chosen == "fused":
+        return _run_fused(input, weight, bias, plan, groups, out)
     fresh = out is None
     if fresh:
         out = zeros(out_shape, input)
@@ -139,6 +144,35 @@ def roi_conv2d(
         jobs = [WindowJob(input[n], out[n], oy, ox, geom) for n, (oy, ox) in enumerate(plan.positions())]
         _run_windows(jobs, weight, bias, groups)
     return out
+
+
+def _run_fused(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: RoIPlan, groups: int, out
+) -> torch.Tensor:
+    """The fused kernel over the plan's mask (all positions when the plan has none)."""
+    if not fused_available(input.device):
+        raise ValueError(
+            f"strategy='fused' needs the triton package and a CUDA tensor (got a {input.device.type} tensor); "
+            "on the CPU it runs only under Triton's interpreter (TRITON_INTERPRET=1): use another strategy"
+        )
+    geom = plan.geometry
+    N = input.shape[0]
+    if plan.mask is None:
+        mask = torch.ones(N, *geom.out_hw, dtype=torch.bool, device=input.device)  # [N, H_out, W_out]
+    else:
+        mask = plan.mask.expand(N, *geom.out_hw)  # [N, H_out, W_out]
+    return fused_roi_conv2d(
+        input,
+        weight,
+        bias,
+        mask,
+        stride=geom.stride,
+        pad=geom.pad,  # (top, bottom, left, right)
+        dilation=geom.dilation,
+        groups=groups,
+        padding_mode=geom.padding_mode,
+        out=out,
+    )
 
 
 def roi_conv2d_batch(

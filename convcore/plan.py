@@ -34,7 +34,7 @@ from .geometry import ConvGeometry, conv_geometry
 
 __all__ = ["STRATEGIES", "RoIPlan", "RoiPlan", "estimate_costs", "plan_roi", "tile_position_bytes", "window_bytes"]
 
-STRATEGIES = ("auto", "windows", "tiles", "dense")
+STRATEGIES = ("auto", "windows", "tiles", "dense", "fused")
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .. import roi_conv2d
+from ..bench.measure import measure
 from .roi_conv import fused_available, fused_roi_conv2d
 
 CASES = (("box 0.1%", "box", 0.001), ("box 1%", "box", 0.01), ("box 10%", "box", 0.10), ("box 30%", "box", 0.30))
@@ -36,26 +35,6 @@ TARGETS = (
 )
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-
-def measure(fn: Callable[[], object], *, rounds: int) -> float:
-    """Median seconds of ``rounds`` calls of ``fn`` after one warm-up call (CUDA: timed with events)."""
-    fn()
-    times = []
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    for _ in range(rounds):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
@@ -103,7 +82,7 @@ def run_table(device: torch.device, h: int, w: int, channels: int, dtype: torch.
         row = {}
         with torch.inference_mode():
             for method, fn in fns.items():
-                row[method] = {"seconds": measure(fn, rounds=rounds), "peak_mib": None}
+                row[method] = {"seconds": measure(fn, rounds=rounds, device=x.device), "peak_mib": None}
                 peak = peak_extra_bytes(fn, device)
                 row[method]["peak_mib"] = None if peak is None else peak / 2**20
         for method in fns:
@@ -121,8 +100,8 @@ def cost_constants(report: dict, h: int, w: int, channels: int, device: torch.de
     one = torch.zeros(1, h, w, dtype=torch.bool, device=device)
     one[0, h // 2, w // 2] = True
     with torch.inference_mode():
-        call = measure(lambda: fused_roi_conv2d(x, wt, None, one, pad=1, out=out), rounds=20)
-        fill = measure(lambda: torch.zeros_like(out), rounds=20)
+        call = measure(lambda: fused_roi_conv2d(x, wt, None, one, pad=1, out=out), rounds=20, device=out.device)
+        fill = measure(lambda: torch.zeros_like(out), rounds=20, device=out.device)
     cases = report["cases"]
     macs_per_position = channels * channels * 9
     positions = int(roi_mask("box", 0.10, h, w, device).sum())

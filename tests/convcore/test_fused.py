@@ -18,6 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import convcore
+
 try:
     import triton  # noqa: F401
 except ImportError:
@@ -340,3 +342,35 @@ def test_bench_smoke_under_interpreter(device, capsys):
     assert "timings mean nothing" in text
     for case in ("box 0.1%", "box 1%", "box 10%", "box 30%", "scattered 1%"):
         assert case in text
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(padding=1),
+        dict(padding="same", padding_mode="reflect", dilation=2),
+        dict(stride=2, padding=1, groups=2, padding_mode="circular"),
+        dict(padding="same", padding_mode="replicate"),
+    ],
+)
+def test_roi_conv2d_strategy_fused_matches_nn_conv2d(kwargs, device):
+    """roi_conv2d(strategy="fused") against nn.Conv2d, inside a per-image mask and with out= outside."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, (3, 2) if "stride" not in kwargs else 3, bias=True, **kwargs).to(device)
+    x = torch.randn(2, 4, 9, 11, device=device)
+    with torch.no_grad():
+        expected = conv(x)
+        mask = torch.rand(expected.shape[0], *expected.shape[2:], device=device) < 0.3
+        out = torch.full_like(expected, 7.0)
+        geometry = dict((k, v) for k, v in kwargs.items())
+        y = convcore.roi_conv2d(x, conv.weight, conv.bias, mask, strategy="fused", out=out, **geometry)
+    m = mask[:, None].expand_as(expected)
+    torch.testing.assert_close(y[m], expected[m], atol=1e-4, rtol=1e-4)
+    assert bool((y[~m] == 7.0).all())
+
+
+def test_roi_conv2d_strategy_fused_refuses_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, w = torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3)
+    with pytest.raises(ValueError, match="strategy='fused'"):
+        convcore.roi_conv2d(x, w, None, torch.ones(6, 6, dtype=torch.bool), padding=1, strategy="fused")
