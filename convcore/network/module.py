@@ -33,6 +33,12 @@ class LayerRegion:
         rect: (y0, y1, x0, x1), the region's bounding rectangle over the batch.
         macs: multiply-accumulates it computes (convolutions only, else 0).
         dense_macs: multiply-accumulates of the dense layer.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)).eval()
+        >>> mask = torch.zeros(16, 16, dtype=torch.bool); mask[4:6, 4:6] = True
+        >>> [(layer.size, layer.rect) for layer in roi_network(net).plan(mask, (1, 1, 16, 16)).layers]
+        [((16, 16), (3, 7, 3, 7)), ((16, 16), (4, 6, 4, 6))]
     """
 
     name: str
@@ -45,7 +51,14 @@ class LayerRegion:
 
 @dataclass
 class NetworkPlan:
-    """Per-layer regions of a ROI network for one mask and input shape (see :meth:`RoiNetwork.plan`)."""
+    """Per-layer regions of a ROI network for one mask and input shape (see :meth:`RoiNetwork.plan`).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1)).eval()
+        >>> mask = torch.zeros(16, 16, dtype=torch.bool); mask[:4, :] = True
+        >>> roi_network(net).plan(mask, (1, 1, 16, 16)).mac_fraction
+        0.25
+    """
 
     mode: str
     layers: list[LayerRegion]
@@ -58,7 +71,13 @@ class NetworkPlan:
 
 
 class RoiNetwork(nn.Module):
-    """A model run only inside a region of interest. Build it with :func:`roi_network`; see there."""
+    """A model run only inside a region of interest. Build it with :func:`roi_network`; see there.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1)).eval()
+        >>> roi_network(net, mode="masked")(torch.randn(1, 1, 8, 8), torch.ones(8, 8, dtype=torch.bool)).shape
+        torch.Size([1, 2, 1, 1])
+    """
 
     def __init__(self, model: nn.Module, mode: str = "exact") -> None:
         super().__init__()
