@@ -7,6 +7,7 @@ decoding), 422 for the rest.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,14 +47,35 @@ def _decode(data: bytes, max_pixels: int, field: str) -> codec.Image:
         raise ApiError(422, "invalid_request", str(exc), field) from None
 
 
-def prepare(spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, max_pixels: int) -> Prepared:
-    """Decode the image (and mask), rasterize the ROI, resolve the filter and check that the output can be written."""
+def _check_deadline(deadline: float | None, step: str) -> None:
+    if deadline is not None and time.perf_counter() > deadline:
+        raise ApiError(504, "timeout", f"the deadline passed while {step} (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)")
+
+
+def prepare(
+    spec: Spec,
+    image_bytes: bytes,
+    mask_bytes: bytes | None,
+    max_pixels: int,
+    *,
+    deadline: float | None = None,
+    bands: int = 1,
+) -> Prepared:
+    """Decode the image (and mask), rasterize the ROI, resolve the filter and check that the output can be written.
+
+    ``deadline`` (a ``time.perf_counter()`` value) is checked after each step and while drawing the ROI (504);
+    ``bands`` > 1 asks the compute to run the convolution in that many row bands (bounded working memory).
+    """
     image = _decode(image_bytes, max_pixels, "image")
+    _check_deadline(deadline, "decoding the image")
     mask_pixels = None if mask_bytes is None else _decode(mask_bytes, max_pixels, "mask").pixels
+    _check_deadline(deadline, "decoding the mask")
     try:
-        mask = build_mask(spec.roi, image.height, image.width, mask_pixels)
+        mask = build_mask(spec.roi, image.height, image.width, mask_pixels, deadline=deadline)
     except RoiError as exc:
         raise ApiError(422, "invalid_request", str(exc), exc.field) from None
+    except TimeoutError:
+        raise ApiError(504, "timeout", "the deadline passed while drawing the ROI") from None
     op = build_filter(spec.filter, spec.border)
     if op.kind in _NEEDS and not hasattr(convcore, _NEEDS[op.kind]):
         raise ApiError(422, "invalid_request", f"{op.name} is not available in this build of convcore", "spec.filter")
@@ -90,11 +112,11 @@ def prepare(spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, max_pixels
     depth = "float32" if spec.depth == "float32" or image.pixels.dtype == np.float32 else image.pixels.dtype.name
     fmt = spec.format or image.format
     channels = out_channels + (1 if image.channels == 4 and out_channels == 3 else 0)
-    why = codec.check_encodable(fmt, depth, channels)
+    why = codec.check_encodable(fmt, depth, channels, image.width, image.height)
     if why is not None:
         raise ApiError(422, "invalid_request", why, "spec.format" if spec.format else "spec.depth")
     coverage = 1.0 if mask is None else float(mask.mean())
-    work = Work(image.pixels, mask, spec.outside, spec.depth)
+    work = Work(image.pixels, mask, spec.outside, spec.depth, bands=bands)
     return Prepared(op, work, fmt, coverage, image.height * image.width * color)
 
 

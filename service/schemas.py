@@ -1,8 +1,8 @@
 """Request models: the ``spec`` JSON of POST /convolve, validated field by field.
 
 Every filter of the catalog is a model whose ``name`` selects it; ``model:<name>`` selects a TorchScript model.
-Numbers are checked to be finite and within the limits that keep a request bounded; a failure becomes a 422 that
-names the field (``spec.filter.ksize``) and the reason.
+Numbers are strict (JSON numbers only: no booleans or numeric strings), finite and within the limits that keep a
+request bounded; a failure becomes a 422 that names the field (``spec.filter.ksize``) and the reason.
 """
 
 from __future__ import annotations
@@ -44,8 +44,12 @@ def _odd(name: str, value: int | list[int]) -> int | list[int]:
     return value
 
 
+MAX_WEIGHT = 1e6  # |weight| bound: any sum of kernel × 16-bit pixels stays far inside float32
+MAX_VERTICES = 65536  # all polygons of a ROI together
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GaussianFilter(_Strict):
@@ -244,8 +248,9 @@ def _nested_shape(value: Any) -> tuple[int, ...]:
     if isinstance(value, bool):
         raise ValueError("weights must be numbers, got a boolean")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ValueError(f"weights must be finite, got {value}")
+        if not (isinstance(value, int) or math.isfinite(value)) or abs(value) > MAX_WEIGHT:
+            shown = f"{value:.3g}" if isinstance(value, float) else f"an integer of {value.bit_length()} bits"
+            raise ValueError(f"weights must be finite numbers within ±{MAX_WEIGHT:g} (float32 compute), got {shown}")
         return ()
     if not isinstance(value, list) or not value:
         raise ValueError("weights must be non-empty nested lists of numbers")
@@ -279,6 +284,9 @@ class Roi(_Strict):
     @field_validator("polygons")
     @classmethod
     def _polygons(cls, value: list[list[list[int]]]) -> list[list[list[int]]]:
+        total = sum(len(p) for p in value)
+        if total > MAX_VERTICES:
+            raise ValueError(f"the polygons have {total} points in all, more than {MAX_VERTICES}")
         for i, poly in enumerate(value):
             if len(poly) < 3:
                 raise ValueError(f"polygon {i} has {len(poly)} point(s); a polygon needs at least 3")
