@@ -1,8 +1,8 @@
 """Request accounting: every /convolve request counted exactly once, whatever happened to it.
 
 An ASGI middleware around the app: it gives each request a :class:`~service.state.Record` (the route fills in the
-filter label), notes whether the client went away before an answer started (then the status is "499", nginx's
-"client closed request", logged at info), turns an exception that escaped everything else into a JSON 500, and
+filter label), counts a request whose client went away before any answer was decided as "499" (nginx's "client
+closed request", logged at info), turns an exception that escaped everything else into a JSON 500, and
 then counts ``roiconv_requests_total{filter, status}`` and the duration once.
 """
 
@@ -60,7 +60,7 @@ class RequestAccounting:
                     status = 500
         finally:
             self.state.requests.discard(record)
-            label = "499" if gone or status is None else str(status)
+            label = "499" if status is None else str(status)  # an answer decided before the client left counts
             if label == "499":
                 log.info("client closed the connection before the answer (%s)", self.path)
             self.state.metrics.requests.labels(filter=record.filter, status=label).inc()

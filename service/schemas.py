@@ -86,6 +86,13 @@ class SobelFilter(_Derivative):
     dy: int = Field(0, ge=0, le=6)
     ksize: Literal[1, 3, 5, 7] = 3
 
+    @field_validator("ksize", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        if type(value) is not int:  # a Literal compares equal to 3.0 and True: numbers must be JSON integers
+            raise ValueError(f"ksize must be an integer, one of 1, 3, 5, 7; got {value!r}"[:120])
+        return value
+
     @model_validator(mode="after")
     def _orders(self) -> SobelFilter:
         if self.dx + self.dy == 0:
