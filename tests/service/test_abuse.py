@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import schemathesis
 from crafted import corpus
@@ -89,4 +88,4 @@ def test_crafted_image_corpus_gets_the_expected_statuses():
             body = json.loads(text)
             assert body["field"] and " at 0x" not in body["reason"] and "allocate" not in body["reason"]
     assert alive.status_code == 200 and len(results) >= 25
-    assert np.isfinite(len(results))
+
