@@ -15,6 +15,7 @@ import time
 import uvicorn
 
 from .config import SettingsError, load_settings
+from .protocol import HeadTimeoutProtocol
 
 __all__ = ["DrainingServer", "main"]
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
         access_log=False,
         timeout_keep_alive=settings.keepalive_timeout_s,
+        http=HeadTimeoutProtocol,  # also closes connections that never finish their request head
     )
     DrainingServer(config, app.state.roiconv).run()
     return 0

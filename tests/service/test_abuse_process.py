@@ -85,7 +85,12 @@ def _hwm_kib(pid: int) -> int:
 
 def test_slow_lying_and_vanishing_clients_and_honest_metrics(server_process):
     server = server_process(
-        {"ROICONV_BODY_TIMEOUT_S": "1.5", "ROICONV_MAX_QUEUE": "4", "ROICONV_MAX_INFLIGHT_BYTES": str(2**30)}
+        {
+            "ROICONV_BODY_TIMEOUT_S": "1.5",
+            "ROICONV_KEEPALIVE_TIMEOUT_S": "2",
+            "ROICONV_MAX_QUEUE": "4",
+            "ROICONV_MAX_INFLIGHT_BYTES": str(2**30),
+        }
     )
     port, url = server.port, server.url
     body, ctype = _multipart(IMG)
@@ -96,11 +101,15 @@ def test_slow_lying_and_vanishing_clients_and_honest_metrics(server_process):
     for s in slow:
         s.sendall(body[:10])
     silent = [_raw(port, body, ctype) for _ in range(8)]  # headers only, never a body
+    mute = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(8)]  # not even a head
+    for s in mute:
+        s.sendall(b"POST /convolve HTTP/1.1\r\nHost:")
     t = time.perf_counter()
     for _ in range(12):  # everyone else is served meanwhile
         sent[_post(url)] += 1
     served_in = time.perf_counter() - t
     slow_results = [_status_and_close(s) for s in slow + silent]
+    mute_closed = [_status_and_close(s) for s in mute]  # closed after KEEPALIVE_TIMEOUT_S, with no answer
     sent[408] += len(slow_results)
 
     # lying Content-Length: more declared than sent (times out), less declared than sent (the rest is garbage)
@@ -140,6 +149,7 @@ def test_slow_lying_and_vanishing_clients_and_honest_metrics(server_process):
 
     assert sent[200] >= 12 and served_in < 20, (sent, served_in)
     assert all(status == 408 and closed for status, closed in slow_results), slow_results
+    assert mute_closed == [(0, True)] * 8, mute_closed
     assert lie_long == (408, True) and 400 <= lie_short < 500
     assert counted == expected, (counted, expected)
     print(f"peak RSS grew {bomb_mib:.0f} MiB for the JPEG bomb, {grown_mib:.0f} MiB with the 3000x3000 gaussian")
