@@ -88,4 +88,3 @@ def test_crafted_image_corpus_gets_the_expected_statuses():
             body = json.loads(text)
             assert body["field"] and " at 0x" not in body["reason"] and "allocate" not in body["reason"]
     assert alive.status_code == 200 and len(results) >= 25
-
