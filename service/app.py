@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
 
 
 _REJECTED = (401, 408, 413, 429, 503, 504)
+_DISCARD_S = 1.0  # the longest a rejected request's body is read before answering
 
 
 def _install_error_handlers(app: FastAPI, state: AppState) -> None:
@@ -204,8 +205,11 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
     async def api_error(request: Request, err: ApiError):
         if err.status in _REJECTED:
             state.metrics.rejected.labels(reason=err.code).inc()
-        if err.status in (401, 429, 503):  # answered before the body was read
-            await discard_body(request, state.settings.max_body_bytes)
+        if err.status in (401, 429, 503):  # answered before the body was read: drop it (bounded in size and time)
+            try:
+                await asyncio.wait_for(discard_body(request, state.settings.max_body_bytes), _DISCARD_S)
+            except asyncio.TimeoutError:
+                err.headers["Connection"] = "close"
         if err.status == 499:
             log.info("client closed the connection during the upload")
         return error_response(err)
