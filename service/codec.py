@@ -240,7 +240,9 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
     else:
         try:
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:
+        except cv2.error as exc:
+            if "MAX_IMAGE" in str(exc):  # OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS), from the decoder's header
+                raise TooLarge(f"{field} is larger than the decoder allows ({max_pixels} pixels)") from None
             raise DecodeError(f"corrupt or unsupported {fmt} image: OpenCV could not decode it") from None
         if pixels is None:
             raise DecodeError(f"corrupt or unsupported {fmt} image: OpenCV could not decode it")

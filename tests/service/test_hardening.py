@@ -121,6 +121,24 @@ def test_create_app_caps_opencv_decoders_at_max_pixels(monkeypatch):
     assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == "123456"
 
 
+def test_opencv_limit_stops_a_decoder_whose_header_disagrees_with_ours():
+    # a child process whose OpenCV limit (set by create_app from MAX_PIXELS) is below what our header check admits:
+    # the decoder refuses before allocating, as it would for a file whose two headers disagree
+    import subprocess
+    import sys
+
+    from service_support import ROOT
+
+    code = (
+        "import numpy as np, cv2; from service import codec\n"
+        "data = cv2.imencode('.png', np.zeros((100, 100), np.uint8))[1].tobytes()\n"
+        "try:\n    codec.decode(data, 10**6)\nexcept codec.TooLarge as e:\n    print('TooLarge', e)\n"
+    )
+    env = {**__import__("os").environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "1000", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.startswith("TooLarge"), out.stdout + out.stderr
+
+
 # ---- 5 and 6. 422 (not 500) naming the field, no internals, numbers strict and float32-finite
 
 
