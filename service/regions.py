@@ -1,0 +1,157 @@
+"""ROI parameters → rectangles with local masks, each shape rasterized only inside its own bounding rectangle.
+
+The CPU engine works per rectangle, so the ROI is kept as a list of :class:`Piece`: a rectangle of the (uploaded)
+image and, when the shape is not the rectangle itself, a bool mask over it. Shapes are drawn by OpenCV exactly as
+on a full-size canvas (cv2.fillPoly with an integer offset, cv2.circle and cv2.ellipse with a shifted centre, all
+translation invariant for integer shifts), so the union of the pieces equals the full-image rasterization.
+Coordinates are full-image coordinates; ``origin`` is where the uploaded image sits in the full image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .schemas import Roi
+
+__all__ = ["Piece", "RegionError", "bounding_rect", "build_pieces", "pieces_mask"]
+
+
+class RegionError(ValueError):
+    """The ROI cannot be applied to this image (e.g. a mask file of another size); ``field`` names the input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``y0:y1`` and columns ``x0:x1`` of the uploaded image; ``mask`` bool (y1-y0, x1-x0) or None (all)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    mask: np.ndarray | None = None
+
+    @property
+    def area(self) -> int:
+        return (self.y1 - self.y0) * (self.x1 - self.x0)
+
+    @property
+    def positions(self) -> int:
+        return self.area if self.mask is None else int(self.mask.sum())
+
+
+def _clip(x0: int, y0: int, x1: int, y1: int, w: int, h: int) -> tuple[int, int, int, int] | None:
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def _drawn(rect, draw) -> Piece | None:
+    """Run ``draw(canvas, dx, dy)`` on a canvas over ``rect``; the piece, or None when nothing was drawn."""
+    if rect is None:
+        return None
+    x0, y0, x1, y1 = rect
+    canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)  # [h, w], only the shape's bounding rectangle
+    draw(canvas, -x0, -y0)
+    mask = canvas.astype(bool)
+    if not mask.any():
+        return None
+    return Piece(x0, y0, x1, y1, None if mask.all() else mask)
+
+
+def _polygon(points: list[list[int]], ox: int, oy: int, w: int, h: int) -> Piece | None:
+    pts = np.asarray(points, np.int64) - (ox, oy)  # [P, 2] in local coordinates
+    rect = _clip(int(pts[:, 0].min()), int(pts[:, 1].min()), int(pts[:, 0].max()) + 1, int(pts[:, 1].max()) + 1, w, h)
+
+    def draw(canvas, dx, dy):
+        cv2.fillPoly(canvas, [(pts + (dx, dy)).astype(np.int32).reshape(-1, 1, 2)], 1)
+
+    return _drawn(rect, draw)
+
+
+def _circle(cx: int, cy: int, r: int, w: int, h: int) -> Piece | None:
+    rect = _clip(cx - r, cy - r, cx + r + 1, cy + r + 1, w, h)
+    if rect is None:
+        return None
+    x0, y0, x1, y1 = rect
+    near_x, near_y = min(max(cx, x0), x1 - 1), min(max(cy, y0), y1 - 1)
+    if (near_x - cx) ** 2 + (near_y - cy) ** 2 > r * r:
+        return None  # the circle misses the rectangle
+    far_x, far_y = max(abs(cx - x0), abs(cx - (x1 - 1))), max(abs(cy - y0), abs(cy - (y1 - 1)))
+    if far_x**2 + far_y**2 < (r - 1) ** 2:
+        return Piece(x0, y0, x1, y1)  # the whole rectangle is inside (a pixel to spare for OpenCV's rounding)
+    return _drawn(rect, lambda c, dx, dy: cv2.circle(c, (cx + dx, cy + dy), r, 1, thickness=-1))
+
+
+def _ellipse(cx: int, cy: int, ax: int, ay: int, angle: float, w: int, h: int) -> Piece | None:
+    t = math.radians(angle)
+    ex = math.ceil(math.hypot(ax * math.cos(t), ay * math.sin(t))) + 2  # half extent + OpenCV's rounding margin
+    ey = math.ceil(math.hypot(ax * math.sin(t), ay * math.cos(t))) + 2
+    rect = _clip(cx - ex, cy - ey, cx + ex + 1, cy + ey + 1, w, h)
+    return _drawn(rect, lambda c, dx, dy: cv2.ellipse(c, (cx + dx, cy + dy), (ax, ay), angle, 0, 360, 1, -1))
+
+
+def build_pieces(
+    roi: Roi, height: int, width: int, mask_pixels: np.ndarray | None = None, origin: tuple[int, int] = (0, 0)
+) -> list[Piece]:
+    """The ROI over an uploaded image (height, width) placed at ``origin`` (x, y) of the full image.
+
+    Boxes are [x0, y0, x1, y1] (x1, y1 exclusive), ellipses [cx, cy, axis_x, axis_y, angle_deg] as
+    cv2.ellipse(thickness=-1), circles [cx, cy, r] as cv2.circle(thickness=-1), polygons as cv2.fillPoly, all in
+    full-image coordinates and clipped to the upload; ``mask_pixels`` (H, W, C) counts where any channel is nonzero.
+    Nothing given (and no ``invert``) is the whole image; pieces may overlap (their union is the ROI).
+    """
+    if mask_pixels is not None and mask_pixels.shape[:2] != (height, width):
+        raise RegionError(
+            "mask",
+            f"mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but the image is {width}x{height}; "
+            "they must have the same width and height",
+        )
+    ox, oy = origin
+    if not roi.given and mask_pixels is None:
+        return [] if roi.invert else [Piece(0, 0, width, height)]
+    pieces: list[Piece | None] = []
+    for x0, y0, x1, y1 in roi.boxes:
+        rect = _clip(x0 - ox, y0 - oy, x1 - ox, y1 - oy, width, height)
+        pieces.append(None if rect is None else Piece(*rect))
+    pieces += [_polygon(p, ox, oy, width, height) for p in roi.polygons]
+    pieces += [_circle(cx - ox, cy - oy, r, width, height) for cx, cy, r in roi.circles]
+    pieces += [_ellipse(e[0] - ox, e[1] - oy, e[2], e[3], e[4], width, height) for e in roi.ellipses]
+    if mask_pixels is not None:
+        pieces.append(_mask_piece((mask_pixels != 0).any(axis=2)))
+    found = [p for p in pieces if p is not None]
+    if roi.invert:
+        inverted = ~pieces_mask(found, height, width)
+        return [] if not inverted.any() else [_mask_piece(inverted)]
+    return found
+
+
+def _mask_piece(mask: np.ndarray) -> Piece | None:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    local = mask[y0:y1, x0:x1]
+    return Piece(x0, y0, x1, y1, None if local.all() else local.copy())
+
+
+def pieces_mask(pieces: list[Piece], height: int, width: int) -> np.ndarray:
+    """The union of the pieces as a bool (height, width) mask (for the engines that take a full mask)."""
+    mask = np.zeros((height, width), bool)
+    for p in pieces:
+        view = mask[p.y0 : p.y1, p.x0 : p.x1]
+        view |= True if p.mask is None else p.mask
+    return mask
+
+
+def bounding_rect(pieces: list[Piece]) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) around every piece (x1, y1 exclusive), or None when there are none."""
+    if not pieces:
+        return None
+    return min(p.x0 for p in pieces), min(p.y0 for p in pieces), max(p.x1 for p in pieces), max(p.y1 for p in pieces)
