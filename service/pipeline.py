@@ -12,6 +12,9 @@ MAX_PIXELS (from the header, before decoding), 422 for the rest.
 
 from __future__ import annotations
 
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +29,7 @@ from .filters import TORCH_ONLY, FilterOp, build_filter
 from .regions import Piece, RegionError, bounding_rect, build_pieces, pieces_mask
 from .schemas import Spec
 
-__all__ = ["Prepared", "encode_result", "prepare", "process", "run_opencv"]
+__all__ = ["Prepared", "cpu_executor", "encode_result", "prepare", "prepare_and_run", "process", "run_opencv"]
 
 _NEEDS = {"morph": "morph_conv2d", "adaptive": "adaptive_gaussian_blur2d"}
 _RANGE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
@@ -222,3 +225,30 @@ def process(
     else:
         result = run_batch(prepared.op, [prepared.work], torch.device("cpu"))[0]
     return encode_result(result, prepared), codec.CONTENT_TYPES[prepared.format], dict(prepared.headers)
+
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+
+
+def cpu_executor() -> ThreadPoolExecutor:
+    """The process's pool for CPU-engine requests: one thread per core (OpenCV releases the GIL while it works)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="roiconv-cv")
+    return _EXECUTOR
+
+
+def prepare_and_run(
+    spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, max_pixels: int, *, prefer_torch: bool = False
+) -> tuple[Prepared, bytes | None, float]:
+    """:func:`prepare`, and for the OpenCV engine also filter and encode in the same thread.
+
+    Returns (prepared, body or None when the torch engine must run it, seconds spent filtering).
+    """
+    prepared = prepare(spec, image_bytes, mask_bytes, max_pixels, prefer_torch=prefer_torch)
+    if prepared.engine != "opencv":
+        return prepared, None, 0.0
+    t = time.perf_counter()
+    result = run_opencv(prepared)
+    seconds = time.perf_counter() - t
+    return prepared, encode_result(result, prepared), seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -20,7 +21,7 @@ from .devices import ComputeError, Job
 from .docs import DOCS_HTML
 from .errors import ApiError, BodyTooLarge, error_response, from_validation
 from .filters import catalog_schemas
-from .pipeline import encode_result, prepare
+from .pipeline import cpu_executor, encode_result, prepare_and_run
 from .schemas import ModelFilter, Spec
 
 __all__ = ["routers"]
@@ -185,7 +186,10 @@ async def _run(
         timeout = min(timeout, spec.timeout_ms / 1000)
     deadline = t0 + timeout
     try:
-        prepared = await asyncio.to_thread(prepare, spec, image_bytes, mask_bytes, settings.max_pixels)
+        # CPU engine (OpenCV): decode → filter → encode in one hop on the core-sized pool, no batching
+        prepared, body, compute_s = await _cpu_hop(state, spec, image_bytes, mask_bytes, deadline, timeout)
+        if body is not None:
+            return _cpu_response(state, prepared, body, compute_s)
         job = Job(prepared.op, prepared.work, asyncio.get_running_loop().create_future())
         admission.release()
         pool.submit(job)
@@ -218,8 +222,51 @@ async def _run(
         "X-Compute-Seconds": f"{job.compute_s:.6f}",
         "X-Batch-Size": str(job.batch_size),
         "X-Device": job.device,
+        **prepared.headers,
     }
     return Response(body, media_type=CONTENT_TYPES[prepared.format], headers=headers)
+
+
+# --- the CPU engine's path (begin): requests the OpenCV engine runs never enter the batching pool ---
+async def _cpu_hop(state, spec: Spec, image_bytes, mask_bytes, deadline: float, timeout: float):
+    """prepare_and_run on the CPU pool within the deadline; (prepared, body or None for the torch engine, seconds)."""
+    prefer_torch = any(d.startswith("cuda") for d in state.devices)
+    call = functools.partial(
+        prepare_and_run, spec, image_bytes, mask_bytes, state.settings.max_pixels, prefer_torch=prefer_torch
+    )
+    future = asyncio.get_running_loop().run_in_executor(cpu_executor(), call)
+    gauge = state.metrics.inflight.labels(device="cpu")
+    gauge.inc()
+    try:
+        return await asyncio.wait_for(future, max(0.0, deadline - time.perf_counter()))
+    except asyncio.TimeoutError:
+        reason = f"no result within {timeout:.3f} s (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        raise ApiError(504, "timeout", reason) from None
+    finally:
+        gauge.dec()
+
+
+def _cpu_response(state, prepared, body: bytes, compute_s: float) -> Response:
+    metrics = state.metrics
+    metrics.compute.labels(device="cpu").observe(compute_s)
+    metrics.batch_size.observe(1)
+    metrics.queue_wait.observe(0.0)
+    metrics.roi_coverage.observe(prepared.coverage)
+    computed = int(round(prepared.coverage * prepared.positions))
+    metrics.windows_computed.inc(computed)
+    metrics.windows_skipped.inc(prepared.positions - computed)
+    headers = {
+        "X-ROI-Coverage": f"{prepared.coverage:.6f}",
+        "X-Queue-Seconds": "0.000000",
+        "X-Compute-Seconds": f"{compute_s:.6f}",
+        "X-Batch-Size": "1",
+        "X-Device": "cpu",
+        **prepared.headers,
+    }
+    return Response(body, media_type=CONTENT_TYPES[prepared.format], headers=headers)
+
+
+# --- the CPU engine's path (end) ---
 
 
 def _retry() -> dict[str, str]:
