@@ -4,9 +4,11 @@ For each :class:`~service.regions.Piece` the engine reads the rectangle grown by
 (a view, no copy: OpenCV extrapolates the border at the view's edges, which are the image's edges where the image
 ends and otherwise lie in the halo ring whose outputs are dropped), calls the same OpenCV function a user would call
 on the whole image, and writes the rectangle's inside back. Per pixel, OpenCV's 8- and 16-bit filters compute the
-same fixed-point sums wherever the pixel sits, so the result equals OpenCV on the whole image bit for bit; for
-float results the window is aligned to 64 columns (and reaches the image's right edge when it is near), so that
-every pixel falls on the same SIMD lane layout as in the whole image and matches bit for bit too.
+same fixed-point sums wherever the pixel sits (gaussian, box, median, morphology), so the result equals OpenCV on
+the whole image bit for bit; where OpenCV sums in float (float results, filter2D and derivative kernels) the
+vector body and the scalar tail of a row round differently, so the window is aligned to 64 columns (and reaches the
+image's right edge when it is near): every pixel then falls on the same SIMD lane layout as in the whole image and
+matches bit for bit too.
 
 ``wrap`` (which most OpenCV filters refuse) is built explicitly: the window is gathered with indices modulo the
 image size. ``median`` always extrapolates as cv2.medianBlur does (replicate), whatever ``border`` says.
@@ -31,6 +33,7 @@ CV_FILTERS = frozenset(
     | {"pixelate", "fill"}
 )
 _ALIGN = 64  # columns: a multiple of every SIMD width OpenCV dispatches to (in elements, for 1, 3 or 4 channels)
+_FIXED_POINT = frozenset({"gaussian", "box", "median", "dilate", "erode"})  # on 8/16-bit: no float sums
 _SHAPES = {"rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MORPH_CROSS}
 
 
@@ -73,7 +76,8 @@ def _compute(op, planes, p: Piece, border: str, dtype, float_out: bool, origin) 
     if name == "pixelate":
         return pixelate_region(planes, p, params["block"], origin).astype(dtype, copy=False)
     hy, hx = op.ksize[0] // 2, op.ksize[1] // 2
-    win, wx, wy = _window(planes, p, hx, hy, border, align=_ALIGN if float_out else 1)
+    exact = not float_out and name in _FIXED_POINT  # integer sums: the same wherever the pixel sits
+    win, wx, wy = _window(planes, p, hx, hy, border, align=1 if exact else _ALIGN)
     flag = cv2.BORDER_REFLECT_101 if border == "wrap" else BORDERS[border][1]
     res = _run(name, params, op, win, flag, float_out)
     res = res.reshape(res.shape[0], res.shape[1], -1)[wy : wy + h, wx : wx + w]  # [h, w, color]
