@@ -86,7 +86,8 @@ def prepare(
     h, w = image.height, image.width
     origin = _place(spec, w, h)
     try:
-        pieces = build_pieces(spec.roi, h, w, mask_pixels, origin)
+        full = (spec.crop.width, spec.crop.height) if spec.crop else (w, h)
+        pieces = build_pieces(spec.roi, h, w, mask_pixels, origin, full)
     except RegionError as exc:
         raise _bad(str(exc), exc.field) from None
     op = build_filter(spec.filter, spec.border)

@@ -52,27 +52,32 @@ def _clip(x0: int, y0: int, x1: int, y1: int, w: int, h: int) -> tuple[int, int,
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def _drawn(rect, draw) -> Piece | None:
-    """Run ``draw(canvas, dx, dy)`` on a canvas over ``rect``; the piece, or None when nothing was drawn."""
-    if rect is None:
+def _drawn(bbox, draw, ox: int, oy: int, w: int, h: int, full: tuple[int, int]) -> Piece | None:
+    """Run ``draw(canvas, dx, dy)`` over the shape's bounding box ``bbox`` (upload coordinates) and keep the part
+    inside the upload. OpenCV draws a shape's edges as lines clipped to the canvas, so the canvas is clipped where
+    the full image ends (not where the upload does): a crop rasterizes exactly as the full image."""
+    bx0, by0, bx1, by1 = bbox
+    if _clip(bx0, by0, bx1, by1, w, h) is None:
         return None
-    x0, y0, x1, y1 = rect
-    canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)  # [h, w], only the shape's bounding rectangle
+    fx0, fy0, fx1, fy1 = _clip(bx0 + ox, by0 + oy, bx1 + ox, by1 + oy, *full)  # full-image coordinates
+    x0, y0, x1, y1 = fx0 - ox, fy0 - oy, fx1 - ox, fy1 - oy
+    canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)  # [h, w]: the bounding box within the full image
     draw(canvas, -x0, -y0)
-    mask = canvas.astype(bool)
-    if not mask.any():
+    cx0, cy0, cx1, cy1 = _clip(x0, y0, x1, y1, w, h)
+    piece = _mask_piece(canvas[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].astype(bool))  # tight around the shape
+    if piece is None:
         return None
-    return Piece(x0, y0, x1, y1, None if mask.all() else mask)
+    return Piece(piece.x0 + cx0, piece.y0 + cy0, piece.x1 + cx0, piece.y1 + cy0, piece.mask)
 
 
-def _polygon(points: list[list[int]], ox: int, oy: int, w: int, h: int) -> Piece | None:
-    pts = np.asarray(points, np.int64) - (ox, oy)  # [P, 2] in local coordinates
-    rect = _clip(int(pts[:, 0].min()), int(pts[:, 1].min()), int(pts[:, 0].max()) + 1, int(pts[:, 1].max()) + 1, w, h)
+def _polygon(points: list[list[int]], ox: int, oy: int, w: int, h: int, full: tuple[int, int]) -> Piece | None:
+    pts = np.asarray(points, np.int64) - (ox, oy)  # [P, 2] in the upload's coordinates
+    bbox = (int(pts[:, 0].min()), int(pts[:, 1].min()), int(pts[:, 0].max()) + 1, int(pts[:, 1].max()) + 1)
 
     def draw(canvas, dx, dy):
         cv2.fillPoly(canvas, [(pts + (dx, dy)).astype(np.int32).reshape(-1, 1, 2)], 1)
 
-    return _drawn(rect, draw)
+    return _drawn(bbox, draw, ox, oy, w, h, full)
 
 
 def _circle(cx: int, cy: int, r: int, w: int, h: int) -> Piece | None:
@@ -86,21 +91,29 @@ def _circle(cx: int, cy: int, r: int, w: int, h: int) -> Piece | None:
     far_x, far_y = max(abs(cx - x0), abs(cx - (x1 - 1))), max(abs(cy - y0), abs(cy - (y1 - 1)))
     if far_x**2 + far_y**2 < (r - 1) ** 2:
         return Piece(x0, y0, x1, y1)  # the whole rectangle is inside (a pixel to spare for OpenCV's rounding)
-    return _drawn(rect, lambda c, dx, dy: cv2.circle(c, (cx + dx, cy + dy), r, 1, thickness=-1))
+    # cv2.circle (filled, 8-connected) fills rows between integer bounds: no clipped edge lines, any canvas will do
+    return _drawn(rect, lambda c, dx, dy: cv2.circle(c, (cx + dx, cy + dy), r, 1, thickness=-1), 0, 0, w, h, (w, h))
 
 
-def _ellipse(cx: int, cy: int, ax: int, ay: int, angle: float, w: int, h: int) -> Piece | None:
+def _ellipse(cx: int, cy: int, ax: int, ay: int, angle: float, ox, oy, w: int, h: int, full) -> Piece | None:
     t = math.radians(angle)
     ex = math.ceil(math.hypot(ax * math.cos(t), ay * math.sin(t))) + 2  # half extent + OpenCV's rounding margin
     ey = math.ceil(math.hypot(ax * math.sin(t), ay * math.cos(t))) + 2
-    rect = _clip(cx - ex, cy - ey, cx + ex + 1, cy + ey + 1, w, h)
-    return _drawn(rect, lambda c, dx, dy: cv2.ellipse(c, (cx + dx, cy + dy), (ax, ay), angle, 0, 360, 1, -1))
+    bbox = (cx - ex, cy - ey, cx + ex + 1, cy + ey + 1)
+    draw = lambda c, dx, dy: cv2.ellipse(c, (cx + dx, cy + dy), (ax, ay), angle, 0, 360, 1, -1)  # noqa: E731
+    return _drawn(bbox, draw, ox, oy, w, h, full)
 
 
 def build_pieces(
-    roi: Roi, height: int, width: int, mask_pixels: np.ndarray | None = None, origin: tuple[int, int] = (0, 0)
+    roi: Roi,
+    height: int,
+    width: int,
+    mask_pixels: np.ndarray | None = None,
+    origin: tuple[int, int] = (0, 0),
+    full_size: tuple[int, int] | None = None,
 ) -> list[Piece]:
-    """The ROI over an uploaded image (height, width) placed at ``origin`` (x, y) of the full image.
+    """The ROI over an uploaded image (height, width) placed at ``origin`` (x, y) of the full image of
+    ``full_size`` (width, height; default: the upload's).
 
     Boxes are [x0, y0, x1, y1] (x1, y1 exclusive), ellipses [cx, cy, axis_x, axis_y, angle_deg] as
     cv2.ellipse(thickness=-1), circles [cx, cy, r] as cv2.circle(thickness=-1), polygons as cv2.fillPoly, all in
@@ -120,9 +133,10 @@ def build_pieces(
     for x0, y0, x1, y1 in roi.boxes:
         rect = _clip(x0 - ox, y0 - oy, x1 - ox, y1 - oy, width, height)
         pieces.append(None if rect is None else Piece(*rect))
-    pieces += [_polygon(p, ox, oy, width, height) for p in roi.polygons]
+    full = full_size or (width + ox, height + oy)
+    pieces += [_polygon(p, ox, oy, width, height, full) for p in roi.polygons]
     pieces += [_circle(cx - ox, cy - oy, r, width, height) for cx, cy, r in roi.circles]
-    pieces += [_ellipse(e[0] - ox, e[1] - oy, e[2], e[3], e[4], width, height) for e in roi.ellipses]
+    pieces += [_ellipse(e[0] - ox, e[1] - oy, e[2], e[3], e[4], ox, oy, width, height, full) for e in roi.ellipses]
     if mask_pixels is not None:
         pieces.append(_mask_piece((mask_pixels != 0).any(axis=2)))
     found = [p for p in pieces if p is not None]
