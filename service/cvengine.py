@@ -20,6 +20,8 @@ filter2D convolves whole images through a DFT, whose rounding depends on the ima
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -34,6 +36,7 @@ CV_FILTERS = frozenset(
 )
 _ALIGN = 64  # columns: a multiple of every SIMD width OpenCV dispatches to (in elements, for 1, 3 or 4 channels)
 _FIXED_POINT = frozenset({"gaussian", "box", "median", "dilate", "erode"})  # on 8/16-bit: no float sums
+_DERIVATIVES = frozenset({"sobel", "scharr", "laplacian"})  # integer kernels: fixed point when scale 1, delta 0
 _SHAPES = {"rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MORPH_CROSS}
 
 
@@ -76,12 +79,16 @@ def _compute(op, planes, p: Piece, border: str, dtype, float_out: bool, origin) 
     if name == "pixelate":
         return pixelate_region(planes, p, params["block"], origin).astype(dtype, copy=False)
     hy, hx = op.ksize[0] // 2, op.ksize[1] // 2
-    exact = not float_out and name in _FIXED_POINT  # integer sums: the same wherever the pixel sits
+    exact = not float_out and (name in _FIXED_POINT or name in _DERIVATIVES and _integral(params))
     win, wx, wy = _window(planes, p, hx, hy, border, align=1 if exact else _ALIGN)
     flag = cv2.BORDER_REFLECT_101 if border == "wrap" else BORDERS[border][1]
     res = _run(name, params, op, win, flag, float_out)
     res = res.reshape(res.shape[0], res.shape[1], -1)[wy : wy + h, wx : wx + w]  # [h, w, color]
     return res.astype(dtype, copy=False)
+
+
+def _integral(params: dict) -> bool:
+    return params["scale"] == 1 and params["delta"] == 0
 
 
 def _window(planes: np.ndarray, p: Piece, hx: int, hy: int, border: str, align: int):
@@ -125,7 +132,7 @@ def _run(name: str, params: dict, op: FilterOp, win: np.ndarray, flag: int, floa
         kernel = op.weight[0, 0].numpy()  # [kh, kw] float32
         return cv2.filter2D(win, ddepth, kernel, delta=op.bias, borderType=flag)
     if name in ("dilate", "erode"):
-        se = cv2.getStructuringElement(_SHAPES[params["shape"]], (op.ksize[1], op.ksize[0]))
+        se = _structure(params["shape"], op.ksize[1], op.ksize[0])
         fn = cv2.dilate if name == "dilate" else cv2.erode
         res = fn(win, se) if flag == cv2.BORDER_CONSTANT else fn(win, se, borderType=flag)
         return res.astype(np.float32) if float_out else res
@@ -133,6 +140,11 @@ def _run(name: str, params: dict, op: FilterOp, win: np.ndarray, flag: int, floa
         res = cv2.medianBlur(np.ascontiguousarray(win), params["ksize"])
         return res.astype(np.float32) if float_out else res
     raise ValueError(f"{name!r} has no OpenCV engine")
+
+
+@lru_cache(maxsize=64)
+def _structure(shape: str, kx: int, ky: int) -> np.ndarray:
+    return cv2.getStructuringElement(_SHAPES[shape], (kx, ky))  # [ky, kx] uint8
 
 
 def pixelate_region(planes: np.ndarray, p: Piece, block: int, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
