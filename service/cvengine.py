@@ -12,10 +12,6 @@ matches bit for bit too.
 
 ``wrap`` (which most OpenCV filters refuse) is built explicitly: the window is gathered with indices modulo the
 image size. ``median`` always extrapolates as cv2.medianBlur does (replicate), whatever ``border`` says.
-
-Known defect: for 2-D ``kernel`` weights of 50 taps or more (130 for 8-bit → 8-bit and float → float) OpenCV's
-filter2D convolves whole images through a DFT, whose rounding depends on the image size; the engine's windows
-(smaller images) then differ from cv2.filter2D on the whole image by at most 1 on 8-bit results.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ FLAGS = {
 K2 = np.array([[0.1, -0.3, 0.2, 0.05, 0.0], [0.4, 1.0, -0.6, 0.3, 0.1], [0.0, 0.2, 0.5, -0.1, 0.25]], np.float32)
 
 
+K31 = (np.random.default_rng(11).random((31, 31), dtype=np.float32) - 0.3) / 300  # a large 2-D kernel
+
+
 def _se(shape: int, k: tuple[int, int]) -> np.ndarray:
     return cv2.getStructuringElement(shape, k)
 
@@ -196,7 +199,7 @@ def test_cpu_engine_equals_opencv_on_the_whole_image(name, depth, channels):
 def test_large_blurs_equal_opencv(dtype):
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, (220, 300, 3)).astype(dtype)
-    boxes = [[0, 0, 40, 30], [250, 180, 300, 220], [120, 90, 170, 130]]
+    boxes = [[0, 0, 40, 30], [250, 180, 300, 220], [120, 90, 170, 130], [280, 0, 300, 10], [0, 200, 30, 220]]
     inside = np.zeros(img.shape[:2], bool)
     for x0, y0, x1, y1 in boxes:
         inside[y0:y1, x0:x1] = True
@@ -205,6 +208,7 @@ def test_large_blurs_equal_opencv(dtype):
         ({"name": "gaussian", "ksize": 255, "sigma": 40}, cv2.GaussianBlur(img, (255, 255), 40)),
         ({"name": "box", "ksize": 255}, cv2.blur(img, (255, 255))),
         ({"name": "box", "ksize": [51, 201]}, cv2.blur(img, (51, 201))),
+        ({"name": "kernel", "weights": K31.tolist()}, cv2.filter2D(img, -1, K31)),
     ]:
         out, _ = _run({"filter": spec, "roi": {"boxes": boxes}, "format": "npy"}, img)
         assert np.array_equal(out[inside], full[inside]), spec
