@@ -73,7 +73,7 @@ def _compute(op, planes, p: Piece, border: str, dtype, float_out: bool, origin) 
         color = np.asarray(params["color"], np.float64)
         return np.broadcast_to(color.astype(dtype), (h, w, planes.shape[2]))
     if name == "pixelate":
-        return pixelate_region(planes, p, params["block"], origin).astype(dtype, copy=False)
+        return pixelate_region(planes, p, params["block"], origin, rounded=not float_out).astype(dtype, copy=False)
     hy, hx = op.ksize[0] // 2, op.ksize[1] // 2
     exact = not float_out and (name in _FIXED_POINT or name in _DERIVATIVES and _integral(params))
     win, wx, wy = _window(planes, p, hx, hy, border, align=1 if exact else _ALIGN)
@@ -143,9 +143,11 @@ def _structure(shape: str, kx: int, ky: int) -> np.ndarray:
     return cv2.getStructuringElement(_SHAPES[shape], (kx, ky))  # [ky, kx] uint8
 
 
-def pixelate_region(planes: np.ndarray, p: Piece, block: int, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+def pixelate_region(
+    planes: np.ndarray, p: Piece, block: int, origin: tuple[int, int] = (0, 0), rounded: bool = True
+) -> np.ndarray:
     """Every pixel of ``p`` as the mean of its block×block cell (cells anchored at the full image's (0, 0), clipped
-    to the image), rounded half to even for integer depths; returns float64 (h, w, C)."""
+    to the image), rounded half to even for integer depths when ``rounded``; returns float64 (h, w, C)."""
     H, W = planes.shape[:2]
     ox, oy = origin
     xs = _cell_edges(p.x0, p.x1, block, ox, W)  # cell boundaries in local columns
@@ -154,7 +156,7 @@ def pixelate_region(planes: np.ndarray, p: Piece, block: int, origin: tuple[int,
     sums = np.add.reduceat(np.add.reduceat(region, ys[:-1] - ys[0], axis=0), xs[:-1] - xs[0], axis=1)
     counts = np.outer(np.diff(ys), np.diff(xs))[:, :, None]  # [cy, cx, 1]
     means = sums / counts
-    if planes.dtype != np.float32:
+    if rounded and planes.dtype != np.float32:
         means = np.rint(means)  # half to even
     full = np.repeat(np.repeat(means, np.diff(ys), axis=0), np.diff(xs), axis=1)  # [cells' rows, cells' cols, C]
     return full[p.y0 - ys[0] : p.y1 - ys[0], p.x0 - xs[0] : p.x1 - xs[0]]

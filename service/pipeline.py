@@ -115,7 +115,7 @@ def prepare(
     mask = None
     if engine == "torch" and not whole:
         mask = pieces_mask(pieces, h, w)  # [H, W] bool: convcore takes the full mask
-    coverage = min(1.0, sum(p.positions for p in pieces) / (h * w))  # overlapping shapes count once each
+    coverage = min(1.0, sum(p.positions for p in pieces) / (h * w))  # overlaps count twice (a metric)
     work = Work(image.pixels, mask, spec.outside, spec.depth)
     return Prepared(op, work, fmt, coverage, h * w * color, engine, headers, pieces, spec.border, region, origin)
 
