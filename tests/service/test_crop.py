@@ -236,3 +236,17 @@ def test_http_headers_and_filters_catalog():
     assert c["gaussian"]["engine"] == {"cpu": "opencv", "cuda": "torch"}
     assert c["adaptive_gaussian"]["engine"]["cpu"] == "torch"
     assert halo({"name": "gaussian", "ksize": [31, 9]}) == 15 and halo({"name": "sobel", "ksize": 1}) == 1
+
+
+def test_torch_engine_output_region_and_crop_follow_the_same_rules():
+    img = np.random.default_rng(12).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    filt = {"name": "adaptive_gaussian", "sigma_min": 0.5, "sigma_max": 1.5}  # convcore on every device
+    spec = {"filter": filt, "roi": {"boxes": [[20, 10, 40, 25]]}, "format": "npy"}
+    whole, headers = _process(spec, img)
+    assert headers["X-Engine"] == "torch"
+    part, headers = _process({**spec, "output_region": "roi"}, img)
+    assert headers["X-ROI-Rect"] == "20,10,40,25" and np.array_equal(part, whole[10:25, 20:40])
+    h = halo(filt)
+    crop = {"x": 20 - h, "y": 10 - h, "width": 64, "height": 40}
+    cut, _ = _process({**spec, "crop": crop}, np.ascontiguousarray(img[10 - h : 25 + h, 20 - h : 40 + h]))
+    assert np.array_equal(cut, whole[10 - h : 25 + h, 20 - h : 40 + h])
