@@ -43,7 +43,8 @@ class Prepared:
     ROI's rectangles in the upload's coordinates, ``region`` (x0, y0, x1, y1) the part of the upload the response
     holds, ``origin`` (x, y) where the upload sits in the full image, ``headers`` extra response headers
     (``X-Engine``; ``X-ROI-Rect: x0,y0,x1,y1`` in full-image coordinates, x1/y1 exclusive, with
-    ``output_region: "roi"``).
+    ``output_region: "roi"``). For the torch engine ``work`` holds only ``window`` (x0, y0, x1, y1): the ROI's
+    bounding rectangle grown by the halo, when that is all the filter reads; ``source`` is the whole upload.
     """
 
     op: FilterOp
@@ -57,6 +58,8 @@ class Prepared:
     border: str = "reflect101"
     region: tuple[int, int, int, int] = (0, 0, 0, 0)
     origin: tuple[int, int] = (0, 0)
+    source: np.ndarray | None = None
+    window: tuple[int, int, int, int] | None = None
 
 
 def _decode(data: bytes, max_pixels: int, field: str, orient: bool) -> codec.Image:
@@ -111,13 +114,30 @@ def prepare(
         region = rect
         x0, y0, x1, y1 = rect
         headers["X-ROI-Rect"] = f"{x0 + origin[0]},{y0 + origin[1]},{x1 + origin[0]},{y1 + origin[1]}"
-    whole = len(pieces) == 1 and pieces[0].mask is None and pieces[0].area == h * w
-    mask = None
-    if engine == "torch" and not whole:
-        mask = pieces_mask(pieces, h, w)  # [H, W] bool: convcore takes the full mask
     coverage = min(1.0, sum(p.positions for p in pieces) / (h * w))  # overlaps count twice (a metric)
-    work = Work(image.pixels, mask, spec.outside, spec.depth)
-    return Prepared(op, work, fmt, coverage, h * w * color, engine, headers, pieces, spec.border, region, origin)
+    work, window = Work(image.pixels, None, spec.outside, spec.depth), None
+    if engine == "torch" and not _whole(pieces, image):
+        window = _torch_window(op, pieces, spec.border, w, h)
+        x0, y0, x1, y1 = window or (0, 0, w, h)
+        sub = image.pixels if window is None else np.ascontiguousarray(image.pixels[y0:y1, x0:x1])
+        work = Work(sub, pieces_mask(pieces, y1 - y0, x1 - x0, (x0, y0)), spec.outside, spec.depth)
+    prepared = Prepared(op, work, fmt, coverage, h * w * color, engine, headers, pieces, spec.border, region, origin)
+    prepared.source, prepared.window = image.pixels, window
+    return prepared
+
+
+def _torch_window(op: FilterOp, pieces: list[Piece], border: str, w: int, h: int) -> tuple | None:
+    """The ROI's bounding rectangle grown by the kernel's halo (clipped): all the torch engine needs to read.
+
+    convcore pads the window's edges, which are the image's edges or lie a halo away from every ROI pixel, so the
+    ROI's result is the whole image's. None (the whole image) for models (their reach is unknown), ``wrap`` (it reads
+    the opposite edge) and an empty ROI.
+    """
+    rect = bounding_rect(pieces)
+    if rect is None or op.kind == "model" or border == "wrap":
+        return None
+    hy, hx = op.ksize[0] // 2, op.ksize[1] // 2
+    return max(rect[0] - hx, 0), max(rect[1] - hy, 0), min(rect[2] + hx, w), min(rect[3] + hy, h)
 
 
 def _place(spec: Spec, w: int, h: int) -> tuple[int, int]:
@@ -199,14 +219,34 @@ def run_opencv(prepared: Prepared) -> np.ndarray:
 
 def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:
     """Encode an engine's result: the OpenCV engine's pixels as they are; the torch engine's float result rounded
-    and saturated to the output depth (alpha put back) and cut to the output region."""
+    and saturated to the output depth (alpha put back), put back into the image when it covers only ``window``,
+    and cut to the output region."""
     if prepared.engine == "opencv":
         return codec.encode(result, prepared.format)
-    pixels = finish(result, prepared.work)
+    pixels = finish(result, prepared.work)  # [h, w, C'] over the window (or the whole upload)
+    wx, wy = (0, 0) if prepared.window is None else prepared.window[:2]
     x0, y0, x1, y1 = prepared.region
-    if (x0, y0, x1, y1) != (0, 0, pixels.shape[1], pixels.shape[0]):
-        pixels = np.ascontiguousarray(pixels[y0:y1, x0:x1])
-    return codec.encode(pixels, prepared.format)
+    if prepared.window is not None and prepared.region == bounding_rect(prepared.pieces):
+        pixels = pixels[y0 - wy : y1 - wy, x0 - wx : x1 - wx]  # output_region "roi": inside the window
+    elif prepared.window is not None:
+        pixels = _paste(pixels, prepared)[y0:y1, x0:x1]
+    else:
+        pixels = pixels[y0:y1, x0:x1]
+    return codec.encode(np.ascontiguousarray(pixels), prepared.format)
+
+
+def _paste(window: np.ndarray, prepared: Prepared) -> np.ndarray:
+    """The whole output: the input (keep) or zeros (alpha kept), with the window's result written in."""
+    src = prepared.source  # [H, W, C]
+    x0, y0, x1, y1 = prepared.window
+    if prepared.work.outside == "keep" and window.shape[2] == src.shape[2]:
+        out = src if window.dtype == src.dtype else src.astype(window.dtype)  # in place when the depth is kept
+    else:
+        out = np.zeros((*src.shape[:2], window.shape[2]), window.dtype)
+        if window.shape[2] == 4:
+            out[:, :, 3] = src[:, :, 3]
+    out[y0:y1, x0:x1] = window
+    return out
 
 
 def process(

@@ -155,11 +155,13 @@ def _mask_piece(mask: np.ndarray) -> Piece | None:
     return Piece(x0, y0, x1, y1, None if local.all() else local.copy())
 
 
-def pieces_mask(pieces: list[Piece], height: int, width: int) -> np.ndarray:
-    """The union of the pieces as a bool (height, width) mask (for the engines that take a full mask)."""
+def pieces_mask(pieces: list[Piece], height: int, width: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The union of the pieces as a bool (height, width) mask over the rectangle at ``offset`` (x, y) of the image
+    (for the engines that take a mask); the pieces must lie inside that rectangle."""
     mask = np.zeros((height, width), bool)
+    ox, oy = offset
     for p in pieces:
-        view = mask[p.y0 : p.y1, p.x0 : p.x1]
+        view = mask[p.y0 - oy : p.y1 - oy, p.x0 - ox : p.x1 - ox]
         view |= True if p.mask is None else p.mask
     return mask
 

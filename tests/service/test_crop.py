@@ -250,3 +250,36 @@ def test_torch_engine_output_region_and_crop_follow_the_same_rules():
     crop = {"x": 20 - h, "y": 10 - h, "width": 64, "height": 40}
     cut, _ = _process({**spec, "crop": crop}, np.ascontiguousarray(img[10 - h : 25 + h, 20 - h : 40 + h]))
     assert np.array_equal(cut, whole[10 - h : 25 + h, 20 - h : 40 + h])
+
+
+@pytest.mark.parametrize(
+    "filt",
+    [
+        {"name": "gaussian", "ksize": 9, "sigma": 2.0},
+        {"name": "dilate", "ksize": 5, "shape": "ellipse"},
+        {"name": "adaptive_gaussian", "sigma_min": 0.5, "sigma_max": 2.0},
+        {"name": "kernel", "weights": np.full((3, 3, 3, 3), 0.05).tolist()},
+    ],
+    ids=lambda f: f["name"],
+)
+@pytest.mark.parametrize("outside", ["keep", "zero"])
+def test_torch_engine_reads_only_the_roi_window_and_equals_the_whole_image_run(filt, outside):
+    from service.compute import Work, finish, run_batch
+    from service.regions import build_pieces, pieces_mask
+    from service.schemas import Roi
+
+    img = np.random.default_rng(13).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    roi = {"boxes": [[0, 3, 12, 20]], "ellipses": [[45, 30, 10, 6, 15.0]]}
+    spec = Spec.model_validate({"filter": filt, "roi": roi, "outside": outside, "format": "npy"})
+    prepared = prepare(spec, encode(img, ".npy"), None, 10**8, prefer_torch=True)
+    assert prepared.engine == "torch" and prepared.window is not None
+    assert prepared.work.pixels.shape[:2] < img.shape[:2]  # only the ROI's bounding rectangle + halo
+    import torch
+
+    from service.pipeline import encode_result
+
+    got = np.load(io.BytesIO(encode_result(run_batch(prepared.op, [prepared.work], torch.device("cpu"))[0], prepared)))
+    mask = pieces_mask(build_pieces(Roi.model_validate(roi), 50, 70), 50, 70)
+    whole = Work(img.copy(), mask, outside, "same")  # the whole image through convcore, as before windows
+    expected = finish(run_batch(prepared.op, [whole], torch.device("cpu"))[0], whole)
+    assert np.array_equal(got, expected)
