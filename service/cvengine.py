@@ -67,20 +67,36 @@ def apply(
 
 
 def _compute(op, planes, p: Piece, border: str, dtype, float_out: bool, origin) -> np.ndarray:
-    name, params = op.name, op.extra
     h, w = p.y1 - p.y0, p.x1 - p.x0
-    if name == "fill":
-        color = np.asarray(params["color"], np.float64)
+    if op.name == "fill":
+        color = np.asarray(op.extra["color"], np.float64)
         return np.broadcast_to(color.astype(dtype), (h, w, planes.shape[2]))
-    if name == "pixelate":
-        return pixelate_region(planes, p, params["block"], origin, rounded=not float_out).astype(dtype, copy=False)
-    hy, hx = op.ksize[0] // 2, op.ksize[1] // 2
-    exact = not float_out and (name in _FIXED_POINT or name in _DERIVATIVES and _integral(params))
-    win, wx, wy = _window(planes, p, hx, hy, border, align=1 if exact else _ALIGN)
-    flag = cv2.BORDER_REFLECT_101 if border == "wrap" else BORDERS[border][1]
-    res = _run(name, params, op, win, flag, float_out)
-    res = res.reshape(res.shape[0], res.shape[1], -1)[wy : wy + h, wx : wx + w]  # [h, w, color]
-    return res.astype(dtype, copy=False)
+    if op.name == "pixelate":
+        return pixelate_region(planes, p, op.extra["block"], origin, rounded=not float_out).astype(dtype, copy=False)
+    fn, hx, hy, align = _plan(op, border, float_out)
+    win, wx, wy = _window(planes, p, hx, hy, border, align)
+    res = fn(win)  # [h + halo, w + halo(, color)] in the result depth
+    if res.ndim == 2:
+        res = res[:, :, None]
+    return res[wy : wy + h, wx : wx + w]  # [h, w, color]
+
+
+_PLANS: dict[tuple[str, bool], tuple] = {}
+
+
+def _plan(op: FilterOp, border: str, float_out: bool) -> tuple:
+    """(window → result, halo x, halo y, column alignment) for an op, made once per filter and depth."""
+    key = (op.key, float_out)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        name, params = op.name, op.extra
+        exact = not float_out and (name in _FIXED_POINT or name in _DERIVATIVES and _integral(params))
+        flag = cv2.BORDER_REFLECT_101 if border == "wrap" else BORDERS[border][1]
+        fn = _call(name, params, op, flag, float_out)
+        plan = _PLANS[key] = (fn, op.ksize[1] // 2, op.ksize[0] // 2, 1 if exact else _ALIGN)
+    return plan
 
 
 def _integral(params: dict) -> bool:
@@ -106,36 +122,46 @@ def _window(planes: np.ndarray, p: Piece, hx: int, hy: int, border: str, align: 
     return planes[t:b, s:e], p.x0 - s, p.y0 - t  # a view
 
 
-def _run(name: str, params: dict, op: FilterOp, win: np.ndarray, flag: int, float_out: bool) -> np.ndarray:
+def _call(name: str, params: dict, op: FilterOp, flag: int, float_out: bool):
+    """The OpenCV call a user would make on the whole image, as a function of the window."""
     ddepth = cv2.CV_32F if float_out else -1
+    ksize = (op.ksize[1], op.ksize[0])  # OpenCV's (width, height)
     if name == "gaussian":
-        kx, ky = op.ksize[1], op.ksize[0]
-        src = win.astype(np.float32) if float_out and win.dtype != np.float32 else win
-        return cv2.GaussianBlur(src, (kx, ky), params["sigma"] or 0, sigmaY=params["sigma_y"] or 0, borderType=flag)
+        sx, sy = params["sigma"] or 0, params["sigma_y"] or 0
+
+        def gaussian(win):
+            src = win.astype(np.float32) if float_out and win.dtype != np.float32 else win
+            return cv2.GaussianBlur(src, ksize, sx, sigmaY=sy, borderType=flag)
+
+        return gaussian
     if name == "box":
-        return cv2.boxFilter(win, ddepth, (op.ksize[1], op.ksize[0]), normalize=params["normalize"], borderType=flag)
-    if name == "sobel":
-        dx, dy, k, scale, delta = (params[k] for k in ("dx", "dy", "ksize", "scale", "delta"))
-        return cv2.Sobel(win, ddepth, dx, dy, ksize=k, scale=scale, delta=delta, borderType=flag)
-    if name == "scharr":
-        return cv2.Scharr(
-            win, ddepth, params["dx"], params["dy"], scale=params["scale"], delta=params["delta"], borderType=flag
-        )
-    if name == "laplacian":
-        k, scale, delta = params["ksize"], params["scale"], params["delta"]
-        return cv2.Laplacian(win, ddepth, ksize=k, scale=scale, delta=delta, borderType=flag)
+        return lambda win: cv2.boxFilter(win, ddepth, ksize, normalize=params["normalize"], borderType=flag)
+    if name in _DERIVATIVES:
+        scale, delta = params["scale"], params["delta"]
+        if name == "sobel":
+            dx, dy, k = params["dx"], params["dy"], params["ksize"]
+            return lambda win: cv2.Sobel(win, ddepth, dx, dy, ksize=k, scale=scale, delta=delta, borderType=flag)
+        if name == "scharr":
+            dx, dy = params["dx"], params["dy"]
+            return lambda win: cv2.Scharr(win, ddepth, dx, dy, scale=scale, delta=delta, borderType=flag)
+        k = params["ksize"]
+        return lambda win: cv2.Laplacian(win, ddepth, ksize=k, scale=scale, delta=delta, borderType=flag)
     if name in ("sharpen", "emboss", "kernel"):
-        kernel = op.weight[0, 0].numpy()  # [kh, kw] float32
-        return cv2.filter2D(win, ddepth, kernel, delta=op.bias, borderType=flag)
+        kernel, delta = op.weight[0, 0].numpy(), op.bias  # [kh, kw] float32
+        return lambda win: cv2.filter2D(win, ddepth, kernel, delta=delta, borderType=flag)
     if name in ("dilate", "erode"):
-        se = _structure(params["shape"], op.ksize[1], op.ksize[0])
-        fn = cv2.dilate if name == "dilate" else cv2.erode
-        res = fn(win, se) if flag == cv2.BORDER_CONSTANT else fn(win, se, borderType=flag)
-        return res.astype(np.float32) if float_out else res
+        se = _structure(params["shape"], *ksize)
+        morph = cv2.dilate if name == "dilate" else cv2.erode
+        extra = {} if flag == cv2.BORDER_CONSTANT else {"borderType": flag}  # constant: cv2's default, never wins
+        return lambda win: _as_float(morph(win, se, **extra), float_out)
     if name == "median":
-        res = cv2.medianBlur(np.ascontiguousarray(win), params["ksize"])
-        return res.astype(np.float32) if float_out else res
+        k = params["ksize"]
+        return lambda win: _as_float(cv2.medianBlur(np.ascontiguousarray(win), k), float_out)
     raise ValueError(f"{name!r} has no OpenCV engine")
+
+
+def _as_float(res: np.ndarray, float_out: bool) -> np.ndarray:
+    return res.astype(np.float32) if float_out else res
 
 
 @lru_cache(maxsize=64)
