@@ -55,11 +55,13 @@ def apply(
     """
     color = 3 if src.shape[2] == 4 else src.shape[2]
     planes = src[:, :, :color] if color != src.shape[2] else src  # [H, W, color]
-    float_out = out.dtype == np.float32
+    float_out = out.dtype.kind == "f"
     results = [_compute(op, planes, p, border, out.dtype, float_out, origin) for p in pieces]  # read before writing
     ox, oy = out_origin
     for p, res in zip(pieces, results):
-        dst = out[p.y0 - oy : p.y1 - oy, p.x0 - ox : p.x1 - ox, :color]  # [h, w, color]
+        dst = out[p.y0 - oy : p.y1 - oy, p.x0 - ox : p.x1 - ox]  # [h, w, C]
+        if color != out.shape[2]:
+            dst = dst[:, :, :color]  # alpha untouched
         if p.mask is None:
             dst[...] = res
         else:
