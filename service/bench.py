@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)  # in-process compute: one core, like one floor process
     img = cv2.imdecode(np.frombuffer(data["jpeg"], np.uint8), cv2.IMREAD_UNCHANGED)
     for label, filt, fn, h in COMPUTE:
-        eng, cv = side_by_side(engine_call(img.copy(), filt, FACES), crops_call(img.copy(), fn, h, FACES), reps)
+        eng, cv = side_by_side(engine_call(img.copy(), filt, FACES), crops_call(img.copy(), fn, h, FACES), 3 * reps)
         _row(
             rows,
             f"compute 1080p 2 faces, {label}",
