@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import tracemalloc
+import zlib
 
 import cv2
 import numpy as np
@@ -141,10 +142,22 @@ def _with_orientation(jpeg: bytes, value: int) -> bytes:
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
 
 
+def _png_with_orientation(png: bytes, value: int) -> bytes:
+    """A PNG with an eXIf chunk (after IHDR) holding only IFD0's Orientation tag."""
+    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, value, 0) + struct.pack(">I", 0)
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
+    return png[:33] + chunk + png[33:]
+
+
+@pytest.mark.parametrize("container", ["jpeg", "png"])
 @pytest.mark.parametrize("value", range(1, 9))
-def test_exif_orientation_upright_by_default_or_ignored(value):
+def test_exif_orientation_upright_by_default_or_ignored(value, container):
     stored = np.random.default_rng(value).integers(0, 256, (24, 40, 3), dtype=np.uint8)
-    data = _with_orientation(cv2.imencode(".jpg", stored)[1].tobytes(), value)
+    if container == "jpeg":
+        data = _with_orientation(cv2.imencode(".jpg", stored)[1].tobytes(), value)
+    else:
+        data = _png_with_orientation(cv2.imencode(".png", stored)[1].tobytes(), value)
     viewer = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies the orientation
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # does not
     spec = {"filter": {"name": "fill", "color": [0, 0, 255]}, "roi": {"boxes": [[0, 0, 6, 3]]}, "format": "png"}
