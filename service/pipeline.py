@@ -87,7 +87,7 @@ def prepare(
     image = _decode(image_bytes, max_pixels, "image", orient)
     mask_pixels = None if mask_bytes is None else _decode(mask_bytes, max_pixels, "mask", orient).pixels
     h, w = image.height, image.width
-    origin = _place(spec, w, h)
+    origin = _place(spec, w, h, max_pixels)
     try:
         full = (spec.crop.width, spec.crop.height) if spec.crop else (w, h)
         pieces = build_pieces(spec.roi, h, w, mask_pixels, origin, full)
@@ -140,11 +140,18 @@ def _torch_window(op: FilterOp, pieces: list[Piece], border: str, w: int, h: int
     return max(rect[0] - hx, 0), max(rect[1] - hy, 0), min(rect[2] + hx, w), min(rect[3] + hy, h)
 
 
-def _place(spec: Spec, w: int, h: int) -> tuple[int, int]:
-    """Where the upload sits in the full image: (0, 0), or the crop's (x, y) once it fits its stated image."""
+def _place(spec: Spec, w: int, h: int, max_pixels: int) -> tuple[int, int]:
+    """Where the upload sits in the full image: (0, 0), or the crop's (x, y) once it fits its stated image (which
+    must itself be within MAX_PIXELS: shapes are drawn where the full image clips them)."""
     crop = spec.crop
     if crop is None:
         return (0, 0)
+    if crop.width * crop.height > max_pixels:
+        raise _bad(
+            f"the stated full image is {crop.width}x{crop.height} = {crop.width * crop.height} pixels, more than "
+            f"the limit {max_pixels}",
+            "spec.crop",
+        )
     if crop.x + w > crop.width or crop.y + h > crop.height:
         raise _bad(
             f"the uploaded {w}x{h} image at ({crop.x}, {crop.y}) does not fit in the stated "

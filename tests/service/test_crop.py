@@ -209,6 +209,7 @@ BAD = [
     ({"name": "fill"}, {}, {"x": 10, "y": 0, "width": 30, "height": 20}, "spec.crop"),
     ({"name": "fill"}, {}, {"x": 0, "y": 0, "width": 25, "height": 25}, "spec.crop"),
     ({"name": "fill"}, {}, {"x": -1, "y": 0, "width": 99, "height": 99}, "spec.crop.x"),
+    ({"name": "fill"}, {}, {"x": 0, "y": 0, "width": 1 << 20, "height": 1 << 20}, "spec.crop"),  # over MAX_PIXELS
 ]
 
 
