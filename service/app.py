@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -147,6 +148,7 @@ async def lifespan(app: FastAPI):
         incoming=lambda: state.preparing,
     )
     state.pool = pool
+    state.cpu_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="roiconv-cpu")
     state.draining = False
     _set_cpu_threads(state.devices, s.workers_per_device)
     pool.start()
@@ -159,6 +161,7 @@ async def lifespan(app: FastAPI):
         if not drained:
             log.warning("drain timeout (%.1f s) passed with work left; cancelling it", s.drain_timeout_s)
         await pool.stop(timeout=5.0)
+        state.cpu_pool.shutdown(wait=False, cancel_futures=True)
         log.info("roiconv stopped")
 
 

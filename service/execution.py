@@ -1,34 +1,64 @@
-"""The compute step behind one seam: :func:`execute` takes a prepared request to its float result.
+"""The compute step behind one seam: :func:`run` takes a request's bytes to its encoded result.
 
-The route calls nothing else to compute; another engine (e.g. one that runs on a thread pool instead of the device
-pool) branches here.
+Two engines: the OpenCV engine (the classic filters on a CPU server) decodes, filters and encodes in one hop on the
+state's CPU pool, one thread per core, no batching; the torch engine (convcore: 4-D kernels, the adaptive gaussian,
+models, and every filter on a CUDA server) is prepared on that pool, then batched on the device pool
+(:func:`execute`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .devices import ComputeError, Job
 from .errors import ApiError
-from .pipeline import Prepared
+from .pipeline import Prepared, encode_result
 from .state import RETRY, AppState, Ticket
 
-__all__ = ["Outcome", "execute"]
+__all__ = ["Outcome", "execute", "run"]
 
 
 @dataclass(frozen=True)
 class Outcome:
     """A computed request: the float result (H, W, C_out) and where and how long it ran."""
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None  # None once encoded (the OpenCV engine encodes in its hop)
     queue_s: float
     compute_s: float
     batch_size: int
     device: str
+
+
+async def run(
+    state: AppState, prepare: Callable[..., tuple[Prepared, bytes | None, float]], deadline: float, ticket: Ticket
+) -> tuple[Prepared, Outcome, bytes]:
+    """Prepare the request with ``prepare(prefer_torch=...)`` on the CPU pool (the OpenCV engine also filters and
+    encodes there), else compute it on the device pool and encode; all by ``deadline`` (504 past it)."""
+    call = functools.partial(prepare, prefer_torch=state.prefer_torch)
+    hop = asyncio.get_running_loop().run_in_executor(state.cpu_pool, call)
+    gauge = state.metrics.inflight.labels(device="cpu")
+    gauge.inc()
+    try:
+        prepared, body, compute_s = await asyncio.wait_for(hop, max(0.0, deadline - time.perf_counter()))
+    except asyncio.TimeoutError:
+        raise ApiError(
+            504, "timeout", "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        ) from None
+    finally:
+        gauge.dec()
+    if body is not None:
+        state.metrics.compute.labels(device="cpu").observe(compute_s)
+        state.metrics.batch_size.observe(1)
+        state.metrics.queue_wait.observe(0.0)
+        return prepared, Outcome(None, 0.0, compute_s, 1, "cpu"), body
+    outcome = await execute(state, prepared, deadline, ticket)
+    return prepared, outcome, await asyncio.to_thread(encode_result, outcome.pixels, prepared)
 
 
 async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: Ticket) -> Outcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -22,11 +23,11 @@ from .budget import Peak, request_peak
 from .codec import CONTENT_TYPES
 from .docs import DOCS_HTML
 from .errors import ApiError, BodyTooLarge, from_validation
-from .execution import Outcome, execute
+from .execution import Outcome, run
 from .filters import catalog_schemas
 from .metrics import Metrics
 from .openapi import FORM_SCHEMA
-from .pipeline import Prepared, encode_result, prepare
+from .pipeline import Prepared, prepare_and_run
 from .schemas import ModelFilter, Spec
 from .state import AppState, StateDep, record_of
 
@@ -90,9 +91,8 @@ async def convolve(request: Request, state: StateDep, form: FormDep) -> Response
         request_peak, spec, form.image, form.mask, state.budget.total, state.settings.max_pixels
     )
     async with state.admit(peak.bytes, deadline - time.perf_counter()) as ticket:
-        prepared = await asyncio.to_thread(_prepare, spec, form, state.settings.max_pixels, deadline, peak.bands)
-        outcome = await execute(state, prepared, deadline, ticket)
-        body = await asyncio.to_thread(encode_result, outcome.pixels, prepared)
+        prepare = functools.partial(_prepare, spec, form, state.settings.max_pixels, deadline, peak.bands)
+        prepared, outcome, body = await run(state, prepare, deadline, ticket)
     return _respond(state.metrics, prepared, outcome, body)
 
 
@@ -137,9 +137,13 @@ def _check_model(spec: Spec, state: AppState) -> None:
         raise ApiError(422, "invalid_request", f"unknown model {spec.filter.model!r} (loaded: {known})", "spec.filter")
 
 
-def _prepare(spec: Spec, form: Form, max_pixels: int, deadline: float, bands: int) -> Prepared:
+def _prepare(
+    spec: Spec, form: Form, max_pixels: int, deadline: float, bands: int, *, prefer_torch: bool
+) -> tuple[Prepared, bytes | None, float]:
     try:
-        return prepare(spec, form.image, form.mask, max_pixels, deadline=deadline, bands=bands)
+        return prepare_and_run(
+            spec, form.image, form.mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
+        )
     except ApiError:
         raise
     except MemoryError:
@@ -160,6 +164,7 @@ def _respond(metrics: Metrics, prepared: Prepared, outcome: Outcome, body: bytes
         "X-Compute-Seconds": f"{outcome.compute_s:.6f}",
         "X-Batch-Size": str(outcome.batch_size),
         "X-Device": outcome.device,
+        **prepared.headers,
     }
     return Response(body, media_type=CONTENT_TYPES[prepared.format], headers=headers)
 

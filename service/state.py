@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +61,17 @@ class AppState:
     budget: MemoryBudget
     model_paths: dict[str, Path] = field(default_factory=dict)
     pool: DevicePool | None = None
+    cpu_pool: ThreadPoolExecutor | None = None  # the OpenCV engine's requests: one thread per core, no batching
     draining: bool = False
     uploads: int = 0
     preparing: int = 0
     requests: set[Record] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
+
+    @property
+    def prefer_torch(self) -> bool:
+        """A server with a CUDA device runs the classic filters on convcore (batched there), not on OpenCV."""
+        return any(d.startswith("cuda") for d in self.devices)
 
     @property
     def ready(self) -> bool:

@@ -19,7 +19,7 @@ from service.app import create_app
 from service.banding import conv_in_bands
 from service.budget import MemoryBudget, NeverFits, estimate_peak, memory_limit
 from service.compute import run_batch
-from service.roi import build_mask, draw_cost
+from service.regions import build_mask, draw_cost
 from service.schemas import Roi
 
 GAUSS = {"name": "gaussian", "ksize": 3}
