@@ -185,9 +185,10 @@ def build_mask(
     *,
     deadline: float | None = None,
 ) -> np.ndarray | None:
-    """The ROI as one bool (height, width) mask: the union of :func:`build_pieces`; None for the whole image."""
+    """The ROI as one bool (height, width) mask, the union of :func:`build_pieces`; None when nothing is given
+    (the whole image)."""
     pieces = build_pieces(roi, height, width, mask_pixels, deadline=deadline)
-    if len(pieces) == 1 and pieces[0].mask is None and pieces[0].area == height * width:
+    if not roi.given and mask_pixels is None and not roi.invert:
         return None
     return pieces_mask(pieces, height, width)
 

@@ -10,7 +10,7 @@ import schemathesis
 from crafted import corpus
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import negative_data_rejection, not_a_server_error
 from service_support import encode, post, rand_image, run, running
 from service_support import settings as app_settings
 
@@ -57,7 +57,10 @@ def test_fuzzed_specs_never_get_a_5xx_and_responses_conform(case):
     short_deadline = isinstance(spec, dict) and isinstance(spec.get("timeout_ms"), int) and spec["timeout_ms"] < 1000
     if not (response.status_code == 504 and short_deadline):  # a generated timeout_ms of 1 ms: 504 is the answer
         assert response.status_code < 500, (spec, response.text)
-    case.validate_response(response, excluded_checks=[not_a_server_error])  # 5xx decided just above
+    # 5xx is decided just above. negative_data_rejection is left out: its generator mutates one branch of an anyOf
+    # into a value another branch allows (``"sigma_y": null`` against ``anyOf: [number, null]``) and then calls the
+    # 200 a schema violation; the statuses of negative cases are still held to the documented ones.
+    case.validate_response(response, excluded_checks=[not_a_server_error, negative_data_rejection])
 
 
 def test_fuzzing_reached_the_filters():

@@ -318,13 +318,14 @@ def test_body_limit_413_is_counted_and_500_carries_its_filter():
         async with running(max_body_bytes=4096) as (app, client):
             too_big = await post(client, encode(rand_image(64, 64)), {"filter": GAUSS})
             app.state.roiconv.pool.run = broken
-            failed = await post(client, IMG, {"filter": {"name": "box", "ksize": 3}})
+            adaptive = {"name": "adaptive_gaussian", "sigma_min": 0.5, "sigma_max": 2.0}  # the torch engine: the pool
+            failed = await post(client, IMG, {"filter": adaptive})
             return too_big, failed, (await client.get("/metrics")).text
 
     too_big, failed, metrics = run(main())
     assert too_big.status_code == 413 and failed.status_code == 500
     assert _metric(metrics, "roiconv_requests_total", filter="invalid", status="413") == 1
-    assert _metric(metrics, "roiconv_requests_total", filter="box", status="500") == 1
+    assert _metric(metrics, "roiconv_requests_total", filter="adaptive_gaussian", status="500") == 1
 
 
 # ---- 8. drain: requests answered 503 are not work to wait for
