@@ -10,55 +10,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
+from .accounting import RequestAccounting
+from .budget import MemoryBudget, default_budget
+from .compute import Work
 from .config import Settings, SettingsError, load_settings, parse_devices
-from .devices import DevicePool
-from .errors import ApiError, BodyTooLarge, error_response
+from .devices import DevicePool, Warmup
+from .errors import ApiError, BodyTooLarge, error_response, from_http_error
+from .filters import build_filter
 from .metrics import Metrics
 from .models import find_models, load_models
-from .routes import routers
+from .openapi import install_openapi
+from .routes import discard_body, routers
+from .schemas import GaussianFilter
+from .state import AppState
 
-__all__ = ["AppState", "BodyLimitMiddleware", "create_app"]
+__all__ = ["AppState", "BodyLimitMiddleware", "create_app", "warmup_batch"]
 
 log = logging.getLogger("roiconv.app")
 
 _BATCH_PIXEL_BUDGET = 64 * 2**20  # pixels per batch: bounds the memory of one batch
-
-
-@dataclass(eq=False)
-class AppState:
-    """Everything the routes need: settings, metrics, the pool, and the drain state."""
-
-    settings: Settings
-    devices: list[str]
-    metrics: Metrics
-    model_paths: dict[str, Path] = field(default_factory=dict)
-    pool: DevicePool | None = None
-    draining: bool = False
-    inflight: int = 0
-    preparing: int = 0
-    started_at: float = field(default_factory=time.time)
-
-    @property
-    def ready(self) -> bool:
-        return self.pool is not None and self.pool.ready and not self.draining
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no /convolve request is in flight (at most ``timeout`` seconds); True when idle."""
-        deadline = time.monotonic() + timeout
-        while self.inflight and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return self.inflight == 0
 
 
 class BodyLimitMiddleware:
@@ -106,15 +88,6 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": response.body})
 
 
-def _find_models(models_dir: Path | None) -> dict[str, Path]:
-    return find_models(models_dir)
-
-
-def _load_models(paths: dict[str, Path], devices: list[str]) -> dict[str, dict]:
-    """Per device {name: model}: torch.export programs through roi_network, TorchScript dense (service/models.py)."""
-    return load_models(paths, devices)
-
-
 def _set_cpu_threads(devices: list[str], workers: int) -> None:
     """On CPU, give each worker's torch ops half the cores / workers: decoding, encoding and HTTP use the rest.
 
@@ -124,11 +97,20 @@ def _set_cpu_threads(devices: list[str], workers: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2 // workers))
 
 
+def warmup_batch() -> Warmup:
+    """A tiny batch through the code paths a device needs (a masked 3x3 Gaussian on two 16x16 images)."""
+    op = build_filter(GaussianFilter(name="gaussian", ksize=3), "reflect101")
+    mask = np.zeros((16, 16), bool)
+    mask[4:12, 4:12] = True
+    work = Work(np.zeros((16, 16, 3), np.uint8), mask, "keep", "same")
+    return op, [work, work]
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     state: AppState = app.state.roiconv
     s = state.settings
-    models = await asyncio.to_thread(_load_models, state.model_paths, state.devices)
+    models = await asyncio.to_thread(load_models, state.model_paths, state.devices)
     pool = DevicePool(
         state.devices,
         s.workers_per_device,
@@ -138,9 +120,11 @@ async def lifespan(app: FastAPI):
         max_queue=s.max_queue,
         pixel_budget=_BATCH_PIXEL_BUDGET,
         models=models,
+        warmup=warmup_batch(),
         incoming=lambda: state.preparing,
     )
     state.pool = pool
+    state.cpu_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="roiconv-cpu")
     state.draining = False
     _set_cpu_threads(state.devices, s.workers_per_device)
     pool.start()
@@ -149,10 +133,11 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         state.draining = True
-        drained = await state.wait_idle(s.drain_timeout_s) and await pool.drain(max(0.0, s.drain_timeout_s))
+        drained = await state.wait_idle(s.drain_timeout_s)  # admitted requests and the pool's jobs
         if not drained:
             log.warning("drain timeout (%.1f s) passed with work left; cancelling it", s.drain_timeout_s)
         await pool.stop(timeout=5.0)
+        state.cpu_pool.shutdown(wait=False, cancel_futures=True)
         log.info("roiconv stopped")
 
 
@@ -171,13 +156,49 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
         docs_url=None,
         redoc_url=None,
     )
-    app.state.roiconv = AppState(settings, devices, Metrics(registry), _find_models(settings.models_dir))
+    # OpenCV refuses, before allocating, any image whose decoder-reported size passes this (read once per process)
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(settings.max_pixels))
+    budget = MemoryBudget(settings.max_inflight_bytes or default_budget())
+    state = AppState(settings, devices, Metrics(registry), budget, find_models(settings.models_dir))
+    app.state.roiconv = state
     for router in routers:
         app.include_router(router)
-    metrics = app.state.roiconv.metrics
+    install_openapi(app)
+    _install_error_handlers(app, state)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
-        on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc(),
+        on_reject=lambda: state.metrics.rejected.labels(reason="body_too_large").inc(),
     )
+    app.add_middleware(RequestAccounting, state=state)  # outermost: counts every /convolve request once
     return app
+
+
+_REJECTED = (401, 408, 413, 429, 503, 504)
+_DISCARD_S = 1.0  # the longest a rejected request's body is read before answering
+
+
+def _install_error_handlers(app: FastAPI, state: AppState) -> None:
+    """Every error in the documented shape; rejections counted by reason; a rejected body read (bounded) first."""
+
+    async def api_error(request: Request, err: ApiError):
+        if err.status in _REJECTED:
+            state.metrics.rejected.labels(reason=err.code).inc()
+        if err.status in (401, 429, 503):  # answered before the body was read: drop it (bounded in size and time)
+            try:
+                await asyncio.wait_for(discard_body(request, state.settings.max_body_bytes), _DISCARD_S)
+            except asyncio.TimeoutError:
+                err.headers["Connection"] = "close"
+        if err.status == 499:
+            log.info("client closed the connection during the upload")
+        return error_response(err)
+
+    async def http_error(request: Request, exc: HTTPException):
+        return error_response(from_http_error(exc))
+
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error_response(ApiError(422, "invalid_request", "invalid request", "body"))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

@@ -2,8 +2,9 @@
 
 :func:`collect_batch` waits for one item, then takes more until ``max_size`` items or ``max_delay`` seconds;
 :func:`group_batches` splits what was collected into batches that share filter weights (``key``) and fit a pixel
-budget. Unlike shape-keyed batchers, images of different sizes and ROIs share a batch: convcore gathers all their
-in-ROI windows into one matmul.
+budget. Unlike shape-keyed batchers, images of different sizes and ROIs share a batch: ``roi_conv2d_batch`` gathers
+the in-ROI windows of the images whose plan picks "windows" into one matmul per workspace chunk; the others run as
+tiles (one conv per group of equal-size rectangles) or dense.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import time
 import uvicorn
 
 from .config import SettingsError, load_settings
+from .protocol import HeadTimeoutProtocol
 
 __all__ = ["DrainingServer", "main"]
 
@@ -40,8 +41,7 @@ class DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None and not self.should_exit:
-            pool = self.state.pool
-            idle = self.state.inflight == 0 and (pool is None or not pool.busy)
+            idle = not self.state.busy  # admitted work only: requests answered 503 meanwhile do not count
             if idle or time.monotonic() - self.drain_started > self.state.settings.drain_timeout_s:
                 log.info("drained" if idle else "drain timeout passed; shutting down")
                 self.should_exit = True
@@ -71,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on", access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        lifespan="on",
+        access_log=False,
+        timeout_keep_alive=settings.keepalive_timeout_s,
+        http=HeadTimeoutProtocol,  # also closes connections that never finish their request head
     )
     DrainingServer(config, app.state.roiconv).run()
     return 0

@@ -88,7 +88,9 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int]:
     """(width, height) read from the header alone, without decoding pixels; DecodeError when unreadable."""
     try:
         size = _HEADER_READERS[fmt](data)
-    except (struct.error, IndexError, ValueError) as exc:
+    except (struct.error, IndexError, KeyError) as exc:
+        raise DecodeError(f"corrupt {fmt} header: {type(exc).__name__}") from None
+    except ValueError as exc:
         raise DecodeError(f"corrupt {fmt} header: {exc}") from None
     if size is None or size[0] <= 0 or size[1] <= 0:
         raise DecodeError(f"corrupt {fmt} header: no valid image size found")
@@ -121,19 +123,51 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+_TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+_TIFF_SIZE_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 277: "SamplesPerPixel"}
+
+
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """The first page's size; every size tag must appear once with one value, samples ≤ 4 of ≤ 32 bits.
+
+    libtiff reads the first of duplicated tags and this reader would see all of them: a file listing a tag twice
+    with different values could pass this check with one size and be decoded at another, so it is refused.
+    """
     order = "<" if data[:2] == b"II" else ">"
     (offset,) = struct.unpack(order + "I", data[4:8])
     (count,) = struct.unpack(order + "H", data[offset : offset + 2])
     found: dict[int, int] = {}
     for i in range(count):
         entry = data[offset + 2 + 12 * i : offset + 14 + 12 * i]
-        tag, typ = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257):
-            found[tag] = struct.unpack(order + ("H" if typ == 3 else "I"), entry[8:10] if typ == 3 else entry[8:12])[0]
+        tag, typ, n = struct.unpack(order + "HHI", entry[:8])
+        if tag not in _TIFF_SIZE_TAGS:
+            continue
+        if tag in found:
+            raise ValueError(f"{_TIFF_SIZE_TAGS[tag]} is listed more than once")
+        if typ not in (3, 4) or (n != 1 and tag != 258):
+            raise ValueError(f"{_TIFF_SIZE_TAGS[tag]} must be one SHORT or LONG value")
+        if tag == 258 and n > 1:  # one BitsPerSample per sample; inline when they fit in 4 bytes
+            values = _tiff_values(data, order, typ, n, entry[8:12])
+            if len(set(values)) != 1:
+                raise ValueError("BitsPerSample differs between samples")
+            found[tag] = values[0]
+            continue
+        fmt = _TIFF_TYPES[typ]
+        found[tag] = struct.unpack(order + fmt, entry[8 : 8 + struct.calcsize(fmt)])[0]
+    if found.get(277, 1) > 4 or found.get(258, 8) > 32:
+        raise ValueError(f"{found.get(277, 1)} samples of {found.get(258, 8)} bits: at most 4 of 32 bits")
     if 256 not in found or 257 not in found:
         return None
     return found[256], found[257]
+
+
+def _tiff_values(data: bytes, order: str, typ: int, n: int, field: bytes) -> list[int]:
+    fmt = _TIFF_TYPES[typ]
+    size = struct.calcsize(fmt) * n
+    if n > 64:
+        raise ValueError("too many BitsPerSample values")
+    raw = field[:size] if size <= 4 else data[struct.unpack(order + "I", field)[0] :][:size]
+    return list(struct.unpack(order + fmt * n, raw))
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:
@@ -164,12 +198,22 @@ def _npy_size(data: bytes) -> tuple[int, int]:
     return shape[1], shape[0]
 
 
+_NPY_DTYPES = ("|u1", "<u2", "<f4", "<f8", "|b1")
+
+
 def _npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(stream)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read(stream)
-    if len(shape) not in (2, 3):
-        raise ValueError(f"npy image must have shape (H, W) or (H, W, C), got {shape}")
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(stream)
+    except Exception:  # numpy's messages repeat the header (or an object's repr): say what is expected instead
+        raise ValueError("the npy header must be a dict with descr, fortran_order and a shape of integers") from None
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+        raise ValueError(f"npy image must have shape (H, W) or (H, W, C) with C in 1, 3, 4, got {shape}")
+    if dtype.str not in _NPY_DTYPES:
+        if dtype.byteorder == ">":
+            raise ValueError(f"npy data is big-endian ({dtype.str}); save it little-endian (e.g. with .astype('<u2'))")
+        raise ValueError(f"npy dtype {dtype.str} is not supported: use uint8, uint16 or float32 (little-endian)")
     return shape, fortran, dtype
 
 
@@ -197,7 +241,9 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
         try:
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
-            raise DecodeError(f"corrupt {fmt} image: {str(exc).strip().splitlines()[-1]}") from None
+            if "MAX_IMAGE" in str(exc):  # OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS), from the decoder's header
+                raise TooLarge(f"{field} is larger than the decoder allows ({max_pixels} pixels)") from None
+            raise DecodeError(f"corrupt or unsupported {fmt} image: OpenCV could not decode it") from None
         if pixels is None:
             raise DecodeError(f"corrupt or unsupported {fmt} image: OpenCV could not decode it")
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
@@ -206,10 +252,14 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
 
 
 def _decode_npy(data: bytes) -> np.ndarray:
+    stream = io.BytesIO(data)
+    shape, _, dtype = _npy_header(stream)
+    if len(data) - stream.tell() != int(np.prod(shape)) * dtype.itemsize:
+        raise DecodeError(f"corrupt npy image: the data is not the {shape} {dtype.str} array its header declares")
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DecodeError(f"corrupt npy image: {exc}") from None
+    except (ValueError, OSError, EOFError):
+        raise DecodeError("corrupt npy image") from None
 
 
 def _normalize(pixels: np.ndarray, fmt: str) -> np.ndarray:
@@ -226,8 +276,13 @@ def _normalize(pixels: np.ndarray, fmt: str) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def check_encodable(fmt: str, depth: str, channels: int) -> str | None:
-    """Why ``fmt`` cannot hold pixels of ``depth`` with ``channels`` channels, or None when it can."""
+_MAX_SIDE = {"webp": 16383, "jpeg": 65535, "png": 2**31 - 1, "bmp": 2**31 - 1}
+
+
+def check_encodable(fmt: str, depth: str, channels: int, width: int = 0, height: int = 0) -> str | None:
+    """Why ``fmt`` cannot hold a ``width`` × ``height`` image of ``depth`` with ``channels`` channels, or None."""
+    if max(width, height) > _MAX_SIDE.get(fmt, 2**31 - 1):
+        return f"{fmt} holds at most {_MAX_SIDE[fmt]} pixels per side, the image is {width}x{height}; use png or tiff"
     if fmt not in CONTENT_TYPES:
         return f"unknown format {fmt!r}"
     if depth not in _DEPTHS[fmt]:

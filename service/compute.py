@@ -16,6 +16,7 @@ import torch
 
 import convcore
 
+from .banding import conv_in_bands
 from .filters import FilterOp
 from .models import ServedModel
 
@@ -32,6 +33,7 @@ class Work:
     mask: np.ndarray | None
     outside: str
     depth: str
+    bands: int = 1  # > 1: run the convolution in row bands (bounded working memory)
 
     @property
     def color(self) -> np.ndarray:
@@ -78,6 +80,12 @@ def _run_conv(op, works, xs, ms, device) -> list[torch.Tensor]:
     bases = [_base(w, x, x.shape[0]) for w, x in zip(works, xs)]
     by_channels: dict[int, list[int]] = {}
     for i, x in enumerate(xs):
+        if works[i].bands > 1:
+            c = x.shape[0]
+            weight = op.weight.to(device).expand(x.shape[0], 1, *op.weight.shape[2:]).contiguous()  # [C, 1, kh, kw]
+            bias = None if op.bias == 0 else torch.full((x.shape[0],), op.bias, device=device)
+            conv_in_bands(x, weight, bias, ms[i], bases[i], works[i].bands, padding_mode=op.padding_mode, groups=c)
+            continue
         by_channels.setdefault(x.shape[0], []).append(i)
     for c, idx in by_channels.items():
         weight = op.weight.to(device).expand(c, 1, *op.weight.shape[2:]).contiguous()  # [C, 1, kh, kw]
@@ -99,7 +107,20 @@ def _run_mix(op, works, xs, ms, device) -> list[torch.Tensor]:
     weight = op.weight.to(device)  # [O, C, kh, kw]
     bias = None if op.bias == 0 else torch.full((weight.shape[0],), op.bias, device=device)
     outs = [_base(w, x, weight.shape[0]) for w, x in zip(works, xs)]
-    convcore.roi_conv2d_batch(xs, weight, bias, ms, padding="same", padding_mode=op.padding_mode, outs=outs)
+    whole = [i for i, w in enumerate(works) if w.bands <= 1]
+    for i, w in enumerate(works):
+        if w.bands > 1:
+            conv_in_bands(xs[i], weight, bias, ms[i], outs[i], w.bands, padding_mode=op.padding_mode)
+    if whole:
+        convcore.roi_conv2d_batch(
+            [xs[i] for i in whole],
+            weight,
+            bias,
+            [ms[i] for i in whole],
+            padding="same",
+            padding_mode=op.padding_mode,
+            outs=[outs[i] for i in whole],
+        )
     return outs
 
 

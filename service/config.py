@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body; larger gets 413.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest image (width × height); larger gets 413.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may take.")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="Longest time to receive a request body (within the request deadline); then 408."
+    )
+    max_uploads: int = Field(128, ge=1, description="Request bodies being received at once; more get 429.")
+    max_spec_bytes: int = Field(2**20, ge=1024, description="Largest `spec` part (field or file); larger gets 413.")
+    max_inflight_bytes: int | None = Field(
+        None,
+        ge=2**20,
+        description="Memory budget for admitted requests' estimated peaks (unset: half the container's or machine's "
+        "memory); the excess waits, a request that can never fit gets 413.",
+    )
+    keepalive_timeout_s: int = Field(5, ge=1, le=300, description="Idle keep-alive connections are closed after this.")
     api_key: SecretStr | None = Field(None, description="When set, /convolve needs this value in `X-API-Key`.")
     models_dir: Path | None = Field(None, description="Folder of TorchScript models (`*.pt`) served as `model:<name>`.")
 

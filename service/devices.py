@@ -1,9 +1,10 @@
-"""The device pool: workers per device pull batches; a dispatcher sends each batch to the least-loaded device.
+"""The device pool: a dispatcher sends batches to the least-loaded device; each device's worker computes them.
 
-A batch that raises fails only itself: it is split (device out-of-memory: halves; any other error: one job at a
-time, so a poisoned request cannot take its batch-mates down), a single job that still fails is retried once on
-another device when there is one, and then gets a clear error. Workers never die from a batch; compute runs in one
-thread pool per device, off the event loop.
+Three small parts: :class:`Device` (one device: its batch queue, thread pool, ``reserve(n)`` for load, and
+:meth:`Device.execute`, which runs a batch through the injected runner and records the metrics), the plain function
+:func:`recovery` (what to do when a batch raised: split it in halves on out-of-memory, one job at a time otherwise,
+retry a single job once on another device, then give up), and :class:`DevicePool` (the admission queue, the
+dispatcher, the workers and warm-up). Workers never die from a batch; compute runs off the event loop.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,13 +22,15 @@ import torch
 
 from .batching import collect_batch, group_batches
 from .compute import Work, run_batch
-from .filters import FilterOp, build_filter
+from .filters import FilterOp
 from .metrics import Metrics
-from .schemas import GaussianFilter
 
-__all__ = ["ComputeError", "Device", "DevicePool", "Job"]
+__all__ = ["ComputeError", "Device", "DevicePool", "Job", "Recovery", "recovery"]
 
 log = logging.getLogger("roiconv.devices")
+
+Runner = Callable[[FilterOp, list[Work], torch.device, dict | None], list[np.ndarray]]
+"""(op, works, torch.device, models) -> one float result (H, W, C_out) per work; runs in a worker thread."""
 
 
 class ComputeError(RuntimeError):
@@ -52,10 +57,11 @@ class Job:
 
 @dataclass(eq=False)
 class Device:
-    """One device: its batch queue, workers, thread pool, load and warm state."""
+    """One device and its worker state: batch queue, thread pool, load (jobs reserved on it) and warm flag."""
 
     name: str
     workers: int
+    metrics: Metrics
     models: dict = field(default_factory=dict)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     load: int = 0
@@ -70,13 +76,71 @@ class Device:
     def status(self) -> dict:
         return {"warm": self.warm, "load": self.load, "batches": self.batches, "failures": self.failures}
 
+    @contextmanager
+    def reserve(self, n: int) -> Iterator[Device]:
+        """Count ``n`` jobs against this device's load while the block runs (the dispatcher picks by load)."""
+        self.load += n
+        try:
+            yield self
+        finally:
+            self.load -= n
 
-def _is_oom(exc: BaseException) -> bool:
+    async def execute(self, run: Runner, op: FilterOp, works: list[Work]) -> tuple[list[np.ndarray], float]:
+        """Run one batch in this device's thread pool; returns the results and the seconds it took."""
+        gauge = self.metrics.inflight.labels(device=self.name)
+        gauge.inc(len(works))
+        start = time.perf_counter()
+        try:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self.executor, run, op, works, self.torch_device, self.models)
+        except Exception:
+            self.failures += 1
+            raise
+        finally:
+            gauge.dec(len(works))
+        seconds = time.perf_counter() - start
+        self.batches += 1
+        self.metrics.compute.labels(device=self.name).observe(seconds)
+        self.metrics.batch_size.observe(len(works))
+        return results, seconds
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What to do with a failed batch: split it into parts of ``part`` jobs, retry elsewhere, or fail."""
+
+    action: str  # "split" | "retry_elsewhere" | "fail"
+    part: int = 0
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device out-of-memory error (CUDA's, or an allocator message saying so)."""
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def recovery(exc: BaseException, batch_size: int, retried: bool, other_device: bool) -> Recovery:
+    """The policy for a batch of ``batch_size`` jobs that raised ``exc``.
+
+    Out-of-memory: halve the batch. Any other error: one job at a time, so a poisoned request cannot take its
+    batch-mates down. A single job: once more on another warm device when there is one, then fail.
+    """
+    if batch_size > 1:
+        return Recovery("split", batch_size // 2 if is_oom(exc) else 1)
+    if not retried and other_device:
+        return Recovery("retry_elsewhere")
+    return Recovery("fail")
+
+
+Warmup = tuple[FilterOp, list[Work]]
+
+
 class DevicePool:
-    """Devices, their workers and the dispatcher that feeds them from the admission queue."""
+    """Devices, their workers and the dispatcher that feeds them from the admission queue.
+
+    ``run`` is the batch runner (replaceable in tests); ``warmup`` is a small batch (op, works) run through it on
+    each device before the device counts as warm (None: warm at once); ``incoming`` says how many requests are on
+    their way (being decoded), so the dispatcher waits for a batch to fill only when more are coming.
+    """
 
     def __init__(
         self,
@@ -89,15 +153,17 @@ class DevicePool:
         max_queue: int,
         pixel_budget: int,
         models: dict[str, dict] | None = None,
-        run=run_batch,
-        incoming=None,
+        run: Runner = run_batch,
+        warmup: Warmup | None = None,
+        incoming: Callable[[], int] | None = None,
     ) -> None:
-        self.devices = [Device(n, workers_per_device, (models or {}).get(n, {})) for n in names]
+        self.devices = [Device(n, workers_per_device, metrics, (models or {}).get(n, {})) for n in names]
         self.metrics = metrics
         self.max_batch, self.max_delay, self.pixel_budget = max_batch, max_delay, pixel_budget
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
-        self.run = run  # (op, works, torch.device, models) -> list[np.ndarray]; replaceable in tests
-        self.incoming = incoming  # () -> requests admitted but not queued yet (decoding); None: unknown
+        self.run = run
+        self.warmup = warmup
+        self.incoming = incoming
         self._slots = asyncio.Semaphore(len(self.devices) * workers_per_device)
         self._tasks: list[asyncio.Task] = []
 
@@ -144,21 +210,18 @@ class DevicePool:
             d.executor.shutdown(wait=False, cancel_futures=True)
 
     def least_loaded(self, exclude: Device | None = None) -> Device | None:
-        candidates = [d for d in self.devices if d is not exclude]
+        candidates = [d for d in self.devices if d is not exclude and (exclude is None or d.warm)]
         return min(candidates, key=lambda d: d.load) if candidates else None
 
     async def _warm(self, device: Device) -> None:
-        """Run a tiny batch through every code path the device needs, then mark it warm."""
-        op = build_filter(GaussianFilter(name="gaussian", ksize=3), "reflect101")
-        mask = np.zeros((16, 16), bool)
-        mask[4:12, 4:12] = True
-        work = Work(np.zeros((16, 16, 3), np.uint8), mask, "keep", "same")
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(device.executor, run_batch, op, [work, work], device.torch_device, None)
-        except Exception:
-            log.exception("warm-up failed on %s", device.name)
-            return
+        """Run the warm-up batch through the runner on ``device``, then mark it warm."""
+        if self.warmup is not None:
+            op, works = self.warmup
+            try:
+                await device.execute(self.run, op, works)
+            except Exception:
+                log.exception("warm-up failed on %s", device.name)
+                return
         device.warm = True
         log.info("device %s is warm", device.name)
 
@@ -175,7 +238,7 @@ class DevicePool:
                 if i:
                     await self._slots.acquire()
                 device = self.least_loaded()
-                device.load += len(group)
+                device.load += len(group)  # released by the worker once the group is done
                 device.queue.put_nowait(group)
 
     def _delay(self) -> float:
@@ -186,83 +249,52 @@ class DevicePool:
         while True:
             group: list[Job] = await device.queue.get()
             try:
-                await self._process(device, group)
+                await self._process(device, group, retried=False)
             except asyncio.CancelledError:
                 for job in group:
                     _fail(job, ComputeError("the server is shutting down"))
                 raise
-            except Exception as exc:  # never let a batch stop the worker
+            except Exception:  # never let a batch stop the worker
                 log.exception("worker on %s: unexpected error", device.name)
                 for job in group:
-                    _fail(job, ComputeError(f"internal error on {device.name}: {exc}"))
+                    _fail(job, ComputeError(f"internal error on {device.name}"))
             finally:
                 device.load -= len(group)
                 self._slots.release()
 
-    async def _process(self, device: Device, group: list[Job]) -> None:
+    async def _process(self, device: Device, group: list[Job], retried: bool) -> None:
         group = [j for j in group if not j.future.done()]
         if not group:
             return
-        try:
-            results, seconds = await self._execute(device, group)
-        except Exception as exc:
-            device.failures += 1
-            if len(group) > 1:
-                half = len(group) // 2 if _is_oom(exc) else 1
-                log.warning(
-                    "batch of %d failed on %s (%s); retrying in parts of %d", len(group), device.name, exc, half
-                )
-                for s in range(0, len(group), half):
-                    await self._process(device, group[s : s + half])
-                return
-            await self._retry_elsewhere(device, group[0], exc)
-            return
-        self._deliver(device, group, results, seconds)
-
-    async def _execute(self, device: Device, group: list[Job]) -> tuple[list[np.ndarray], float]:
-        loop = asyncio.get_running_loop()
         now = time.perf_counter()
         for job in group:
             job.started = now
             self.metrics.queue_wait.observe(now - job.enqueued)
-        gauge = self.metrics.inflight.labels(device=device.name)
-        gauge.inc(len(group))
         try:
-            works = [j.work for j in group]
-            results = await loop.run_in_executor(
-                device.executor, self.run, group[0].op, works, device.torch_device, device.models
-            )
-        finally:
-            gauge.dec(len(group))
-        seconds = time.perf_counter() - now
-        device.batches += 1
-        self.metrics.compute.labels(device=device.name).observe(seconds)
-        self.metrics.batch_size.observe(len(group))
-        return results, seconds
-
-    def _deliver(self, device: Device, group: list[Job], results: list[np.ndarray], seconds: float) -> None:
+            results, seconds = await device.execute(self.run, group[0].op, [j.work for j in group])
+        except Exception as exc:
+            other = self.least_loaded(exclude=device)
+            plan = recovery(exc, len(group), retried, other is not None)
+            log.warning("batch of %d failed on %s (%s): %s", len(group), device.name, exc, plan.action)
+            if plan.action == "split":
+                for s in range(0, len(group), plan.part):
+                    await self._process(device, group[s : s + plan.part], retried)
+            elif plan.action == "retry_elsewhere":
+                with other.reserve(1):
+                    await self._process(other, group, retried=True)
+            else:
+                _fail(group[0], ComputeError(f"computation failed on {device.name}: {_short(exc)}"))
+            return
         for job, result in zip(group, results):
             job.compute_s, job.batch_size, job.device = seconds, len(group), device.name
             if not job.future.done():
                 job.future.set_result(result)
 
-    async def _retry_elsewhere(self, device: Device, job: Job, exc: Exception) -> None:
-        other = self.least_loaded(exclude=device)
-        if other is not None and other.warm:
-            log.warning("job failed on %s (%s); retrying once on %s", device.name, exc, other.name)
-            other.load += 1
-            try:
-                results, seconds = await self._execute(other, [job])
-            except Exception as exc2:
-                other.failures += 1
-                _fail(job, ComputeError(f"failed on {device.name} ({exc}) and on {other.name} ({exc2})"))
-                return
-            finally:
-                other.load -= 1
-            self._deliver(other, [job], results, seconds)
-            return
-        log.warning("job failed on %s: %s", device.name, exc)
-        _fail(job, ComputeError(f"computation failed on {device.name}: {exc}"))
+
+def _short(exc: BaseException) -> str:
+    """The first line of an error message, at most 200 characters (no tracebacks or huge reprs in responses)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text[:200]
 
 
 def _fail(job: Job, exc: Exception) -> None:

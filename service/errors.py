@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
-__all__ = ["ApiError", "BodyTooLarge", "error_response", "from_validation"]
+__all__ = ["ApiError", "BodyTooLarge", "error_response", "from_http_error", "from_validation"]
 
 _PART = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -58,3 +60,12 @@ def from_validation(exc: ValidationError, prefix: str) -> ApiError:
             errors.append({"field": field, "reason": reason, "type": e["type"]})
     first = errors[0] if errors else {"field": prefix, "reason": "invalid"}
     return ApiError(422, "invalid_request", first["reason"], first["field"], errors=errors)
+
+
+def from_http_error(exc: HTTPException) -> ApiError:
+    """Starlette's own errors (404, 405, ...) in the documented shape; 405 keeps its ``Allow`` header."""
+    try:
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    except ValueError:
+        code = "http_error"
+    return ApiError(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))

@@ -182,7 +182,7 @@ def in_process_seconds(image: bytes, repeats: int = 50) -> float:
 
     from .app import _set_cpu_threads
     from .compute import run_batch
-    from .pipeline import encode_result, prepare
+    from .pipeline import encode_result, prepare, run_opencv
     from .schemas import Spec
 
     _set_cpu_threads(["cpu"], 1)  # the server's thread setting, for a fair comparison
@@ -191,7 +191,7 @@ def in_process_seconds(image: bytes, repeats: int = 50) -> float:
     for _ in range(repeats):
         t = time.perf_counter()
         p = prepare(spec, image, None, 10**8)
-        out = run_batch(p.op, [p.work], torch.device("cpu"))[0]
+        out = run_opencv(p) if p.engine == "opencv" else run_batch(p.op, [p.work], torch.device("cpu"))[0]
         encode_result(out, p)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
@@ -205,7 +205,7 @@ def compute_batch_gain(image: bytes, size: int = 16, repeats: int = 5) -> tuple[
     from .pipeline import prepare
     from .schemas import Spec
 
-    p = prepare(Spec.model_validate(SPEC), image, None, 10**8)
+    p = prepare(Spec.model_validate(SPEC), image, None, 10**8, prefer_torch=True)  # the batched engine
     works, cpu = [p.work] * size, torch.device("cpu")
     run_batch(p.op, works, cpu)
     one, single = [], []

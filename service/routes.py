@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
+from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from . import __version__
+from .budget import Peak, request_peak
 from .codec import CONTENT_TYPES
-from .devices import ComputeError, Job
 from .docs import DOCS_HTML
-from .errors import ApiError, BodyTooLarge, error_response, from_validation
+from .errors import ApiError, BodyTooLarge, from_validation
+from .execution import Outcome, run
 from .filters import catalog_schemas
-from .pipeline import encode_result, prepare
+from .metrics import Metrics
+from .openapi import FORM_SCHEMA
+from .pipeline import Prepared, prepare_and_run
 from .schemas import ModelFilter, Spec
+from .state import AppState, StateDep, record_of
 
-__all__ = ["routers"]
+__all__ = ["discard_body", "routers"]
 
 log = logging.getLogger("roiconv.routes")
 
@@ -33,61 +41,132 @@ health_router = APIRouter(tags=["health"])
 metrics_router = APIRouter(tags=["metrics"])
 docs_router = APIRouter(include_in_schema=False)
 
-_FORM_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "spec"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, TIFF, BMP, WebP"},
-                        "mask": {"type": "string", "format": "binary", "description": "same size; nonzero = ROI"},
-                        "spec": {"type": "string", "description": "JSON: see the Spec schema and GET /filters"},
-                    },
-                }
-            }
-        },
-    },
-    "responses": {
-        "200": {"description": "The filtered image", "content": {t: {} for t in sorted(set(CONTENT_TYPES.values()))}},
-        "401": {"description": "Missing or wrong X-API-Key"},
-        "413": {"description": "Body or image too large"},
-        "422": {"description": "Invalid image, mask or spec (the body names the field)"},
-        "429": {"description": "Queue full; see Retry-After"},
-        "503": {"description": "Draining"},
-        "504": {"description": "Deadline passed"},
-    },
-}
+_CLOSE = {"Connection": "close"}
 
 
-@convolve_router.post("/convolve", openapi_extra=_FORM_SCHEMA, response_class=Response)
-async def convolve(request: Request) -> Response:
+@dataclass(frozen=True)
+class Form:
+    """The parts of a /convolve body: image bytes, optional mask bytes, and the spec JSON text."""
+
+    image: bytes
+    mask: bytes | None
+    spec: bytes
+
+
+def require_key(request: Request, state: StateDep) -> None:
+    """401 unless ``X-API-Key`` matches ROICONV_API_KEY (when one is set); compared in constant time."""
+    key = state.settings.api_key
+    if key is not None:
+        given = request.headers.get("x-api-key", "").encode()
+        if not hmac.compare_digest(given, key.get_secret_value().encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", "X-API-Key")
+
+
+async def read_form(request: Request, state: StateDep, _key: Annotated[None, Depends(require_key)]) -> Form:
+    """The multipart body, read within ROICONV_BODY_TIMEOUT_S and the request deadline (408 past either)."""
+    record = record_of(request)
+    s = state.settings
+    with state.uploading(record):
+        timeout = max(0.0, min(s.body_timeout_s, record.started + s.request_timeout_s - time.perf_counter()))
+        try:
+            return await asyncio.wait_for(_read_form(request, s.max_spec_bytes), timeout)
+        except asyncio.TimeoutError:
+            reason = f"the request body did not arrive within {timeout:.1f} s (ROICONV_BODY_TIMEOUT_S)"
+            raise ApiError(408, "body_timeout", reason, "body", headers=_CLOSE) from None
+
+
+FormDep = Annotated[Form, Depends(read_form)]
+
+
+@convolve_router.post("/convolve", openapi_extra=FORM_SCHEMA, response_class=Response)
+async def convolve(request: Request, state: StateDep, form: FormDep) -> Response:
     """Filter an image only inside its region of interest (multipart: ``image``, optional ``mask``, ``spec``)."""
-    state = request.app.state.roiconv
-    metrics = state.metrics
-    t0 = time.perf_counter()
-    label = "invalid"
-    state.inflight += 1
+    record = record_of(request)
+    spec = await asyncio.to_thread(_parse_spec, form.spec)
+    record.filter = "model" if isinstance(spec.filter, ModelFilter) else spec.filter.name
+    _check_model(spec, state)
+    timeout = min(state.settings.request_timeout_s, (spec.timeout_ms or float("inf")) / 1000)
+    deadline = record.started + timeout
+    peak: Peak = await asyncio.to_thread(
+        request_peak, spec, form.image, form.mask, state.budget.total, state.settings.max_pixels
+    )
+    async with state.admit(peak.bytes, deadline - time.perf_counter()) as ticket:
+        prepare = functools.partial(_prepare, spec, form, state.settings.max_pixels, deadline, peak.bands)
+        prepared, outcome, body = await run(state, prepare, deadline, ticket)
+    return _respond(state.metrics, prepared, outcome, body)
+
+
+async def _read_form(request: Request, max_spec_bytes: int) -> Form:
     try:
-        spec, response = await _convolve(request, state, t0)
-        label = _filter_label(spec)
-    except ApiError as err:
-        if err.status in (401, 413, 429, 503, 504):
-            metrics.rejected.labels(reason=err.code).inc()
-        if err.status in (401, 429, 503):  # rejected before the body was read
-            await discard_body(request, state.settings.max_body_bytes)
-        response = error_response(err)
-        label = _filter_label(getattr(err, "spec", None))
-    except Exception as exc:  # a bug, not the input: answer with JSON, keep serving
-        log.exception("unexpected error in /convolve")
-        response = error_response(ApiError(500, "internal_error", f"unexpected {type(exc).__name__}: {exc}"))
-    finally:
-        state.inflight -= 1
-    metrics.requests.labels(filter=label, status=str(response.status_code)).inc()
-    metrics.request_duration.observe(time.perf_counter() - t0)
-    return response
+        form = await request.form(max_files=3, max_fields=4, max_part_size=max_spec_bytes)
+    except BodyTooLarge as exc:
+        raise ApiError(413, "body_too_large", str(exc), "body", headers=_CLOSE) from None
+    except ClientDisconnect:
+        raise ApiError(499, "client_closed", "the client closed the connection during the upload") from None
+    except HTTPException as exc:
+        if "maximum size" in str(exc.detail):
+            raise ApiError(413, "spec_too_large", f"spec is larger than {max_spec_bytes} bytes", "spec") from None
+        raise ApiError(422, "invalid_request", f"unreadable multipart body: {exc.detail}", "body") from None
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(422, "invalid_request", "the body must be multipart/form-data with image and spec", "body")
+    image, mask, spec = form.get("image"), form.get("mask"), form.get("spec")
+    if not isinstance(image, UploadFile):
+        raise ApiError(422, "invalid_request", "the image file is missing (multipart field 'image')", "image")
+    if mask is not None and not isinstance(mask, UploadFile):
+        raise ApiError(422, "invalid_request", "mask must be a file (multipart field 'mask')", "mask")
+    if isinstance(spec, UploadFile):
+        if spec.size is None or spec.size > max_spec_bytes:
+            raise ApiError(413, "spec_too_large", f"spec is larger than {max_spec_bytes} bytes", "spec")
+        spec = await spec.read()
+    if not isinstance(spec, (str, bytes)):
+        raise ApiError(422, "invalid_request", "the spec JSON is missing (multipart field 'spec')", "spec")
+    spec = spec.encode("utf-8", "replace") if isinstance(spec, str) else spec
+    return Form(await image.read(), (await mask.read()) if mask is not None else None, spec)
+
+
+def _parse_spec(text: bytes) -> Spec:
+    try:
+        return Spec.model_validate_json(text)
+    except ValidationError as exc:
+        raise from_validation(exc, "spec") from None
+
+
+def _check_model(spec: Spec, state: AppState) -> None:
+    if isinstance(spec.filter, ModelFilter) and spec.filter.model not in state.model_paths:
+        known = ", ".join(sorted(state.model_paths)) or "none"
+        raise ApiError(422, "invalid_request", f"unknown model {spec.filter.model!r} (loaded: {known})", "spec.filter")
+
+
+def _prepare(
+    spec: Spec, form: Form, max_pixels: int, deadline: float, bands: int, *, prefer_torch: bool
+) -> tuple[Prepared, bytes | None, float]:
+    try:
+        return prepare_and_run(
+            spec, form.image, form.mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
+        )
+    except ApiError:
+        raise
+    except MemoryError:
+        raise ApiError(413, "too_much_memory", "the image needs more memory than this server has", "image") from None
+    except Exception as exc:  # an input nothing above recognised as bad: still the input's fault
+        log.warning("could not prepare a request: %s", type(exc).__name__)
+        raise ApiError(422, "invalid_request", "could not decode or process the image", "image") from None
+
+
+def _respond(metrics: Metrics, prepared: Prepared, outcome: Outcome, body: bytes) -> Response:
+    metrics.roi_coverage.observe(prepared.coverage)
+    computed = int(round(prepared.coverage * prepared.positions))
+    metrics.windows_computed.inc(computed)
+    metrics.windows_skipped.inc(prepared.positions - computed)
+    headers = {
+        "X-ROI-Coverage": f"{prepared.coverage:.6f}",
+        "X-Queue-Seconds": f"{outcome.queue_s:.6f}",
+        "X-Compute-Seconds": f"{outcome.compute_s:.6f}",
+        "X-Batch-Size": str(outcome.batch_size),
+        "X-Device": outcome.device,
+        **prepared.headers,
+    }
+    return Response(body, media_type=CONTENT_TYPES[prepared.format], headers=headers)
 
 
 async def discard_body(request: Request, limit: int) -> None:
@@ -102,134 +181,14 @@ async def discard_body(request: Request, limit: int) -> None:
             received += len(chunk)
             if received > limit:
                 return
-    except RuntimeError:  # already read, or the client went away
+    except Exception:  # already read, or the client went away
         return
 
 
-def _filter_label(spec: Spec | None) -> str:
-    if spec is None:
-        return "invalid"
-    return "model" if isinstance(spec.filter, ModelFilter) else spec.filter.name
-
-
-async def _convolve(request: Request, state, t0: float) -> tuple[Spec, Response]:
-    settings, pool = state.settings, state.pool
-    if state.draining or pool is None:
-        raise ApiError(503, "draining", "the server is shutting down; retry on another replica", headers=_retry())
-    if settings.api_key is not None:
-        given = request.headers.get("x-api-key", "").encode()
-        if not hmac.compare_digest(given, settings.api_key.get_secret_value().encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", "X-API-Key")
-    if state.preparing + pool.queue.qsize() >= settings.max_queue:  # before reading the body: a prompt 429
-        raise ApiError(429, "queue_full", "too many requests are waiting; retry later", headers=_retry())
-    admission = _Admission(state)
-    try:
-        image_bytes, mask_bytes, spec_text = await _read_form(request)
-        try:
-            spec = Spec.model_validate_json(spec_text)
-        except ValidationError as exc:
-            raise from_validation(exc, "spec") from None
-        try:
-            return spec, await _run(state, spec, image_bytes, mask_bytes, t0, admission)
-        except ApiError as err:
-            err.spec = spec
-            raise
-    finally:
-        admission.release()
-
-
-class _Admission:
-    """A request admitted but not queued yet (reading, decoding): counted against MAX_QUEUE with the queued ones."""
-
-    def __init__(self, state) -> None:
-        self.state = state
-        state.preparing += 1
-        self.held = True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.state.preparing -= 1
-
-
-async def _read_form(request: Request) -> tuple[bytes, bytes | None, str]:
-    try:
-        form = await request.form(max_files=3, max_fields=4, max_part_size=1 << 20)
-    except BodyTooLarge as exc:
-        raise ApiError(413, "body_too_large", str(exc), "body", headers={"Connection": "close"}) from None
-    except HTTPException as exc:
-        raise ApiError(422, "invalid_request", f"unreadable multipart body: {exc.detail}", "body") from None
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(422, "invalid_request", "the body must be multipart/form-data with image and spec", "body")
-    image, mask, spec = form.get("image"), form.get("mask"), form.get("spec")
-    if not isinstance(image, UploadFile):
-        raise ApiError(422, "invalid_request", "the image file is missing (multipart field 'image')", "image")
-    if mask is not None and not isinstance(mask, UploadFile):
-        raise ApiError(422, "invalid_request", "mask must be a file (multipart field 'mask')", "mask")
-    if isinstance(spec, UploadFile):
-        spec = (await spec.read()).decode("utf-8", "replace")
-    if not isinstance(spec, str):
-        raise ApiError(422, "invalid_request", "the spec JSON is missing (multipart field 'spec')", "spec")
-    return await image.read(), (await mask.read()) if mask is not None else None, spec
-
-
-async def _run(
-    state, spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, t0: float, admission: _Admission
-) -> Response:
-    settings, pool, metrics = state.settings, state.pool, state.metrics
-    if isinstance(spec.filter, ModelFilter) and spec.filter.model not in state.model_paths:
-        known = ", ".join(sorted(state.model_paths)) or "none"
-        raise ApiError(422, "invalid_request", f"unknown model {spec.filter.model!r} (loaded: {known})", "spec.filter")
-    timeout = settings.request_timeout_s
-    if spec.timeout_ms is not None:
-        timeout = min(timeout, spec.timeout_ms / 1000)
-    deadline = t0 + timeout
-    try:
-        prepared = await asyncio.to_thread(prepare, spec, image_bytes, mask_bytes, settings.max_pixels)
-        job = Job(prepared.op, prepared.work, asyncio.get_running_loop().create_future())
-        admission.release()
-        pool.submit(job)
-    except ApiError:
-        raise
-    except asyncio.QueueFull:
-        raise ApiError(429, "queue_full", "too many requests are waiting; retry later", headers=_retry()) from None
-    except Exception as exc:  # an input nothing above recognised as bad: still the input's fault
-        log.warning("could not prepare a request: %r", exc)
-        raise ApiError(422, "invalid_request", f"could not process the input: {exc}", "image") from None
-    try:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            raise asyncio.TimeoutError
-        result = await asyncio.wait_for(asyncio.shield(job.future), remaining)
-    except asyncio.TimeoutError:
-        job.future.cancel()
-        reason = f"no result within {timeout:.3f} s (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
-        raise ApiError(504, "timeout", reason) from None
-    except ComputeError as exc:
-        raise ApiError(500, "compute_failed", str(exc)) from None
-    body = await asyncio.to_thread(encode_result, result, prepared)
-    metrics.roi_coverage.observe(prepared.coverage)
-    computed = int(round(prepared.coverage * prepared.positions))
-    metrics.windows_computed.inc(computed)
-    metrics.windows_skipped.inc(prepared.positions - computed)
-    headers = {
-        "X-ROI-Coverage": f"{prepared.coverage:.6f}",
-        "X-Queue-Seconds": f"{max(0.0, job.started - job.enqueued):.6f}",
-        "X-Compute-Seconds": f"{job.compute_s:.6f}",
-        "X-Batch-Size": str(job.batch_size),
-        "X-Device": job.device,
-    }
-    return Response(body, media_type=CONTENT_TYPES[prepared.format], headers=headers)
-
-
-def _retry() -> dict[str, str]:
-    return {"Retry-After": "1"}
-
-
 @catalog_router.get("/filters")
-async def filters(request: Request) -> dict:
+async def filters(state: StateDep) -> dict:
     """The filter catalog: each filter's description and JSON schema, and the loaded TorchScript models."""
-    return catalog_schemas(sorted(request.app.state.roiconv.model_paths))
+    return catalog_schemas(sorted(state.model_paths))
 
 
 @health_router.get("/livez")
@@ -239,18 +198,16 @@ async def livez() -> dict:
 
 
 @health_router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(state: StateDep) -> JSONResponse:
     """200 when every worker is warm and the server is not draining; 503 otherwise (JSON per device)."""
-    state = request.app.state.roiconv
     devices = {d.name: d.status() for d in state.pool.devices} if state.pool else {}
     body = {"ready": state.ready, "draining": state.draining, "devices": devices}
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
 @health_router.get("/info")
-async def info(request: Request) -> dict:
+async def info(state: StateDep) -> dict:
     """Version, devices and the effective settings (secrets left out)."""
-    state = request.app.state.roiconv
     import torch
 
     import convcore
@@ -267,10 +224,9 @@ async def info(request: Request) -> dict:
 
 
 @metrics_router.get("/metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
+async def metrics(state: StateDep) -> Response:
     """Prometheus metrics in the text exposition format."""
-    registry = request.app.state.roiconv.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @docs_router.get("/docs", response_class=HTMLResponse)

@@ -1,8 +1,8 @@
 """Request models: the ``spec`` JSON of POST /convolve, validated field by field.
 
 Every filter of the catalog is a model whose ``name`` selects it; ``model:<name>`` selects a TorchScript model.
-Numbers are checked to be finite and within the limits that keep a request bounded; a failure becomes a 422 that
-names the field (``spec.filter.ksize``) and the reason.
+Numbers are strict (JSON numbers only: no booleans or numeric strings), finite and within the limits that keep a
+request bounded; a failure becomes a 422 that names the field (``spec.filter.ksize``) and the reason.
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ __all__ = [
     "BoxFilter",
     "DilateFilter",
     "EmbossFilter",
+    "Crop",
     "ErodeFilter",
     "FILTER_MODELS",
+    "FillFilter",
     "GaussianFilter",
     "KernelFilter",
     "LaplacianFilter",
+    "MedianFilter",
     "ModelFilter",
+    "PixelateFilter",
     "Roi",
     "ScharrFilter",
     "SharpenFilter",
@@ -35,6 +39,8 @@ _COORD = 1 << 20
 Coord = Annotated[int, Field(ge=-_COORD, le=_COORD)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 OddSize = Annotated[int, Field(ge=1, le=MAX_KSIZE, description="odd, 1..31")]
+MAX_BLUR_KSIZE = 255
+BlurSize = Annotated[int, Field(ge=1, le=MAX_BLUR_KSIZE, description="odd, 1..255")]
 
 
 def _odd(name: str, value: int | list[int]) -> int | list[int]:
@@ -44,15 +50,19 @@ def _odd(name: str, value: int | list[int]) -> int | list[int]:
     return value
 
 
+MAX_WEIGHT = 1e6  # |weight| bound: any sum of kernel × 16-bit pixels stays far inside float32
+MAX_VERTICES = 65536  # all polygons of a ROI together
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GaussianFilter(_Strict):
     """cv2.GaussianBlur(src, (kx, ky), sigma, sigma_y): kernels from cv2.getGaussianKernel."""
 
     name: Literal["gaussian"]
-    ksize: OddSize | Annotated[list[OddSize], Field(min_length=2, max_length=2)] = 5
+    ksize: BlurSize | Annotated[list[BlurSize], Field(min_length=2, max_length=2)] = 5
     sigma: Finite | None = Field(None, gt=0, le=100, description="None: derived from ksize as OpenCV does")
     sigma_y: Finite | None = Field(None, gt=0, le=100, description="None: equal to sigma")
 
@@ -63,7 +73,7 @@ class BoxFilter(_Strict):
     """cv2.boxFilter(src, -1, (k, k), normalize=normalize); cv2.blur when normalized."""
 
     name: Literal["box"]
-    ksize: OddSize | Annotated[list[OddSize], Field(min_length=2, max_length=2)] = 3
+    ksize: BlurSize | Annotated[list[BlurSize], Field(min_length=2, max_length=2)] = 3
     normalize: bool = True
 
     _odd_ksize = field_validator("ksize")(lambda v: _odd("ksize", v))
@@ -81,6 +91,13 @@ class SobelFilter(_Derivative):
     dx: int = Field(1, ge=0, le=6)
     dy: int = Field(0, ge=0, le=6)
     ksize: Literal[1, 3, 5, 7] = 3
+
+    @field_validator("ksize", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        if type(value) is not int:  # a Literal compares equal to 3.0 and True: numbers must be JSON integers
+            raise ValueError(f"ksize must be an integer, one of 1, 3, 5, 7; got {value!r}"[:120])
+        return value
 
     @model_validator(mode="after")
     def _orders(self) -> SobelFilter:
@@ -186,6 +203,32 @@ class ErodeFilter(_Morph):
     name: Literal["erode"]
 
 
+class MedianFilter(_Strict):
+    """cv2.medianBlur(src, ksize): ksize 3..255 on 8-bit images, 3 or 5 on 16-bit and float32 (replicate border)."""
+
+    name: Literal["median"]
+    ksize: int = Field(5, ge=3, le=MAX_BLUR_KSIZE, description="odd, 3..255 (8-bit), 3 or 5 (16-bit, float32)")
+
+    _odd_ksize = field_validator("ksize")(lambda v: _odd("ksize", v))
+
+
+class PixelateFilter(_Strict):
+    """block×block cells anchored at the image's (0, 0); each ROI pixel takes the mean of its whole cell (every
+    pixel of the cell, inside the ROI or not), rounded half to even on 8/16-bit images."""
+
+    name: Literal["pixelate"]
+    block: int = Field(16, ge=1, le=4096, description="cell size in pixels, 1..4096")
+
+
+class FillFilter(_Strict):
+    """Every ROI pixel set to ``color``: one value per color channel (BGR order) or one for all."""
+
+    name: Literal["fill"]
+    color: list[Finite] = Field(
+        default_factory=lambda: [0.0], min_length=1, max_length=3, description="1 or C values within the depth's range"
+    )
+
+
 class ModelFilter(_Strict):
     """A TorchScript CNN from MODELS_DIR: float input in [0, 1] (N, C, H, W) → same-size output, scaled back."""
 
@@ -208,6 +251,9 @@ FILTER_MODELS: dict[str, type[BaseModel]] = {
     "adaptive_gaussian": AdaptiveGaussianFilter,
     "dilate": DilateFilter,
     "erode": ErodeFilter,
+    "median": MedianFilter,
+    "pixelate": PixelateFilter,
+    "fill": FillFilter,
 }
 
 
@@ -230,6 +276,9 @@ FilterSpec = Annotated[
     | Annotated[AdaptiveGaussianFilter, Tag("adaptive_gaussian")]
     | Annotated[DilateFilter, Tag("dilate")]
     | Annotated[ErodeFilter, Tag("erode")]
+    | Annotated[MedianFilter, Tag("median")]
+    | Annotated[PixelateFilter, Tag("pixelate")]
+    | Annotated[FillFilter, Tag("fill")]
     | Annotated[ModelFilter, Tag("model")],
     Discriminator(
         _filter_tag,
@@ -244,8 +293,9 @@ def _nested_shape(value: Any) -> tuple[int, ...]:
     if isinstance(value, bool):
         raise ValueError("weights must be numbers, got a boolean")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ValueError(f"weights must be finite, got {value}")
+        if not (isinstance(value, int) or math.isfinite(value)) or abs(value) > MAX_WEIGHT:
+            shown = f"{value:.3g}" if isinstance(value, float) else f"an integer of {value.bit_length()} bits"
+            raise ValueError(f"weights must be finite numbers within ±{MAX_WEIGHT:g} (float32 compute), got {shown}")
         return ()
     if not isinstance(value, list) or not value:
         raise ValueError("weights must be non-empty nested lists of numbers")
@@ -258,6 +308,9 @@ def _nested_shape(value: Any) -> tuple[int, ...]:
 Box = Annotated[list[Coord], Field(min_length=4, max_length=4, description="[x0, y0, x1, y1], x1/y1 exclusive")]
 Point = Annotated[list[Coord], Field(min_length=2, max_length=2)]
 Circle = Annotated[list[Coord], Field(min_length=3, max_length=3, description="[cx, cy, r]")]
+Ellipse = Annotated[
+    list[Finite], Field(min_length=5, max_length=5, description="[cx, cy, axis_x, axis_y, angle_deg] as cv2.ellipse")
+]
 
 
 class Roi(_Strict):
@@ -266,6 +319,7 @@ class Roi(_Strict):
     boxes: list[Box] = Field(default_factory=list, max_length=1024)
     polygons: list[Annotated[list[Point], Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
     circles: list[Circle] = Field(default_factory=list, max_length=256)
+    ellipses: list[Ellipse] = Field(default_factory=list, max_length=256)
     invert: bool = False
 
     @field_validator("boxes")
@@ -279,6 +333,9 @@ class Roi(_Strict):
     @field_validator("polygons")
     @classmethod
     def _polygons(cls, value: list[list[list[int]]]) -> list[list[list[int]]]:
+        total = sum(len(p) for p in value)
+        if total > MAX_VERTICES:
+            raise ValueError(f"the polygons have {total} points in all, more than {MAX_VERTICES}")
         for i, poly in enumerate(value):
             if len(poly) < 3:
                 raise ValueError(f"polygon {i} has {len(poly)} point(s); a polygon needs at least 3")
@@ -292,9 +349,30 @@ class Roi(_Strict):
                 raise ValueError(f"circle {i} has a negative radius {r}")
         return value
 
+    @field_validator("ellipses")
+    @classmethod
+    def _ellipses(cls, value: list[list[float]]) -> list[list[float]]:
+        for i, (cx, cy, ax, ay, angle) in enumerate(value):
+            if not all(float(v).is_integer() and abs(v) <= _COORD for v in (cx, cy, ax, ay)):
+                raise ValueError(f"ellipse {i}: cx, cy, axis_x, axis_y must be integers within ±{_COORD}")
+            if ax < 0 or ay < 0:
+                raise ValueError(f"ellipse {i} has a negative axis ({ax}, {ay})")
+            if abs(angle) > 360:
+                raise ValueError(f"ellipse {i}: angle_deg must be within [-360, 360], got {angle}")
+        return [[int(cx), int(cy), int(ax), int(ay), float(angle)] for cx, cy, ax, ay, angle in value]
+
     @property
     def given(self) -> bool:
-        return bool(self.boxes or self.polygons or self.circles)
+        return bool(self.boxes or self.polygons or self.circles or self.ellipses)
+
+
+class Crop(_Strict):
+    """The uploaded image is the region at (x, y) of a width×height image (the full image)."""
+
+    x: int = Field(ge=0, le=_COORD)
+    y: int = Field(ge=0, le=_COORD)
+    width: int = Field(ge=1, le=_COORD, description="the full image's width")
+    height: int = Field(ge=1, le=_COORD, description="the full image's height")
 
 
 class Spec(_Strict):
@@ -307,3 +385,6 @@ class Spec(_Strict):
     format: Literal["png", "jpeg", "tiff", "webp", "npy"] | None = Field(None, description="None: the input's")
     depth: Literal["same", "float32"] = "same"
     timeout_ms: int | None = Field(None, gt=0, le=3_600_000, description="capped by ROICONV_REQUEST_TIMEOUT_S")
+    crop: Crop | None = Field(None, description="the upload is a region of a larger image; ROI in full coordinates")
+    output_region: Literal["image", "roi"] = Field("image", description="roi: only the ROI's bounding rectangle")
+    exif: Literal["upright", "ignore"] = Field("upright", description="upright: apply the EXIF orientation")

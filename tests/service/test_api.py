@@ -144,7 +144,8 @@ def test_alpha_is_kept_unchanged():
 def test_mixed_size_concurrent_requests_are_batched_and_equal_single_results():
     sizes = [(40, 50, 3), (33, 61, 1), (64, 64, 3), (20, 24, 4), (50, 31, 3), (45, 45, 1)]
     images = [rand_image(h, w, c, seed=i) for i, (h, w, c) in enumerate(sizes)]
-    specs = [{"filter": GAUSS, "roi": {"boxes": [[i, i, 18 + i, 15 + 2 * i]]}} for i in range(len(sizes))]
+    adaptive = {"name": "adaptive_gaussian", "sigma_min": 0.5, "sigma_max": 2.0}  # the torch engine: batched
+    specs = [{"filter": adaptive, "roi": {"boxes": [[i, i, 18 + i, 15 + 2 * i]]}} for i in range(len(sizes))]
 
     async def main():
         async with running(max_batch_delay_ms=300.0, max_batch=16) as (_, client):

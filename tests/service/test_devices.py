@@ -149,3 +149,56 @@ def test_stop_cancels_workers_and_fails_queued_jobs():
     assert elapsed < 3.0
     assert all(j.future.done() for j in jobs)
     assert any(isinstance(j.future.exception(), ComputeError) for j in jobs if not j.future.cancelled())
+
+
+def test_recovery_policy_is_a_plain_function():
+    from service.devices import Recovery, recovery
+
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
+    assert recovery(oom, 8, retried=False, other_device=True) == Recovery("split", 4)
+    assert recovery(ValueError("bad"), 8, retried=False, other_device=True) == Recovery("split", 1)
+    assert recovery(ValueError("bad"), 1, retried=False, other_device=True) == Recovery("retry_elsewhere")
+    assert recovery(ValueError("bad"), 1, retried=True, other_device=True) == Recovery("fail")
+    assert recovery(oom, 1, retried=False, other_device=False) == Recovery("fail")
+
+
+def test_reserve_counts_load_and_gives_it_back_on_error():
+    async def main():
+        pool = _pool(["cpu"], run_batch)
+        device = pool.devices[0]
+        with device.reserve(3):
+            inside = device.load
+        try:
+            with device.reserve(2):
+                raise RuntimeError("x")
+        except RuntimeError:
+            pass
+        return inside, device.load
+
+    assert asyncio.run(main()) == (3, 0)
+
+
+def test_warm_up_goes_through_the_injected_runner():
+    calls = []
+
+    def recording(op, works, device, models):
+        calls.append(len(works))
+        return run_batch(op, works, device, models)
+
+    def failing(op, works, device, models):
+        raise RuntimeError("no device")
+
+    async def main():
+        warm = (OP, [Work(rand_image(8, 8), None, "keep", "same")] * 2)
+        good = _pool(["cpu"], recording, warmup=warm)
+        bad = _pool(["cpu"], failing, warmup=warm)
+        good.start()
+        bad.start()
+        await asyncio.sleep(0.3)
+        ready = (good.ready, bad.ready)
+        await good.stop()
+        await bad.stop()
+        return ready
+
+    assert asyncio.run(main()) == (True, False)
+    assert calls == [2]

@@ -14,6 +14,7 @@ from test_codec import _png_bomb
 from service.compute import run_batch
 
 GAUSS = {"name": "gaussian", "ksize": 5}
+BATCHED = {"name": "adaptive_gaussian", "sigma_min": 0.5, "sigma_max": 2.0}  # the torch engine: the batching pool
 IMG = encode(rand_image(24, 24))
 
 
@@ -23,10 +24,11 @@ IMG = encode(rand_image(24, 24))
         ("{not json", "spec", "not valid JSON"),
         ({"filter": {"name": "nope"}}, "spec.filter", "unknown filter"),
         ({"filter": {"name": "gaussian", "ksize": 4}}, "spec.filter.ksize", "odd"),
-        ({"filter": {"name": "gaussian", "ksize": 33}}, "spec.filter.ksize", "31"),
+        ({"filter": {"name": "gaussian", "ksize": 257}}, "spec.filter.ksize", "255"),
         ({"filter": {"name": "gaussian", "sigma": 0}}, "spec.filter.sigma", "greater than 0"),
         ('{"filter": {"name": "gaussian", "sigma": NaN}}', "spec.filter.sigma", "finite"),
-        ({"filter": {"name": "gaussian", "sigma": "1e999"}}, "spec.filter.sigma", "finite"),
+        ('{"filter": {"name": "gaussian", "sigma": 1e999}}', "spec.filter.sigma", "finite"),
+        ({"filter": {"name": "gaussian", "sigma": "2"}}, "spec.filter.sigma", "valid number"),
         ({"filter": GAUSS, "roi": {"polygons": [[]]}}, "spec.roi.polygons", "at least 3"),
         ({"filter": GAUSS, "roi": {"boxes": [[5, 5, 5, 9]]}}, "spec.roi.boxes", "empty"),
         ({"filter": GAUSS, "roi": {"circles": [[1, 1, -2]]}}, "spec.roi.circles", "negative"),
@@ -56,7 +58,8 @@ def test_bad_spec_is_422_naming_the_field(spec, field, needle):
 def test_image_too_small_for_the_kernel_is_422():
     async def main():
         async with running() as (_, client):
-            return await post(client, encode(rand_image(10, 12)), {"filter": {"name": "gaussian", "ksize": 31}})
+            spec = {"filter": {"name": "adaptive_gaussian", "ksize": 31}}  # the torch engine pads inside the image
+            return await post(client, encode(rand_image(10, 12)), spec)
 
     r = run(main())
     assert r.status_code == 422 and r.json()["field"] == "spec.filter.ksize" and "too small" in r.json()["reason"]
@@ -177,11 +180,11 @@ def test_full_queue_is_429_with_retry_after_and_the_rest_succeed():
                         return
                     await asyncio.sleep(0.01)
 
-            tasks = [asyncio.create_task(post(client, IMG, {"filter": GAUSS}))]
+            tasks = [asyncio.create_task(post(client, IMG, {"filter": BATCHED}))]
             await until(lambda: pool.devices[0].load == 1)  # the first one computing (blocked)
-            tasks += [asyncio.create_task(post(client, IMG, {"filter": GAUSS})) for _ in range(2)]
+            tasks += [asyncio.create_task(post(client, IMG, {"filter": BATCHED})) for _ in range(2)]
             await until(pool.queue.full)  # two waiting: the queue is full
-            rejected = await post(client, IMG, {"filter": GAUSS})
+            rejected = await post(client, IMG, {"filter": BATCHED})
             gate.event.set()
             done = await asyncio.gather(*tasks)
             metrics = (await client.get("/metrics")).text
@@ -199,9 +202,9 @@ def test_deadline_passed_is_504_and_server_continues():
     async def main():
         async with running() as (app, client):
             app.state.roiconv.pool.run = gate
-            late = await post(client, IMG, {"filter": GAUSS, "timeout_ms": 100})
+            late = await post(client, IMG, {"filter": BATCHED, "timeout_ms": 100})
             gate.event.set()
-            ok = await post(client, IMG, {"filter": GAUSS})
+            ok = await post(client, IMG, {"filter": BATCHED})
             return late, ok
 
     late, ok = run(main())
@@ -219,8 +222,8 @@ def test_failing_batch_fails_only_the_poisoned_request_and_worker_keeps_serving(
         async with running(max_batch_delay_ms=200.0) as (app, client):
             app.state.roiconv.pool.run = flaky
             images = [rand_image(20, 13 if i == 2 else 20, seed=i) for i in range(5)]
-            batch = await asyncio.gather(*[post(client, encode(im), {"filter": GAUSS}) for im in images])
-            after = await post(client, IMG, {"filter": GAUSS})
+            batch = await asyncio.gather(*[post(client, encode(im), {"filter": BATCHED}) for im in images])
+            after = await post(client, IMG, {"filter": BATCHED})
             ready = await client.get("/readyz")
             return batch, after, ready
 

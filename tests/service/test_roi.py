@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.roi import RoiError, build_mask
+from service.regions import RegionError as RoiError
+from service.regions import build_mask
 from service.schemas import Roi
 
 

@@ -1,0 +1,165 @@
+"""Crafted inputs for the abuse tests, built by the tests themselves: TIFFs with chosen tags, npy files with chosen
+headers, header-declared bombs per format, and the corpus of (name, image bytes, spec extra, expected statuses)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+from service_support import encode, rand_image
+
+_SHORT, _LONG = 3, 4
+
+
+def tiff(
+    width: int,
+    height: int,
+    *,
+    extra: list[tuple[int, int]] = (),
+    pages: int = 1,
+    bps: int = 8,
+    spp: int = 1,
+    data: bytes | None = None,
+) -> bytes:
+    """An uncompressed little-endian TIFF (gray when ``spp`` = 1) of ``width`` x ``height``; ``extra`` entries
+    (tag, value) are added next to the standard ones (e.g. a second ImageWidth), ``pages`` IFDs chain the same image.
+    """
+    pixels = data
+    if pixels is None:
+        values = np.arange(width * height * spp, dtype=np.uint32) % 251
+        pixels = values.astype(np.uint8 if bps == 8 else "<u2").tobytes()
+    entries = [
+        (256, _LONG, width),
+        (257, _LONG, height),
+        (258, _SHORT, bps),
+        (259, _SHORT, 1),
+        (262, _SHORT, 2 if spp >= 3 else 1),
+        (273, _LONG, 0),  # strip offset, patched below
+        (277, _SHORT, spp),
+        (278, _LONG, height),
+        (279, _LONG, len(pixels)),
+    ] + [(tag, _LONG, value) for tag, value in extra]
+    entries.sort(key=lambda e: e[0])
+    ifd_size = 2 + 12 * len(entries) + 4
+    data_offset = 8 + pages * ifd_size
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    for page in range(pages):
+        out += struct.pack("<H", len(entries))
+        for tag, typ, value in entries:
+            value = data_offset if tag == 273 else value
+            packed = struct.pack("<HI", value, 0)[:4] if typ == _SHORT else struct.pack("<I", value)
+            out += struct.pack("<HHI", tag, typ, 1) + packed
+        out += struct.pack("<I", 8 + (page + 1) * ifd_size if page + 1 < pages else 0)
+    return bytes(out) + pixels
+
+
+def npy(array: np.ndarray | None = None, *, header: str | None = None, body: bytes = b"") -> bytes:
+    """An npy file of ``array``, or one with a hand-written ``header`` dict literal and raw ``body``."""
+    if header is None:
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        return buf.getvalue()
+    text = header.encode("latin1")
+    pad = 64 - (10 + len(text) + 1) % 64
+    text += b" " * pad + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + body
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+
+
+def palette_png(width: int, height: int) -> bytes:
+    """An 8-bit palette PNG (color type 3) with a 4-color palette."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + bytes((x + y) % 4 for x in range(width)) for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    plte = bytes([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    body = chunk(b"IHDR", ihdr) + chunk(b"PLTE", plte) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def jpeg_bomb(width: int, height: int) -> bytes:
+    data = bytearray(encode(rand_image(8, 8), ".jpg"))
+    pos = 2
+    while data[pos + 1] not in (0xC0, 0xC2):
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    data[pos + 5 : pos + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def bmp_bomb(width: int, height: int) -> bytes:
+    data = bytearray(encode(rand_image(4, 4), ".bmp"))
+    data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+def webp_bomb(width: int, height: int) -> bytes:
+    data = bytearray(cv2.imencode(".webp", rand_image(8, 8), [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes())
+    assert data[12:16] == b"VP8L"
+    bits = (width - 1) | ((height - 1) << 14)
+    data[21:25] = struct.pack("<I", bits | (struct.unpack("<I", bytes(data[21:25]))[0] & ~0xFFFFFFF))
+    return bytes(data)
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A JPEG with an APP1 Exif segment saying Orientation = 6 (rotate 90°)."""
+    jpg = encode(rand_image(16, 24), ".jpg")
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack("<I", 0)
+    tiff_hdr = b"II*\x00" + struct.pack("<I", 8) + ifd
+    app1 = b"Exif\x00\x00" + tiff_hdr
+    return jpg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpg[2:]
+
+
+def corpus() -> list[tuple[str, bytes, dict, set[int]]]:
+    """(name, image bytes, spec additions, allowed statuses) for every crafted input."""
+    img = rand_image(24, 32, seed=3)
+    png = encode(img)
+    cmyk = tiff(8, 6, spp=4)
+    progressive = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    obj = np.array([{"a": 1}], dtype=object)
+    pickled = io.BytesIO()
+    np.save(pickled, obj, allow_pickle=True)
+    nan = np.full((6, 6), np.nan, np.float32)
+    cases = [
+        ("zero-length", b"", {}, {422}),
+        ("random bytes", np.random.default_rng(0).bytes(4096), {}, {422}),
+        ("truncated png", png[: len(png) // 2], {}, {422}),
+        ("truncated jpeg", encode(img, ".jpg")[:200], {}, {200, 422}),
+        ("png bomb", png_bomb(100_000, 100_000), {}, {413}),
+        ("jpeg bomb", jpeg_bomb(60_000, 60_000), {}, {413}),
+        ("bmp bomb", bmp_bomb(100_000, 100_000), {}, {413}),
+        ("webp bomb", webp_bomb(16384, 16384), {}, {413}),
+        ("tiff bomb", tiff(100_000, 100_000, data=b"\x00" * 64), {}, {413}),
+        ("tiff duplicate width", tiff(20, 20, extra=[(256, 20000)]), {}, {422}),
+        ("tiff 5 samples", tiff(4, 4, spp=5), {}, {422}),
+        ("npy bomb", npy(header="{'descr': '|u1', 'fortran_order': False, 'shape': (100000, 100000), }"), {}, {413}),
+        (
+            "npy channels bomb",
+            npy(header="{'descr': '|u1', 'fortran_order': False, 'shape': (4, 4, 1000000000000), }"),
+            {},
+            {422},
+        ),
+        ("npy pickled", pickled.getvalue(), {}, {422}),
+        ("npy big-endian", npy(rand_image(6, 6, c=1, dtype=np.uint16).astype(">u2")), {}, {422}),
+        ("npy NaN", npy(nan), {}, {422}),
+        ("npy bad header", npy(header="{'descr': '|u1', 'shape': (lambda: 1)}"), {}, {422}),
+        ("exif rotated jpeg", exif_rotated_jpeg(), {}, {200}),
+        ("cmyk-like 4-sample tiff", cmyk, {}, {200}),
+        ("progressive jpeg", progressive, {}, {200}),
+        ("16-bit png", encode(rand_image(12, 10, dtype=np.uint16)), {}, {200}),
+        ("float32 tiff", encode(rand_image(12, 10, dtype=np.float32), ".tiff"), {}, {200}),
+        ("multi-page tiff", tiff(9, 7, pages=2), {}, {200}),
+        ("palette png", palette_png(12, 10), {}, {200}),
+        ("1x1", encode(rand_image(1, 1)), {"filter": {"name": "box", "ksize": 1}}, {200}),
+        ("1x1 with 3x3", encode(rand_image(1, 1)), {}, {200, 422}),
+        ("webp too wide", encode(rand_image(4, 17000, c=1)), {"format": "webp"}, {422}),
+    ]
+    return cases
