@@ -36,7 +36,7 @@ from .routes import discard_body, routers
 from .schemas import GaussianFilter
 from .state import AppState
 
-__all__ = ["AppState", "BodyLimitMiddleware", "create_app", "warmup_batch"]
+__all__ = ["AppState", "BodyLimitMiddleware", "create_app", "set_cpu_threads", "warmup_batch"]
 
 log = logging.getLogger("roiconv.app")
 
@@ -88,7 +88,7 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": response.body})
 
 
-def _set_cpu_threads(devices: list[str], workers: int) -> None:
+def set_cpu_threads(devices: list[str], workers: int) -> None:
     """On CPU, give each worker's torch ops half the cores / workers: decoding, encoding and HTTP use the rest.
 
     Small per-request ops gain nothing from more threads, and oversubscribed OpenMP threads spin and stall.
@@ -126,7 +126,7 @@ async def lifespan(app: FastAPI):
     state.pool = pool
     state.cpu_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="roiconv-cpu")
     state.draining = False
-    _set_cpu_threads(state.devices, s.workers_per_device)
+    set_cpu_threads(state.devices, s.workers_per_device)
     pool.start()
     log.info("roiconv %s serving on %s", __version__, ", ".join(state.devices))
     try:

@@ -180,12 +180,12 @@ def in_process_seconds(image: bytes, repeats: int = 50) -> float:
     """Median in-process decode + convolve + encode time of the load test's request (no HTTP)."""
     import torch
 
-    from .app import _set_cpu_threads
+    from .app import set_cpu_threads
     from .compute import run_batch
     from .pipeline import encode_result, prepare, run_opencv
     from .schemas import Spec
 
-    _set_cpu_threads(["cpu"], 1)  # the server's thread setting, for a fair comparison
+    set_cpu_threads(["cpu"], 1)  # the server's thread setting, for a fair comparison
     spec = Spec.model_validate(SPEC)
     times = []
     for _ in range(repeats):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import convcore
-from convcore._checks import conv_geometry
+from convcore import conv_geometry
 
 from . import codec, cvengine, exif
 from .compute import Work, finish, run_batch
