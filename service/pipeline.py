@@ -21,7 +21,7 @@ from .filters import FilterOp, build_filter
 from .roi import RoiError, build_mask
 from .schemas import Spec
 
-__all__ = ["Prepared", "encode_result", "prepare"]
+__all__ = ["Prepared", "encode_result", "prepare", "process", "region_headers"]
 
 _NEEDS = {"morph": "morph_conv2d", "adaptive": "adaptive_gaussian_blur2d"}
 
@@ -35,6 +35,8 @@ class Prepared:
     format: str
     coverage: float
     positions: int
+    rect: tuple[int, int, int, int] | None = None
+    offset: tuple[int, int] = (0, 0)
 
 
 def _decode(data: bytes, max_pixels: int, field: str) -> codec.Image:
@@ -50,8 +52,18 @@ def prepare(spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, max_pixels
     """Decode the image (and mask), rasterize the ROI, resolve the filter and check that the output can be written."""
     image = _decode(image_bytes, max_pixels, "image")
     mask_pixels = None if mask_bytes is None else _decode(mask_bytes, max_pixels, "mask").pixels
+    roi, (ox, oy) = spec.roi, (0, 0)
+    if spec.crop is not None:  # TEMP stub: shift the ROI into the crop
+        c = spec.crop
+        if (c.width, c.height) != (image.width, image.height):
+            raise ApiError(422, "invalid_request", "crop size disagrees with the upload", "spec.crop")
+        ox, oy = c.x, c.y
+        roi = roi.model_copy(update={
+            "boxes": [[b[0] - ox, b[1] - oy, b[2] - ox, b[3] - oy] for b in roi.boxes],
+            "polygons": [[[px - ox, py - oy] for px, py in p] for p in roi.polygons],
+            "circles": [[cx - ox, cy - oy, r] for cx, cy, r in roi.circles]})
     try:
-        mask = build_mask(spec.roi, image.height, image.width, mask_pixels)
+        mask = build_mask(roi, image.height, image.width, mask_pixels)
     except RoiError as exc:
         raise ApiError(422, "invalid_request", str(exc), exc.field) from None
     op = build_filter(spec.filter, spec.border)
@@ -95,9 +107,35 @@ def prepare(spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, max_pixels
         raise ApiError(422, "invalid_request", why, "spec.format" if spec.format else "spec.depth")
     coverage = 1.0 if mask is None else float(mask.mean())
     work = Work(image.pixels, mask, spec.outside, spec.depth)
-    return Prepared(op, work, fmt, coverage, image.height * image.width * color)
+    rect = None
+    if spec.output_region == "roi":
+        ys, xs = np.nonzero(mask) if mask is not None else ([0, image.height - 1], [0, image.width - 1])
+        rect = (int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1) if len(xs) else (0, 0, 0, 0)
+    return Prepared(op, work, fmt, coverage, image.height * image.width * color, rect, (ox, oy))
 
 
 def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:
     """Round/saturate the float result to the output depth, put the alpha back, and encode it."""
-    return codec.encode(finish(result, prepared.work), prepared.format)
+    out = finish(result, prepared.work)
+    if prepared.rect is not None:
+        x0, y0, x1, y1 = prepared.rect
+        out = out[y0:y1, x0:x1]
+    return codec.encode(out, prepared.format)
+
+
+def region_headers(prepared: Prepared) -> dict[str, str]:
+    if prepared.rect is None:
+        return {}
+    (x0, y0, x1, y1), (ox, oy) = prepared.rect, prepared.offset
+    return {"X-ROI-Rect": f"{x0 + ox},{y0 + oy},{x1 + ox},{y1 + oy}"}
+
+
+def process(spec: Spec, image_bytes: bytes, mask_bytes: bytes | None = None, *, max_pixels: int):
+    """TEMP stub of the in-process path: (body, media type, headers)."""
+    import torch
+
+    from .compute import run_batch
+
+    prepared = prepare(spec, image_bytes, mask_bytes, max_pixels)
+    (result,) = run_batch(prepared.op, [prepared.work], torch.device("cpu"))
+    return encode_result(result, prepared), codec.CONTENT_TYPES[prepared.format], region_headers(prepared)

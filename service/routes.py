@@ -20,7 +20,7 @@ from .devices import ComputeError, Job
 from .docs import DOCS_HTML
 from .errors import ApiError, BodyTooLarge, error_response, from_validation
 from .filters import catalog_schemas
-from .pipeline import encode_result, prepare
+from .pipeline import encode_result, prepare, region_headers
 from .schemas import ModelFilter, Spec
 
 __all__ = ["routers"]
@@ -218,6 +218,7 @@ async def _run(
         "X-Compute-Seconds": f"{job.compute_s:.6f}",
         "X-Batch-Size": str(job.batch_size),
         "X-Device": job.device,
+        **region_headers(prepared),
     }
     return Response(body, media_type=CONTENT_TYPES[prepared.format], headers=headers)
 

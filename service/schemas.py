@@ -297,8 +297,18 @@ class Roi(_Strict):
         return bool(self.boxes or self.polygons or self.circles)
 
 
+class Crop(_Strict):
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
 class Spec(_Strict):
     """The ``spec`` form field of POST /convolve."""
+
+    crop: Crop | None = None
+    output_region: Literal["full", "roi"] = "full"
 
     filter: FilterSpec
     roi: Roi = Field(default_factory=Roi)
