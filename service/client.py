@@ -108,8 +108,11 @@ def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
     rows[:, 1:] = raw
     rows[1:, 1:] -= raw[:-1]  # wraps modulo 256, as PNG defines
     header = struct.pack(">IIBBBBB", w, h, 16 if a.dtype.itemsize == 2 else 8, {1: 0, 3: 2, 4: 6}[c], 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows, level)) + _chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows, level))
+        + _chunk(b"IEND", b"")
     )
 
 
@@ -223,8 +226,15 @@ def crop_rect(spec: dict, height: int, width: int, catalog: dict | None = None) 
     x0, y0, x1, y1 = rect
     filt = spec["filter"]
     if filt.get("name") == "pixelate":
-        b = int(filt.get("block") or _catalog_entry(catalog, "pixelate").get("schema", {}).get("properties", {})
-                .get("block", {}).get("default") or 0)
+        b = int(
+            filt.get("block")
+            or _catalog_entry(catalog, "pixelate")
+            .get("schema", {})
+            .get("properties", {})
+            .get("block", {})
+            .get("default")
+            or 0
+        )
         if b <= 0:
             return None
         x0, y0, x1, y1 = x0 // b * b, y0 // b * b, -(-x1 // b) * b, -(-y1 // b) * b
@@ -246,8 +256,10 @@ def _as_spec(spec: dict | str) -> dict:
     if isinstance(spec, str):
         spec = json.loads(spec)
     if not isinstance(spec, dict) or "filter" not in spec:
-        raise ValueError('spec must be a dict (or JSON text) with at least a "filter", e.g. {"filter": {"name": '
-                         '"gaussian", "ksize": 9}, "roi": {"boxes": [[x0, y0, x1, y1]]}}')
+        raise ValueError(
+            'spec must be a dict (or JSON text) with at least a "filter", e.g. {"filter": {"name": '
+            '"gaussian", "ksize": 9}, "roi": {"boxes": [[x0, y0, x1, y1]]}}'
+        )
     return dict(spec)
 
 
@@ -307,8 +319,9 @@ def _retry_delay(response: httpx.Response, attempt: int, max_wait: float) -> flo
 
 
 class _Base:
-    def __init__(self, url: str, api_key: str | None, timeout: float, retries: int, max_retry_wait: float,
-                 roi_transfer: bool) -> None:
+    def __init__(
+        self, url: str, api_key: str | None, timeout: float, retries: int, max_retry_wait: float, roi_transfer: bool
+    ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.url = url.rstrip("/")
@@ -330,9 +343,17 @@ class Client(_Base):
     """Blocking client. ``retries``: how many times a 429/503 is retried (after Retry-After, at most
     ``max_retry_wait`` seconds each); ``roi_transfer=False`` sends whole images."""
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 5,
-                 max_retry_wait: float = 10.0, roi_transfer: bool = True, transport: httpx.BaseTransport | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        max_retry_wait: float = 10.0,
+        roi_transfer: bool = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         super().__init__(url, api_key, timeout, retries, max_retry_wait, roi_transfer)
         self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, transport=transport)
 
@@ -375,12 +396,26 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client` (same arguments and methods, awaited); safe to share between tasks."""
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 5,
-                 max_retry_wait: float = 10.0, roi_transfer: bool = True, limits: httpx.Limits | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        max_retry_wait: float = 10.0,
+        roi_transfer: bool = True,
+        limits: httpx.Limits | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         super().__init__(url, api_key, timeout, retries, max_retry_wait, roi_transfer)
-        self.http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout,
-                                      limits=limits or httpx.Limits(max_connections=64), transport=transport)
+        self.http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=self.headers,
+            timeout=timeout,
+            limits=limits or httpx.Limits(max_connections=64),
+            transport=transport,
+        )
         self._catalog_lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncClient:

@@ -44,14 +44,26 @@ def smooth(h: int, w: int, c: int = 3, dtype=np.uint8, seed: int = 0) -> np.ndar
 
 CASES = [
     ("gaussian k31 box", {"filter": {"name": "gaussian", "ksize": 31}, "roi": {"boxes": [[60, 40, 110, 90]]}}),
-    ("box touching edges", {"filter": {"name": "box", "ksize": 9}, "roi": {"boxes": [[-5, -5, 30, 20], [0, 100, 20, 160]]}}),
-    ("sobel polygon", {"filter": {"name": "sobel", "dx": 1, "dy": 0, "ksize": 5},
-                       "roi": {"polygons": [[[20, 30], [70, 35], [40, 80]]]}}),
-    ("dilate circle, outside zero", {"filter": {"name": "dilate", "ksize": 7}, "roi": {"circles": [[150, 60, 18]]},
-                                     "outside": "zero"}),
+    (
+        "box touching edges",
+        {"filter": {"name": "box", "ksize": 9}, "roi": {"boxes": [[-5, -5, 30, 20], [0, 100, 20, 160]]}},
+    ),
+    (
+        "sobel polygon",
+        {
+            "filter": {"name": "sobel", "dx": 1, "dy": 0, "ksize": 5},
+            "roi": {"polygons": [[[20, 30], [70, 35], [40, 80]]]},
+        },
+    ),
+    (
+        "dilate circle, outside zero",
+        {"filter": {"name": "dilate", "ksize": 7}, "roi": {"circles": [[150, 60, 18]]}, "outside": "zero"},
+    ),
     ("default ksize from the catalog", {"filter": {"name": "gaussian"}, "roi": {"boxes": [[100, 100, 130, 118]]}}),
-    ("reflect border", {"filter": {"name": "gaussian", "ksize": 15}, "roi": {"boxes": [[0, 0, 25, 25]]},
-                        "border": "reflect"}),
+    (
+        "reflect border",
+        {"filter": {"name": "gaussian", "ksize": 15}, "roi": {"boxes": [[0, 0, 25, 25]]}, "border": "reflect"},
+    ),
 ]
 
 
@@ -111,8 +123,10 @@ def test_typed_errors_name_the_field(server):
 
 def test_async_client_under_concurrency(server):
     imgs = [smooth(80, 100, seed=i) for i in range(16)]
-    specs = [{"filter": {"name": "gaussian", "ksize": 3 + 2 * (i % 5)}, "roi": {"boxes": [[i, i, 40 + i, 50]]}}
-             for i in range(16)]
+    specs = [
+        {"filter": {"name": "gaussian", "ksize": 3 + 2 * (i % 5)}, "roi": {"boxes": [[i, i, 40 + i, 50]]}}
+        for i in range(16)
+    ]
 
     async def go():
         async with AsyncClient(server.url) as client:
