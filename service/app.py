@@ -26,6 +26,7 @@ from .config import Settings, SettingsError, load_settings, parse_devices
 from .devices import DevicePool
 from .errors import ApiError, BodyTooLarge, error_response
 from .metrics import Metrics
+from .page import page_router
 from .routes import routers
 
 __all__ = ["AppState", "BodyLimitMiddleware", "create_app"]
@@ -188,6 +189,7 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
     app.state.roiconv = AppState(settings, devices, Metrics(registry), _find_models(settings.models_dir))
     for router in routers:
         app.include_router(router)
+    app.include_router(page_router)
     metrics = app.state.roiconv.metrics
     app.add_middleware(
         BodyLimitMiddleware,
