@@ -1,17 +1,20 @@
 """``roiconv apply INPUT… --out DIR``: filter the ROIs of image files, in process or through a server.
 
-In process (the default) every file goes through :func:`service.pipeline.process` — the server's own decode, filter
-and encode — in worker processes across the cores. With ``--server URL`` the files are decoded here and sent with
-:class:`service.client.AsyncClient` (ROI-aware transfer, ``--concurrency`` requests in flight), so the work can go
-to a cluster behind a load balancer. Outputs keep the input's name, folder layout and format (EXIF and ICC copied
-for JPEG and PNG); a file whose output exists is skipped unless ``--overwrite``; a file without ROI shapes is copied
-unchanged. Exit status: 0 when nothing failed, 1 when a file failed, 2 for bad arguments.
+In process (the default) every file is decoded with OpenCV (JPEG upright by its EXIF orientation, as the server
+does), the ROI's region with the filter's halo goes through :func:`service.pipeline.process` — the server's own
+engine — and the result is pasted back and encoded, in worker processes across the cores. With ``--server URL`` the
+files are decoded the same way and sent with :class:`service.client.AsyncClient` (ROI-aware transfer,
+``--concurrency`` requests in flight), so the work can go to a cluster behind a load balancer. Outputs keep the
+input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG); a file whose output exists is skipped
+unless ``--overwrite``; a file without ROI shapes is copied unchanged. Exit status: 0 when nothing failed, 1 when a
+file failed, 2 for bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import multiprocessing
 import os
@@ -20,11 +23,12 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .apply_io import RoiSource, copy_metadata, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
-__all__ = ["Task", "add_arguments", "plan_tasks", "process_file", "run"]
+__all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
 
 _FORMATS = {
     ".png": "png",
@@ -126,13 +130,42 @@ def _process_file(task: Task, max_pixels: int) -> str:
         task.dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(task.src, task.dst)
         return "copied"
+    data = task.src.read_bytes()
+    fmt = _FORMATS.get(task.src.suffix.lower(), "")
+    pixels = _decode(data, fmt)
+    if pixels.shape[0] * pixels.shape[1] > max_pixels:
+        raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, more than ROICONV_MAX_PIXELS={max_pixels}")
+    result = convolve_local(pixels, task.spec, max_pixels)
+    _write(task.dst, copy_metadata(data, _encode(result, fmt, task.src.suffix), fmt))
+    return "done"
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict:
+    from .filters import catalog_schemas
+
+    return catalog_schemas([])
+
+
+def convolve_local(pixels, spec: dict, max_pixels: int):
+    """``pixels`` (H, W[, C]) filtered by :func:`service.pipeline.process` in this process, with the client's
+    ROI-aware cut: only the ROI's region with its halo is converted, filtered and returned, then pasted into a copy."""
+    import numpy as np
+
+    from .client import crop_request, paste_region
     from .pipeline import process
     from .schemas import Spec
 
-    data = task.src.read_bytes()
-    body, _, _ = process(Spec.model_validate(task.spec), data, max_pixels=max_pixels)
-    _write(task.dst, copy_metadata(data, body, _FORMATS.get(task.src.suffix.lower(), "")))
-    return "done"
+    cropped = crop_request(pixels, spec, _catalog())
+    region, sent = cropped if cropped is not None else (pixels, spec)
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(region), allow_pickle=False)
+    body, _, headers = process(Spec.model_validate({**sent, "format": "npy"}), buf.getvalue(), max_pixels=max_pixels)
+    result = np.load(io.BytesIO(body), allow_pickle=False)
+    if cropped is None:
+        return result
+    rect = {k.lower(): v for k, v in headers.items()}["x-roi-rect"]
+    return paste_region(pixels, result, rect, spec.get("outside", "keep"))
 
 
 def _reason(exc: BaseException) -> str:

@@ -40,8 +40,10 @@ __all__ = [
     "ServerBusy",
     "ServerError",
     "crop_rect",
+    "crop_request",
     "encode_png",
     "filter_halo",
+    "paste_region",
     "roi_rect",
 ]
 
@@ -286,28 +288,43 @@ def _plan(image: ImageInput, spec: dict | str, mask: ImageInput | None, roi_tran
         return _Plan(files, spec, None)
     if img.ndim not in (2, 3) or img.dtype not in (np.uint8, np.uint16, np.float32):
         raise ValueError(f"image must be (H, W) or (H, W, C) uint8, uint16 or float32, got {img.shape} {img.dtype}")
-    h, w = img.shape[:2]
-    rect = crop_rect(spec, h, w, catalog) if roi_transfer and msk is None else None
-    if rect is None or (rect[2] - rect[0]) * (rect[3] - rect[1]) > 0.5 * h * w:
+    cropped = crop_request(img, spec, catalog) if roi_transfer and msk is None else None
+    if cropped is None:
         files["image"] = _upload(img)
         return _Plan(files, spec, None)
-    x0, y0, x1, y1 = rect
-    files["image"] = _upload(img[y0:y1, x0:x1])
-    spec.update(crop={"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}, output_region="roi")
+    region, spec = cropped
+    files["image"] = _upload(region)
     return _Plan(files, spec, img)
+
+
+def crop_request(pixels: np.ndarray, spec: dict, catalog: dict | None = None) -> tuple[np.ndarray, dict] | None:
+    """The region of ``pixels`` (H, W[, C]) to send and the spec with ``crop`` and ``output_region: "roi"``; None
+    when the whole image should be sent (no bounded ROI, unknown halo, or a region over half the image)."""
+    h, w = pixels.shape[:2]
+    rect = crop_rect(spec, h, w, catalog)
+    if rect is None or (rect[2] - rect[0]) * (rect[3] - rect[1]) > 0.5 * h * w:
+        return None
+    x0, y0, x1, y1 = rect
+    crop = {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+    return pixels[y0:y1, x0:x1], {**spec, "crop": crop, "output_region": "roi"}
+
+
+def paste_region(base: np.ndarray, result: np.ndarray, rect: str, outside: str = "keep") -> np.ndarray:
+    """A copy of ``base`` (H, W[, C]) with ``result`` written at ``rect`` ("x0,y0,x1,y1", the X-ROI-Rect header);
+    zeros around it when ``outside`` is "zero" or the result has other channels than ``base``."""
+    x0, y0, x1, y1 = (int(v) for v in rect.split(","))
+    zero = outside == "zero" or result.ndim != base.ndim or result.shape[2:] != base.shape[2:]
+    shape = base.shape[:2] + result.shape[2:]
+    out = np.zeros(shape, result.dtype) if zero else base.astype(result.dtype, copy=True)
+    out[y0:y1, x0:x1] = result.reshape((y1 - y0, x1 - x0) + result.shape[2:])
+    return out
 
 
 def _finish(plan: _Plan, response: httpx.Response) -> np.ndarray:
     result = _load_npy(response.content)
     if plan.base is None:
         return result
-    x0, y0, x1, y1 = (int(v) for v in response.headers["X-ROI-Rect"].split(","))
-    base = plan.base
-    zero = plan.spec.get("outside") == "zero" or result.ndim != base.ndim or result.shape[2:] != base.shape[2:]
-    shape = base.shape[:2] + result.shape[2:]
-    out = np.zeros(shape, result.dtype) if zero else base.astype(result.dtype, copy=True)
-    out[y0:y1, x0:x1] = result.reshape((y1 - y0, x1 - x0) + result.shape[2:])
-    return out
+    return paste_region(plan.base, result, response.headers["X-ROI-Rect"], plan.spec.get("outside", "keep"))
 
 
 def _retry_delay(response: httpx.Response, attempt: int, max_wait: float) -> float:
