@@ -1,4 +1,5 @@
-"""Benchmarks: ``python -m convcore.bench [--json] [--device cpu|cuda] [--quick]`` and ``python -m convcore.bench ops``.
+"""Benchmarks: ``python -m convcore.bench [--json] [--device cpu|cuda] [--rounds N] [--size N] [--no-large]``
+and ``python -m convcore.bench ops``.
 
 Everything is measured side by side in one process, the methods of a case interleaved round by round, so the
 ratios hold on a shared, noisy machine; absolute times are context only.
