@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from .apply_io import RoiSource, copy_metadata, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
@@ -147,11 +149,9 @@ def _catalog() -> dict:
     return catalog_schemas([])
 
 
-def convolve_local(pixels, spec: dict, max_pixels: int):
+def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int) -> np.ndarray:
     """``pixels`` (H, W[, C]) filtered by :func:`service.pipeline.process` in this process, with the client's
     ROI-aware cut: only the ROI's region with its halo is converted, filtered and returned, then pasted into a copy."""
-    import numpy as np
-
     from .client import crop_request, paste_region
     from .pipeline import process
     from .schemas import Spec
@@ -240,9 +240,8 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _decode(data: bytes, fmt: str):
+def _decode(data: bytes, fmt: str) -> np.ndarray:
     import cv2
-    import numpy as np
 
     # JPEG: decoded upright by its EXIF orientation, as the server does; others as stored, alpha and depth kept
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if fmt == "jpeg" else cv2.IMREAD_UNCHANGED
@@ -252,7 +251,7 @@ def _decode(data: bytes, fmt: str):
     return pixels
 
 
-def _encode(pixels, fmt: str, suffix: str) -> bytes:
+def _encode(pixels: np.ndarray, fmt: str, suffix: str) -> bytes:
     import cv2
 
     ok, buf = cv2.imencode(suffix, pixels)

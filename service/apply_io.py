@@ -21,6 +21,7 @@ __all__ = [
     "copy_metadata",
     "expand_inputs",
     "grow_roi",
+    "has_shapes",
     "load_coco",
     "load_mapping",
 ]
