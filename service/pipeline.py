@@ -55,8 +55,8 @@ def prepare(spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, max_pixels
     roi, (ox, oy) = spec.roi, (0, 0)
     if spec.crop is not None:  # TEMP stub: shift the ROI into the crop
         c = spec.crop
-        if (c.width, c.height) != (image.width, image.height):
-            raise ApiError(422, "invalid_request", "crop size disagrees with the upload", "spec.crop")
+        if c.x + image.width > c.width or c.y + image.height > c.height:
+            raise ApiError(422, "invalid_request", "the upload does not fit in the crop's full image", "spec.crop")
         ox, oy = c.x, c.y
         roi = roi.model_copy(update={
             "boxes": [[b[0] - ox, b[1] - oy, b[2] - ox, b[3] - oy] for b in roi.boxes],
