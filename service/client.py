@@ -305,7 +305,7 @@ def crop_request(pixels: np.ndarray, spec: dict, catalog: dict | None = None) ->
     if rect is None or (rect[2] - rect[0]) * (rect[3] - rect[1]) > 0.5 * h * w:
         return None
     x0, y0, x1, y1 = rect
-    crop = {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+    crop = {"x": x0, "y": y0, "width": w, "height": h}  # the full image's size; the upload is the region
     return pixels[y0:y1, x0:x1], {**spec, "crop": crop, "output_region": "roi"}
 
 
