@@ -210,3 +210,33 @@ def test_import_needs_only_httpx_and_numpy():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_roi_request_sends_the_region_and_states_the_full_image():
+    import io
+    import re
+    import struct
+
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = request.content
+        seen["spec"] = json.loads(re.search(rb'name="spec"\r\n\r\n(.*?)\r\n--', body, re.S).group(1))
+        png = body[body.index(b"\x89PNG") :]
+        seen["size"] = struct.unpack(">II", png[16:24])  # IHDR width, height
+        buf = io.BytesIO()
+        np.save(buf, np.full((10, 10, 3), 7, np.uint8))
+        return httpx.Response(200, content=buf.getvalue(), headers={"X-ROI-Rect": "50,40,60,50"})
+
+    img = rand_image(100, 200, 3, np.uint8, seed=9)
+    spec = {"filter": {"name": "gaussian", "ksize": 9}, "roi": {"boxes": [[50, 40, 60, 50]]}}
+    catalog = {"gaussian": {"schema": {"properties": {}}}}
+    client = Client("http://x", transport=httpx.MockTransport(handler))
+    client.catalog = catalog
+    out = client.convolve(img, spec)
+    assert seen["spec"]["crop"] == {"x": 46, "y": 36, "width": 200, "height": 100}
+    assert seen["spec"]["output_region"] == "roi" and seen["spec"]["format"] == "npy"
+    assert seen["size"] == (18, 18)  # 10x10 ROI + 4 pixels of halo each side
+    want = img.copy()
+    want[40:50, 50:60] = 7
+    np.testing.assert_array_equal(out, want)
