@@ -201,3 +201,22 @@ def test_bad_arguments_exit_2(photos, tmp_path, capsys):
 def _write(path, data):
     path.write_text(json.dumps(data))
     return path
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from service.apply import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    bar = Progress(2, stream)
+    bar.step("a.png", "done")
+    bar.step("b.png", "failed: spec.filter.ksize: must be odd")
+    bar.close()
+    text = stream.getvalue()
+    assert "2/2" in text and "img/s" in text and "b.png: failed: spec.filter.ksize" in text
+    assert "[1/2]" not in text  # the bar, not the plain lines
