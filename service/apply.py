@@ -191,7 +191,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             if status.startswith("failed"):
-                self.bar.write(f"{name}: {status}")
+                self.bar.write(f"{name}: {status}", file=self.stream)
             return
         elapsed = time.monotonic() - self.t0
         rate = self.count / elapsed if elapsed > 0 else 0.0
