@@ -318,8 +318,8 @@ def run(args: argparse.Namespace) -> int:
                     Spec.model_validate(probe)
                 except ValidationError as exc:
                     raise ValueError(_reason(from_validation(exc, "spec"))) from None
-    except (ValueError, OSError) as exc:
-        print(f"roiconv apply: {exc}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, TypeError) as exc:  # bad inputs, ROI files or filter JSON
+        print(f"roiconv apply: {'missing key ' if isinstance(exc, KeyError) else ''}{exc}", file=sys.stderr)
         return 2
     if args.dry_run:
         for t in tasks:
