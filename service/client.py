@@ -181,32 +181,56 @@ def _ksize_halo(k: Any) -> tuple[int, int]:
 def filter_halo(filt: dict, catalog: dict | None = None) -> tuple[int, int] | None:
     """(hx, hy): the context pixels a filter reads around each output pixel; None when unknown (send it all).
 
-    Known filters get it from their parameters (defaults from the catalog's schema when a parameter is left out);
-    for other names the catalog's ``halo`` (GET /filters, ``{"filters": {name: {"halo": n}}}`` or
-    ``{name: {"halo": n}}``) is used when it is a number.
+    The server's word comes first: the catalog's ``halo`` for the filter (GET /filters, as ``{name: {...}}`` or
+    ``{"filters": {name: {...}}}``), a number or a rule ``{"rule": "ksize" | "weights" | "block" | "adaptive" |
+    "fixed" | "unknown", ...}`` applied to the filter's parameters (defaults from the catalog's schema). Without a
+    catalog entry, the filters of this version's catalog are known here.
     """
     name = filt.get("name", "")
     entry = _catalog_entry(catalog, name)
     defaults = {k: v.get("default") for k, v in entry.get("schema", {}).get("properties", {}).items()}
     params = {**{k: v for k, v in defaults.items() if v is not None}, **filt}
-    if name in ("gaussian", "box", "dilate", "erode", "median") and "ksize" in params:
-        return _ksize_halo(params["ksize"])
-    if name == "adaptive_gaussian":
-        k = params.get("ksize") or min(31, 2 * math.ceil(3 * float(params.get("sigma_max", 3.0))) + 1)
-        return _ksize_halo(k)
-    if name in ("sobel", "laplacian"):
-        k = int(params.get("ksize", 3 if name == "sobel" else 1))
-        return (1, 1) if k == 1 else _ksize_halo(k)
-    if name in ("scharr", "sharpen", "emboss"):
-        return 1, 1
-    if name == "kernel" and "weights" in params:
-        w = np.asarray(params["weights"])
-        return w.shape[-1] // 2, w.shape[-2] // 2
-    if name in ("fill", "pixelate"):
-        return 0, 0
     halo = entry.get("halo")
     if isinstance(halo, int) and not isinstance(halo, bool):
         return halo, halo
+    if isinstance(halo, dict) and "rule" in halo:
+        return _rule_halo(halo, params)
+    return _rule_halo(_KNOWN_RULES.get(name, {"rule": "unknown"}), params)
+
+
+_KNOWN_RULES = {
+    **{n: {"rule": "ksize", "min": 0} for n in ("gaussian", "box", "median", "dilate", "erode")},
+    "sobel": {"rule": "ksize", "min": 1, "default": 3},
+    "laplacian": {"rule": "ksize", "min": 1, "default": 1},
+    **{n: {"rule": "fixed", "value": 1} for n in ("scharr", "sharpen", "emboss")},
+    "fill": {"rule": "fixed", "value": 0},
+    "kernel": {"rule": "weights"},
+    "adaptive_gaussian": {"rule": "adaptive"},
+    "pixelate": {"rule": "block"},
+}
+
+
+def _rule_halo(rule: dict, params: dict) -> tuple[int, int] | None:
+    """A halo rule applied to a filter's parameters; None when the rule or a parameter it needs is missing."""
+    kind = rule.get("rule")
+    try:
+        if kind == "fixed":
+            return int(rule["value"]), int(rule["value"])
+        if kind == "ksize":
+            k = params.get("ksize", rule.get("default"))
+            kx, ky = (k, k) if isinstance(k, int) else (k[0], k[1])
+            least = 2 * int(rule.get("min", 0)) + 1
+            return max(kx, least) // 2, max(ky, least) // 2
+        if kind == "weights":
+            shape = np.asarray(params["weights"]).shape
+            return shape[-1] // 2, shape[-2] // 2
+        if kind == "block":
+            return int(params["block"]) - 1, int(params["block"]) - 1
+        if kind == "adaptive":
+            k = params.get("ksize") or min(31, 2 * math.ceil(3 * float(params.get("sigma_max", 3.0))) + 1)
+            return k // 2, k // 2
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
     return None
 
 
@@ -226,21 +250,11 @@ def crop_rect(spec: dict, height: int, width: int, catalog: dict | None = None) 
     if rect is None or halo is None or rect[0] >= rect[2] or rect[1] >= rect[3]:
         return None
     x0, y0, x1, y1 = rect
-    filt = spec["filter"]
-    if filt.get("name") == "pixelate":
-        b = int(
-            filt.get("block")
-            or _catalog_entry(catalog, "pixelate")
-            .get("schema", {})
-            .get("properties", {})
-            .get("block", {})
-            .get("default")
-            or 0
-        )
-        if b <= 0:
-            return None
-        x0, y0, x1, y1 = x0 // b * b, y0 // b * b, -(-x1 // b) * b, -(-y1 // b) * b
     hx, hy = halo
+    if spec["filter"].get("name") == "pixelate":  # whole cells of the grid anchored at (0, 0); halo = block - 1
+        b = hx + 1
+        x0, y0, x1, y1 = x0 // b * b, y0 // b * b, -(-x1 // b) * b, -(-y1 // b) * b
+        return x0, y0, min(width, x1), min(height, y1)
     return max(0, x0 - hx), max(0, y0 - hy), min(width, x1 + hx), min(height, y1 + hy)
 
 

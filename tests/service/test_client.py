@@ -188,12 +188,28 @@ def test_encode_png_decodes_with_opencv(c, dtype):
 
 def test_halo_and_crop_geometry():
     assert filter_halo({"name": "gaussian", "ksize": [31, 9]}) == (15, 4)
+    assert filter_halo({"name": "sobel", "ksize": 1}) == (1, 1)  # a 3-tap kernel even at ksize 1
     assert filter_halo({"name": "kernel", "weights": [[1, 2, 3]]}) == (1, 0)
+    assert filter_halo({"name": "gaussian"}) is None  # no ksize and no catalog default: send it all
     assert filter_halo({"name": "model:x"}) is None
+    # the server's catalog: a number, or a rule applied to the parameters (schema defaults filled in)
     assert filter_halo({"name": "newfilter"}, {"filters": {"newfilter": {"halo": 6}}}) == (6, 6)
     assert filter_halo({"name": "newfilter"}, {"newfilter": {"halo": 2}}) == (2, 2)
+    rules = {
+        "gaussian": {"halo": {"rule": "ksize", "min": 0}, "schema": {"properties": {"ksize": {"default": 5}}}},
+        "sobel": {"halo": {"rule": "ksize", "min": 1}, "schema": {"properties": {"ksize": {"default": 3}}}},
+        "blur2": {"halo": {"rule": "fixed", "value": 3}},
+        "pixelate": {"halo": {"rule": "block"}, "schema": {"properties": {"block": {"default": 8}}}},
+        "model:m": {"halo": {"rule": "unknown"}},
+    }
+    assert filter_halo({"name": "gaussian"}, rules) == (2, 2)
+    assert filter_halo({"name": "sobel", "ksize": 1}, rules) == (1, 1)
+    assert filter_halo({"name": "blur2"}, rules) == (3, 3)
+    assert filter_halo({"name": "pixelate"}, rules) == (7, 7)
+    assert filter_halo({"name": "model:m"}, rules) is None
     spec = {"filter": {"name": "pixelate", "block": 16}, "roi": {"boxes": [[20, 5, 40, 9]]}}
-    assert crop_rect(spec, 100, 100) == (16, 0, 48, 16)
+    assert crop_rect(spec, 100, 100) == (16, 0, 48, 16)  # whole cells of the grid anchored at (0, 0)
+    assert crop_rect({"filter": {"name": "pixelate"}, "roi": spec["roi"]}, 100, 100, rules) == (16, 0, 40, 16)
     spec = {"filter": {"name": "box", "ksize": 5}, "roi": {"boxes": [[0, 90, 10, 120]], "circles": [[50, 50, 3]]}}
     assert crop_rect(spec, 100, 60) == (0, 45, 56, 100)
     assert crop_rect({**spec, "roi": {**spec["roi"], "invert": True}}, 100, 60) is None
