@@ -137,7 +137,7 @@ def _process_file(task: Task, max_pixels: int) -> str:
     pixels = _decode(data, fmt)
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, more than ROICONV_MAX_PIXELS={max_pixels}")
-    result = convolve_local(pixels, task.spec, max_pixels)
+    result = convolve_local(pixels, task.spec, max_pixels, inplace=True)
     _write(task.dst, copy_metadata(data, _encode(result, fmt, task.src.suffix), fmt))
     return "done"
 
@@ -149,9 +149,10 @@ def _catalog() -> dict:
     return catalog_schemas([])
 
 
-def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int) -> np.ndarray:
+def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int, *, inplace: bool = False) -> np.ndarray:
     """``pixels`` (H, W[, C]) filtered by :func:`service.pipeline.process` in this process, with the client's
-    ROI-aware cut: only the ROI's region with its halo is converted, filtered and returned, then pasted into a copy."""
+    ROI-aware cut: only the ROI's region with its halo is converted, filtered and returned, then pasted into a copy
+    (into ``pixels`` itself with ``inplace=True``)."""
     from .client import crop_request, paste_region
     from .pipeline import process
     from .schemas import Spec
@@ -165,7 +166,7 @@ def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int) -> np.ndarra
     if cropped is None:
         return result
     rect = {k.lower(): v for k, v in headers.items()}["x-roi-rect"]
-    return paste_region(pixels, result, rect, spec.get("outside", "keep"))
+    return paste_region(pixels, result, rect, spec.get("outside", "keep"), inplace=inplace)
 
 
 def _reason(exc: BaseException) -> str:

@@ -323,13 +323,19 @@ def crop_request(pixels: np.ndarray, spec: dict, catalog: dict | None = None) ->
     return pixels[y0:y1, x0:x1], {**spec, "crop": crop, "output_region": "roi"}
 
 
-def paste_region(base: np.ndarray, result: np.ndarray, rect: str, outside: str = "keep") -> np.ndarray:
+def paste_region(
+    base: np.ndarray, result: np.ndarray, rect: str, outside: str = "keep", *, inplace: bool = False
+) -> np.ndarray:
     """A copy of ``base`` (H, W[, C]) with ``result`` written at ``rect`` ("x0,y0,x1,y1", the X-ROI-Rect header);
-    zeros around it when ``outside`` is "zero" or the result has other channels than ``base``."""
+    zeros around it when ``outside`` is "zero" or the result has other channels than ``base``. ``inplace=True``
+    writes into ``base`` itself when it can hold the result (same dtype and channels, outside "keep")."""
     x0, y0, x1, y1 = (int(v) for v in rect.split(","))
     zero = outside == "zero" or result.ndim != base.ndim or result.shape[2:] != base.shape[2:]
     shape = base.shape[:2] + result.shape[2:]
-    out = np.zeros(shape, result.dtype) if zero else base.astype(result.dtype, copy=True)
+    if zero:
+        out = np.zeros(shape, result.dtype)
+    else:
+        out = base if inplace and base.dtype == result.dtype else base.astype(result.dtype, copy=True)
     out[y0:y1, x0:x1] = result.reshape((y1 - y0, x1 - x0) + result.shape[2:])
     return out
 
