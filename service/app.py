@@ -32,6 +32,7 @@ from .filters import build_filter
 from .metrics import Metrics
 from .models import find_models, load_models
 from .openapi import install_openapi
+from .page import page_router
 from .routes import discard_body, routers
 from .schemas import GaussianFilter
 from .state import AppState
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
     app.state.roiconv = state
     for router in routers:
         app.include_router(router)
+    app.include_router(page_router)
     install_openapi(app)
     _install_error_handlers(app, state)
     app.add_middleware(

@@ -1,4 +1,5 @@
-"""``roiconv serve [--host H] [--port P]``: run the server with uvicorn, draining on SIGTERM.
+"""``roiconv serve [--host H] [--port P]``: run the server with uvicorn, draining on SIGTERM; ``roiconv apply``: see
+:mod:`service.apply`. ``roiconv`` alone prints the help and exits with status 2.
 
 On the first SIGTERM (or Ctrl+C) readiness turns 503 and new /convolve requests get 503 while in-flight ones finish
 (at most ROICONV_DRAIN_TIMEOUT_S); then uvicorn shuts down. A second signal exits at once.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import time
 
@@ -17,7 +19,7 @@ import uvicorn
 from .config import SettingsError, load_settings
 from .protocol import HeadTimeoutProtocol
 
-__all__ = ["DrainingServer", "main"]
+__all__ = ["DrainingServer", "build_parser", "main"]
 
 log = logging.getLogger("roiconv.cli")
 
@@ -48,23 +50,70 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``roiconv`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv.insert(0, "serve")
-    parser = argparse.ArgumentParser(prog="roiconv", description="ROI convolution inference server.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (bound by another process, bad address), or None when it can."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve listen address {host!r}: {exc}"
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another server running there?)"
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``roiconv`` command line: ``serve`` and ``apply``."""
+    parser = argparse.ArgumentParser(prog="roiconv", description="ROI convolution: a server and a batch tool.")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,apply}")
     serve = sub.add_parser("serve", help="run the HTTP server (settings from ROICONV_* variables)")
     serve.add_argument("--host", help="listen address (default: ROICONV_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: ROICONV_PORT or 8000)")
     serve.add_argument("--log-level", help="critical | error | warning | info | debug")
-    args = parser.parse_args(argv)
+    from .apply import add_arguments
+
+    add_arguments(
+        sub.add_parser(
+            "apply",
+            help="filter the ROIs of image files, in process or through a server",
+            description="Filter the ROIs of image files into --out, keeping names and formats.",
+        )
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``roiconv`` console script; without a subcommand it prints the help and returns 2."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if args.command == "apply":
+        from .apply import run
+
+        return run(args)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "log_level": args.log_level}.items() if v}
     from .app import create_app
 
     try:
         settings = load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"roiconv: {exc}", file=sys.stderr)
+        return 2
+    why = _port_taken(settings.host, settings.port)
+    if why is not None:
+        print(f"roiconv: {why}; choose another with --port or ROICONV_PORT", file=sys.stderr)
+        return 1
+    try:
         app = create_app(settings)
     except SettingsError as exc:
         print(f"roiconv: {exc}", file=sys.stderr)

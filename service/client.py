@@ -1,0 +1,490 @@
+"""A Python client for the roiconv server: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio), on httpx.
+
+Importing it needs httpx and numpy only (no FastAPI, torch or OpenCV). Arrays are (H, W) or (H, W, C) in the
+server's channel order (OpenCV's: gray, BGR, BGRA), uint8, uint16 or float32.
+
+ROI-aware transfer (the default for arrays): the client uploads only the ROI's bounding rectangle grown by the
+filter's halo (``crop``), asks for only the ROI's rectangle back (``output_region: "roi"``, as npy) and pastes it
+into a copy of the caller's array, so bytes and server work follow the ROI and the result equals sending the whole
+image. Encoded files (bytes, paths) and requests with a mask file are sent whole; the server decodes them.
+
+Example:
+    >>> from service.client import Client
+    >>> with Client("http://127.0.0.1:8000") as c:  # doctest: +SKIP
+    ...     out = c.convolve(image, {"filter": {"name": "gaussian", "ksize": 31},
+    ...                              "roi": {"boxes": [[40, 30, 200, 120]]}})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "RequestRejected",
+    "RoiconvError",
+    "ServerBusy",
+    "ServerError",
+    "crop_rect",
+    "crop_request",
+    "encode_png",
+    "filter_halo",
+    "paste_region",
+    "roi_rect",
+]
+
+ImageInput = np.ndarray | bytes | str | PathLike
+_RETRY_STATUSES = (429, 503)
+
+
+class RoiconvError(Exception):
+    """An error answer from the server: ``status``, ``code`` (e.g. "invalid_request"), ``field`` and ``reason``."""
+
+    def __init__(self, status: int, code: str, field: str | None, reason: str) -> None:
+        super().__init__(f"{status} {code}" + (f" ({field})" if field else "") + f": {reason}")
+        self.status, self.code, self.field, self.reason = status, code, field, reason
+
+
+class RequestRejected(RoiconvError):
+    """A 4xx other than 429: the request itself is wrong (``field`` names what, e.g. "spec.filter.ksize")."""
+
+
+class ServerBusy(RoiconvError):
+    """429 or 503 still answered after every retry."""
+
+
+class ServerError(RoiconvError):
+    """A 5xx answer (other than 503)."""
+
+
+def _error(response: httpx.Response) -> RoiconvError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    code = str(body.get("error", "http_error"))
+    reason = str(body.get("reason") or body.get("detail") or response.text[:200] or response.reason_phrase)
+    field = body.get("field")
+    status = response.status_code
+    cls = ServerBusy if status in _RETRY_STATUSES else RequestRejected if status < 500 else ServerError
+    return cls(status, code, field, reason)
+
+
+# --- encoding without OpenCV -------------------------------------------------------------------------------------
+
+
+def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
+    """PNG bytes of uint8/uint16 pixels (H, W) or (H, W, C), C in 1, 3 (BGR), 4 (BGRA); numpy and zlib only.
+
+    Every row uses PNG's "Up" filter (the byte difference with the row above), then zlib at ``level``.
+    """
+    a = np.asarray(pixels)
+    if a.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"PNG holds uint8 or uint16 pixels, got {a.dtype}; send float32 as npy")
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"pixels must be (H, W) or (H, W, C) with C in 1, 3, 4, got shape {a.shape}")
+    h, w, c = a.shape
+    if c >= 3:
+        a = a[:, :, [2, 1, 0, 3][:c]]  # BGR(A) → RGB(A), PNG's order
+    a = np.ascontiguousarray(a, dtype=">u2" if a.dtype == np.uint16 else np.uint8)
+    raw = a.reshape(h, -1).view(np.uint8)  # [H, W*C*bytes]
+    rows = np.empty((h, raw.shape[1] + 1), np.uint8)  # [H, 1 + W*C*bytes]
+    rows[:, 0] = 2  # filter type Up
+    rows[:, 1:] = raw
+    rows[1:, 1:] -= raw[:-1]  # wraps modulo 256, as PNG defines
+    header = struct.pack(">IIBBBBB", w, h, 16 if a.dtype.itemsize == 2 else 8, {1: 0, 3: 2, 4: 6}[c], 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows, level))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _npy(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    if not data.startswith(b"\x93NUMPY"):
+        raise RoiconvError(200, "bad_response", None, "the server did not answer with npy data")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _upload(pixels: np.ndarray) -> tuple[str, bytes, str]:
+    if pixels.dtype in (np.uint8, np.uint16):
+        return "image.png", encode_png(pixels), "image/png"
+    return "image.npy", _npy(pixels), "application/x-npy"
+
+
+# --- ROI geometry --------------------------------------------------------------------------------------------------
+
+
+def roi_rect(roi: dict, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """The bounding rectangle (x0, y0, x1, y1), x1/y1 exclusive, of a ROI object's shapes, clipped to the image.
+
+    None when the ROI is inverted or gives no shapes (the whole image). May be empty (x0 >= x1) when the shapes
+    lie outside the image. Ellipses are bounded by their larger axis, whatever the angle.
+    """
+    if roi.get("invert"):
+        return None
+    xs: list[float] = []
+    ys: list[float] = []
+    for x0, y0, x1, y1 in roi.get("boxes", []):
+        xs += [x0, x1]
+        ys += [y0, y1]
+    for poly in roi.get("polygons", []):
+        xs += [min(p[0] for p in poly), max(p[0] for p in poly) + 1]
+        ys += [min(p[1] for p in poly), max(p[1] for p in poly) + 1]
+    for cx, cy, r in roi.get("circles", []):
+        xs += [cx - r, cx + r + 1]
+        ys += [cy - r, cy + r + 1]
+    for cx, cy, ax, ay, *_ in roi.get("ellipses", []):
+        r = max(abs(ax), abs(ay)) + 1
+        xs += [cx - r, cx + r + 1]
+        ys += [cy - r, cy + r + 1]
+    if not xs:
+        return None
+    x0, x1 = max(0, math.floor(min(xs))), min(width, math.ceil(max(xs)))
+    y0, y1 = max(0, math.floor(min(ys))), min(height, math.ceil(max(ys)))
+    return x0, y0, x1, y1
+
+
+def _ksize_halo(k: Any) -> tuple[int, int]:
+    kx, ky = (k, k) if isinstance(k, int) else (k[0], k[1])
+    return kx // 2, ky // 2
+
+
+def filter_halo(filt: dict, catalog: dict | None = None) -> tuple[int, int] | None:
+    """(hx, hy): the context pixels a filter reads around each output pixel; None when unknown (send it all).
+
+    The server's word comes first: the catalog's ``halo`` for the filter (GET /filters, as ``{name: {...}}`` or
+    ``{"filters": {name: {...}}}``), a number or a rule ``{"rule": "ksize" | "weights" | "block" | "adaptive" |
+    "fixed" | "unknown", ...}`` applied to the filter's parameters (defaults from the catalog's schema). Without a
+    catalog entry, the filters of this version's catalog are known here.
+    """
+    name = filt.get("name", "")
+    entry = _catalog_entry(catalog, name)
+    defaults = {k: v.get("default") for k, v in entry.get("schema", {}).get("properties", {}).items()}
+    params = {**{k: v for k, v in defaults.items() if v is not None}, **filt}
+    halo = entry.get("halo")
+    if isinstance(halo, int) and not isinstance(halo, bool):
+        return halo, halo
+    if isinstance(halo, dict) and "rule" in halo:
+        return _rule_halo(halo, params)
+    return _rule_halo(_KNOWN_RULES.get(name, {"rule": "unknown"}), params)
+
+
+_KNOWN_RULES = {
+    **{n: {"rule": "ksize", "min": 0} for n in ("gaussian", "box", "median", "dilate", "erode")},
+    "sobel": {"rule": "ksize", "min": 1, "default": 3},
+    "laplacian": {"rule": "ksize", "min": 1, "default": 1},
+    **{n: {"rule": "fixed", "value": 1} for n in ("scharr", "sharpen", "emboss")},
+    "fill": {"rule": "fixed", "value": 0},
+    "kernel": {"rule": "weights"},
+    "adaptive_gaussian": {"rule": "adaptive"},
+    "pixelate": {"rule": "block"},
+}
+
+
+def _rule_halo(rule: dict, params: dict) -> tuple[int, int] | None:
+    """A halo rule applied to a filter's parameters; None when the rule or a parameter it needs is missing."""
+    kind = rule.get("rule")
+    try:
+        if kind == "fixed":
+            return int(rule["value"]), int(rule["value"])
+        if kind == "ksize":
+            k = params.get("ksize", rule.get("default"))
+            kx, ky = (k, k) if isinstance(k, int) else (k[0], k[1])
+            least = 2 * int(rule.get("min", 0)) + 1
+            return max(kx, least) // 2, max(ky, least) // 2
+        if kind == "weights":
+            shape = np.asarray(params["weights"]).shape
+            return shape[-1] // 2, shape[-2] // 2
+        if kind == "block":
+            return int(params["block"]) - 1, int(params["block"]) - 1
+        if kind == "adaptive":
+            k = params.get("ksize") or min(31, 2 * math.ceil(3 * float(params.get("sigma_max", 3.0))) + 1)
+            return k // 2, k // 2
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _catalog_entry(catalog: dict | None, name: str) -> dict:
+    if not catalog:
+        return {}
+    table = catalog.get("filters", catalog)
+    entry = table.get(name) if isinstance(table, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def crop_rect(spec: dict, height: int, width: int, catalog: dict | None = None) -> tuple[int, int, int, int] | None:
+    """The smallest region to upload for ``spec``: the ROI's rectangle grown by the halo (pixelate: out to whole
+    cells of the grid anchored at (0, 0)), clipped to the image; None when the whole image must be sent."""
+    rect = roi_rect(spec.get("roi") or {}, height, width)
+    halo = filter_halo(spec.get("filter") or {}, catalog)
+    if rect is None or halo is None or rect[0] >= rect[2] or rect[1] >= rect[3]:
+        return None
+    x0, y0, x1, y1 = rect
+    hx, hy = halo
+    if spec["filter"].get("name") == "pixelate":  # whole cells of the grid anchored at (0, 0); halo = block - 1
+        b = hx + 1
+        x0, y0, x1, y1 = x0 // b * b, y0 // b * b, -(-x1 // b) * b, -(-y1 // b) * b
+        return x0, y0, min(width, x1), min(height, y1)
+    return max(0, x0 - hx), max(0, y0 - hy), min(width, x1 + hx), min(height, y1 + hy)
+
+
+# --- one request: what to send, how to read the answer -------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    files: dict
+    spec: dict
+    base: np.ndarray | None  # the caller's array when the answer is a rectangle to paste
+
+
+def _as_spec(spec: dict | str) -> dict:
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+    if not isinstance(spec, dict) or "filter" not in spec:
+        raise ValueError(
+            'spec must be a dict (or JSON text) with at least a "filter", e.g. {"filter": {"name": '
+            '"gaussian", "ksize": 9}, "roi": {"boxes": [[x0, y0, x1, y1]]}}'
+        )
+    return dict(spec)
+
+
+def _read(data: ImageInput | None) -> np.ndarray | bytes | None:
+    if data is None or isinstance(data, (np.ndarray, bytes)):
+        return data
+    if isinstance(data, (str, PathLike)):
+        return Path(data).read_bytes()
+    raise TypeError(f"image must be a numpy array, bytes or a path, got {type(data).__name__}")
+
+
+def _plan(image: ImageInput, spec: dict | str, mask: ImageInput | None, roi_transfer: bool, catalog) -> _Plan:
+    spec = {**_as_spec(spec), "format": "npy"}
+    img, msk = _read(image), _read(mask)
+    if isinstance(img, bytes) and img.startswith(b"\x93NUMPY"):
+        img = np.load(io.BytesIO(img), allow_pickle=False)
+    files: dict = {}
+    if isinstance(msk, np.ndarray):
+        files["mask"] = _upload(msk.astype(np.uint8) if msk.dtype == bool else msk)
+    elif msk is not None:
+        files["mask"] = ("mask", msk, "application/octet-stream")
+    if isinstance(img, bytes):
+        files["image"] = ("image", img, "application/octet-stream")
+        return _Plan(files, spec, None)
+    if img.ndim not in (2, 3) or img.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"image must be (H, W) or (H, W, C) uint8, uint16 or float32, got {img.shape} {img.dtype}")
+    cropped = crop_request(img, spec, catalog) if roi_transfer and msk is None else None
+    if cropped is None:
+        files["image"] = _upload(img)
+        return _Plan(files, spec, None)
+    region, spec = cropped
+    files["image"] = _upload(region)
+    return _Plan(files, spec, img)
+
+
+def crop_request(pixels: np.ndarray, spec: dict, catalog: dict | None = None) -> tuple[np.ndarray, dict] | None:
+    """The region of ``pixels`` (H, W[, C]) to send and the spec with ``crop`` and ``output_region: "roi"``; None
+    when the whole image should be sent (no bounded ROI, unknown halo, or a region over half the image)."""
+    h, w = pixels.shape[:2]
+    rect = crop_rect(spec, h, w, catalog)
+    if rect is None or (rect[2] - rect[0]) * (rect[3] - rect[1]) > 0.5 * h * w:
+        return None
+    x0, y0, x1, y1 = rect
+    crop = {"x": x0, "y": y0, "width": w, "height": h}  # the full image's size; the upload is the region
+    return pixels[y0:y1, x0:x1], {**spec, "crop": crop, "output_region": "roi"}
+
+
+def paste_region(
+    base: np.ndarray, result: np.ndarray, rect: str, outside: str = "keep", *, inplace: bool = False
+) -> np.ndarray:
+    """A copy of ``base`` (H, W[, C]) with ``result`` written at ``rect`` ("x0,y0,x1,y1", the X-ROI-Rect header);
+    zeros around it when ``outside`` is "zero" or the result has other channels than ``base``. ``inplace=True``
+    writes into ``base`` itself when it can hold the result (same dtype and channels, outside "keep")."""
+    x0, y0, x1, y1 = (int(v) for v in rect.split(","))
+    zero = outside == "zero" or result.ndim != base.ndim or result.shape[2:] != base.shape[2:]
+    shape = base.shape[:2] + result.shape[2:]
+    if zero:
+        out = np.zeros(shape, result.dtype)
+    else:
+        out = base if inplace and base.dtype == result.dtype else base.astype(result.dtype, copy=True)
+    out[y0:y1, x0:x1] = result.reshape((y1 - y0, x1 - x0) + result.shape[2:])
+    return out
+
+
+def _finish(plan: _Plan, response: httpx.Response) -> np.ndarray:
+    result = _load_npy(response.content)
+    if plan.base is None:
+        return result
+    return paste_region(plan.base, result, response.headers["X-ROI-Rect"], plan.spec.get("outside", "keep"))
+
+
+def _retry_delay(response: httpx.Response, attempt: int, max_wait: float) -> float:
+    try:
+        delay = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        delay = 0.25 * 2**attempt
+    return min(max(delay, 0.0), max_wait)
+
+
+class _Base:
+    def __init__(
+        self, url: str, api_key: str | None, timeout: float, retries: int, max_retry_wait: float, roi_transfer: bool
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.url = url.rstrip("/")
+        self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.timeout, self.retries, self.max_retry_wait = timeout, retries, max_retry_wait
+        self.roi_transfer = roi_transfer
+        self.catalog: dict | None = None
+        self.bytes_sent = 0  # request body bytes of the image and mask parts, over the client's life
+
+    def _post_kwargs(self, plan: _Plan) -> dict:
+        self.bytes_sent += sum(len(f[1]) for f in plan.files.values())
+        return {"files": plan.files, "data": {"spec": json.dumps(plan.spec)}}
+
+    def _needs_catalog(self, spec: dict | str, image: ImageInput) -> bool:
+        return self.catalog is None and self.roi_transfer and isinstance(image, np.ndarray)
+
+
+class Client(_Base):
+    """Blocking client. ``retries``: how many times a 429/503 is retried (after Retry-After, at most
+    ``max_retry_wait`` seconds each); ``roi_transfer=False`` sends whole images."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        max_retry_wait: float = 10.0,
+        roi_transfer: bool = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, api_key, timeout, retries, max_retry_wait, roi_transfer)
+        self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
+                break
+            time.sleep(_retry_delay(response, attempt, self.max_retry_wait))
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+
+    def filters(self) -> dict:
+        """GET /filters: the filter catalog."""
+        return self._request("GET", "/filters").json()
+
+    def info(self) -> dict:
+        """GET /info: version, devices, settings."""
+        return self._request("GET", "/info").json()
+
+    def convolve(self, image: ImageInput, spec: dict | str, mask: ImageInput | None = None) -> np.ndarray:
+        """Filter ``image`` (array, encoded bytes or a path) inside the ROI of ``spec``; returns the whole result
+        as an array (H, W[, C]). Raises RequestRejected (4xx: ``field``, ``reason``), ServerBusy, ServerError."""
+        if self._needs_catalog(spec, image):
+            self.catalog = self.filters()
+        plan = _plan(image, spec, mask, self.roi_transfer, self.catalog)
+        return _finish(plan, self._request("POST", "/convolve", **self._post_kwargs(plan)))
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of :class:`Client` (same arguments and methods, awaited); safe to share between tasks."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        max_retry_wait: float = 10.0,
+        roi_transfer: bool = True,
+        limits: httpx.Limits | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, api_key, timeout, retries, max_retry_wait, roi_transfer)
+        self.http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=self.headers,
+            timeout=timeout,
+            limits=limits or httpx.Limits(max_connections=64),
+            transport=transport,
+        )
+        self._catalog_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            response = await self.http.request(method, path, **kwargs)
+            if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
+                break
+            await asyncio.sleep(_retry_delay(response, attempt, self.max_retry_wait))
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+
+    async def filters(self) -> dict:
+        return (await self._request("GET", "/filters")).json()
+
+    async def info(self) -> dict:
+        return (await self._request("GET", "/info")).json()
+
+    async def convolve(self, image: ImageInput, spec: dict | str, mask: ImageInput | None = None) -> np.ndarray:
+        if self._needs_catalog(spec, image):
+            async with self._catalog_lock:
+                if self.catalog is None:
+                    self.catalog = await self.filters()
+        plan = await asyncio.to_thread(_plan, image, spec, mask, self.roi_transfer, self.catalog)
+        response = await self._request("POST", "/convolve", **self._post_kwargs(plan))
+        return await asyncio.to_thread(_finish, plan, response)

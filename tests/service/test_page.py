@@ -1,0 +1,155 @@
+"""The page at GET /, in a real headless Chromium (Debian's chromium and chromium-driver, through selenium) against
+a real uvicorn server: upload an image, draw a box with mouse events, run, and check that the result's pixels
+changed inside the box only; a bad parameter shows the server's 4xx reason. Skipped when Chromium is missing,
+except under CI=true, where it fails.
+
+``ROICONV_SCREENSHOT=path.png`` saves a screenshot of the page after the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import time
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from service_support import ServerProcess
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+def _need_browser() -> None:
+    missing = [n for n, p in (("chromium", CHROMIUM), ("chromedriver", DRIVER)) if p is None]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        message = f"needs {', '.join(missing)}: apt-get install -y chromium chromium-driver; pip install selenium"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def server():
+    p = ServerProcess()
+    try:
+        p.wait_ready()
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    _need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,800",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def test_page_is_static_and_offline(server):
+    html = httpx.get(server.url + "/", timeout=10).text
+    assert "<canvas" in html and "/convolve" in html and "/filters" in html
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html  # nothing fetched from outside
+
+
+def _drag(driver, canvas, box):
+    """Mouse down at (x0, y0), move, mouse up at (x1, y1): image pixels mapped to the canvas's on-screen size."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    rect = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", canvas)
+    sx, sy = rect[0] / canvas.get_property("width"), rect[1] / canvas.get_property("height")
+
+    def offset(x, y):  # selenium 4 offsets are from the element's centre
+        return round(x * sx - rect[0] / 2), round(y * sy - rect[1] / 2)
+
+    (ax, ay), (bx, by) = offset(box[0], box[1]), offset(box[2], box[3])
+    ActionChains(driver).move_to_element_with_offset(canvas, ax, ay).click_and_hold().move_by_offset(
+        (bx - ax) // 2, (by - ay) // 2
+    ).move_by_offset(bx - ax - (bx - ax) // 2, by - ay - (by - ay) // 2).release().perform()
+
+
+def test_draw_a_box_run_and_only_the_box_changes(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    rng = np.random.default_rng(7)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (3, 3), 0)
+    path = tmp_path / "photo.png"
+    cv2.imwrite(str(path), img)
+    browser.get(server.url + "/")
+    wait_for(browser, "return document.getElementById('filter').options.length > 0")
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    wait_for(browser, "return window.roiconvState.image !== null")
+    canvas = browser.find_element(By.ID, "before")
+    _drag(browser, canvas, (80, 60, 200, 150))
+    shapes = browser.execute_script("return window.roiconvState.shapes")
+    assert len(shapes) == 1 and shapes[0]["kind"] == "box"
+    x0, y0, x1, y1 = shapes[0]["rect"]
+    assert abs(x0 - 80) <= 3 and abs(y0 - 60) <= 3 and abs(x1 - 200) <= 3 and abs(y1 - 150) <= 3, shapes
+    Select(browser.find_element(By.ID, "filter")).select_by_value("gaussian")
+    ksize = browser.find_element(By.ID, "param-ksize")
+    ksize.clear()
+    ksize.send_keys("15")
+    browser.find_element(By.ID, "run").click()
+    wait_for(browser, "return window.roiconvState.done > 0")
+    result = cv2.imdecode(
+        np.frombuffer(base64.b64decode(browser.execute_script("return window.roiconvState.resultBase64")), np.uint8),
+        cv2.IMREAD_UNCHANGED,
+    )
+    assert result.shape == img.shape
+    changed = (result != img).any(axis=2)
+    inside = np.zeros(changed.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    assert changed[inside].mean() > 0.5, "the box was not filtered"
+    assert not changed[~inside].any(), "pixels outside the box changed"
+    want = cv2.GaussianBlur(img, (15, 15), 0)
+    assert np.abs(result[inside].astype(int) - want[inside]).max() <= 1
+    assert browser.find_element(By.ID, "download").is_displayed()
+    if os.environ.get("ROICONV_SCREENSHOT"):
+        browser.save_screenshot(os.environ["ROICONV_SCREENSHOT"])
+
+    ksize.clear()
+    ksize.send_keys("4")
+    browser.find_element(By.ID, "run").click()
+    error = wait_for(browser, "return document.getElementById('error').textContent")
+    assert "422" in error and "spec.filter.ksize" in error and "odd" in error
