@@ -36,7 +36,7 @@ from .routes import discard_body, routers
 from .schemas import GaussianFilter
 from .state import AppState
 
-__all__ = ["AppState", "BodyLimitMiddleware", "create_app", "warmup_batch"]
+__all__ = ["AppState", "BodyLimitMiddleware", "create_app", "set_cpu_threads", "warmup_batch"]
 
 log = logging.getLogger("roiconv.app")
 
@@ -111,7 +111,7 @@ def _load_models(paths: dict[str, Path], devices: list[str]) -> dict[str, dict]:
     return out
 
 
-def _set_cpu_threads(devices: list[str], workers: int) -> None:
+def set_cpu_threads(devices: list[str], workers: int) -> None:
     """On CPU, give each worker's torch ops half the cores / workers: decoding, encoding and HTTP use the rest.
 
     Small per-request ops gain nothing from more threads, and oversubscribed OpenMP threads spin and stall.
@@ -127,6 +127,9 @@ def warmup_batch() -> Warmup:
     mask[4:12, 4:12] = True
     work = Work(np.zeros((16, 16, 3), np.uint8), mask, "keep", "same")
     return op, [work, work]
+
+
+_set_cpu_threads = set_cpu_threads  # the old private name, still imported by loadtest.py
 
 
 @asynccontextmanager
@@ -148,7 +151,7 @@ async def lifespan(app: FastAPI):
     )
     state.pool = pool
     state.draining = False
-    _set_cpu_threads(state.devices, s.workers_per_device)
+    set_cpu_threads(state.devices, s.workers_per_device)
     pool.start()
     log.info("roiconv %s serving on %s", __version__, ", ".join(state.devices))
     try:
