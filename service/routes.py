@@ -104,8 +104,9 @@ async def _read_form(request: Request, max_spec_bytes: int) -> Form:
     except ClientDisconnect:
         raise ApiError(499, "client_closed", "the client closed the connection during the upload") from None
     except HTTPException as exc:
-        if "maximum size" in str(exc.detail):
-            raise ApiError(413, "spec_too_large", f"spec is larger than {max_spec_bytes} bytes", "spec") from None
+        if "maximum size" in str(exc.detail):  # a text part over the limit: the spec (image and mask are files)
+            reason = f"a text part is larger than {max_spec_bytes} bytes: the spec may have at most that many"
+            raise ApiError(413, "spec_too_large", reason, "spec") from None
         raise ApiError(422, "invalid_request", f"unreadable multipart body: {exc.detail}", "body") from None
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(422, "invalid_request", "the body must be multipart/form-data with image and spec", "body")

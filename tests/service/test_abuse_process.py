@@ -165,11 +165,19 @@ def test_sigterm_under_retrying_load_exits_once_admitted_work_is_done(server_pro
     seen: Counter[str] = Counter()
     last_ok = [0.0]
 
+    body, ctype = _multipart(IMG)
+
+    def trickle():  # each body takes ~0.3 s to arrive: a refused one is still being read when the drain looks
+        for i in range(0, len(body), len(body) // 6 + 1):
+            time.sleep(0.05)
+            yield body[i : i + len(body) // 6 + 1]
+
     def client() -> None:
         with httpx.Client(timeout=10) as c:
             while not stop.is_set():
                 try:
-                    status = c.post(url + "/convolve", files={"image": ("i", IMG)}, data={"spec": SPEC}).status_code
+                    headers = {"content-type": ctype}
+                    status = c.post(url + "/convolve", content=trickle(), headers=headers).status_code
                 except httpx.HTTPError:
                     seen["error"] += 1
                     time.sleep(0.05)

@@ -449,3 +449,21 @@ def test_result_still_decodes_after_all_the_checks():
 
     r = run(main())
     assert r.status_code == 200 and decode(r.content).shape == (24, 24, 3)
+
+
+def test_an_escaped_exception_is_a_json_500_counted_once_with_its_filter(monkeypatch):
+    import service.routes
+
+    def explode(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(service.routes, "encode_result", explode)
+
+    async def main():
+        async with running() as (_, client):
+            r = await post(client, IMG, {"filter": {"name": "box", "ksize": 3}})
+            return r, (await client.get("/metrics")).text
+
+    r, metrics = run(main())
+    assert r.status_code == 500 and r.json()["error"] == "internal_error" and "a bug" not in r.text
+    assert _metric(metrics, "roiconv_requests_total", filter="box", status="500") == 1
