@@ -107,8 +107,6 @@ def warmup_batch() -> Warmup:
     return op, [work, work]
 
 
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     state: AppState = app.state.roiconv

@@ -2,8 +2,9 @@
 
 Each job holds decoded pixels (H, W, C), an optional ROI mask (H, W) and how to treat the outside. Color channels
 are split off the alpha channel (kept unchanged); per-channel filters run depthwise (groups = C), and every job with
-the same channel count goes into a single :func:`convcore.roi_conv2d_batch` call: one gather, one matmul, one
-scatter for the whole batch, whatever the image sizes. Results are rounded half-to-even and saturated as OpenCV's
+the same channel count goes into a single :func:`convcore.roi_conv2d_batch` call, whatever the image sizes (inside
+it, each image's plan picks its strategy: typically tiles, one conv per ROI rectangle, equal-size rectangles of the
+batch sharing a call; scattered ROIs share gathered-window matmuls). Results are rounded half-to-even and saturated as OpenCV's
 ``saturate_cast`` does.
 """
 

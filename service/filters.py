@@ -66,7 +66,6 @@ class FilterOp:
     mode: str = ""
     sigma_range: tuple[float, float] = (0.0, 0.0)
     model: str = ""
-    out_channels: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -99,9 +98,7 @@ def _build(spec_json: str, border: str) -> FilterOp:
         w = np.asarray(params["weights"], dtype=np.float32)
         if w.ndim == 4:
             weight = torch.from_numpy(w)  # [O, C, kh, kw]
-            return FilterOp(
-                key, "mix", name, mode, w.shape[2:], weight=weight, bias=params["delta"], out_channels=w.shape[0]
-            )
+            return FilterOp(key, "mix", name, mode, w.shape[2:], weight=weight, bias=params["delta"])
         return _conv(key, name, mode, w, params["delta"], params)
     kernel, bias = _KERNELS[name](params)
     return _conv(key, name, mode, kernel, bias, params)

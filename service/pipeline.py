@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import convcore
 from convcore import conv_geometry
 
 from . import codec, cvengine, exif
@@ -29,7 +28,6 @@ from .schemas import Spec
 
 __all__ = ["Prepared", "encode_result", "prepare", "prepare_and_run", "process", "run_opencv"]
 
-_NEEDS = {"morph": "morph_conv2d", "adaptive": "adaptive_gaussian_blur2d"}
 _RANGE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
 
@@ -112,8 +110,6 @@ def prepare(
     except TimeoutError:
         raise ApiError(504, "timeout", "the deadline passed while drawing the ROI") from None
     op = build_filter(spec.filter, spec.border)
-    if op.kind in _NEEDS and not hasattr(convcore, _NEEDS[op.kind]):
-        raise _bad(f"{op.name} is not available in this build of convcore", "spec.filter")
     engine = "torch" if op.kind in TORCH_ONLY or (prefer_torch and op.kind in ("conv", "morph")) else "opencv"
     color = 1 if image.channels == 1 else 3
     out_channels = _check_filter(spec, op, image, engine, color, pieces)

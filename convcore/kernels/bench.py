@@ -36,7 +36,6 @@ TARGETS = (
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-
 def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak device memory one call allocates beyond what was live before it (CUDA only; None elsewhere)."""
     if device.type != "cuda":

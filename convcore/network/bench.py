@@ -22,7 +22,6 @@ from .module import roi_network
 __all__ = ["main", "measure", "models", "masks"]
 
 
-
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
