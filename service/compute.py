@@ -4,8 +4,8 @@ Each job holds decoded pixels (H, W, C), an optional ROI mask (H, W) and how to 
 are split off the alpha channel (kept unchanged); per-channel filters run depthwise (groups = C), and every job with
 the same channel count goes into a single :func:`convcore.roi_conv2d_batch` call, whatever the image sizes (inside
 it, each image's plan picks its strategy: typically tiles, one conv per ROI rectangle, equal-size rectangles of the
-batch sharing a call; scattered ROIs share gathered-window matmuls). Results are rounded half-to-even and saturated as OpenCV's
-``saturate_cast`` does.
+batch sharing a call; scattered ROIs share gathered-window matmuls). Results are rounded half-to-even and saturated
+as OpenCV's ``saturate_cast`` does.
 """
 
 from __future__ import annotations
