@@ -26,7 +26,7 @@ from .filters import TORCH_ONLY, FilterOp, build_filter
 from .regions import Piece, RegionError, bounding_rect, build_pieces, pieces_mask
 from .schemas import Spec
 
-__all__ = ["Prepared", "encode_result", "prepare", "prepare_and_run", "process", "run_opencv"]
+__all__ = ["Prepared", "encode_result", "prepare", "process", "run_on_cpu", "run_opencv"]
 
 _RANGE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
@@ -295,18 +295,12 @@ def process(
     return encode_result(result, prepared), codec.CONTENT_TYPES[prepared.format], dict(prepared.headers)
 
 
-def prepare_and_run(
-    spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, max_pixels: int, **options
-) -> tuple[Prepared, bytes | None, float]:
-    """:func:`prepare` (``options`` are its keywords), and for the OpenCV engine also filter and encode in the same
-    thread.
-
-    Returns (prepared, body or None when the torch engine must run it, seconds spent filtering).
-    """
-    prepared = prepare(spec, image_bytes, mask_bytes, max_pixels, **options)
+def run_on_cpu(prepared: Prepared) -> tuple[bytes | None, float]:
+    """For the OpenCV engine, filter and encode here (the caller's thread): (body, seconds spent filtering); for the
+    torch engine (None, 0.0): it runs on the device pool."""
     if prepared.engine != "opencv":
-        return prepared, None, 0.0
+        return None, 0.0
     t = time.perf_counter()
     result = run_opencv(prepared)
     seconds = time.perf_counter() - t
-    return prepared, encode_result(result, prepared), seconds
+    return encode_result(result, prepared), seconds

@@ -27,7 +27,7 @@ from .execution import Outcome, run
 from .filters import catalog_schemas
 from .metrics import Metrics
 from .openapi import FORM_SCHEMA
-from .pipeline import Prepared, prepare_and_run
+from .pipeline import Prepared, prepare, run_on_cpu
 from .schemas import ModelFilter, Spec
 from .state import AppState, StateDep, record_of
 
@@ -141,17 +141,20 @@ def _check_model(spec: Spec, state: AppState) -> None:
 def _prepare(
     spec: Spec, form: Form, max_pixels: int, deadline: float, bands: int, *, prefer_torch: bool
 ) -> tuple[Prepared, bytes | None, float]:
+    """Decode and check (an input nothing recognised as bad is still the input's: 422), then, for the OpenCV engine,
+    filter and encode in the same thread (a failure there is the server's: 500)."""
     try:
-        return prepare_and_run(
+        prepared = prepare(
             spec, form.image, form.mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
         )
     except ApiError:
         raise
     except MemoryError:
         raise ApiError(413, "too_much_memory", "the image needs more memory than this server has", "image") from None
-    except Exception as exc:  # an input nothing above recognised as bad: still the input's fault
+    except Exception as exc:
         log.warning("could not prepare a request: %s", type(exc).__name__)
         raise ApiError(422, "invalid_request", "could not decode or process the image", "image") from None
+    return (prepared, *run_on_cpu(prepared))
 
 
 def _respond(metrics: Metrics, prepared: Prepared, outcome: Outcome, body: bytes) -> Response:

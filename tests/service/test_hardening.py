@@ -452,12 +452,12 @@ def test_result_still_decodes_after_all_the_checks():
 
 
 def test_an_escaped_exception_is_a_json_500_counted_once_with_its_filter(monkeypatch):
-    import service.routes
+    import service.pipeline
 
     def explode(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(service.routes, "encode_result", explode)
+    monkeypatch.setattr(service.pipeline, "encode_result", explode)  # box: the OpenCV engine encodes in pipeline
 
     async def main():
         async with running() as (_, client):
