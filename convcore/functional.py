@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .checks import check_bias, check_groups, check_mask, check_out, check_same, check_tensor
 from .engine import (
+    SERIAL_SECONDS,
     TileBatch,
     TileSource,
     WindowJob,
@@ -19,6 +20,7 @@ from .engine import (
     run_tiles,
     run_windows,
     scratch,
+    single_thread,
     tile_size,
     zeros,
 )
@@ -133,16 +135,18 @@ def roi_conv2d(
         return _run_dense(input, weight, bias, plan, out)
     if chosen == "fused":
         return _run_fused(input, weight, bias, plan, groups, out)
-    fresh = out is None
-    if fresh:
-        out = zeros(out_shape, input)
-    if plan.coverage == 0:
-        return out
-    if chosen == "tiles":
-        run_tiles([TileSource(input, out, plan.mask, geom)], plan.bands(), _conv_compute(weight, bias, groups))
-    else:
-        jobs = [WindowJob(input[n], out[n], oy, ox, geom) for n, (oy, ox) in enumerate(plan.positions())]
-        _run_windows(jobs, weight, bias, groups)
+    estimate = plan.estimates.get(chosen)
+    with single_thread(input.device.type == "cpu" and estimate is not None and estimate < SERIAL_SECONDS):
+        fresh = out is None
+        if fresh:
+            out = zeros(out_shape, input)
+        if plan.coverage == 0:
+            return out
+        if chosen == "tiles":
+            run_tiles([TileSource(input, out, plan.mask, geom)], plan.bands(), _conv_compute(weight, bias, groups))
+        else:
+            jobs = [WindowJob(input[n], out[n], oy, ox, geom) for n, (oy, ox) in enumerate(plan.positions())]
+            _run_windows(jobs, weight, bias, groups)
     return out
 
 

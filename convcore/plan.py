@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .checks import check_groups, check_mask
-from .engine import Band, Rect, chunk_bytes, drop_full, plan_bands, positions, tile_size
+from .engine import Band, Rect, chunk_bytes, drop_full, plan_bands, positions, single_thread, tile_size
 from .geometry import ConvGeometry, conv_geometry
 
 __all__ = ["STRATEGIES", "RoIPlan", "RoiPlan", "estimate_costs", "plan_roi", "tile_position_bytes", "window_bytes"]
@@ -207,17 +207,18 @@ def plan_roi(
     if device is None:
         device = mask.device if isinstance(mask, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
-    mask, covered = drop_full(check_mask(mask, N, geom.out_hw, device))
-    total = N * geom.out_hw[0] * geom.out_hw[1]
-    if covered < 0:
-        covered = total
-    plan = RoIPlan((N, C, H, W), (O, Cg, kh, kw), geom, groups, mask, device, covered / max(total, 1))
-    plan.tile = tile_size(geom.out_hw)
-    if strategy == "auto":
-        plan.estimates = estimate_costs(plan, fresh_output=fresh_output)
-        plan.strategy = min(plan.estimates, key=plan.estimates.get)
-    else:
-        plan.strategy = strategy
+    with single_thread(device.type == "cpu"):  # mask statistics: small work, not worth a parallel region each
+        mask, covered = drop_full(check_mask(mask, N, geom.out_hw, device))
+        total = N * geom.out_hw[0] * geom.out_hw[1]
+        if covered < 0:
+            covered = total
+        plan = RoIPlan((N, C, H, W), (O, Cg, kh, kw), geom, groups, mask, device, covered / max(total, 1))
+        plan.tile = tile_size(geom.out_hw)
+        if strategy == "auto":
+            plan.estimates = estimate_costs(plan, fresh_output=fresh_output)
+            plan.strategy = min(plan.estimates, key=plan.estimates.get)
+        else:
+            plan.strategy = strategy
     return plan
 
 

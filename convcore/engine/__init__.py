@@ -16,12 +16,14 @@ replace a whole engine, a function taking the same planned jobs/bands). Both eng
 """
 
 from .policy import (
+    SERIAL_SECONDS,
     chunk_bytes,
     chunk_count,
     drop_full,
     needs_grad,
     scratch,
     set_workspace_limit,
+    single_thread,
     tile_size,
     workspace_limit,
     zeros,
@@ -32,6 +34,7 @@ from .tiles import TileBatch, TilesCompute, TileSource, run_tiles, run_tiles_op,
 from .windows import WindowJob, WindowsCompute, run_windows
 
 __all__ = [
+    "SERIAL_SECONDS",
     "Band",
     "OpSetup",
     "Rect",
@@ -55,6 +58,7 @@ __all__ = [
     "scratch",
     "set_workspace_limit",
     "shifted_views",
+    "single_thread",
     "tile_size",
     "window_jobs",
     "workspace_limit",

@@ -13,19 +13,22 @@ memory that is already mapped instead of page-faulting a fresh buffer every time
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 __all__ = [
     "CHUNK_BYTES",
+    "SERIAL_SECONDS",
     "chunk_bytes",
     "chunk_count",
     "drop_full",
     "needs_grad",
     "scratch",
+    "single_thread",
     "set_workspace_limit",
     "tile_size",
     "workspace_limit",
@@ -37,6 +40,10 @@ _workspace_bytes = _DEFAULT_WORKSPACE
 # Working set of one chunk: small enough to stay in cache and let the allocator reuse blocks, large enough that each
 # op is worth its thread-pool round trip (much smaller chunks were erratic on 2 cores).
 CHUNK_BYTES = {"cpu": 2**23, "cuda": 2**27}  # other device types: the "cuda" figure
+# A CPU call whose work the cost model puts below this runs on one thread: every parallel region waits for its
+# slowest thread, and on a CPU that another process keeps busy that thread is often descheduled, so many small
+# regions cost more than the work they split (measured with ``python -m convcore.bench --busy 1``).
+SERIAL_SECONDS = 0.010
 _LAZY_MIN_BYTES = 1 << 20  # below this the allocator's cached blocks are cheaper than calloc
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 _local = threading.local()
@@ -112,6 +119,20 @@ def zeros(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     if like.device.type != "cpu" or dtype is None or int(np.prod(shape)) * like.element_size() < _LAZY_MIN_BYTES:
         return like.new_zeros(shape)
     return torch.from_numpy(np.zeros(tuple(shape), dtype=dtype))
+
+
+@contextlib.contextmanager
+def single_thread(enabled: bool = True) -> Iterator[None]:
+    """Run the block with one intra-op thread (this thread's setting, restored on exit) when ``enabled``."""
+    threads = torch.get_num_threads()
+    if not enabled or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def scratch(slot: str, numel: int, like: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,66 @@
+"""The engine's shared parts: reused scratch memory leaves results identical, single-threaded runs give the same
+numbers, and the one full-mask test."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from oracles import masks
+
+from convcore import roi_conv2d, window_op2d
+from convcore.engine import drop_full, scratch, single_thread
+
+
+def test_scratch_is_reused_per_slot_and_grows():
+    like = torch.empty(0)
+    a = scratch("test-slot", 100, like)
+    b = scratch("test-slot", 50, like)
+    assert a.data_ptr() == b.data_ptr() and b.numel() == 50
+    c = scratch("test-slot", 10_000, like)
+    assert c.numel() == 10_000 and scratch("other-slot", 10, like).data_ptr() != c.data_ptr()
+
+
+def test_workspace_reuse_leaves_results_identical(device):
+    """Calls that gather into the reused scratch buffer give bit-identical results to calls that cannot reuse it
+    (under autograd), and an earlier result is not overwritten by a later call."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, device=device)
+    b = torch.randn(6, device=device)
+    xs = [torch.randn(2, 4, 40, 37, device=device) for _ in range(3)]
+    mask = masks("sparse", 2, (40, 37), device)
+    kw = dict(padding=1, padding_mode="reflect", strategy="windows")
+    reused = [roi_conv2d(x, w, b, mask, **kw) for x in xs]  # scratch memory, call after call
+    first = reused[0].clone()
+    fresh = [roi_conv2d(x.requires_grad_(), w, b, mask, **kw).detach() for x in xs]  # autograd: no reuse
+    for r, f, x in zip(reused, fresh, xs):
+        assert torch.equal(r, f)
+        ref = F.conv2d(F.pad(x.detach(), (1, 1, 1, 1), mode="reflect"), w, b) * mask[:, None]
+        assert torch.allclose(r, ref, atol=1e-4)
+    assert torch.equal(reused[0], first)
+    with torch.no_grad():
+        y1 = window_op2d(xs[0], w, lambda a, c: (a - c).abs(), reduce="max", padding=1, mask=mask)
+        y2 = window_op2d(xs[1], w, lambda a, c: (a - c).abs(), reduce="max", padding=1, mask=mask)
+        assert torch.equal(y1, window_op2d(xs[0], w, lambda a, c: (a - c).abs(), reduce="max", padding=1, mask=mask))
+    assert not torch.equal(y1, y2)
+
+
+def test_single_thread_restores_the_thread_count_and_gives_the_same_numbers():
+    threads = torch.get_num_threads()
+    x, w = torch.randn(1, 3, 30, 30, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    mask = masks("box", 1, (30, 30), "cpu")
+    y = roi_conv2d(x, w, None, mask, padding=1)
+    with single_thread():
+        assert torch.get_num_threads() == 1
+        y1 = roi_conv2d(x, w, None, mask, padding=1)
+    assert torch.get_num_threads() == threads
+    assert torch.allclose(y, y1, atol=1e-12)
+
+
+def test_drop_full_is_the_one_full_mask_test():
+    full = torch.ones(2, 3, 4, dtype=torch.bool)
+    part = full.clone()
+    part[1, 2, 3] = False
+    assert drop_full(None) == (None, -1)
+    assert drop_full(full) == (None, 24)
+    m, covered = drop_full(part)
+    assert m is part and covered == 23
