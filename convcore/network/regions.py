@@ -156,6 +156,15 @@ def _nothing(like: torch.Tensor, n: int, in_hw) -> Region:
     return Region(tuple(in_hw), (0, 0, 0, 0), like.new_zeros((n, 0, 0)))
 
 
+def _filled(like: torch.Tensor, n: int, in_hw, y0: int, y1: int, x0: int, x1: int) -> Region:
+    """Every position of [y0, y1) × [x0, x1) clipped to the map (a superset of a strided read is still exact)."""
+    y0, y1, x0, x1 = max(y0, 0), min(y1, in_hw[0]), max(x0, 0), min(x1, in_hw[1])
+    if y1 <= y0 or x1 <= x0:
+        return _nothing(like, n, in_hw)
+    crop = torch.ones((), dtype=torch.bool, device=like.device).expand(n, y1 - y0, x1 - x0)
+    return Region(tuple(in_hw), (y0, y1, x0, x1), crop, True)
+
+
 def fold(region: Region, taps_y: list[torch.Tensor], taps_x: list[torch.Tensor], in_hw: tuple[int, int]) -> Region:
     """The input positions that the output positions ``region`` reads, through separable taps.
 
@@ -175,6 +184,8 @@ def fold(region: Region, taps_y: list[torch.Tensor], taps_x: list[torch.Tensor],
             return _nothing(region.crop, N, in_hw)
         spans.append((int(valid.min()), int(valid.max()) + 1))
     (iy0, iy1), (ix0, ix1) = spans
+    if region.filled:  # a full rectangle reads (at most) the full rectangle of its spans
+        return _filled(region.crop, N, in_hw, iy0, iy1, ix0, ix1)
     m = region.crop.to(torch.float32)  # [N, h, w]
     rows = m.new_zeros((N, iy1 - iy0, m.shape[2]))
     for t in ty:
@@ -196,6 +207,10 @@ def fold_window(region: Region, k, s, d, before, in_hw) -> Region:
     if region.empty:
         return _nothing(region.crop, N, in_hw)
     y0, y1, x0, x1 = region.rect
+    if region.filled:  # a full rectangle reads (at most) the full rectangle its windows span
+        iy = (y0 * s[0] - before[0], (y1 - 1) * s[0] - before[0] + d[0] * (k[0] - 1) + 1)
+        ix = (x0 * s[1] - before[1], (x1 - 1) * s[1] - before[1] + d[1] * (k[1] - 1) + 1)
+        return _filled(region.crop, N, in_hw, *iy, *ix)
     m = region.crop[:, None].to(torch.float32)  # [N, 1, h, w]
     spread = F.conv_transpose2d(m, m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0] > 0
     oy, ox = y0 * s[0] - before[0], x0 * s[1] - before[1]  # the input position of spread[:, 0, 0]
