@@ -138,7 +138,7 @@ class Region:
         return int(self.crop.sum()) if not self.empty else 0
 
     def union(self, other: Region) -> Region:
-        if other is self or other.empty:
+        if other is self or other.empty or (self.rect == other.rect and self.filled):
             return self
         if self.empty:
             return other
