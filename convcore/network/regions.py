@@ -149,7 +149,21 @@ class Region:
             y0, y1, x0, x1 = reg.rect
             view = crop[:, y0 - r[0] : y1 - r[0], x0 - r[2] : x1 - r[2]]
             view |= reg.crop
-        return Region(self.size, r, crop)
+        return _settle(Region(self.size, r, crop))
+
+
+DENSE_ENOUGH = 0.5  # a region covering more of its rectangle than this is computed over the whole rectangle
+
+
+def _settle(region: Region) -> Region:
+    """The region, or its whole rectangle when it covers more than DENSE_ENOUGH of it (exact stays exact: a superset
+    of the needed positions; a conv over a full rectangle needs no mask and no per-position bookkeeping)."""
+    if region.empty or region._filled is not None:
+        return region
+    if float(region.crop.to(torch.float32).mean()) > DENSE_ENOUGH:
+        n = region.crop.shape[0]
+        return _filled(region.crop, n, region.size, *region.rect)
+    return region
 
 
 def _nothing(like: torch.Tensor, n: int, in_hw) -> Region:
@@ -195,7 +209,7 @@ def fold(region: Region, taps_y: list[torch.Tensor], taps_x: list[torch.Tensor],
     for t in tx:
         ok = t >= 0
         out.index_add_(2, t[ok] - ix0, rows[:, :, ok])  # out[:, :, t[o]] += rows[:, :, o]
-    return Region(tuple(in_hw), (iy0, iy1, ix0, ix1), out > 0)
+    return _settle(Region(tuple(in_hw), (iy0, iy1, ix0, ix1), out > 0))
 
 
 def fold_window(region: Region, k, s, d, before, in_hw) -> Region:
@@ -218,7 +232,7 @@ def fold_window(region: Region, k, s, d, before, in_hw) -> Region:
     iy1, ix1 = min(oy + spread.shape[1], in_hw[0]), min(ox + spread.shape[2], in_hw[1])
     if iy1 <= iy0 or ix1 <= ix0:
         return _nothing(region.crop, N, in_hw)
-    return Region(tuple(in_hw), (iy0, iy1, ix0, ix1), spread[:, iy0 - oy : iy1 - oy, ix0 - ox : ix1 - ox])
+    return _settle(Region(tuple(in_hw), (iy0, iy1, ix0, ix1), spread[:, iy0 - oy : iy1 - oy, ix0 - ox : ix1 - ox]))
 
 
 def transposed_taps(out: int, size: int, k: int, s: int, d: int, p: int, device) -> list[torch.Tensor]:
