@@ -226,7 +226,11 @@ def fold_window(region: Region, k, s, d, before, in_hw) -> Region:
         ix = (x0 * s[1] - before[1], (x1 - 1) * s[1] - before[1] + d[1] * (k[1] - 1) + 1)
         return _filled(region.crop, N, in_hw, *iy, *ix)
     m = region.crop[:, None].to(torch.float32)  # [N, 1, h, w]
-    spread = F.conv_transpose2d(m, m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0] > 0
+    if tuple(s) == (1, 1):  # a max filter over the zero-padded mask: the same spread, cheaper than a transposed conv
+        py, px = d[0] * (k[0] - 1), d[1] * (k[1] - 1)
+        spread = F.max_pool2d(F.pad(m, (px, px, py, py)), tuple(k), 1, 0, tuple(d))[:, 0] > 0
+    else:
+        spread = F.conv_transpose2d(m, m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0] > 0
     oy, ox = y0 * s[0] - before[0], x0 * s[1] - before[1]  # the input position of spread[:, 0, 0]
     iy0, ix0 = max(oy, 0), max(ox, 0)
     iy1, ix1 = min(oy + spread.shape[1], in_hw[0]), min(ox + spread.shape[2], in_hw[1])
