@@ -145,13 +145,12 @@ def _interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dic
         fn()  # warm-up: captures the graph
     times: dict[str, list[float]] = {k: [] for k in fns}
     mem = {}
-    for r in range(rounds):
+    for _ in range(rounds):
         for key, fn in fns.items():
             before = _reset_peak()
-            times[key].append(measure(fn, rounds=1) if r == 0 else _once(fn))
-            mem[key] = max(
-                mem.get(key, 0.0), (_status("VmHWM") - before) / 1024 if before is not None else float("nan")
-            )
+            times[key].append(_once(fn))
+            peak = (_status("VmHWM") - before) / 1024 if before is not None else float("nan")
+            mem[key] = max(mem.get(key, 0.0), peak)
     return {k: statistics.median(v) for k, v in times.items()}, mem
 
 
