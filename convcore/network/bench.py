@@ -126,17 +126,36 @@ def masks(size: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def _timed(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
-    """(median seconds of ``fn()``, peak resident memory during the calls above that before them, MiB; Linux)."""
-    fn()  # warm-up (captures the graph) outside the memory window
+def _interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dict, dict]:
+    """Median seconds and peak extra resident memory (MiB, Linux) of each function, calls interleaved round by round
+    so that a change in the machine's load hits every function alike."""
+    for fn in fns.values():
+        fn()  # warm-up: captures the graph
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    mem = {}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            before = _reset_peak()
+            times[key].append(_once(fn))
+            peak = (_status("VmHWM") - before) / 1024 if before is not None else float("nan")
+            mem[key] = max(mem.get(key, 0.0), peak)
+    return {k: statistics.median(v) for k, v in times.items()}, mem
+
+
+def _once(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _reset_peak() -> int | None:
+    """Reset VmHWM to the current RSS and return the RSS in KiB (None where /proc cannot do it)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        before = _status("VmRSS")
+            f.write("5")
+        return _status("VmRSS")
     except OSError:
-        before = None
-    t = measure(fn, rounds=rounds)
-    return t, (_status("VmHWM") - before) / 1024 if before is not None else float("nan")
+        return None
 
 
 def _status(key: str) -> int:
@@ -166,16 +185,18 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in built.items():
             if name not in args.models.split(","):
                 continue
-            dense, dense_mem = _timed(lambda m=model: m(x), args.rounds)
             nets = {mode: roi_network(model, mode=mode) for mode in ("exact", "masked")}
             for roi, mask in masks(args.size).items():
-                res = {}
-                for mode, net in nets.items():
-                    t, mem = _timed(lambda n=net, mk=mask: n(x, mk), args.rounds)
-                    res[mode] = (dense / t, net.plan(mask, x.shape).mac_fraction, mem)
+                fns = {"dense": lambda m=model: m(x)}
+                fns.update({mode: (lambda n=net, mk=mask: n(x, mk)) for mode, net in nets.items()})
+                secs, mem = _interleaved(fns, args.rounds)
+                res = {
+                    mode: (secs["dense"] / secs[mode], nets[mode].plan(mask, x.shape).mac_fraction, mem[mode])
+                    for mode in nets
+                }
                 (re, fe, me), (rm, fm, mm) = res["exact"], res["masked"]
                 print(
-                    f"{name:9} {roi:13} {dense:8.3f} {dense_mem:9.0f} {re:6.2f}x {fe:6.3f} {me:8.0f} "
+                    f"{name:9} {roi:13} {secs['dense']:8.3f} {mem['dense']:9.0f} {re:6.2f}x {fe:6.3f} {me:8.0f} "
                     f"{rm:6.2f}x {fm:6.3f} {mm:8.0f}",
                     flush=True,
                 )

@@ -133,9 +133,10 @@ def _upsample(cap: Capture, node: fx.Node):
 class Runner:
     """One forward pass of a captured graph over a ROI.
 
-    ``values`` maps placeholders to tensors; maps are held as :class:`Part` s. In exact mode ``need`` gives the region
-    each map node computes (nodes with no need are skipped); in masked mode every map node computes its ROI's
-    bounding rectangle and is multiplied by the ROI there.
+    ``params`` maps the graph's parameter/buffer/constant placeholders to tensors; maps are held as :class:`Part` s.
+    In exact mode ``need`` gives the :class:`Region` each map node computes (nodes no output needs are skipped); in
+    masked mode every map node computes its ROI's bounding rectangle and is multiplied by the ROI there. Each value is
+    dropped after its last reader.
     """
 
     def __init__(self, cap: Capture, params: dict, regions: Regions, mode: str, need=None, folded=None) -> None:
@@ -144,7 +145,7 @@ class Runner:
         self.env: dict[fx.Node, object] = {}
         self._boxes: dict[int, tuple] = {}
 
-    def box(self, region: torch.Tensor, rect=None) -> tuple:
+    def box(self, region: torch.Tensor) -> tuple:
         """(bounding rectangle of ``region``, whether ``region`` fills that rectangle), cached per region tensor."""
         hit = self._boxes.get(id(region))
         if hit is None or hit[0] is not region:

@@ -138,7 +138,7 @@ class Region:
         return int(self.crop.sum()) if not self.empty else 0
 
     def union(self, other: Region) -> Region:
-        if other is self or other.empty:
+        if other is self or other.empty or (self.rect == other.rect and self.filled):
             return self
         if self.empty:
             return other
@@ -149,11 +149,34 @@ class Region:
             y0, y1, x0, x1 = reg.rect
             view = crop[:, y0 - r[0] : y1 - r[0], x0 - r[2] : x1 - r[2]]
             view |= reg.crop
-        return Region(self.size, r, crop)
+        return _settle(Region(self.size, r, crop))
+
+
+DENSE_ENOUGH = 0.5  # a region covering more of its rectangle than this is computed over the whole rectangle
+
+
+def _settle(region: Region) -> Region:
+    """The region, or its whole rectangle when it covers more than DENSE_ENOUGH of it (exact stays exact: a superset
+    of the needed positions; a conv over a full rectangle needs no mask and no per-position bookkeeping)."""
+    if region.empty or region._filled is not None:
+        return region
+    if float(region.crop.to(torch.float32).mean()) > DENSE_ENOUGH:
+        n = region.crop.shape[0]
+        return _filled(region.crop, n, region.size, *region.rect)
+    return region
 
 
 def _nothing(like: torch.Tensor, n: int, in_hw) -> Region:
     return Region(tuple(in_hw), (0, 0, 0, 0), like.new_zeros((n, 0, 0)))
+
+
+def _filled(like: torch.Tensor, n: int, in_hw, y0: int, y1: int, x0: int, x1: int) -> Region:
+    """Every position of [y0, y1) × [x0, x1) clipped to the map (a superset of a strided read is still exact)."""
+    y0, y1, x0, x1 = max(y0, 0), min(y1, in_hw[0]), max(x0, 0), min(x1, in_hw[1])
+    if y1 <= y0 or x1 <= x0:
+        return _nothing(like, n, in_hw)
+    crop = torch.ones((), dtype=torch.bool, device=like.device).expand(n, y1 - y0, x1 - x0)
+    return Region(tuple(in_hw), (y0, y1, x0, x1), crop, True)
 
 
 def fold(region: Region, taps_y: list[torch.Tensor], taps_x: list[torch.Tensor], in_hw: tuple[int, int]) -> Region:
@@ -175,6 +198,8 @@ def fold(region: Region, taps_y: list[torch.Tensor], taps_x: list[torch.Tensor],
             return _nothing(region.crop, N, in_hw)
         spans.append((int(valid.min()), int(valid.max()) + 1))
     (iy0, iy1), (ix0, ix1) = spans
+    if region.filled:  # a full rectangle reads (at most) the full rectangle of its spans
+        return _filled(region.crop, N, in_hw, iy0, iy1, ix0, ix1)
     m = region.crop.to(torch.float32)  # [N, h, w]
     rows = m.new_zeros((N, iy1 - iy0, m.shape[2]))
     for t in ty:
@@ -184,7 +209,7 @@ def fold(region: Region, taps_y: list[torch.Tensor], taps_x: list[torch.Tensor],
     for t in tx:
         ok = t >= 0
         out.index_add_(2, t[ok] - ix0, rows[:, :, ok])  # out[:, :, t[o]] += rows[:, :, o]
-    return Region(tuple(in_hw), (iy0, iy1, ix0, ix1), out > 0)
+    return _settle(Region(tuple(in_hw), (iy0, iy1, ix0, ix1), out > 0))
 
 
 def fold_window(region: Region, k, s, d, before, in_hw) -> Region:
@@ -196,14 +221,22 @@ def fold_window(region: Region, k, s, d, before, in_hw) -> Region:
     if region.empty:
         return _nothing(region.crop, N, in_hw)
     y0, y1, x0, x1 = region.rect
+    if region.filled:  # a full rectangle reads (at most) the full rectangle its windows span
+        iy = (y0 * s[0] - before[0], (y1 - 1) * s[0] - before[0] + d[0] * (k[0] - 1) + 1)
+        ix = (x0 * s[1] - before[1], (x1 - 1) * s[1] - before[1] + d[1] * (k[1] - 1) + 1)
+        return _filled(region.crop, N, in_hw, *iy, *ix)
     m = region.crop[:, None].to(torch.float32)  # [N, 1, h, w]
-    spread = F.conv_transpose2d(m, m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0] > 0
+    if tuple(s) == (1, 1):  # a max filter over the zero-padded mask: the same spread, cheaper than a transposed conv
+        py, px = d[0] * (k[0] - 1), d[1] * (k[1] - 1)
+        spread = F.max_pool2d(F.pad(m, (px, px, py, py)), tuple(k), 1, 0, tuple(d))[:, 0] > 0
+    else:
+        spread = F.conv_transpose2d(m, m.new_ones((1, 1, *k)), stride=s, dilation=d)[:, 0] > 0
     oy, ox = y0 * s[0] - before[0], x0 * s[1] - before[1]  # the input position of spread[:, 0, 0]
     iy0, ix0 = max(oy, 0), max(ox, 0)
     iy1, ix1 = min(oy + spread.shape[1], in_hw[0]), min(ox + spread.shape[2], in_hw[1])
     if iy1 <= iy0 or ix1 <= ix0:
         return _nothing(region.crop, N, in_hw)
-    return Region(tuple(in_hw), (iy0, iy1, ix0, ix1), spread[:, iy0 - oy : iy1 - oy, ix0 - ox : ix1 - ox])
+    return _settle(Region(tuple(in_hw), (iy0, iy1, ix0, ix1), spread[:, iy0 - oy : iy1 - oy, ix0 - ox : ix1 - ox]))
 
 
 def transposed_taps(out: int, size: int, k: int, s: int, d: int, p: int, device) -> list[torch.Tensor]:
