@@ -10,16 +10,17 @@ ROI, measured side by side), the plan's mac_fraction, and the peak extra residen
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bench.measure import measure
 from .module import roi_network
 
-__all__ = ["main", "measure", "models", "masks"]
+__all__ = ["main", "masks", "models"]
 
 
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
