@@ -186,7 +186,8 @@ def roi_network(model: nn.Module, *, mode: str = "exact") -> RoiNetwork:
 
     * ``mode="exact"``: at the ROI of every 4-D output, the result equals ``model(input)``. Each layer computes
       only the positions the outputs' ROI needs through the receptive fields of the layers after it (found on the
-      graph). Outside the ROI the outputs are zero. A layer whose output depends on the whole map (global pooling,
+      graph; a region covering more than half of its bounding rectangle is computed over the whole rectangle).
+      Outside the ROI the outputs are zero. A layer whose output depends on the whole map (global pooling,
       instance/group/layer norm, attention, a reshape) raises ValueError; use ``mode="masked"`` for those models.
     * ``mode="masked"`` (SBNet's semantics): every 4-D floating-point tensor an op produces is multiplied by the ROI
       at its size, so everything outside the ROI is zero, and each layer computes only inside its ROI. Ops that
