@@ -56,7 +56,11 @@ class Settings(BaseSettings):
     )
     keepalive_timeout_s: int = Field(5, ge=1, le=300, description="Idle keep-alive connections are closed after this.")
     api_key: SecretStr | None = Field(None, description="When set, /convolve needs this value in `X-API-Key`.")
-    models_dir: Path | None = Field(None, description="Folder of TorchScript models (`*.pt`) served as `model:<name>`.")
+    models_dir: Path | None = Field(
+        None,
+        description="Folder of models served as `model:<name>`: torch.export programs (`*.pt2`, optional `*.json` "
+        "sidecar) and TorchScript (`*.pt`, dense).",
+    )
 
     @field_validator("devices")
     @classmethod

@@ -240,7 +240,7 @@ _KINDS = {"adaptive_gaussian": "adaptive", "kernel": "conv or mix"}
 
 
 def catalog_schemas(models: list[str]) -> dict:
-    """GET /filters: each filter's description, JSON schema, halo rule and engines, and the TorchScript models.
+    """GET /filters: each filter's description, JSON schema, halo rule and engines, and the loaded models.
 
     ``kernel`` runs on OpenCV with 2-D weights and on torch with 4-D ones ({"cpu": "opencv", "cuda": "torch",
     "4-D weights": "torch"}).

@@ -1,6 +1,6 @@
 """Request models: the ``spec`` JSON of POST /convolve, validated field by field.
 
-Every filter of the catalog is a model whose ``name`` selects it; ``model:<name>`` selects a TorchScript model.
+Every filter of the catalog is a model whose ``name`` selects it; ``model:<name>`` selects a model from MODELS_DIR.
 Numbers are strict (JSON numbers only: no booleans or numeric strings), finite and within the limits that keep a
 request bounded; a failure becomes a 422 that names the field (``spec.filter.ksize``) and the reason.
 """
@@ -230,7 +230,8 @@ class FillFilter(_Strict):
 
 
 class ModelFilter(_Strict):
-    """A TorchScript CNN from MODELS_DIR: float input in [0, 1] (N, C, H, W) → same-size output, scaled back."""
+    """A model from MODELS_DIR: a torch.export program run inside the ROI (service/models.py), or TorchScript
+    (dense)."""
 
     name: str = Field(pattern=r"^model:[A-Za-z0-9_.-]{1,64}$")
 
