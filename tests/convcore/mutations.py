@@ -67,7 +67,7 @@ MUTATIONS = [
         "convcore/gather.py",
         "return out if valid is None else out.mul_(valid.to(out.dtype))",
         "return out",
-        ["tests/convcore/test_functional.py", "-k", "inside_mask and zeros and windows"],
+        ["tests/convcore/test_engine.py", "-k", "reuse and zeros"],
     ),
     (
         "tiles engine: partial rectangles written without the mask",

@@ -46,7 +46,7 @@ def test_matches_conv2d_inside_mask(geometry, padding_mode, strategy, device, as
         else:
             ref_full = conv(x)
     mask = _masks(2, *ref_full.shape[2:], device)
-    y = roi_conv2d(  # plain tensors (inference): the windows engine gathers into its reused scratch memory
+    y = roi_conv2d(  # plain tensors, as in inference (no autograd bookkeeping in the engines)
         x,
         conv.weight.detach(),
         conv.bias.detach(),

@@ -18,13 +18,13 @@ def test_defaults_and_env_prefix(monkeypatch):
     assert "s3cret" not in repr(s) and "s3cret" not in str(s.public())
 
 
-def test_issue_fields_exist():
+def test_documented_settings_exist_and_are_described():
     names = set(Settings.model_fields)
-    issue = {
+    documented = {
         "devices", "workers_per_device", "max_batch", "max_batch_delay_ms", "max_queue", "request_timeout_s",
         "max_body_bytes", "max_pixels", "drain_timeout_s", "api_key", "models_dir",
     }  # fmt: skip
-    assert issue <= names
+    assert documented <= names
     assert all(f.description for f in Settings.model_fields.values())
 
 
