@@ -3,8 +3,8 @@
 Sends POST /convolve requests (a 256×256 RGB PNG, a 10% box ROI, gaussian ksize 9) from C concurrent clients,
 bounded by N requests and ``--max-seconds``, and prints throughput, p50/p95/p99 latency and the status counts.
 Only loopback URLs are accepted. ``--compare-batching`` starts the server itself twice (a real uvicorn process,
-ROICONV_MAX_BATCH=1, then the default) and prints the throughput ratio; ``--targets`` measures every target of the
-issue (batching ratio, latency at concurrency 1 against the in-process time, 4x overload).
+ROICONV_MAX_BATCH=1, then the default) and prints the throughput ratio; ``--targets`` measures the service's load
+targets (batching ratio, latency at concurrency 1 against the in-process time, 4x overload).
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop issuing requests after this long")
     parser.add_argument("--compare-batching", action="store_true", help="start the server twice and compare")
-    parser.add_argument("--targets", action="store_true", help="measure every target of the issue")
+    parser.add_argument("--targets", action="store_true", help="measure the load targets: batching ratio, concurrency-1 latency, 4x overload")
     args = parser.parse_args(argv)
     if not (1 <= args.concurrency <= 1024 and 1 <= args.requests <= 100_000 and 0 < args.max_seconds <= 3600):
         parser.error("need 1 <= concurrency <= 1024, 1 <= requests <= 100000, 0 < max-seconds <= 3600")
