@@ -258,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop issuing requests after this long")
     parser.add_argument("--compare-batching", action="store_true", help="start the server twice and compare")
-    parser.add_argument("--targets", action="store_true", help="measure the load targets (batching, concurrency-1 latency, overload)")
+    parser.add_argument(
+        "--targets", action="store_true", help="measure the load targets (batching, concurrency-1 latency, overload)"
+    )
     args = parser.parse_args(argv)
     if not (1 <= args.concurrency <= 1024 and 1 <= args.requests <= 100_000 and 0 < args.max_seconds <= 3600):
         parser.error("need 1 <= concurrency <= 1024, 1 <= requests <= 100000, 0 < max-seconds <= 3600")
