@@ -145,7 +145,8 @@ def scratch(slot: str, numel: int, like: torch.Tensor) -> torch.Tensor:
     pool = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = {}
-    key = (slot, like.dtype, like.device)
+    # an inference tensor (made under torch.inference_mode) cannot be written outside it: one buffer per mode
+    key = (slot, like.dtype, like.device, torch.is_inference_mode_enabled())
     buf = pool.get(key)
     if buf is None or buf.numel() < numel:
         buf = torch.empty(int(numel), dtype=like.dtype, device=like.device)

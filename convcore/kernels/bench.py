@@ -15,13 +15,12 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .. import roi_conv2d
-from ..bench.measure import measure
+from ..bench.measure import measure, peak_extra_bytes
 from .roi_conv import fused_available, fused_roi_conv2d
 
 CASES = (("box 0.1%", "box", 0.001), ("box 1%", "box", 0.01), ("box 10%", "box", 0.10), ("box 30%", "box", 0.30))
@@ -34,18 +33,6 @@ TARGETS = (
     ("scattered 1%", "fused", "windows", 2.0),
 )
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Peak device memory one call allocates beyond what was live before it (CUDA only; None elsewhere)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - base
 
 
 def roi_mask(kind: str, fraction: float, h: int, w: int, device: torch.device) -> torch.Tensor:

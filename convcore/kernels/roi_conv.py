@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..geometry import pair
 from .runtime import interpreter_enabled
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular", "symmetric")
@@ -43,20 +44,6 @@ def _kernel_module():
             "the fused kernel needs the 'triton' package (pip install triton); the other strategies do not"
         ) from exc
     return triton_conv
-
-
-def _pair(name: str, value: int | Sequence[int], minimum: int) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum} in each dimension, got {tuple(value)}")
-    return int(value[0]), int(value[1])
 
 
 def _check_tensor(name: str, t: object, dims: Sequence[str]) -> torch.Tensor:
@@ -114,9 +101,9 @@ def _check_conv_args(input, weight, bias, out_shape, stride, pad, dilation, grou
         )
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    stride = _pair("stride", stride, 1)
-    dilation = _pair("dilation", dilation, 1)
-    pad = _pair("pad", pad, 0)
+    stride = pair("stride", stride, minimum=1)
+    dilation = pair("dilation", dilation, minimum=1)
+    pad = pair("pad", pad, minimum=0)
     Ho, Wo = out_shape[2:]
     bottom = _implied_pad(H, Ho, stride[0], dilation[0], kh, pad[0])
     right = _implied_pad(W, Wo, stride[1], dilation[1], kw, pad[1])
@@ -230,7 +217,7 @@ def _pad4(pad: int | Sequence[int]) -> tuple[int, int, int, int]:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pad):
             raise ValueError(f"pad must be non-negative ints, got {tuple(pad)}")
         return tuple(int(v) for v in pad)  # type: ignore[return-value]
-    top, left = _pair("pad", pad, 0)
+    top, left = pair("pad", pad, minimum=0)
     return top, top, left, left
 
 
@@ -283,7 +270,7 @@ def fused_roi_conv2d(
     _check_tensor("input", input, ["N", "C", "H", "W"])
     _check_tensor("weight", weight, ["O", "C/groups", "kh", "kw"])
     top, bottom, left, right = _pad4(pad)
-    s, d = _pair("stride", stride, 1), _pair("dilation", dilation, 1)
+    s, d = pair("stride", stride, minimum=1), pair("dilation", dilation, minimum=1)
     N, _, H, W = input.shape
     kh, kw = weight.shape[2:]
     Ho, Wo = _out_size(H, top, bottom, kh, s[0], d[0]), _out_size(W, left, right, kw, s[1], d[1])

@@ -21,6 +21,19 @@ def test_scratch_is_reused_per_slot_and_grows():
     assert c.numel() == 10_000 and scratch("other-slot", 10, like).data_ptr() != c.data_ptr()
 
 
+def test_calls_inside_and_outside_inference_mode_share_no_scratch(device):
+    """A scratch buffer made under torch.inference_mode is an inference tensor, which cannot be written outside it:
+    a call there, then one outside, must both work and agree with F.conv2d."""
+    x, w = torch.randn(1, 3, 40, 40, device=device), torch.randn(4, 3, 3, 3, device=device)
+    mask = torch.rand(40, 40, device=device) < 0.05  # scattered: the windows engine, one image
+    expected = torch.nn.functional.conv2d(x, w, padding=1) * mask
+    with torch.inference_mode():
+        inside = roi_conv2d(x, w, None, mask, padding=1, strategy="windows")
+    outside = roi_conv2d(x, w, None, mask, padding=1, strategy="windows")
+    torch.testing.assert_close(inside, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outside, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
 def test_workspace_reuse_leaves_results_identical(padding_mode, device, monkeypatch):
     """Calls that gather into the reused scratch buffer (one image, many chunks) give bit-identical results to calls
