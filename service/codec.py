@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -21,6 +22,7 @@ __all__ = [
     "decode",
     "encode",
     "header_size",
+    "jpeg_segments",
     "sniff_format",
 ]
 
@@ -103,7 +105,12 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """The marker segments of a JPEG up to its end-of-image: (marker, offset of the 0xFF, length field).
+
+    Stand-alone markers (SOI, TEM, RSTn) and fill bytes are skipped; entropy-coded data after start-of-scan (0xDA) is
+    not parsed, so callers stop there. A byte that is not a marker raises ValueError.
+    """
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -115,11 +122,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2
             continue
+        if marker == 0xD9:  # end of image
+            return
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        yield marker, pos, length
+        pos += 2 + length
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    for marker, pos, _ in jpeg_segments(data):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             return width, height
-        pos += 2 + length
     return None
 
 

@@ -10,6 +10,8 @@ import struct
 
 import numpy as np
 
+from .codec import jpeg_segments
+
 __all__ = ["orientation", "upright"]
 
 
@@ -49,23 +51,14 @@ def _exif_blob(data: bytes, fmt: str) -> bytes | None:
 
 
 def _jpeg_exif(data: bytes) -> bytes | None:
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        if marker in (0xDA, 0xD9):  # start of scan: the metadata is over
-            return None
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
-            return data[pos + 10 : pos + 2 + length]
-        pos += 2 + length
+    try:
+        for marker, pos, length in jpeg_segments(data):
+            if marker == 0xDA:  # start of scan: the metadata is over
+                return None
+            if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+                return data[pos + 10 : pos + 2 + length]
+    except ValueError:  # not a marker where one should be
+        return None
     return None
 
 
