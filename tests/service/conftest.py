@@ -15,6 +15,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(scope="module")
+def server():
+    """One real server process (default settings, loopback) shared by a test module."""
+    p = ServerProcess()
+    try:
+        p.wait_ready()
+        yield p
+    finally:
+        p.stop()
+
+
 @pytest.fixture
 def server_process():
     started: list[ServerProcess] = []

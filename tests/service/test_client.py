@@ -14,7 +14,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from service_support import ROOT, ServerProcess, rand_image
+from service_support import ROOT, rand_image
 
 from service.client import (
     AsyncClient,
@@ -25,16 +25,6 @@ from service.client import (
     encode_png,
     filter_halo,
 )
-
-
-@pytest.fixture(scope="module")
-def server():
-    p = ServerProcess()
-    try:
-        p.wait_ready()
-        yield p
-    finally:
-        p.stop()
 
 
 def smooth(h: int, w: int, c: int = 3, dtype=np.uint8, seed: int = 0) -> np.ndarray:

@@ -17,7 +17,6 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from service_support import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -34,16 +33,6 @@ def _need_browser() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def server():
-    p = ServerProcess()
-    try:
-        p.wait_ready()
-        yield p
-    finally:
-        p.stop()
 
 
 @pytest.fixture
