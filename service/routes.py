@@ -29,7 +29,7 @@ from .metrics import Metrics
 from .openapi import FORM_SCHEMA
 from .pipeline import Prepared, prepare, run_on_cpu
 from .schemas import ModelFilter, Spec
-from .state import AppState, StateDep, record_of
+from .state import AppState, Record, StateDep, record_of
 
 __all__ = ["discard_body", "routers"]
 
@@ -82,14 +82,9 @@ FormDep = Annotated[Form, Depends(read_form)]
 async def convolve(request: Request, state: StateDep, form: FormDep) -> Response:
     """Filter an image only inside its region of interest (multipart: ``image``, optional ``mask``, ``spec``)."""
     record = record_of(request)
-    spec = await asyncio.to_thread(_parse_spec, form.spec)
-    record.filter = "model" if isinstance(spec.filter, ModelFilter) else spec.filter.name
-    _check_model(spec, state)
+    spec, peak = await asyncio.to_thread(_read_spec, form, state, record)
     timeout = min(state.settings.request_timeout_s, (spec.timeout_ms or float("inf")) / 1000)
     deadline = record.started + timeout
-    peak: Peak = await asyncio.to_thread(
-        request_peak, spec, form.image, form.mask, state.budget.total, state.settings.max_pixels
-    )
     async with state.admit(peak.bytes, deadline - time.perf_counter()) as ticket:
         prepare = functools.partial(_prepare, spec, form, state.settings.max_pixels, deadline, peak.bands)
         prepared, outcome, body = await run(state, prepare, deadline, ticket)
@@ -123,6 +118,15 @@ async def _read_form(request: Request, max_spec_bytes: int) -> Form:
         raise ApiError(422, "invalid_request", "the spec JSON is missing (multipart field 'spec')", "spec")
     spec = spec.encode("utf-8", "replace") if isinstance(spec, str) else spec
     return Form(await image.read(), (await mask.read()) if mask is not None else None, spec)
+
+
+def _read_spec(form: Form, state: AppState, record: Record) -> tuple[Spec, Peak]:
+    """Off the event loop, in one hop: the spec parsed (the record labelled with its filter), the model checked,
+    and the request's peak memory estimated from the image header."""
+    spec = _parse_spec(form.spec)
+    record.filter = "model" if isinstance(spec.filter, ModelFilter) else spec.filter.name
+    _check_model(spec, state)
+    return spec, request_peak(spec, form.image, form.mask, state.budget.total, state.settings.max_pixels)
 
 
 def _parse_spec(text: bytes) -> Spec:
