@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import codec
+from .faces.sizes import detect_bytes
 from .filters import build_filter
 from .spec import Spec
 
@@ -83,6 +84,8 @@ def request_peak(spec: Spec, image: bytes, mask: bytes | None, budget: int, max_
     kind = build_filter(spec.filter, spec.border).kind
     peak = estimate_peak(width, height, channels, itemsize, kind, budget)
     extra = 0 if mask is None else 2 * width * height * 4 * 4  # the mask decoded (up to 4 x float32) + normalized
+    if spec.roi.detect is not None:
+        extra += detect_bytes(width, height, spec.roi.detect.max_side)
     return Peak(peak.bytes + extra + len(image), peak.bands)
 
 

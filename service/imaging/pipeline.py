@@ -26,7 +26,7 @@ from . import metadata as exif
 from . import opencv_engine as cvengine
 from .filters import TORCH_ONLY, FilterOp, build_filter
 from .regions import Piece, RegionError, bounding_rect, build_pieces, pieces_mask
-from .spec import Spec
+from .spec import Roi, Spec
 from .torch_engine import Work, finish, run_batch
 
 __all__ = ["Prepared", "encode_result", "prepare", "process", "run_on_cpu", "run_opencv"]
@@ -105,9 +105,13 @@ def prepare(
     _check_deadline(deadline, "decoding the mask")
     h, w = image.height, image.width
     origin = _place(spec, w, h, max_pixels)
+    headers = {}
     try:
         full = (spec.crop.width, spec.crop.height) if spec.crop else (w, h)
-        pieces = build_pieces(spec.roi, h, w, mask_pixels, origin, full, deadline=deadline)
+        roi = spec.roi if spec.roi.detect is None else _detect(spec.roi, image.pixels, origin, full, headers)
+        _check_deadline(deadline, "finding faces")
+        empty = roi is not spec.roi and not roi.given and not roi.invert and mask_pixels is None
+        pieces = [] if empty else build_pieces(roi, h, w, mask_pixels, origin, full, deadline=deadline)
     except RegionError as exc:
         raise _bad(str(exc), exc.field) from None
     except TimeoutError:
@@ -122,7 +126,7 @@ def prepare(
     why = codec.check_encodable(fmt, depth, channels, *_output_size(spec, pieces, w, h))
     if why is not None:
         raise _bad(why, "spec.format" if spec.format else "spec.depth")
-    headers = {"X-Engine": engine}
+    headers["X-Engine"] = engine
     region = (0, 0, w, h)
     if spec.output_region == "roi":
         rect = bounding_rect(pieces)
@@ -141,6 +145,19 @@ def prepare(
     prepared = Prepared(op, work, fmt, coverage, h * w * color, engine, headers, pieces, spec.border, region, origin)
     prepared.source, prepared.window = image.pixels, window
     return prepared
+
+
+def _detect(roi: Roi, pixels: np.ndarray, origin: tuple[int, int], full, headers: dict[str, str]) -> Roi:
+    """``roi`` with the faces its ``detect`` finds added as pieces (nothing found: nothing added); 501 without the
+    ``detect`` extra. ``X-Faces-Found`` says how many."""
+    from .faces import request as faces
+
+    try:
+        found = faces.find(roi.detect, pixels, origin=origin, full=full, field="spec.roi.detect")
+    except ImportError as exc:
+        raise ApiError(501, "not_installed", str(exc), "spec.roi.detect") from None
+    headers["X-Faces-Found"] = str(len(found))
+    return faces.with_faces(roi, found, roi.detect, pixels.shape[:2], origin)
 
 
 def _output_size(spec: Spec, pieces: list[Piece], w: int, h: int) -> tuple[int, int]:

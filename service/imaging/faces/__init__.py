@@ -5,8 +5,9 @@ ROI pieces (boxes or ellipses, grown by ``scale``). Needs the ``detect`` extra (
 """
 
 from .decode import decode, nms
-from .detect import CONTEXT, DEFAULT_MAX_SIDE, Face, crop_rects, detect_faces, face_pieces, grown_box, network_size
+from .detect import CONTEXT, Face, crop_rects, detect_faces, face_pieces, grown_box
 from .model import INSTALL_HINT, CenterFace, load_centerface, model_path
+from .sizes import DEFAULT_MAX_SIDE, detect_bytes, network_size
 
 __all__ = [
     "CONTEXT",
@@ -16,6 +17,7 @@ __all__ = [
     "Face",
     "crop_rects",
     "decode",
+    "detect_bytes",
     "detect_faces",
     "face_pieces",
     "grown_box",

@@ -26,23 +26,13 @@ import torch.nn.functional as F
 
 from .decode import NMS_IOU, candidates, nms
 from .model import load_centerface
+from .sizes import _GRID, DEFAULT_MAX_SIDE, network_size
 
-__all__ = [
-    "CONTEXT",
-    "DEFAULT_MAX_SIDE",
-    "Face",
-    "crop_rects",
-    "detect_faces",
-    "face_pieces",
-    "grown_box",
-    "network_size",
-]
+__all__ = ["CONTEXT", "Face", "crop_rects", "detect_faces", "face_pieces", "grown_box"]
 
 log = logging.getLogger("roiconv.faces")
 
-DEFAULT_MAX_SIDE = 2048
 CONTEXT = 128  # network-scale pixels seen around each within piece; measured heatmap error inside: < 5e-3
-_GRID = 32
 _CROP_ALL = 0.8  # crops covering more than this share of the photo: run the whole photo instead
 
 
@@ -59,16 +49,6 @@ class Face:
     box: tuple[float, float, float, float]
     score: float
     landmarks: tuple[tuple[float, float], ...]
-
-
-def network_size(height: int, width: int, max_side: int | None = DEFAULT_MAX_SIDE) -> tuple[int, int]:
-    """(h, w) the network runs at for a photo of ``height`` × ``width``: long side ≤ max_side, multiples of 32."""
-    if height < 1 or width < 1:
-        raise ValueError(f"the photo must have at least one pixel, got {height}×{width}")
-    if max_side is not None and max_side < _GRID:
-        raise ValueError(f"max_side must be at least {_GRID} (or None for the photo's size), got {max_side}")
-    f = min(1.0, max_side / max(height, width)) if max_side is not None else 1.0
-    return tuple(max(_GRID, math.ceil(max(1, round(d * f)) / _GRID) * _GRID) for d in (height, width))
 
 
 def detect_faces(
