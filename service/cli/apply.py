@@ -57,6 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--coco", type=Path, help="COCO annotation file: boxes, or segmentation polygons")
     p.add_argument("--categories", help="with --coco: comma-separated category names or ids to use (default all)")
     p.add_argument("--mask-scale", type=float, default=1.0, help="grow every shape about its centre (default 1.0)")
+    p.add_argument(
+        "--detect",
+        choices=["faces"],
+        help="also filter what a detector finds (faces; the detect extra): alone or with --roi/--coco/sidecars; "
+        "files where nothing is found are copied unchanged and counted",
+    )
+    p.add_argument("--threshold", type=float, default=0.2, help="with --detect: the score a face must pass (0.2)")
     p.add_argument("--outside", choices=["keep", "zero"], default="keep", help="pixels outside the ROI")
     p.add_argument("--border", default="reflect101", help="border mode at the image's edges (default reflect101)")
     p.add_argument("--server", help="send the files to this server URL instead of filtering in process")
@@ -104,8 +111,10 @@ def plan_tasks(args: argparse.Namespace) -> tuple[list[Task], list[tuple[Path, s
             continue
         roi = source.find(src, rel)
         roi = None if roi is None else grow_roi(roi, args.mask_scale)
+        if getattr(args, "detect", None):
+            roi = {**(roi or {}), "detect": {"what": args.detect, "threshold": args.threshold}}
         spec = None
-        if roi is not None and has_shapes(roi):
+        if roi is not None and (has_shapes(roi) or "detect" in roi):
             spec = {"filter": filt, "roi": roi, "outside": args.outside, "border": args.border}
         tasks.append(Task(src, dst, spec))
     return tasks, skipped
@@ -137,9 +146,18 @@ def _process_file(task: Task, max_pixels: int) -> str:
     pixels = _decode(data, fmt)
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, more than ROICONV_MAX_PIXELS={max_pixels}")
-    result = convolve_local(pixels, task.spec, max_pixels, inplace=True)
+    headers: dict[str, str] = {}
+    result = convolve_local(pixels, task.spec, max_pixels, inplace=True, headers=headers)
+    if headers.get("X-Faces-Found") == "0" and not has_shapes(task.spec["roi"]):
+        return _unchanged(task)
     _write(task.dst, copy_metadata(data, _encode(result, fmt, task.src.suffix), fmt))
     return "done"
+
+
+def _unchanged(task: Task) -> str:
+    """Nothing detected and nothing else to filter: the file is written as it was (its bytes copied)."""
+    _write(task.dst, task.src.read_bytes())
+    return "nothing found"
 
 
 @lru_cache(maxsize=1)
@@ -149,10 +167,12 @@ def _catalog() -> dict:
     return catalog_schemas([])
 
 
-def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int, *, inplace: bool = False) -> np.ndarray:
+def convolve_local(
+    pixels: np.ndarray, spec: dict, max_pixels: int, *, inplace: bool = False, headers: dict | None = None
+) -> np.ndarray:
     """``pixels`` (H, W[, C]) filtered by :func:`service.imaging.pipeline.process` in this process, with the client's
     ROI-aware cut: only the ROI's region with its halo is converted, filtered and returned, then pasted into a copy
-    (into ``pixels`` itself with ``inplace=True``)."""
+    (into ``pixels`` itself with ``inplace=True``). ``headers``, when given, receives the response's headers."""
     from ..client import crop_request, paste_region
     from ..imaging.pipeline import process
     from ..imaging.spec import Spec
@@ -161,11 +181,13 @@ def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int, *, inplace: 
     region, sent = cropped if cropped is not None else (pixels, spec)
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(region), allow_pickle=False)
-    body, _, headers = process(Spec.model_validate({**sent, "format": "npy"}), buf.getvalue(), max_pixels=max_pixels)
+    body, _, answer = process(Spec.model_validate({**sent, "format": "npy"}), buf.getvalue(), max_pixels=max_pixels)
+    if headers is not None:
+        headers.update(answer)
     result = np.load(io.BytesIO(body), allow_pickle=False)
     if cropped is None:
         return result
-    rect = {k.lower(): v for k, v in headers.items()}["x-roi-rect"]
+    rect = {k.lower(): v for k, v in answer.items()}["x-roi-rect"]
     return paste_region(pixels, result, rect, spec.get("outside", "keep"), inplace=inplace)
 
 
@@ -278,9 +300,12 @@ async def _run_server(tasks: list[Task], args: argparse.Namespace, progress: Pro
                     data = await asyncio.to_thread(task.src.read_bytes)
                     pixels = await asyncio.to_thread(_decode, data, fmt)
                     result = await client.convolve(pixels, task.spec)
-                    body = await asyncio.to_thread(_encode, result, fmt, task.src.suffix)
-                    await asyncio.to_thread(_write, task.dst, copy_metadata(data, body, fmt))
-                    status = "done"
+                    if "detect" in task.spec["roi"] and np.array_equal(result, pixels):
+                        status = await asyncio.to_thread(_unchanged, task)  # nothing found, nothing filtered
+                    else:
+                        body = await asyncio.to_thread(_encode, result, fmt, task.src.suffix)
+                        await asyncio.to_thread(_write, task.dst, copy_metadata(data, body, fmt))
+                        status = "done"
             except Exception as exc:
                 status = f"failed: {_reason(exc)}"
         results[task.src] = status
@@ -295,8 +320,11 @@ def _summary(results: dict[Path, str], skipped: list[tuple[Path, str]], seconds:
     failed = {p: s for p, s in results.items() if s.startswith("failed")}
     done = sum(s == "done" for s in results.values())
     copied = sum(s == "copied" for s in results.values())
+    nothing = sum(s == "nothing found" for s in results.values())
+    found = f", written unchanged (nothing detected) {nothing}" if nothing else ""
     lines = [
-        f"done {done}, copied without ROI {copied}, skipped {len(skipped)}, failed {len(failed)} in {seconds:.1f} s"
+        f"done {done}, copied without ROI {copied}{found}, skipped {len(skipped)}, failed {len(failed)} "
+        f"in {seconds:.1f} s"
     ]
     lines += [f"  skipped {p}: {why}" for p, why in skipped]
     lines += [f"  FAILED {p}: {s.removeprefix('failed: ')}" for p, s in sorted(failed.items())]

@@ -146,10 +146,10 @@ def _upload(pixels: np.ndarray) -> tuple[str, bytes, str]:
 def roi_rect(roi: dict, height: int, width: int) -> tuple[int, int, int, int] | None:
     """The bounding rectangle (x0, y0, x1, y1), x1/y1 exclusive, of a ROI object's shapes, clipped to the image.
 
-    None when the ROI is inverted or gives no shapes (the whole image). May be empty (x0 >= x1) when the shapes
-    lie outside the image. Ellipses are bounded by their larger axis, whatever the angle.
+    None when the ROI is inverted, asks for detection or gives no shapes (the whole image). May be empty (x0 >= x1)
+    when the shapes lie outside the image. Ellipses are bounded by their larger axis, whatever the angle.
     """
-    if roi.get("invert"):
+    if roi.get("invert") or roi.get("detect"):  # detect: the faces are found on the server, anywhere in the image
         return None
     xs: list[float] = []
     ys: list[float] = []
