@@ -149,14 +149,16 @@ def prepare(
 
 def _detect(roi: Roi, pixels: np.ndarray, origin: tuple[int, int], full, headers: dict[str, str]) -> Roi:
     """``roi`` with the faces its ``detect`` finds added as pieces (nothing found: nothing added); 501 without the
-    ``detect`` extra. ``X-Faces-Found`` says how many."""
+    ``detect`` extra. ``X-Faces-Found`` says how many, ``X-Detect-Seconds`` how long finding them took."""
     from .faces import request as faces
 
+    t = time.perf_counter()
     try:
         found = faces.find(roi.detect, pixels, origin=origin, full=full, field="spec.roi.detect")
     except ImportError as exc:
         raise ApiError(501, "not_installed", str(exc), "spec.roi.detect") from None
     headers["X-Faces-Found"] = str(len(found))
+    headers["X-Detect-Seconds"] = f"{time.perf_counter() - t:.6f}"
     return faces.with_faces(roi, found, roi.detect, pixels.shape[:2], origin)
 
 
