@@ -80,15 +80,15 @@ def detect_faces(
         if not within.any():
             return []
     net = load_centerface()
-    pixels = rgb if (h, w) == (H, W) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()  # [1, 3, h, w]
-    x = x.contiguous(memory_format=torch.channels_last)
+    pixels = rgb if (h, w) == (H, W) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)  # [h, w, 3]
     keep = None if within is None else _cells(within, h, w)  # bool [h/4, w/4]
     rects = [(0, h, 0, w)] if keep is None else crop_rects(keep, h, w)
     boxes, marks = [], []
     with torch.inference_mode():
         for y0, y1, x0, x1 in rects:
-            maps = [m[0].float() for m in net(x[:, :, y0:y1, x0:x1])]  # heat [1, ·, ·], scale, offset, marks
+            crop = torch.from_numpy(np.ascontiguousarray(pixels[y0:y1, x0:x1]))  # [y1 - y0, x1 - x0, 3] uint8
+            x = crop.permute(2, 0, 1)[None].float().contiguous(memory_format=torch.channels_last)  # [1, 3, ·, ·]
+            maps = [m[0].float() for m in net(x)]  # heat [1, ·, ·], scale, offset, marks
             k = None if keep is None else keep[y0 // 4 : y1 // 4, x0 // 4 : x1 // 4]
             b, lm = candidates(*maps, (h, w), threshold, k, origin=(y0, x0))
             boxes.append(b)
