@@ -111,7 +111,7 @@ def bench_within(repeats: int, modes: bool) -> list[tuple]:
 
     import convcore
 
-    from ..imaging.faces import detect_faces, load_centerface
+    from ..imaging.faces import detect_faces, load_centerface  # roi_network runs the eager module
 
     rgb = photo(2048, 2048, 7, heads=6)
     within = np.zeros((2048, 2048), bool)

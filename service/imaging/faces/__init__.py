@@ -6,7 +6,7 @@ ROI pieces (boxes or ellipses, grown by ``scale``). Needs the ``detect`` extra (
 
 from .decode import decode, nms
 from .detect import CONTEXT, Face, crop_rects, detect_faces, face_pieces, grown_box
-from .model import INSTALL_HINT, CenterFace, load_centerface, model_path
+from .model import INSTALL_HINT, CenterFace, fast_centerface, load_centerface, model_path
 from .sizes import DEFAULT_MAX_SIDE, detect_bytes, network_size
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "detect_bytes",
     "detect_faces",
     "face_pieces",
+    "fast_centerface",
     "grown_box",
     "load_centerface",
     "model_path",

