@@ -70,6 +70,18 @@ def _decode(data: bytes, max_pixels: int, field: str, orient: bool) -> codec.Ima
     return image
 
 
+def _check_mask_header(image: bytes, mask: bytes, orient: bool) -> None:
+    """A mask whose header declares another size than the image's is refused before either is decoded (its decode
+    would cost what its own header declares, not what the image's does). Sides may swap when EXIF turns one."""
+    try:
+        sizes = [codec.header_size(data, codec.sniff_format(data)) for data in (image, mask)]
+    except codec.DecodeError:
+        return  # decoding says what is wrong with it
+    (iw, ih), (mw, mh) = sizes
+    if (mw, mh) != (iw, ih) and not (orient and (mh, mw) == (iw, ih)):
+        raise _bad(f"mask is {mw}x{mh} but the image is {iw}x{ih}; they must have the same width and height", "mask")
+
+
 def _bad(reason: str, field: str) -> ApiError:
     return ApiError(422, "invalid_request", reason, field)
 
@@ -96,6 +108,8 @@ def prepare(
     ``bands`` > 1 asks the torch engine to run the convolution in that many row bands (bounded working memory).
     """
     orient = spec.exif == "upright"
+    if mask_bytes is not None:
+        _check_mask_header(image_bytes, mask_bytes, orient)
     image = _decode(image_bytes, max_pixels, "image", orient)
     _check_deadline(deadline, "decoding the image")
     mask_pixels = None if mask_bytes is None else _decode(mask_bytes, max_pixels, "mask", orient).pixels
