@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import cv2
 import pytest
-from crafted import png_trailing_bomb, scan_bomb, tiled_tiff, tiff
+from crafted import png_trailing_bomb, scan_bomb, tiff, tiled_tiff
 from service_support import encode, post, rand_image, run, running
 
 from service import budget, codec, pipeline
@@ -56,10 +56,10 @@ def test_legitimate_progressive_interlaced_and_tiled_images_still_decode():
 
 def test_png_data_size_counts_adam7_passes():
     # the passes of an interlaced 5x3 8-bit gray image: (cols, rows) 1x1, 0x1 (x0=4 < 5: 1x1), ... by hand
-    ihdr = bytes.fromhex("00000005" "00000003" "08" "00" "00" "00" "01")
+    ihdr = bytes.fromhex("00000005000000030800000001")
     passes = [(1, 1), (1, 1), (0, 0), (1, 1), (3, 1), (2, 2), (5, 1)]  # pass 3 (0, 4) starts below the image
     assert structure.png_data_size(ihdr) == sum(r * (1 + c) for c, r in passes if c and r)
-    ihdr = bytes.fromhex("00000005" "00000003" "08" "02" "00" "00" "00")  # RGB, not interlaced
+    ihdr = bytes.fromhex("00000005000000030802000000")  # RGB, not interlaced
     assert structure.png_data_size(ihdr) == 3 * (1 + 15)
 
 
