@@ -158,6 +158,8 @@ def _prepare(
     except Exception as exc:
         log.warning("could not prepare a request: %s", type(exc).__name__)
         raise ApiError(422, "invalid_request", "could not decode or process the image", "image") from None
+    if time.perf_counter() > deadline:  # a checkpoint: the filter is not started for an answer already sent
+        raise ApiError(504, "timeout", "the deadline passed before filtering (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)")
     return (prepared, *run_on_cpu(prepared))
 
 
