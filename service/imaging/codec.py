@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .imaging import structure
+from . import structure
 
 __all__ = [
     "CONTENT_TYPES",

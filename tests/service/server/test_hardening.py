@@ -130,7 +130,7 @@ def test_opencv_limit_stops_a_decoder_whose_header_disagrees_with_ours():
     from service_support import ROOT
 
     code = (
-        "import numpy as np, cv2; from service import codec\n"
+        "import numpy as np, cv2; from service.imaging import codec\n"
         "data = cv2.imencode('.png', np.zeros((100, 100), np.uint8))[1].tobytes()\n"
         "try:\n    codec.decode(data, 10**6)\nexcept codec.TooLarge as e:\n    print('TooLarge', e)\n"
     )

@@ -9,9 +9,8 @@ import pytest
 from crafted import png_trailing_bomb, scan_bomb, tiff, tiled_tiff
 from service_support import encode, post, rand_image, run, running
 
-from service import budget, codec, pipeline
-from service.imaging import structure
-from service.schemas import Spec
+from service.imaging import codec, peak, pipeline, structure
+from service.imaging.spec import Spec
 
 SPEC = {"filter": {"name": "gaussian", "ksize": 3}}
 
@@ -80,7 +79,7 @@ def test_a_mask_of_another_size_is_refused_before_anything_is_decoded(monkeypatc
 
 def test_the_mask_is_budgeted_at_the_image_size_not_its_header():
     spec = Spec.model_validate(SPEC)
-    small = budget.request_peak(spec, encode(rand_image(1, 1)), tiff(6324, 6324, data=b"\0" * 64), 2**30, 10**8)
+    small = peak.request_peak(spec, encode(rand_image(1, 1)), tiff(6324, 6324, data=b"\0" * 64), 2**30, 10**8)
     assert small.bytes < 2**20
 
 

@@ -10,7 +10,7 @@ import time
 
 from service_support import encode, post, rand_image, run, running
 
-from service import routes
+from service.server.routes import convolve as routes
 
 SPEC = {"filter": {"name": "gaussian", "ksize": 3}}
 
