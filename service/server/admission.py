@@ -25,6 +25,7 @@ from .devices import DevicePool
 from .errors import ApiError
 from .metrics import Metrics
 from .settings import Settings
+from .uploads import Upload, UploadSlots
 
 __all__ = ["AppState", "Record", "StateDep", "Ticket", "get_state", "record_of"]
 
@@ -93,7 +94,7 @@ class AppState:
     pool: DevicePool | None = None
     cpu_pool: ThreadPoolExecutor | None = None  # the OpenCV engine's requests: one thread per core, no batching
     draining: bool = False
-    uploads: int = 0
+    slots: UploadSlots | None = None
     preparing: int = 0
     outliving: int = 0  # requests answered (504) whose thread still runs: their place and memory stay held
     requests: set[Record] = field(default_factory=set)
@@ -122,18 +123,26 @@ class AppState:
         return not self.busy
 
     @contextmanager
-    def uploading(self, record: Record) -> Iterator[None]:
-        """The first gate: 503 while draining, 429 when MAX_UPLOADS bodies are being read already."""
+    def uploading(self, record: Record, scope: dict) -> Iterator[Upload]:
+        """The first gate: 503 while draining, 429 when MAX_UPLOADS bodies are being read already at honest speed
+        (the slowest upload below uploads.MIN_RATE loses its slot to this one: see :mod:`.uploads`)."""
         if self.draining or self.pool is None:
             raise ApiError(503, "draining", "the server is shutting down; retry on another replica", headers=RETRY)
-        if self.uploads >= self.settings.max_uploads:
+        if self.slots is None:
+            self.slots = UploadSlots(self.settings.max_uploads)
+        upload = self.slots.take(scope)
+        if upload is None:
             raise ApiError(429, "uploads_full", "too many uploads in progress; retry later", headers=RETRY)
         record.admitted = True
-        self.uploads += 1
         try:
-            yield
+            yield upload
         finally:
-            self.uploads -= 1
+            self.slots.give_back(upload)
+
+    @property
+    def uploads(self) -> int:
+        """Request bodies being received now."""
+        return 0 if self.slots is None else len(self.slots)
 
     @asynccontextmanager
     async def admit(self, peak_bytes: int, timeout: float) -> AsyncIterator[Ticket]:

@@ -36,6 +36,7 @@ from .openapi import install_openapi
 from .page import page_router
 from .routes import discard_body, routers
 from .settings import Settings, SettingsError, load_settings, parse_devices
+from .uploads import RECEIVED
 
 __all__ = ["AppState", "BodyLimitMiddleware", "create_app", "set_cpu_threads", "warmup_batch"]
 
@@ -64,6 +65,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                scope[RECEIVED] = seen  # the upload slots judge a body's speed by it
                 if seen > self.max_bytes:
                     raise BodyTooLarge(f"request body is larger than {self.max_bytes} bytes")
             return message

@@ -66,13 +66,23 @@ async def read_form(request: Request, state: StateDep, _key: Annotated[None, Dep
     """The multipart body, read within ROICONV_BODY_TIMEOUT_S and the request deadline (408 past either)."""
     record = record_of(request)
     s = state.settings
-    with state.uploading(record):
+    with state.uploading(record, request.scope) as upload:
         timeout = max(0.0, min(s.body_timeout_s, record.started + s.request_timeout_s - time.perf_counter()))
+        reader = asyncio.ensure_future(_read_form(request, s.max_spec_bytes))
+        evicted = asyncio.ensure_future(upload.evicted.wait())
         try:
-            return await asyncio.wait_for(_read_form(request, s.max_spec_bytes), timeout)
-        except asyncio.TimeoutError:
-            reason = f"the request body did not arrive within {timeout:.1f} s (ROICONV_BODY_TIMEOUT_S)"
-            raise ApiError(408, "body_timeout", reason, "body", headers=_CLOSE) from None
+            await asyncio.wait((reader, evicted), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, evicted):
+                task.cancel()
+            await asyncio.gather(reader, evicted, return_exceptions=True)
+        if reader.done() and not reader.cancelled():
+            return reader.result()
+        if upload.evicted.is_set():
+            reason = "the body arrived too slowly and its upload slot went to another request (all were taken)"
+            raise ApiError(408, "upload_too_slow", reason, "body", headers=_CLOSE)
+        reason = f"the request body did not arrive within {timeout:.1f} s (ROICONV_BODY_TIMEOUT_S)"
+        raise ApiError(408, "body_timeout", reason, "body", headers=_CLOSE)
 
 
 FormDep = Annotated[Form, Depends(read_form)]
