@@ -309,7 +309,7 @@ def _normalize(pixels: np.ndarray, fmt: str) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-_MAX_SIDE = {"webp": 16383, "jpeg": 65535, "png": 2**31 - 1, "bmp": 2**31 - 1}
+_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "png": 2**31 - 1, "bmp": 2**31 - 1}
 
 
 def check_encodable(fmt: str, depth: str, channels: int, width: int = 0, height: int = 0) -> str | None:

@@ -35,6 +35,7 @@ from .metrics import Metrics
 from .openapi import install_openapi
 from .page import page_router
 from .routes import discard_body, routers
+from .security import SecurityHeaders, host_name
 from .settings import Settings, SettingsError, load_settings, parse_devices
 from .uploads import RECEIVED
 
@@ -174,7 +175,9 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
         max_bytes=settings.max_body_bytes,
         on_reject=lambda: state.metrics.rejected.labels(reason="body_too_large").inc(),
     )
-    app.add_middleware(RequestAccounting, state=state)  # outermost: counts every /convolve request once
+    app.add_middleware(RequestAccounting, state=state)  # counts every /convolve request once
+    hosts = frozenset(host_name(h) for h in settings.allowed_hosts.split(",") if h.strip())
+    app.add_middleware(SecurityHeaders, allowed=hosts)  # outermost: on every response, the Host checked first
     return app
 
 

@@ -54,10 +54,12 @@ class Form:
 
 
 def require_key(request: Request, state: StateDep) -> None:
-    """401 unless ``X-API-Key`` matches ROICONV_API_KEY (when one is set); compared in constant time."""
+    """401 unless ``X-API-Key`` (or ``Authorization: Bearer``) matches ROICONV_API_KEY (when one is set); compared
+    in constant time."""
     key = state.settings.api_key
     if key is not None:
-        given = request.headers.get("x-api-key", "").encode()
+        bearer = request.headers.get("authorization", "")
+        given = request.headers.get("x-api-key", bearer[7:] if bearer[:7].lower() == "bearer " else "").encode()
         if not hmac.compare_digest(given, key.get_secret_value().encode()):
             raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", "X-API-Key")
 
@@ -225,7 +227,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
-@health_router.get("/info")
+@health_router.get("/info", dependencies=[Depends(require_key)])
 async def info(state: StateDep) -> dict:
     """Version, devices and the effective settings (secrets left out)."""
     import torch
@@ -243,7 +245,7 @@ async def info(state: StateDep) -> dict:
     }
 
 
-@metrics_router.get("/metrics", response_class=Response)
+@metrics_router.get("/metrics", response_class=Response, dependencies=[Depends(require_key)])
 async def metrics(state: StateDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
