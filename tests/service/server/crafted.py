@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 from service_support import encode, rand_image
 
+from service.bench.bombs import crop_bypass_spec, float_tiff, png_trailing_bomb, scan_bomb, tiled_tiff  # noqa: F401
+
 _SHORT, _LONG = 3, 4
 
 
@@ -163,72 +165,3 @@ def corpus() -> list[tuple[str, bytes, dict, set[int]]]:
         ("webp too wide", encode(rand_image(4, 17000, c=1)), {"format": "webp"}, {422}),
     ]
     return cases
-
-
-# --- decode bombs whose cost is not in the declared size (issue 20) -----------------------------------------------
-
-
-def _jpeg_scans(data: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each scan: its SOS segment and the entropy-coded data up to the next marker."""
-    out, pos = [], 2
-    while data[pos + 1] != 0xD9:
-        end = pos + 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
-        if data[pos + 1] == 0xDA:
-            while data[end] != 0xFF or data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
-                end += 1
-            out.append((pos, end))
-        pos = end
-    return out
-
-
-def scan_bomb(width: int, height: int, repeats: int) -> bytes:
-    """A flat progressive JPEG whose last scan is repeated ``repeats`` more times (each a pass over the image)."""
-    flat = np.full((height, width, 3), 128, np.uint8)
-    data = cv2.imencode(".jpg", flat, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
-    start, end = _jpeg_scans(data)[-1]
-    return data[:end] + data[start:end] * repeats + data[end:]
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_trailing_bomb(zeros: int) -> bytes:
-    """A 1x1 gray PNG whose image data carries its one row and then ``zeros`` more zero bytes."""
-    squeeze = zlib.compressobj(9)
-    stream = squeeze.compress(b"\x00\x80")
-    block = bytes(2**20)
-    for _ in range(zeros // len(block)):
-        stream += squeeze.compress(block)
-    stream += squeeze.compress(bytes(zeros % len(block))) + squeeze.flush()
-    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", stream) + png_chunk(b"IEND", b"")
-
-
-def tiled_tiff(width: int, height: int, tile_width: int, tile_length: int) -> bytes:
-    """A gray 8-bit deflate TIFF of ``width`` x ``height`` stored as one ``tile_width`` x ``tile_length`` tile."""
-    tile = zlib.compress(bytes(tile_width * tile_length), 9)
-    entries = [
-        (256, _LONG, width),
-        (257, _LONG, height),
-        (258, _SHORT, 8),
-        (259, _SHORT, 8),  # deflate
-        (262, _SHORT, 1),
-        (277, _SHORT, 1),
-        (322, _LONG, tile_width),
-        (323, _LONG, tile_length),
-        (324, _LONG, 0),  # tile offset, patched below
-        (325, _LONG, len(tile)),
-    ]
-    data_offset = 8 + 2 + 12 * len(entries) + 4
-    out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))
-    for tag, typ, value in entries:
-        value = data_offset if tag == 324 else value
-        packed = struct.pack("<HI", value, 0)[:4] if typ == _SHORT else struct.pack("<I", value)
-        out += struct.pack("<HHI", tag, typ, 1) + packed
-    return bytes(out) + struct.pack("<I", 0) + tile
-
-
-def float_tiff(height: int, width: int, value: float) -> bytes:
-    """A float32 gray TIFF filled with ``value``."""
-    return cv2.imencode(".tiff", np.full((height, width), value, np.float32))[1].tobytes()

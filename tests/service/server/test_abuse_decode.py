@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import cv2
 import pytest
-from crafted import png_trailing_bomb, scan_bomb, tiff, tiled_tiff
+from crafted import crop_bypass_spec, png_trailing_bomb, scan_bomb, tiff, tiled_tiff
 from service_support import encode, post, rand_image, run, running
 
 from service.imaging import codec, peak, pipeline, structure
@@ -84,8 +84,7 @@ def test_the_mask_is_budgeted_at_the_image_size_not_its_header():
 
 
 def test_polygons_are_costed_on_the_full_image_the_crop_draws_on():
-    zigzag = [[x % 40, 0 if x % 2 else 100_000] for x in range(512)]  # 512 edges spanning 100,000 rows
-    spec = {**SPEC, "roi": {"polygons": [zigzag]}, "crop": {"x": 0, "y": 0, "width": 40, "height": 100_000}}
+    spec = crop_bypass_spec(100_000, polygons=1, points=512)  # 512 edges spanning 100,000 rows of a 40-wide image
     r, small = _answers(encode(rand_image(1, 1)), spec)
     assert r.status_code == 422 and r.json()["field"] == "spec.roi.polygons", r.text
     assert small.status_code == 200
