@@ -83,7 +83,7 @@ def tiled_tiff(width: int, height: int, tile_width: int, tile_length: int) -> by
 def float_tiff(height: int, width: int, value: float) -> bytes:
     """A float32 gray TIFF filled with ``value``, deflate-compressed (a 6324² mask of zeros is 348 KB)."""
     pixels = np.full((height, width), value, np.float32)
-    return cv2.imencode(".tiff", pixels, [cv2.IMWRITE_TIFF_COMPRESSION, 32946])[1].tobytes()
+    return cv2.imencode(".tiff", pixels, [cv2.IMWRITE_TIFF_COMPRESSION, 8])[1].tobytes()
 
 
 def crop_bypass_spec(rows: int, polygons: int = 3, points: int = 4096, width: int = 40) -> dict:
