@@ -50,7 +50,7 @@ class Ticket:
     state: AppState
     held: bool = True
     release: Callable[[], None] | None = None
-    work: Future | None = None
+    work: Future | asyncio.Future | None = None
 
     def queued(self) -> None:
         """The job is in the pool's queue now (or running elsewhere): stop counting it as being prepared."""
@@ -58,8 +58,9 @@ class Ticket:
             self.held = False
             self.state.preparing -= 1
 
-    def outlived_by(self, work: Future) -> None:
-        """The answer leaves before ``work`` (a thread's future) is done: hold everything until it is."""
+    def outlived_by(self, work: Future | asyncio.Future) -> None:
+        """The answer leaves before ``work`` (a CPU thread's or a device job's) is done: hold everything until it
+        is."""
         self.work = work
 
     def finish(self) -> None:

@@ -76,7 +76,8 @@ async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: 
     Hands ``ticket`` over once the job is queued. Raises ApiError: 429 when the pool's queue is full, 504 when the
     deadline passes first (the job is cancelled if it has not started), 500 when the computation failed.
     """
-    job = Job(prepared.op, prepared.work, asyncio.get_running_loop().create_future())
+    loop = asyncio.get_running_loop()
+    job = Job(prepared.op, prepared.work, loop.create_future(), finished=loop.create_future())
     try:
         state.pool.submit(job)
     except asyncio.QueueFull:
@@ -88,8 +89,11 @@ async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: 
             raise asyncio.TimeoutError
         result = await asyncio.wait_for(asyncio.shield(job.future), remaining)
     except asyncio.TimeoutError:
-        job.future.cancel()
+        job.future.cancel()  # a job still queued is dropped; one being computed holds its place until it is done
         reason = "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        if job.started:
+            ticket.outlived_by(job.finished)
+            reason += "; the computation already started holds its memory until it stops"
         raise ApiError(504, "timeout", reason) from None
     except ComputeError as exc:
         raise ApiError(500, "compute_failed", str(exc)) from None

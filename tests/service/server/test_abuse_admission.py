@@ -69,3 +69,30 @@ def test_work_whose_deadline_passed_in_the_pool_queue_never_starts(monkeypatch):
     rs = run(main())
     assert [r.status_code for r in rs] == [504] * 4
     assert len(started) <= 2, started  # the ones still queued at their deadline were cancelled, not run
+
+
+def test_a_504_on_the_device_pool_holds_the_memory_until_the_batch_is_done():
+    release = threading.Event()
+
+    async def main():
+        async with running(request_timeout_s=0.5) as (app, client):
+            state = app.state.roiconv
+            real = state.pool.run
+
+            def stuck(*args):  # a batch that outlives its deadline
+                release.wait(10)
+                return real(*args)
+
+            state.pool.run = stuck
+            weights = [[[[0.0, 1.0, 0.0]] * 3] * 3] * 3  # a 4-D kernel: the torch engine
+            late = await post(client, encode(rand_image(16, 16)), {"filter": {"name": "kernel", "weights": weights}})
+            held = state.budget.used, state.busy
+            release.set()
+            t = time.perf_counter()
+            while state.budget.used and time.perf_counter() - t < 10:
+                await asyncio.sleep(0.01)
+            return late, held, (state.budget.used, state.outliving)
+
+    late, held, after = run(main())
+    assert late.status_code == 504 and "holds its memory" in late.json()["reason"], late.text
+    assert held[0] > 0 and held[1] and after == (0, 0)
