@@ -1,0 +1,448 @@
+"""Edit a JPEG inside a region only: the 8×8 blocks whose pixels change are re-encoded, every other block keeps its
+quantized DCT coefficients bit for bit.
+
+The entropy-coded data is decoded to coefficients and written back by libjpeg-turbo's lossless transform
+(``tjTransform`` of the TurboJPEG API, loaded from the system's ``libturbojpeg``), the way ``jpegtran`` copies a file:
+same quantization tables, same sampling factors, the APPn and COM segments (EXIF, ICC, XMP) copied. Two transforms
+share one decode: the first (no output) hands this module the coefficients of the windows around the ROI, the second
+writes the file, with the changed blocks replaced.
+
+Pixels come from the coefficients of the windows only: each window is the ROI's rectangle grown by the filter's halo
+and rounded out to whole MCUs. Inverse DCT, upsampling (libjpeg's "fancy" triangle filter for 2× factors) and the
+YCbCr → BGR conversion follow libjpeg's definitions in floating point, so the pixels handed to the filter are within
+a level or two of libjpeg's decode. After the filter, a block of a component is re-encoded (BGR → YCbCr, box
+downsampling, forward DCT, quantization with the file's own table) only when a pixel under it changed; decoders then
+see the input's pixels everywhere except in those blocks and, with subsampled chroma, one pixel around them (the
+upsampling filter reads the neighbouring chroma sample). Cost follows the ROI: outside the windows nothing is
+transformed, only entropy-decoded and re-encoded in C.
+
+Refused with :class:`Unsupported` (the caller re-encodes the whole image instead): CMYK/YCCK and Adobe-RGB files,
+12-bit, lossless and hierarchical JPEG, and systems without libturbojpeg. Progressive input is written progressive;
+a restart interval is not kept (pixels are unaffected).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..codec import jpeg_segments
+
+__all__ = ["JpegLayout", "Unsupported", "available", "edit_jpeg", "read_layout"]
+
+log = logging.getLogger(__name__)
+
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+FilterFn = Callable[[np.ndarray, tuple[int, int]], None]
+
+_ZIGZAG = np.array(
+    [0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21]
+    + [28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60]
+    + [61, 54, 47, 55, 62, 63]
+)  # natural (row-major) index of the k-th coefficient in zigzag order
+_K = np.arange(8)
+_DCT = np.sqrt(np.where(_K == 0, 1 / 8, 2 / 8))[:, None] * np.cos((2 * _K[None, :] + 1) * _K[:, None] * np.pi / 16)
+"""The orthonormal 8-point DCT-II matrix [u, x]: JPEG's 2-D DCT of a block B is _DCT @ B @ _DCT.T."""
+_SOF_OK = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
+_SOF_REFUSED = {0xC3: "lossless", 0xC5: "hierarchical", 0xC6: "hierarchical", 0xC7: "hierarchical"}
+_SOF_REFUSED |= {0xC9: "arithmetic-coded", 0xCA: "arithmetic-coded", 0xCB: "lossless", 0xCD: "hierarchical"}
+_SOF_REFUSED |= {0xCE: "hierarchical", 0xCF: "lossless"}
+
+
+class Unsupported(ValueError):
+    """This JPEG cannot be edited block by block (the message says why); the caller re-encodes it whole."""
+
+
+@dataclass(frozen=True)
+class JpegLayout:
+    """What the block edit needs from a JPEG's header.
+
+    ``sampling`` [(h, v)] per component (the luma's is the largest), ``tables`` the quantization table of each
+    component (Tensor-like int [8, 8], natural order), ``mcu`` (width, height) in pixels.
+    """
+
+    width: int
+    height: int
+    sampling: tuple[tuple[int, int], ...]
+    tables: tuple[np.ndarray, ...]
+    progressive: bool
+
+    @property
+    def mcu(self) -> tuple[int, int]:
+        return 8 * max(h for h, _ in self.sampling), 8 * max(v for _, v in self.sampling)
+
+    def factors(self, c: int) -> tuple[int, int]:
+        """(x, y) pixels per sample of component ``c``."""
+        (mw, mh), (h, v) = self.mcu, self.sampling[c]
+        return mw // (8 * h), mh // (8 * v)
+
+
+def read_layout(data: bytes) -> JpegLayout:
+    """The frame header and quantization tables of ``data``; Unsupported for what the block edit cannot keep."""
+    tables: dict[int, np.ndarray] = {}
+    frame = None
+    adobe_transform = None
+    try:
+        for marker, pos, length in _segments(data):
+            body = data[pos + 4 : pos + 2 + length]
+            if marker == 0xDA:
+                break
+            if marker == 0xDB:
+                tables |= _dqt(body)
+            elif marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
+                adobe_transform = body[11]
+            elif marker in _SOF_REFUSED:
+                raise Unsupported(f"{_SOF_REFUSED[marker]} JPEG (SOF{marker - 0xC0}) cannot be edited block by block")
+            elif marker in _SOF_OK:
+                frame = (marker, body)
+    except (struct.error, IndexError) as exc:
+        raise Unsupported(f"unreadable JPEG header ({type(exc).__name__})") from None
+    if frame is None:
+        raise Unsupported("no frame header (SOF) before the first scan")
+    return _layout(frame, tables, adobe_transform)
+
+
+def _segments(data: bytes):
+    try:
+        yield from jpeg_segments(data)
+    except ValueError as exc:
+        raise Unsupported(f"unreadable JPEG header ({exc})") from None
+
+
+def _dqt(body: bytes) -> dict[int, np.ndarray]:
+    tables, pos = {}, 0
+    while pos < len(body):
+        precision, tid = body[pos] >> 4, body[pos] & 15
+        n = 128 if precision else 64
+        values = np.frombuffer(body[pos + 1 : pos + 1 + n], ">u2" if precision else "u1").astype(np.int32)
+        if values.size != 64:
+            raise Unsupported("truncated quantization table (DQT)")
+        table = np.empty(64, np.int32)
+        table[_ZIGZAG] = values
+        tables[tid] = table.reshape(8, 8)
+        pos += 1 + n
+    return tables
+
+
+def _layout(frame: tuple[int, bytes], tables: dict[int, np.ndarray], adobe_transform: int | None) -> JpegLayout:
+    marker, body = frame
+    precision, height, width, count = struct.unpack(">BHHB", body[:6])
+    if precision != 8:
+        raise Unsupported(f"{precision}-bit JPEG: only 8-bit samples can be edited block by block")
+    if count == 4:
+        raise Unsupported("CMYK/YCCK JPEG: the service filters BGR pixels; a 4-component file cannot keep its blocks")
+    if count not in (1, 3):
+        raise Unsupported(f"JPEG with {count} components: expected 1 (grayscale) or 3 (YCbCr)")
+    if count == 3 and adobe_transform == 0:
+        raise Unsupported("RGB-coded JPEG (Adobe transform 0): only YCbCr colour JPEGs can be edited block by block")
+    sampling, qts = [], []
+    for i in range(count):
+        _, hv, tq = body[6 + 3 * i : 9 + 3 * i]
+        if tq not in tables:
+            raise Unsupported(f"component {i} uses quantization table {tq}, which the file does not define")
+        sampling.append((hv >> 4, hv & 15) if count > 1 else (1, 1))
+        qts.append(tables[tq])
+    hmax, vmax = max(h for h, _ in sampling), max(v for _, v in sampling)
+    if any(hmax % h or vmax % v for h, v in sampling):
+        raise Unsupported(f"sampling factors {sampling} are not integer ratios")
+    return JpegLayout(width, height, tuple(sampling), tuple(qts), marker == 0xC2)
+
+
+# --- the TurboJPEG binding --------------------------------------------------------------------------------------------
+
+
+class _Region(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_int), ("w", ctypes.c_int), ("h", ctypes.c_int)]
+
+
+_FILTER = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), _Region, _Region, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
+)
+
+
+class _Transform(ctypes.Structure):
+    _fields_ = [
+        ("r", _Region),
+        ("op", ctypes.c_int),
+        ("options", ctypes.c_int),
+        ("data", ctypes.c_void_p),
+        ("customFilter", _FILTER),
+    ]
+
+
+_NOOUTPUT, _PROGRESSIVE = 16, 32  # TJXOPT_*
+_LIMITSCANS = 32768  # TJFLAG_LIMITSCANS: refuse progressive files with more than 500 scans (a decoding bomb)
+
+
+@lru_cache(maxsize=1)
+def _turbo() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("turbojpeg") or "libturbojpeg.so.0"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        log.warning("libturbojpeg not found (Debian: apt-get install libturbojpeg0): JPEGs are re-encoded whole")
+        return None
+    lib.tjInitTransform.restype = ctypes.c_void_p
+    ubyte_pp = ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte))
+    lib.tjTransform.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ubyte_pp]
+    lib.tjTransform.argtypes += [ctypes.POINTER(ctypes.c_ulong), ctypes.POINTER(_Transform), ctypes.c_int]
+    lib.tjGetErrorStr2.restype = ctypes.c_char_p
+    lib.tjGetErrorStr2.argtypes = [ctypes.c_void_p]
+    lib.tjFree.argtypes = [ctypes.c_void_p]
+    lib.tjDestroy.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def available() -> bool:
+    """Whether libturbojpeg could be loaded (without it every JPEG is re-encoded whole)."""
+    return _turbo() is not None
+
+
+def _transform(data: bytes, read: Callable, write: Callable, progressive: bool) -> bytes:
+    """One lossless transform of ``data`` with two coefficient callbacks: ``read`` (no output), then ``write``."""
+    lib = _turbo()
+    if lib is None:
+        raise Unsupported("libturbojpeg is not installed (Debian: apt-get install libturbojpeg0)")
+    errors: list[BaseException] = []
+
+    def guard(fn):
+        def call(coeffs, region, plane, component, index, transform):
+            try:
+                fn(coeffs, region.x, region.y, region.w, region.h, component)
+                return 0
+            except BaseException as exc:  # an exception must not cross the C frames: record it and stop libjpeg
+                errors.append(exc)
+                return -1
+
+        return _FILTER(call)
+
+    callbacks = (guard(read), guard(write))  # referenced until tjTransform returns
+    transforms = (_Transform * 2)()
+    transforms[0].options, transforms[0].customFilter = _NOOUTPUT, callbacks[0]
+    transforms[1].options, transforms[1].customFilter = _PROGRESSIVE if progressive else 0, callbacks[1]
+    bufs, sizes = (ctypes.POINTER(ctypes.c_ubyte) * 2)(), (ctypes.c_ulong * 2)()
+    handle = lib.tjInitTransform()
+    if not handle:
+        raise MemoryError("tjInitTransform failed")
+    try:
+        rc = lib.tjTransform(handle, data, len(data), 2, bufs, sizes, transforms, _LIMITSCANS)
+        if errors:
+            raise errors[0]
+        if rc != 0:
+            raise ValueError(f"libjpeg-turbo could not transcode the JPEG: {lib.tjGetErrorStr2(handle).decode()}")
+        return ctypes.string_at(bufs[1], sizes[1])
+    finally:
+        for i in range(2):
+            if bufs[i]:
+                lib.tjFree(bufs[i])
+        lib.tjDestroy(handle)
+
+
+# --- windows, pixels and blocks ---------------------------------------------------------------------------------------
+
+
+def _windows(rects: Sequence[Rect], halo: tuple[int, int], layout: JpegLayout) -> list[Rect]:
+    """The rectangles grown by ``halo`` (x, y), rounded out to whole MCUs, clipped to the MCU-padded image, merged
+    until no two overlap (each window is then decoded, filtered and re-encoded on its own)."""
+    (mw, mh), (hx, hy) = layout.mcu, halo
+    right, bottom = -(-layout.width // mw) * mw, -(-layout.height // mh) * mh
+    boxes = []
+    for x0, y0, x1, y1 in rects:
+        if x1 <= x0 or y1 <= y0:
+            continue
+        gx0, gy0 = max(x0 - hx, 0) // mw * mw, max(y0 - hy, 0) // mh * mh
+        gx1, gy1 = min(-(-(x1 + hx) // mw) * mw, right), min(-(-(y1 + hy) // mh) * mh, bottom)
+        boxes.append((gx0, gy0, gx1, gy1))
+    merged = True
+    while merged:
+        merged, out = False, []
+        for box in boxes:
+            for i, other in enumerate(out):
+                if box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3]:
+                    out[i] = (min(box[0], other[0]), min(box[1], other[1]), max(box[2], other[2]), max(box[3], other[3]))
+                    merged = True
+                    break
+            else:
+                out.append(box)
+        boxes = out
+    return boxes
+
+
+def _block_rect(window: Rect, layout: JpegLayout, c: int) -> Rect:
+    """The window in blocks of component ``c``: (bx0, by0, bx1, by1)."""
+    fx, fy = layout.factors(c)
+    return window[0] // (8 * fx), window[1] // (8 * fy), window[2] // (8 * fx), window[3] // (8 * fy)
+
+
+def _idct(blocks: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Samples (rows*8, cols*8) of quantized blocks (rows, cols, 8, 8), rounded and clamped as libjpeg does."""
+    rows, cols = blocks.shape[:2]
+    pixels = _DCT.T @ (blocks * table) @ _DCT + 128.0  # [rows, cols, 8, 8]
+    pixels = np.clip(np.rint(pixels), 0, 255)
+    return pixels.transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8)
+
+
+def _fdct(samples: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Quantized blocks (rows, cols, 8, 8) of samples (rows*8, cols*8) in 0..255, rounded half away from zero."""
+    rows, cols = samples.shape[0] // 8, samples.shape[1] // 8
+    blocks = (samples - 128.0).reshape(rows, 8, cols, 8).transpose(0, 2, 1, 3)  # [rows, cols, 8, 8]
+    coefs = _DCT @ blocks @ _DCT.T / table
+    return (np.sign(coefs) * np.floor(np.abs(coefs) + 0.5)).astype(np.int16)
+
+
+def _upsample(plane: np.ndarray, fx: int, fy: int) -> np.ndarray:
+    """libjpeg's upsampling: the triangle ("fancy") filter for a factor of 2, replication otherwise."""
+    for axis, f in ((0, fy), (1, fx)):
+        if f == 2:
+            prev = np.concatenate([plane.take([0], axis), plane.take(range(plane.shape[axis] - 1), axis)], axis)
+            nxt = np.concatenate([plane.take(range(1, plane.shape[axis]), axis), plane.take([-1], axis)], axis)
+            near = 0.75 * plane
+            plane = np.stack([near + 0.25 * prev, near + 0.25 * nxt], axis + 1)
+            shape = list(plane.shape)
+            shape[axis : axis + 2] = [shape[axis] * 2]
+            plane = plane.reshape(shape)
+        elif f > 1:
+            plane = np.repeat(plane, f, axis)
+    return plane
+
+
+def _to_bgr(planes: list[np.ndarray]) -> np.ndarray:
+    if len(planes) == 1:
+        return planes[0][:, :, None]
+    y, cb, cr = planes[0], planes[1] - 128.0, planes[2] - 128.0
+    bgr = np.stack([y + 1.772 * cb, y - 0.344136 * cb - 0.714136 * cr, y + 1.402 * cr], 2)  # [H, W, 3]
+    return bgr
+
+
+def _to_ycc(pixels: np.ndarray) -> list[np.ndarray]:
+    p = pixels.astype(np.float64)
+    if p.shape[2] == 1:
+        return [p[:, :, 0]]
+    b, g, r = p[:, :, 0], p[:, :, 1], p[:, :, 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return [y, 128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b, 128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b]
+
+
+def _decode(coefs: list[np.ndarray], layout: JpegLayout) -> np.ndarray:
+    """BGR or gray pixels (h, w, C) uint8 of one window from its components' quantized blocks."""
+    planes = []
+    for c, blocks in enumerate(coefs):
+        samples = _idct(blocks, layout.tables[c])
+        planes.append(np.rint(_upsample(samples, *layout.factors(c))) if layout.factors(c) != (1, 1) else samples)
+    return np.clip(np.rint(_to_bgr(planes)), 0, 255).astype(np.uint8)
+
+
+def _encode(old: np.ndarray, new: np.ndarray, inside: tuple[int, int], layout: JpegLayout) -> list[tuple]:
+    """Per component (quantized blocks, changed (rows, cols) bool) for a window's new pixels.
+
+    ``inside`` (w, h) is the part of the window inside the image; beyond it ``new`` is replaced by its last column
+    and row, as libjpeg pads an image to whole blocks. A block changes when a pixel under it changed.
+    """
+    w, h = inside
+    changed = np.zeros(old.shape[:2], bool)
+    changed[:h, :w] = (old[:h, :w] != new[:h, :w]).any(2)
+    padded = np.pad(new[:h, :w], ((0, new.shape[0] - h), (0, new.shape[1] - w), (0, 0)), mode="edge")
+    out = []
+    for c, plane in enumerate(_to_ycc(padded)):
+        fx, fy = layout.factors(c)
+        rows, cols = plane.shape[0] // fy, plane.shape[1] // fx
+        samples = plane.reshape(rows, fy, cols, fx).mean((1, 3))  # [rows, cols] box downsampling
+        blocks = changed.reshape(rows // 8, 8 * fy, cols // 8, 8 * fx).any((1, 3))  # [rows/8, cols/8]
+        out.append((_fdct(samples, layout.tables[c]) if blocks.any() else None, blocks))
+    return out
+
+
+def edit_jpeg(data: bytes, rects: Sequence[Rect], filter_fn: FilterFn, halo: tuple[int, int] = (0, 0)) -> bytes:
+    """``data`` with ``filter_fn``'s changes written into the blocks under them, every other block kept.
+
+    ``rects`` (x0, y0, x1, y1), exclusive ends, in the stored image's pixels, bound what ``filter_fn`` may change;
+    ``halo`` (x, y) is how far outside them it reads. ``filter_fn(pixels, origin)`` gets, for each window (the
+    rectangles grown by the halo, rounded out to whole MCUs, clipped to the image), its pixels (h, w, C) uint8 —
+    BGR (C = 3) or gray (C = 1), writable — and its top-left corner (x, y) in the image, and writes its result in
+    place. No rectangle: ``data`` is returned as it is. Unsupported when the file cannot keep its blocks.
+    """
+    layout = read_layout(data)
+    windows = _windows(rects, halo, layout)
+    if not windows:
+        return data
+    edit = _Edit(layout, windows, filter_fn)
+    out = _transform(data, edit.read, edit.write, layout.progressive)
+    log.debug("jpeg_roi: %d window(s), re-encoded blocks per component %s", len(windows), edit.reencoded)
+    return out
+
+
+class _Edit:
+    """The two coefficient callbacks of one edit: ``read`` keeps the blocks of each window and of one MCU around it
+    (the upsampling's context), ``write`` replaces the changed ones (filtering every window at its first call, once
+    all components have been read)."""
+
+    def __init__(self, layout: JpegLayout, windows: list[Rect], filter_fn: FilterFn) -> None:
+        self.layout, self.windows, self.filter_fn = layout, windows, filter_fn
+        mw, mh = layout.mcu
+        padded = (-(-layout.width // mw) * mw, -(-layout.height // mh) * mh)
+        self.reads = [(max(x0 - mw, 0), max(y0 - mh, 0), min(x1 + mw, padded[0]), min(y1 + mh, padded[1]))
+                      for x0, y0, x1, y1 in windows]  # fmt: skip
+        self.read_rows = _spans(self.reads, layout)
+        self.write_rows = _spans(windows, layout)
+        self.coefs = [
+            [np.zeros((by1 - by0, bx1 - bx0, 8, 8), np.int16) for bx0, by0, bx1, by1 in _component_rects(r, layout)]
+            for r in self.reads
+        ]  # [window][component]: [rows, cols, 8, 8]
+        self.new: list[list[tuple]] | None = None
+        self.reencoded = [0] * len(layout.sampling)
+
+    def read(self, coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
+        spans = self.read_rows[c].get(y // 8)
+        if spans:
+            blocks = _blocks(coeffs, x, y, w, h)
+            for wi, bx0, bx1, by0 in spans:
+                self.coefs[wi][c][y // 8 - by0] = blocks[bx0:bx1]
+
+    def write(self, coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
+        if self.new is None:
+            self.new = [self._filter(wi) for wi in range(len(self.windows))]
+        for wi, bx0, bx1, by0 in self.write_rows[c].get(y // 8, ()):
+            new, changed, rows = self.new[wi][c]
+            r = y // 8 - by0
+            if rows[r]:
+                _blocks(coeffs, x, y, w, h)[bx0:bx1][changed[r]] = new[r][changed[r]]
+                self.reencoded[c] += int(changed[r].sum())
+
+    def _filter(self, wi: int) -> list[tuple]:
+        """Decode the window (with its context), filter it, and encode what changed: per component
+        (blocks, changed [rows, cols] bool, rows with a change)."""
+        x0, y0, x1, y1 = self.windows[wi]
+        rx0, ry0 = self.reads[wi][:2]
+        inside = (min(x1, self.layout.width) - x0, min(y1, self.layout.height) - y0)
+        old = _decode(self.coefs[wi], self.layout)[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]  # [y1-y0, x1-x0, C]
+        new = old.copy()
+        self.filter_fn(new[: inside[1], : inside[0]], (x0, y0))
+        return [(blocks, changed, changed.any(1).tolist()) for blocks, changed in _encode(old, new, inside, self.layout)]
+
+
+def _component_rects(window: Rect, layout: JpegLayout) -> list[Rect]:
+    return [_block_rect(window, layout, c) for c in range(len(layout.sampling))]
+
+
+def _spans(windows: list[Rect], layout: JpegLayout) -> list[dict[int, list[tuple[int, int, int, int]]]]:
+    """Per component, block row → [(window index, bx0, bx1, by0)] of the windows crossing that row."""
+    rows: list[dict] = [{} for _ in layout.sampling]
+    for wi, window in enumerate(windows):
+        for c, (bx0, by0, bx1, by1) in enumerate(_component_rects(window, layout)):
+            for row in range(by0, by1):
+                rows[c].setdefault(row, []).append((wi, bx0, bx1, by0))
+    return rows
+
+
+def _blocks(coeffs, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """One block row of libjpeg's coefficients as an array [cols, 8, 8] over libjpeg's memory."""
+    if x != 0 or h != 8:
+        raise Unsupported(f"libturbojpeg passed a {w}x{h} coefficient region at ({x}, {y}); expected one block row")
+    return np.ctypeslib.as_array(coeffs, (w // 8, 8, 8))
