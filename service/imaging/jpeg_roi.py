@@ -35,7 +35,7 @@ import numpy as np
 
 from ..codec import jpeg_segments
 
-__all__ = ["JpegLayout", "Unsupported", "available", "edit_jpeg", "read_layout"]
+__all__ = ["JpegLayout", "Unsupported", "available", "edit_jpeg", "optimizes_huffman", "read_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _dqt(body: bytes) -> dict[int, np.ndarray]:
         n = 128 if precision else 64
         values = np.frombuffer(body[pos + 1 : pos + 1 + n], ">u2" if precision else "u1").astype(np.int32)
         if values.size != 64:
-            raise Unsupported("truncated quantization table (DQT)")
+            raise Unsupported("unreadable JPEG header: truncated quantization table (DQT)")
         table = np.empty(64, np.int32)
         table[_ZIGZAG] = values
         tables[tid] = table.reshape(8, 8)
@@ -177,7 +177,7 @@ class _Transform(ctypes.Structure):
     ]
 
 
-_NOOUTPUT, _PROGRESSIVE = 16, 32  # TJXOPT_*
+_NOOUTPUT, _PROGRESSIVE, _OPTIMIZE = 16, 32, 256  # TJXOPT_*; OPTIMIZE from libjpeg-turbo 3.0
 _LIMITSCANS = 32768  # TJFLAG_LIMITSCANS: refuse progressive files with more than 500 scans (a decoding bomb)
 
 
@@ -205,6 +205,14 @@ def available() -> bool:
     return _turbo() is not None
 
 
+def optimizes_huffman() -> bool:
+    """Whether the output gets optimal Huffman tables (libjpeg-turbo ≥ 3.0); with 2.x a baseline file is written
+    with the standard tables, which makes a file whose tables were optimized about 7% larger (measured: 447,719 →
+    478,055 bytes for a 1080p photo saved by Pillow with ``optimize=True``)."""
+    lib = _turbo()
+    return lib is not None and hasattr(lib, "tj3Init")
+
+
 def _transform(data: bytes, read: Callable, write: Callable, progressive: bool) -> bytes:
     """One lossless transform of ``data`` with two coefficient callbacks: ``read`` (no output), then ``write``."""
     lib = _turbo()
@@ -226,7 +234,8 @@ def _transform(data: bytes, read: Callable, write: Callable, progressive: bool) 
     callbacks = (guard(read), guard(write))  # referenced until tjTransform returns
     transforms = (_Transform * 2)()
     transforms[0].options, transforms[0].customFilter = _NOOUTPUT, callbacks[0]
-    transforms[1].options, transforms[1].customFilter = _PROGRESSIVE if progressive else 0, callbacks[1]
+    options = (_PROGRESSIVE if progressive else 0) | (_OPTIMIZE if optimizes_huffman() else 0)
+    transforms[1].options, transforms[1].customFilter = options, callbacks[1]
     bufs, sizes = (ctypes.POINTER(ctypes.c_ubyte) * 2)(), (ctypes.c_ulong * 2)()
     handle = lib.tjInitTransform()
     if not handle:
@@ -266,7 +275,7 @@ def _windows(rects: Sequence[Rect], halo: tuple[int, int], layout: JpegLayout) -
         for box in boxes:
             for i, other in enumerate(out):
                 if box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3]:
-                    out[i] = (min(box[0], other[0]), min(box[1], other[1]), max(box[2], other[2]), max(box[3], other[3]))
+                    out[i] = (*np.minimum(box[:2], other[:2]).tolist(), *np.maximum(box[2:], other[2:]).tolist())
                     merged = True
                     break
             else:
@@ -282,10 +291,10 @@ def _block_rect(window: Rect, layout: JpegLayout, c: int) -> Rect:
 
 
 def _idct(blocks: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Samples (rows*8, cols*8) of quantized blocks (rows, cols, 8, 8), rounded and clamped as libjpeg does."""
+    """Samples (rows*8, cols*8) int64 of quantized blocks (rows, cols, 8, 8), rounded and clamped as libjpeg does."""
     rows, cols = blocks.shape[:2]
     pixels = _DCT.T @ (blocks * table) @ _DCT + 128.0  # [rows, cols, 8, 8]
-    pixels = np.clip(np.rint(pixels), 0, 255)
+    pixels = np.clip(np.rint(pixels), 0, 255).astype(np.int64)
     return pixels.transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8)
 
 
@@ -297,28 +306,53 @@ def _fdct(samples: np.ndarray, table: np.ndarray) -> np.ndarray:
     return (np.sign(coefs) * np.floor(np.abs(coefs) + 0.5)).astype(np.int16)
 
 
-def _upsample(plane: np.ndarray, fx: int, fy: int) -> np.ndarray:
-    """libjpeg's upsampling: the triangle ("fancy") filter for a factor of 2, replication otherwise."""
+def _neighbours(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` shifted by one sample towards the start and the end of ``axis``, its edges repeated."""
+    n = x.shape[axis]
+    prev = np.concatenate([x.take([0], axis), x.take(range(n - 1), axis)], axis)
+    nxt = np.concatenate([x.take(range(1, n), axis), x.take([n - 1], axis)], axis)
+    return prev, nxt
+
+
+def _interleave(even: np.ndarray, odd: np.ndarray, axis: int) -> np.ndarray:
+    out = np.stack([even, odd], axis + 1)
+    shape = list(even.shape)
+    shape[axis] *= 2
+    return out.reshape(shape)
+
+
+def _upsample(samples: np.ndarray, fx: int, fy: int) -> np.ndarray:
+    """libjpeg-turbo's upsampling in its integer arithmetic: the triangle ("fancy") filter for 2× factors
+    (h2v1, h1v2: (3·near + far + 1 or 2) >> 2; h2v2: column sums, then (3·near + far + 8 or 7) >> 4), replication
+    for other factors. ``samples`` int64 (rows, cols)."""
+    if (fx, fy) == (2, 2):
+        up, down = _neighbours(samples, 0)
+        cols = _interleave(3 * samples + up, 3 * samples + down, 0)  # [2 rows, cols] column sums
+        left, right = _neighbours(cols, 1)
+        return _interleave((3 * cols + left + 8) >> 4, (3 * cols + right + 7) >> 4, 1)
     for axis, f in ((0, fy), (1, fx)):
-        if f == 2:
-            prev = np.concatenate([plane.take([0], axis), plane.take(range(plane.shape[axis] - 1), axis)], axis)
-            nxt = np.concatenate([plane.take(range(1, plane.shape[axis]), axis), plane.take([-1], axis)], axis)
-            near = 0.75 * plane
-            plane = np.stack([near + 0.25 * prev, near + 0.25 * nxt], axis + 1)
-            shape = list(plane.shape)
-            shape[axis : axis + 2] = [shape[axis] * 2]
-            plane = plane.reshape(shape)
+        if f == 2 and fx * fy == 2:
+            before, after = _neighbours(samples, axis)
+            samples = _interleave((3 * samples + before + 1) >> 2, (3 * samples + after + 2) >> 2, axis)
         elif f > 1:
-            plane = np.repeat(plane, f, axis)
-    return plane
+            samples = np.repeat(samples, f, axis)
+    return samples
+
+
+def _fix(v: float) -> int:
+    return int(v * 65536 + 0.5)
 
 
 def _to_bgr(planes: list[np.ndarray]) -> np.ndarray:
+    """libjpeg's YCbCr → RGB in its 16-bit fixed point, as BGR (H, W, 3) uint8; gray (H, W, 1) as it is."""
     if len(planes) == 1:
-        return planes[0][:, :, None]
-    y, cb, cr = planes[0], planes[1] - 128.0, planes[2] - 128.0
-    bgr = np.stack([y + 1.772 * cb, y - 0.344136 * cb - 0.714136 * cr, y + 1.402 * cr], 2)  # [H, W, 3]
-    return bgr
+        return planes[0][:, :, None].astype(np.uint8)
+    y, cb, cr = planes[0], planes[1] - 128, planes[2] - 128
+    half = 1 << 15
+    r = y + ((_fix(1.402) * cr + half) >> 16)
+    g = y + ((-_fix(0.34414) * cb - _fix(0.71414) * cr + half) >> 16)
+    b = y + ((_fix(1.772) * cb + half) >> 16)
+    return np.clip(np.stack([b, g, r], 2), 0, 255).astype(np.uint8)  # [H, W, 3]
 
 
 def _to_ycc(pixels: np.ndarray) -> list[np.ndarray]:
@@ -332,11 +366,8 @@ def _to_ycc(pixels: np.ndarray) -> list[np.ndarray]:
 
 def _decode(coefs: list[np.ndarray], layout: JpegLayout) -> np.ndarray:
     """BGR or gray pixels (h, w, C) uint8 of one window from its components' quantized blocks."""
-    planes = []
-    for c, blocks in enumerate(coefs):
-        samples = _idct(blocks, layout.tables[c])
-        planes.append(np.rint(_upsample(samples, *layout.factors(c))) if layout.factors(c) != (1, 1) else samples)
-    return np.clip(np.rint(_to_bgr(planes)), 0, 255).astype(np.uint8)
+    planes = [_upsample(_idct(blocks, layout.tables[c]), *layout.factors(c)) for c, blocks in enumerate(coefs)]
+    return _to_bgr(planes)
 
 
 def _encode(old: np.ndarray, new: np.ndarray, inside: tuple[int, int], layout: JpegLayout) -> list[tuple]:
@@ -424,7 +455,8 @@ class _Edit:
         old = _decode(self.coefs[wi], self.layout)[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]  # [y1-y0, x1-x0, C]
         new = old.copy()
         self.filter_fn(new[: inside[1], : inside[0]], (x0, y0))
-        return [(blocks, changed, changed.any(1).tolist()) for blocks, changed in _encode(old, new, inside, self.layout)]
+        encoded = _encode(old, new, inside, self.layout)
+        return [(blocks, changed, changed.any(1).tolist()) for blocks, changed in encoded]
 
 
 def _component_rects(window: Rect, layout: JpegLayout) -> list[Rect]:
