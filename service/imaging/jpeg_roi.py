@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from ..codec import jpeg_segments
@@ -291,49 +292,59 @@ def _block_rect(window: Rect, layout: JpegLayout, c: int) -> Rect:
 
 
 def _idct(blocks: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Samples (rows*8, cols*8) int64 of quantized blocks (rows, cols, 8, 8), rounded and clamped as libjpeg does."""
+    """Samples (rows*8, cols*8) int16 of quantized blocks (rows, cols, 8, 8), rounded and clamped as libjpeg does."""
     rows, cols = blocks.shape[:2]
-    pixels = _DCT.T @ (blocks * table) @ _DCT + 128.0  # [rows, cols, 8, 8]
-    pixels = np.clip(np.rint(pixels), 0, 255).astype(np.int64)
-    return pixels.transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8)
+    pixels = _DCT32.T @ (blocks * table).astype(np.float32) @ _DCT32  # [rows, cols, y, x]
+    pixels = pixels.transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8)
+    return np.clip(np.rint(pixels + 128), 0, 255).astype(np.int16)
 
 
 def _fdct(samples: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Quantized blocks (rows, cols, 8, 8) of samples (rows*8, cols*8) in 0..255, rounded half away from zero."""
+    """Quantized blocks (rows, cols, 8, 8) int16 of float32 samples (rows*8, cols*8) in 0..255."""
     rows, cols = samples.shape[0] // 8, samples.shape[1] // 8
-    blocks = (samples - 128.0).reshape(rows, 8, cols, 8).transpose(0, 2, 1, 3)  # [rows, cols, 8, 8]
-    coefs = _DCT @ blocks @ _DCT.T / table
-    return (np.sign(coefs) * np.floor(np.abs(coefs) + 0.5)).astype(np.int16)
+    blocks = (samples - 128).reshape(rows, 8, cols, 8).transpose(0, 2, 1, 3)  # [rows, cols, y, x]
+    return np.rint(_DCT32 @ blocks @ _DCT32.T / table).astype(np.int16)  # [rows, cols, v, u]
 
 
-def _neighbours(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` shifted by one sample towards the start and the end of ``axis``, its edges repeated."""
-    n = x.shape[axis]
-    prev = np.concatenate([x.take([0], axis), x.take(range(n - 1), axis)], axis)
-    nxt = np.concatenate([x.take(range(1, n), axis), x.take([n - 1], axis)], axis)
-    return prev, nxt
+def _shifted(x: np.ndarray, axis: int, step: int) -> np.ndarray:
+    """``x`` moved by one sample along ``axis`` (step -1: each sample sees its predecessor), the edge repeated."""
+    out = np.empty_like(x)
+    src, dst = [slice(None)] * 2, [slice(None)] * 2
+    src[axis], dst[axis] = (slice(0, -1), slice(1, None)) if step < 0 else (slice(1, None), slice(0, -1))
+    out[tuple(dst)] = x[tuple(src)]
+    edge = [slice(None)] * 2
+    edge[axis] = slice(0, 1) if step < 0 else slice(-1, None)
+    out[tuple(edge)] = x[tuple(edge)]
+    return out
 
 
 def _interleave(even: np.ndarray, odd: np.ndarray, axis: int) -> np.ndarray:
-    out = np.stack([even, odd], axis + 1)
     shape = list(even.shape)
     shape[axis] *= 2
-    return out.reshape(shape)
+    out = np.empty(shape, even.dtype)
+    at = [slice(None)] * 2
+    at[axis] = slice(0, None, 2)
+    out[tuple(at)] = even
+    at[axis] = slice(1, None, 2)
+    out[tuple(at)] = odd
+    return out
 
 
 def _upsample(samples: np.ndarray, fx: int, fy: int) -> np.ndarray:
     """libjpeg-turbo's upsampling in its integer arithmetic: the triangle ("fancy") filter for 2× factors
     (h2v1, h1v2: (3·near + far + 1 or 2) >> 2; h2v2: column sums, then (3·near + far + 8 or 7) >> 4), replication
-    for other factors. ``samples`` int64 (rows, cols)."""
+    for other factors. ``samples`` int16 (rows, cols)."""
     if (fx, fy) == (2, 2):
-        up, down = _neighbours(samples, 0)
-        cols = _interleave(3 * samples + up, 3 * samples + down, 0)  # [2 rows, cols] column sums
-        left, right = _neighbours(cols, 1)
-        return _interleave((3 * cols + left + 8) >> 4, (3 * cols + right + 7) >> 4, 1)
+        near = 3 * samples
+        cols = _interleave(near + _shifted(samples, 0, -1), near + _shifted(samples, 0, 1), 0)  # column sums
+        near = 3 * cols
+        return _interleave((near + _shifted(cols, 1, -1) + 8) >> 4, (near + _shifted(cols, 1, 1) + 7) >> 4, 1)
     for axis, f in ((0, fy), (1, fx)):
         if f == 2 and fx * fy == 2:
-            before, after = _neighbours(samples, axis)
-            samples = _interleave((3 * samples + before + 1) >> 2, (3 * samples + after + 2) >> 2, axis)
+            near = 3 * samples
+            samples = _interleave(
+                (near + _shifted(samples, axis, -1) + 1) >> 2, (near + _shifted(samples, axis, 1) + 2) >> 2, axis
+            )
         elif f > 1:
             samples = np.repeat(samples, f, axis)
     return samples
@@ -343,25 +354,32 @@ def _fix(v: float) -> int:
     return int(v * 65536 + 0.5)
 
 
+_TO_YCC = np.array(
+    [[0.114, 0.587, 0.299, 0], [0.5, -0.331264, -0.168736, 128], [-0.081312, -0.418688, 0.5, 128]], np.float32
+)  # BGR → (Y, Cb, Cr), as libjpeg's rgb_ycc_convert
+_DCT32 = _DCT.astype(np.float32)
+
+
 def _to_bgr(planes: list[np.ndarray]) -> np.ndarray:
-    """libjpeg's YCbCr → RGB in its 16-bit fixed point, as BGR (H, W, 3) uint8; gray (H, W, 1) as it is."""
+    """libjpeg's YCbCr → RGB in its 16-bit fixed point (jdcolor.c's tables, computed), as BGR (H, W, 3) uint8;
+    gray (H, W, 1) as it is."""
     if len(planes) == 1:
         return planes[0][:, :, None].astype(np.uint8)
-    y, cb, cr = planes[0], planes[1] - 128, planes[2] - 128
+    y = planes[0].astype(np.int32)
+    cb, cr = planes[1].astype(np.int32) - 128, planes[2].astype(np.int32) - 128
     half = 1 << 15
-    r = y + ((_fix(1.402) * cr + half) >> 16)
-    g = y + ((-_fix(0.34414) * cb - _fix(0.71414) * cr + half) >> 16)
     b = y + ((_fix(1.772) * cb + half) >> 16)
-    return np.clip(np.stack([b, g, r], 2), 0, 255).astype(np.uint8)  # [H, W, 3]
+    g = y + ((-_fix(0.34414) * cb - _fix(0.71414) * cr + half) >> 16)
+    r = y + ((_fix(1.402) * cr + half) >> 16)
+    return cv2.merge([np.clip(p, 0, 255).astype(np.uint8) for p in (b, g, r)])  # [H, W, 3]
 
 
 def _to_ycc(pixels: np.ndarray) -> list[np.ndarray]:
-    p = pixels.astype(np.float64)
-    if p.shape[2] == 1:
-        return [p[:, :, 0]]
-    b, g, r = p[:, :, 0], p[:, :, 1], p[:, :, 2]
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    return [y, 128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b, 128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b]
+    """float32 planes (Y, Cb, Cr, or gray) of BGR or gray pixels (H, W, C) uint8."""
+    if pixels.shape[2] == 1:
+        return [pixels[:, :, 0].astype(np.float32)]
+    image = pixels.astype(np.float32)
+    return [cv2.transform(image, _TO_YCC[c : c + 1]) for c in range(3)]  # 3 × [H, W]
 
 
 def _decode(coefs: list[np.ndarray], layout: JpegLayout) -> np.ndarray:
@@ -371,21 +389,22 @@ def _decode(coefs: list[np.ndarray], layout: JpegLayout) -> np.ndarray:
 
 
 def _encode(old: np.ndarray, new: np.ndarray, inside: tuple[int, int], layout: JpegLayout) -> list[tuple]:
-    """Per component (quantized blocks, changed (rows, cols) bool) for a window's new pixels.
+    """Per component (quantized blocks or None, changed (rows, cols) bool) for a window's new pixels.
 
     ``inside`` (w, h) is the part of the window inside the image; beyond it ``new`` is replaced by its last column
     and row, as libjpeg pads an image to whole blocks. A block changes when a pixel under it changed.
     """
     w, h = inside
-    changed = np.zeros(old.shape[:2], bool)
-    changed[:h, :w] = (old[:h, :w] != new[:h, :w]).any(2)
-    padded = np.pad(new[:h, :w], ((0, new.shape[0] - h), (0, new.shape[1] - w), (0, 0)), mode="edge")
+    changed = np.zeros(old.shape[:2], np.float32)
+    diff = cv2.absdiff(old[:h, :w], new[:h, :w])  # [h, w(, C)]
+    changed[:h, :w] = cv2.transform(diff, np.ones((1, 3))) if diff.ndim == 3 and diff.shape[2] == 3 else diff
+    padded = cv2.copyMakeBorder(new[:h, :w], 0, new.shape[0] - h, 0, new.shape[1] - w, cv2.BORDER_REPLICATE)
     out = []
-    for c, plane in enumerate(_to_ycc(padded)):
+    for c, plane in enumerate(_to_ycc(padded.reshape(new.shape))):
         fx, fy = layout.factors(c)
         rows, cols = plane.shape[0] // fy, plane.shape[1] // fx
-        samples = plane.reshape(rows, fy, cols, fx).mean((1, 3))  # [rows, cols] box downsampling
-        blocks = changed.reshape(rows // 8, 8 * fy, cols // 8, 8 * fx).any((1, 3))  # [rows/8, cols/8]
+        samples = plane if (fx, fy) == (1, 1) else cv2.resize(plane, (cols, rows), interpolation=cv2.INTER_AREA)
+        blocks = cv2.resize(changed, (cols // 8, rows // 8), interpolation=cv2.INTER_AREA) > 0  # [rows/8, cols/8]
         out.append((_fdct(samples, layout.tables[c]) if blocks.any() else None, blocks))
     return out
 
