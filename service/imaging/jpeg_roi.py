@@ -34,7 +34,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from ..codec import jpeg_segments
+from .codec import jpeg_segments
 
 __all__ = ["JpegLayout", "Unsupported", "available", "edit_jpeg", "optimizes_huffman", "read_layout"]
 

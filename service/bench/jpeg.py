@@ -1,4 +1,4 @@
-"""JPEG in, JPEG out: ``python -m service.bench_jpeg [--repeats N]``.
+"""JPEG in, JPEG out: ``python -m service.bench.jpeg [--repeats N]``.
 
 The floor is what a user writes with OpenCV: decode the whole JPEG, blur the ROI's crop with its halo, encode the
 whole image (cv2's default quality 95). Ours is :func:`service.imaging.jpeg_roi.edit_jpeg`: only the blocks under
@@ -14,8 +14,8 @@ import math
 import cv2
 import numpy as np
 
-from .bench import photo, side_by_side
-from .imaging.jpeg_roi import edit_jpeg
+from ..imaging.jpeg_roi import edit_jpeg
+from .floor import photo, side_by_side
 
 KSIZE, SIGMA = 31, 8.0
 
