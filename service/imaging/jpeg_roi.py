@@ -36,7 +36,16 @@ import numpy as np
 
 from .codec import jpeg_segments
 
-__all__ = ["JpegLayout", "Unsupported", "available", "edit_jpeg", "optimizes_huffman", "read_layout"]
+__all__ = [
+    "JpegLayout",
+    "Unsupported",
+    "available",
+    "changed_regions",
+    "edit_jpeg",
+    "optimizes_huffman",
+    "read_layout",
+    "write_pixels",
+]
 
 log = logging.getLogger(__name__)
 
@@ -497,3 +506,77 @@ def _blocks(coeffs, x: int, y: int, w: int, h: int) -> np.ndarray:
     if x != 0 or h != 8:
         raise Unsupported(f"libturbojpeg passed a {w}x{h} coefficient region at ({x}, {y}); expected one block row")
     return np.ctypeslib.as_array(coeffs, (w // 8, 8, 8))
+
+
+Region = tuple[Rect, "np.ndarray | None"]  # a rectangle and its bool mask (y1 - y0, x1 - x0), None for all of it
+
+
+def write_pixels(data: bytes, pixels: np.ndarray, regions: Sequence[Region], orientation: int = 1) -> bytes:
+    """``data`` with the pixels of ``pixels`` inside ``regions`` written into the blocks under them.
+
+    ``pixels`` (H, W, C) or (H, W) uint8 is the decoded image after an edit that changed nothing outside
+    ``regions``, turned upright by the EXIF ``orientation`` (1..8; 1 when the caller did not turn it), as are the
+    regions' coordinates; the file keeps its stored orientation and its EXIF. Only the masked pixels are taken.
+    """
+    stored = _to_stored(pixels if pixels.ndim == 3 else pixels[:, :, None], orientation)  # [H, W, C] as stored
+    layout = read_layout(data)
+    if (stored.shape[1], stored.shape[0]) != (layout.width, layout.height):
+        raise ValueError(f"pixels of {stored.shape[1]}x{stored.shape[0]} for a {layout.width}x{layout.height} JPEG")
+    if stored.shape[2] != len(layout.sampling):
+        raise Unsupported(f"{stored.shape[2]}-channel pixels for a {len(layout.sampling)}-component JPEG")
+    hu, wu = pixels.shape[:2]
+    placed = [(_rect_to_stored(rect, orientation, wu, hu), None if m is None else _to_stored(m, orientation))
+              for rect, m in regions]  # fmt: skip
+
+    def paste(px: np.ndarray, origin: tuple[int, int]) -> None:
+        ox, oy = origin
+        for (x0, y0, x1, y1), mask in placed:
+            cx0, cy0, cx1, cy1 = max(x0, ox), max(y0, oy), min(x1, ox + px.shape[1]), min(y1, oy + px.shape[0])
+            if cx0 >= cx1 or cy0 >= cy1:
+                continue
+            dst, src = px[cy0 - oy : cy1 - oy, cx0 - ox : cx1 - ox], stored[cy0:cy1, cx0:cx1]
+            if mask is None:
+                dst[...] = src
+            else:
+                np.copyto(dst, src, where=mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0, None])
+
+    return edit_jpeg(data, [rect for rect, _ in placed], paste, (0, 0))
+
+
+def changed_regions(before: np.ndarray, after: np.ndarray, grid: int = 16) -> list[Region]:
+    """Where ``after`` differs from ``before`` (both (H, W[, C])): the bounding rectangles, on a ``grid``-pixel
+    grid, of the connected groups of changed cells, each with the mask of its changed pixels."""
+    diff = cv2.absdiff(before, after)
+    changed = (diff.reshape(*diff.shape[:2], -1) != 0).any(2).astype(np.uint8)  # [H, W]
+    h, w = changed.shape
+    gh, gw = -(-h // grid), -(-w // grid)
+    padded = cv2.copyMakeBorder(changed, 0, gh * grid - h, 0, gw * grid - w, cv2.BORDER_CONSTANT, value=0)
+    cells = (padded.reshape(gh, grid, gw, grid).max((1, 3)) > 0).astype(np.uint8)  # [gh, gw]
+    count, _, stats, _ = cv2.connectedComponentsWithStats(cells, connectivity=8)
+    out = []
+    for x, y, cw, ch, _ in stats[1:count]:
+        x0, y0, x1, y1 = x * grid, y * grid, min((x + cw) * grid, w), min((y + ch) * grid, h)
+        out.append(((int(x0), int(y0), int(x1), int(y1)), changed[y0:y1, x0:x1].astype(bool)))
+    return out
+
+
+def _to_stored(a: np.ndarray, value: int) -> np.ndarray:
+    """The inverse of EXIF orientation ``value`` applied to ``a`` (H, W, ...) (a view): undo the flip, then the
+    transpose (metadata.upright transposes first, then flips)."""
+    if value in (2, 6):
+        a = a[:, ::-1]
+    elif value in (3, 7):
+        a = a[::-1, ::-1]
+    elif value in (4, 8):
+        a = a[::-1]
+    return a.swapaxes(0, 1) if value in (5, 6, 7, 8) else a
+
+
+def _rect_to_stored(rect: Rect, value: int, wu: int, hu: int) -> Rect:
+    """``rect`` of the upright image (wu × hu) in the stored image's coordinates (see :func:`_to_stored`)."""
+    x0, y0, x1, y1 = rect
+    if value in (2, 3, 6, 7):
+        x0, x1 = wu - x1, wu - x0
+    if value in (3, 4, 7, 8):
+        y0, y1 = hu - y1, hu - y0
+    return (y0, x0, y1, x1) if value in (5, 6, 7, 8) else (x0, y0, x1, y1)

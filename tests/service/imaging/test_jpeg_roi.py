@@ -213,3 +213,38 @@ def test_a_filter_error_reaches_the_caller():
 
     with pytest.raises(RuntimeError, match="filter failed"):
         jpeg_roi.edit_jpeg(_cv(photo()), [(70, 50, 150, 130)], fails, (0, 0))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_write_pixels_maps_the_upright_frame_back_to_the_stored_blocks(orientation):
+    """An edit made on the upright image (metadata.upright: the server's own turn, an independent oracle here)
+    lands on the stored pixels it came from; the file keeps its stored orientation."""
+    from service.imaging.metadata import upright
+
+    data = _cv(photo())
+    stored = decode(data)
+    up = upright(stored, orientation).copy()  # [Hu, Wu, 3]
+    rect, mask = (20, 30, 70, 90), np.zeros((60, 50), bool)
+    mask[10:50, 5:45] = True
+    up[30:90, 20:70][mask] = 0
+    out = decode(jpeg_roi.write_pixels(data, up, [(rect, mask)], orientation))
+    want = np.ascontiguousarray(upright(out, orientation))
+    changed = (want != upright(stored, orientation)).any(2)
+    assert changed[30:90, 20:70][mask].mean() > 0.9  # the black landed where it was drawn
+    assert np.median(want[30:90, 20:70][mask]) < 8  # JPEG rings at the edges of the drawn black
+    far = np.ones(changed.shape, bool)
+    far[30 - 17 : 90 + 17, 20 - 17 : 70 + 17] = False  # a MCU and the upsampling pixel around the rectangle
+    assert not changed[far].any()
+
+
+def test_changed_regions_finds_each_edit_with_its_mask():
+    before = photo()
+    after = before.copy()
+    after[10:20, 30:35] = 0
+    after[200:210, 300:333] = 255
+    regions = jpeg_roi.changed_regions(before, after)
+    assert [r for r, _ in regions] == [(16, 0, 48, 32), (288, 192, 333, 224)]
+    total = np.zeros(before.shape[:2], bool)
+    for (x0, y0, x1, y1), m in regions:
+        total[y0:y1, x0:x1] |= m
+    assert np.array_equal(total, (before != after).any(2))
