@@ -460,9 +460,10 @@ class _Edit:
     def read(self, coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
         spans = self.read_rows[c].get(y // 8)
         if spans:
-            blocks = _blocks(coeffs, x, y, w, h)
+            blocks = _blocks(coeffs, x, y, w, h)  # [cols, 8, 8]: the component's blocks, not its MCU padding
             for wi, bx0, bx1, by0 in spans:
-                self.coefs[wi][c][y // 8 - by0] = blocks[bx0:bx1]
+                row = blocks[bx0:bx1]
+                self.coefs[wi][c][y // 8 - by0, : len(row)] = row
 
     def write(self, coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
         if self.new is None:
@@ -471,8 +472,10 @@ class _Edit:
             new, changed, rows = self.new[wi][c]
             r = y // 8 - by0
             if rows[r]:
-                _blocks(coeffs, x, y, w, h)[bx0:bx1][changed[r]] = new[r][changed[r]]
-                self.reencoded[c] += int(changed[r].sum())
+                row = _blocks(coeffs, x, y, w, h)[bx0:bx1]
+                mask = changed[r, : len(row)]
+                row[mask] = new[r, : len(row)][mask]
+                self.reencoded[c] += int(mask.sum())
 
     def _filter(self, wi: int) -> list[tuple]:
         """Decode the window (with its context), filter it, and encode what changed: per component

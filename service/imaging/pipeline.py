@@ -21,7 +21,7 @@ import numpy as np
 from convcore import conv_geometry
 
 from ..server.errors import ApiError
-from . import codec
+from . import codec, jpeg_roi
 from . import metadata as exif
 from . import opencv_engine as cvengine
 from .filters import TORCH_ONLY, FilterOp, build_filter
@@ -59,6 +59,8 @@ class Prepared:
     origin: tuple[int, int] = (0, 0)
     source: np.ndarray | None = None
     window: tuple[int, int, int, int] | None = None
+    jpeg: tuple[bytes, int] | None = None  # JPEG in and out, outside kept: (the upload, the orientation applied)
+    quality: int | None = None
 
 
 def _decode(data: bytes, max_pixels: int, field: str, orient: bool) -> codec.Image:
@@ -139,7 +141,9 @@ def prepare(
         sub = image.pixels if window is None else np.ascontiguousarray(image.pixels[y0:y1, x0:x1])
         work = Work(sub, pieces_mask(pieces, y1 - y0, x1 - x0, (x0, y0)), spec.outside, spec.depth, bands=bands)
     prepared = Prepared(op, work, fmt, coverage, h * w * color, engine, headers, pieces, spec.border, region, origin)
-    prepared.source, prepared.window = image.pixels, window
+    prepared.source, prepared.window, prepared.quality = image.pixels, window, spec.quality
+    if image.format == fmt == "jpeg" and spec.outside == "keep" and spec.output_region == "image" and depth == "uint8":
+        prepared.jpeg = (image_bytes, exif.orientation(image_bytes, "jpeg") if orient else 1)
     return prepared
 
 
@@ -252,7 +256,7 @@ def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:
     and saturated to the output depth (alpha put back), put back into the image when it covers only ``window``,
     and cut to the output region."""
     if prepared.engine == "opencv":
-        return codec.encode(result, prepared.format)
+        return _encode(result, prepared)
     pixels = finish(result, prepared.work)  # [h, w, C'] over the window (or the whole upload)
     wx, wy = (0, 0) if prepared.window is None else prepared.window[:2]
     x0, y0, x1, y1 = prepared.region
@@ -262,7 +266,23 @@ def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:
         pixels = _paste(pixels, prepared)[y0:y1, x0:x1]
     else:
         pixels = pixels[y0:y1, x0:x1]
-    return codec.encode(np.ascontiguousarray(pixels), prepared.format)
+    return _encode(np.ascontiguousarray(pixels), prepared)
+
+
+def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
+    """JPEG in, JPEG out: only the blocks under the ROI re-encoded (:mod:`.jpeg_roi`, header ``X-JPEG: blocks``);
+    a file whose blocks cannot be kept is re-encoded whole and says why (``X-JPEG: re-encoded: <reason>``)."""
+    if prepared.jpeg is not None and pixels.shape == prepared.source.shape:
+        data, orientation = prepared.jpeg
+        try:
+            body = jpeg_roi.write_pixels(
+                data, pixels, [((p.x0, p.y0, p.x1, p.y1), p.mask) for p in prepared.pieces], orientation
+            )
+            prepared.headers["X-JPEG"] = "blocks"
+            return body
+        except jpeg_roi.Unsupported as exc:
+            prepared.headers["X-JPEG"] = "re-encoded: " + str(exc).encode("ascii", "replace").decode()
+    return codec.encode(pixels, prepared.format, quality=prepared.quality)
 
 
 def _paste(window: np.ndarray, prepared: Prepared) -> np.ndarray:

@@ -384,6 +384,13 @@ class Spec(_Strict):
     outside: Literal["keep", "zero"] = "keep"
     border: Literal["reflect101", "reflect", "replicate", "constant", "wrap"] = "reflect101"
     format: Literal["png", "jpeg", "tiff", "webp", "npy"] | None = Field(None, description="None: the input's")
+    quality: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="JPEG/WebP quality where pixels are encoded (e.g. PNG to JPEG); None: 95. "
+        "A JPEG edited in place keeps its own tables",
+    )
     depth: Literal["same", "float32"] = "same"
     timeout_ms: int | None = Field(None, gt=0, le=3_600_000, description="capped by ROICONV_REQUEST_TIMEOUT_S")
     crop: Crop | None = Field(None, description="the upload is a region of a larger image; ROI in full coordinates")

@@ -248,3 +248,12 @@ def test_changed_regions_finds_each_edit_with_its_mask():
     for (x0, y0, x1, y1), m in regions:
         total[y0:y1, x0:x1] |= m
     assert np.array_equal(total, (before != after).any(2))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (9, 7), (8, 17), (23, 16)])
+def test_images_smaller_than_their_mcu_padding(size):
+    """libjpeg hands over only a component's own blocks, not the MCU padding beyond them (found by fuzzing)."""
+    w, h = size
+    data = _cv(photo(w + 12, h + 12)[:h, :w].copy())
+    out = jpeg_roi.edit_jpeg(data, [(0, 0, w, h)], lambda px, origin: px.__setitem__(..., 0), (0, 0))
+    assert decode(out).shape[:2] == (h, w) and decode(out).max() < 40
