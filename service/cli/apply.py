@@ -5,7 +5,8 @@ does), the ROI's region with the filter's halo goes through :func:`service.imagi
 engine — and the result is pasted back and encoded, in worker processes across the cores. With ``--server URL`` the
 files are decoded the same way and sent with :class:`service.client.AsyncClient` (ROI-aware transfer,
 ``--concurrency`` requests in flight), so the work can go to a cluster behind a load balancer. Outputs keep the
-input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG); a file whose output exists is skipped
+input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG; a JPEG keeps every 8×8 block the filter
+did not change, see :func:`_output`); a file whose output exists is skipped
 unless ``--overwrite``; a file without ROI shapes is copied unchanged. Exit status: 0 when nothing failed, 1 when a
 file failed, 2 for bad arguments.
 """
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import io
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -137,8 +139,9 @@ def _process_file(task: Task, max_pixels: int) -> str:
     pixels = _decode(data, fmt)
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, more than ROICONV_MAX_PIXELS={max_pixels}")
+    before = pixels.copy() if fmt == "jpeg" else None
     result = convolve_local(pixels, task.spec, max_pixels, inplace=True)
-    _write(task.dst, copy_metadata(data, _encode(result, fmt, task.src.suffix), fmt))
+    _write(task.dst, _output(data, fmt, task.src.suffix, before, result))
     return "done"
 
 
@@ -261,6 +264,22 @@ def _encode(pixels: np.ndarray, fmt: str, suffix: str) -> bytes:
     return buf.tobytes()
 
 
+def _output(data: bytes, fmt: str, suffix: str, before: np.ndarray | None, result: np.ndarray) -> bytes:
+    """The bytes to write for ``result``: for a JPEG the input file with only the blocks under changed pixels
+    re-encoded (its tables, sampling and metadata kept: :func:`service.imaging.jpeg_roi.write_pixels`), unless the
+    file cannot keep its blocks (CMYK, 12-bit, no libturbojpeg: re-encoded whole, as every other format, with its
+    EXIF and ICC copied)."""
+    if fmt == "jpeg" and before is not None:
+        from ..imaging import jpeg_roi, metadata
+
+        try:
+            regions = jpeg_roi.changed_regions(before, result)
+            return jpeg_roi.write_pixels(data, result, regions, metadata.orientation(data, "jpeg"))
+        except jpeg_roi.Unsupported as exc:
+            logging.getLogger(__name__).warning("JPEG re-encoded whole: %s", exc)
+    return copy_metadata(data, _encode(result, fmt, suffix), fmt)
+
+
 async def _run_server(tasks: list[Task], args: argparse.Namespace, progress: Progress) -> dict[Path, str]:
     from ..client import AsyncClient
 
@@ -278,8 +297,8 @@ async def _run_server(tasks: list[Task], args: argparse.Namespace, progress: Pro
                     data = await asyncio.to_thread(task.src.read_bytes)
                     pixels = await asyncio.to_thread(_decode, data, fmt)
                     result = await client.convolve(pixels, task.spec)
-                    body = await asyncio.to_thread(_encode, result, fmt, task.src.suffix)
-                    await asyncio.to_thread(_write, task.dst, copy_metadata(data, body, fmt))
+                    body = await asyncio.to_thread(_output, data, fmt, task.src.suffix, pixels, result)
+                    await asyncio.to_thread(_write, task.dst, body)
                     status = "done"
             except Exception as exc:
                 status = f"failed: {_reason(exc)}"
