@@ -10,8 +10,9 @@ the first, without output, hands over the windows' blocks; the second writes the
 rectangle grown by the filter's halo and rounded out to whole MCUs. Inverse DCT (float), upsampling (libjpeg-turbo's
 integer "fancy" filter for 2× factors) and YCbCr → BGR (libjpeg's fixed point) give 97% of values equal to libjpeg's
 decode, the rest within 3 levels. :func:`write_pixels` (the server and ``roiconv apply``, which decoded the image
-anyway) takes the new pixels from the caller and decodes nothing. Either way a block of a component is re-encoded (BGR → YCbCr, box
-downsampling, forward DCT, quantization with the file's own table) only when a pixel under it changed; decoders then
+anyway) takes the new pixels from the caller and decodes nothing. Either way a block of a component is re-encoded
+(BGR → YCbCr, box downsampling, forward DCT, quantization with the file's own table) only when a pixel under it
+changed; decoders then
 see the input's pixels everywhere except in those blocks and, with subsampled chroma, one pixel around them (the
 upsampling filter reads the neighbouring chroma sample). Cost follows the ROI: outside the windows nothing is
 transformed, only entropy-decoded and re-encoded in C.
