@@ -360,7 +360,7 @@ class _Edit:
             [np.zeros((by1 - by0, bx1 - bx0, 8, 8), np.int16) for bx0, by0, bx1, by1 in _component_rects(r, layout)]
             for r in self.reads
         ]  # [window][component]: [rows, cols, 8, 8]
-        self.new: list[list[tuple]] | None = None
+        self.new: list[list[tuple] | None] = [None] * len(windows)  # computed at a window's first row, then kept
         self.reencoded = [0] * len(layout.sampling)
 
     def read(self, coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
@@ -372,9 +372,9 @@ class _Edit:
                 self.coefs[wi][c][y // 8 - by0, : len(row)] = row
 
     def write(self, coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
-        if self.new is None:
-            self.new = [self._filter(wi) for wi in range(len(self.windows))]
         for wi, bx0, bx1, by0 in self.write_rows[c].get(y // 8, ()):
+            if self.new[wi] is None:  # its float temporaries live for one window (a band, with write_pixels) only
+                self.new[wi] = self._filter(wi)
             new, changed, rows = self.new[wi][c]
             r = y // 8 - by0
             if rows[r]:
@@ -393,6 +393,7 @@ class _Edit:
         else:
             rx0, ry0 = self.reads[wi][:2]
             old = _decode(self.coefs[wi], self.layout)[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]  # [y1-y0, x1-x0, C]
+            self.coefs[wi] = []
             new = old.copy()
             self.filter_fn(new[: inside[1], : inside[0]], (x0, y0))
             changed = _diff(old, new)
@@ -422,6 +423,9 @@ def _blocks(coeffs, x: int, y: int, w: int, h: int) -> np.ndarray:
 
 
 Region = tuple[Rect, "np.ndarray | None"]  # a rectangle and its bool mask (y1 - y0, x1 - x0), None for all of it
+_BAND_ROWS = 256
+"""write_pixels encodes a window in bands of about this many rows: its float32 temporaries (about 30 bytes a pixel)
+stay within a band, the quantized blocks kept until the file is written take 3 bytes a pixel (4:2:0)."""
 
 
 def write_pixels(data: bytes, pixels: np.ndarray, regions: Sequence[Region], orientation: int = 1) -> bytes:
@@ -457,7 +461,9 @@ def write_pixels(data: bytes, pixels: np.ndarray, regions: Sequence[Region], ori
                 )
         return new, changed
 
-    windows = _windows([rect for rect, _ in placed], (0, 0), layout)
+    band = max(_BAND_ROWS // layout.mcu[1], 1) * layout.mcu[1]
+    windows = [(x0, y, x1, min(y + band, y1)) for x0, y0, x1, y1 in _windows([r for r, _ in placed], (0, 0), layout)
+               for y in range(y0, y1, band)]  # fmt: skip
     if not windows:
         return data
     edit = _Edit(layout, windows, source=source)
