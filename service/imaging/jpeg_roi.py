@@ -438,7 +438,7 @@ def write_pixels(data: bytes, pixels: np.ndarray, regions: Sequence[Region], ori
     stored = _to_stored(pixels if pixels.ndim == 3 else pixels[:, :, None], orientation)  # [H, W, C] as stored
     layout = read_layout(data)
     if (stored.shape[1], stored.shape[0]) != (layout.width, layout.height):
-        raise ValueError(f"pixels of {stored.shape[1]}x{stored.shape[0]} for a {layout.width}x{layout.height} JPEG")
+        raise Unsupported(f"pixels of {stored.shape[1]}x{stored.shape[0]} for a {layout.width}x{layout.height} JPEG")
     if stored.shape[2] != len(layout.sampling):
         raise Unsupported(f"{stored.shape[2]}-channel pixels for a {len(layout.sampling)}-component JPEG")
     hu, wu = pixels.shape[:2]

@@ -112,7 +112,8 @@ def transform(data: bytes, read: Callable | None, write: Callable, progressive: 
         if errors:
             raise errors[0]
         if rc != 0:
-            raise ValueError(f"libjpeg-turbo could not transcode the JPEG: {lib.tjGetErrorStr2(handle).decode()}")
+            reason = lib.tjGetErrorStr2(handle).decode("ascii", "replace")
+            raise Unsupported(f"libjpeg-turbo could not transcode the JPEG: {reason}")
         return ctypes.string_at(bufs[n - 1], sizes[n - 1])
     finally:
         for i in range(n):

@@ -282,3 +282,17 @@ def test_write_pixels_works_in_bands_with_bounded_memory(monkeypatch):
     changed = (got != before).any(2)
     assert not changed[:, : 96 - 1].any() and not changed[:, 912 + 1 :].any()
     assert np.abs(got[:, 100:900].astype(int) - after[:, 100:900]).mean() < 1.5
+
+
+def test_corrupt_entropy_data_is_refused_or_kept_never_crashed():
+    """Bytes garbled in the scan: cv2 decodes what it can; the block edit keeps the blocks libjpeg-turbo reads or
+    refuses with Unsupported (the pipeline then re-encodes): never another exception."""
+    data = bytearray(_cv(photo()))
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(range(64))
+    cut = bytes(data)
+    pixels = decode(cut)
+    try:
+        out = jpeg_roi.write_pixels(cut, pixels, [((70, 50, 150, 130), None)])
+    except jpeg_roi.Unsupported:
+        return
+    assert decode(out).shape == pixels.shape
