@@ -70,7 +70,7 @@ class JpegLayout:
     """What the block edit needs from a JPEG's header.
 
     ``sampling`` [(h, v)] per component (the luma's is the largest), ``tables`` the quantization table of each
-    component (Tensor-like int [8, 8], natural order), ``mcu`` (width, height) in pixels.
+    component (int32 [8, 8], natural order), ``mcu`` (width, height) in pixels.
     """
 
     width: int
