@@ -23,6 +23,7 @@ __all__ = [
     "encode",
     "header_size",
     "jpeg_segments",
+    "normalize",
     "sniff_format",
 ]
 
@@ -262,7 +263,7 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
             raise DecodeError(f"corrupt or unsupported {fmt} image: OpenCV could not decode it")
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise TooLarge(f"{field} has {pixels.shape[0] * pixels.shape[1]} pixels, more than the limit {max_pixels}")
-    return Image(_normalize(pixels, fmt), fmt)
+    return Image(normalize(pixels, fmt), fmt)
 
 
 def _decode_npy(data: bytes) -> np.ndarray:
@@ -276,7 +277,9 @@ def _decode_npy(data: bytes) -> np.ndarray:
         raise DecodeError("corrupt npy image") from None
 
 
-def _normalize(pixels: np.ndarray, fmt: str) -> np.ndarray:
+def normalize(pixels: np.ndarray, fmt: str) -> np.ndarray:
+    """``pixels`` as (H, W, C) uint8, uint16 or float32 with C in 1, 3, 4 (float64 narrowed); DecodeError naming
+    ``fmt`` otherwise."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):

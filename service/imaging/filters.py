@@ -1,8 +1,8 @@
 """The filter catalog → weights: OpenCV's kernels as convcore weights, the key that batches share, each filter's
 halo and the engine that runs it.
 
-On the CPU every filter with an OpenCV equivalent runs through OpenCV itself (``service.cvengine``; ``op.extra``
-holds the spec's parameters for it). The torch engine (convcore: CUDA devices, 4-D kernels that mix channels, the
+On the CPU every filter with an OpenCV equivalent runs through OpenCV itself (:mod:`.opencv_engine`; ``op.extra`` holds
+the spec's parameters for it). The torch engine (convcore: CUDA devices, 4-D kernels that mix channels, the
 adaptive gaussian, models) takes classic filters as one (1, 1, kh, kw) float32 kernel applied to every color channel
 as its own 1-channel image; the kernels come from OpenCV (cv2.getGaussianKernel, cv2.getDerivKernels,
 cv2.getStructuringElement), so its results match cv2 within the rounding of OpenCV's fixed-point paths (±1 on 8-bit).
@@ -17,7 +17,6 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-import torch
 
 from . import spec as schemas
 
@@ -28,6 +27,7 @@ __all__ = [
     "FilterOp",
     "build_filter",
     "catalog_schemas",
+    "engine",
     "engine_of",
     "halo",
     "halo_rule",
@@ -50,8 +50,8 @@ TORCH_ONLY = frozenset({"adaptive", "mix", "model"})  # op kinds convcore runs (
 class FilterOp:
     """A resolved filter: what a worker needs to run it, and ``key`` (equal keys share weights → one batch).
 
-    ``kind`` is "conv" (weight Tensor[1, 1, kh, kw], per channel), "mix" (weight Tensor[O, C, kh, kw]),
-    "morph" (``structure`` Tensor[kh, kw] bool, ``mode`` dilation/erosion), "adaptive" (``sigma_range``) or
+    ``kind`` is "conv" (``weight`` float32 ndarray[1, 1, kh, kw], per channel), "mix" (``weight`` ndarray[O, C, kh,
+    kw]), "morph" (``structure`` bool ndarray[kh, kw], ``mode`` dilation/erosion), "adaptive" (``sigma_range``) or
     "model" (``model`` name), or "cv" (median, pixelate, fill: the OpenCV engine only).
     """
 
@@ -60,9 +60,9 @@ class FilterOp:
     name: str
     padding_mode: str
     ksize: tuple[int, int]
-    weight: torch.Tensor | None = None
+    weight: np.ndarray | None = None
     bias: float = 0.0
-    structure: torch.Tensor | None = None
+    structure: np.ndarray | None = None
     mode: str = ""
     sigma_range: tuple[float, float] = (0.0, 0.0)
     model: str = ""
@@ -88,7 +88,7 @@ def _build(spec_json: str, border: str) -> FilterOp:
     if name in ("dilate", "erode"):
         kx, ky = _pair(params["ksize"])
         se = cv2.getStructuringElement(_SHAPES[params["shape"]], (kx, ky))  # [ky, kx] uint8
-        structure = torch.from_numpy(se != 0)
+        structure = se != 0  # [ky, kx] bool
         return FilterOp(key, "morph", name, mode, (ky, kx), structure=structure, mode=_MORPH_MODE[name], extra=params)
     if name == "adaptive_gaussian":
         lo, hi = params["sigma_min"], params["sigma_max"]
@@ -97,15 +97,14 @@ def _build(spec_json: str, border: str) -> FilterOp:
     if name == "kernel":
         w = np.asarray(params["weights"], dtype=np.float32)
         if w.ndim == 4:
-            weight = torch.from_numpy(w)  # [O, C, kh, kw]
-            return FilterOp(key, "mix", name, mode, w.shape[2:], weight=weight, bias=params["delta"])
+            return FilterOp(key, "mix", name, mode, w.shape[2:], weight=w, bias=params["delta"])
         return _conv(key, name, mode, w, params["delta"], params)
     kernel, bias = _KERNELS[name](params)
     return _conv(key, name, mode, kernel, bias, params)
 
 
 def _conv(key: str, name: str, mode: str, kernel: np.ndarray, bias: float, params: dict) -> FilterOp:
-    weight = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float32))[None, None]  # [1, 1, kh, kw]
+    weight = np.ascontiguousarray(kernel, dtype=np.float32)[None, None]  # [1, 1, kh, kw]
     return FilterOp(key, "conv", name, mode, tuple(kernel.shape), weight=weight, bias=float(bias), extra=params)
 
 
@@ -227,16 +226,23 @@ def halo(spec: schemas.BaseModel | dict) -> int | None:
     return None
 
 
-def engine_of(name: str, kind: str) -> dict[str, str]:
-    """Which engine runs a filter on each device type."""
-    if name in CV_ONLY:
-        return {"cpu": "opencv", "cuda": "opencv"}
+def engine(kind: str, cuda: bool) -> str:
+    """The engine that runs a filter of ``kind`` (a :class:`FilterOp` kind) on a server with CUDA devices (``cuda``)
+    or on the CPU: "opencv" or "torch" (convcore)."""
     if kind in TORCH_ONLY:
-        return {"cpu": "torch", "cuda": "torch"}
-    return {"cpu": "opencv", "cuda": "torch"}
+        return "torch"
+    if kind == "cv":
+        return "opencv"
+    return "torch" if cuda else "opencv"
 
 
-_KINDS = {"adaptive_gaussian": "adaptive", "kernel": "conv or mix"}
+_KINDS = {"adaptive_gaussian": "adaptive"}  # the kind of a catalog name, where it is not "conv" or "cv"
+
+
+def engine_of(name: str) -> dict[str, str]:
+    """Which engine runs a catalog filter on each device type (GET /filters "engine")."""
+    kind = "model" if name.startswith("model:") else "cv" if name in CV_ONLY else _KINDS.get(name, "conv")
+    return {"cpu": engine(kind, False), "cuda": engine(kind, True)}
 
 
 def catalog_schemas(models: list[str]) -> dict:
@@ -247,14 +253,14 @@ def catalog_schemas(models: list[str]) -> dict:
     """
     out = {}
     for name, model in schemas.FILTER_MODELS.items():
-        engine = engine_of(name, _KINDS.get(name, "conv"))
+        engines = engine_of(name)
         if name == "kernel":
-            engine["4-D weights"] = "torch"
+            engines["4-D weights"] = engine("mix", False)
         out[name] = {
             "description": (model.__doc__ or "").strip(),
             "schema": model.model_json_schema(),
             "halo": halo_rule(name),
-            "engine": engine,
+            "engine": engines,
         }
     model_schema = schemas.ModelFilter.model_json_schema()
     for m in models:
@@ -262,6 +268,6 @@ def catalog_schemas(models: list[str]) -> dict:
             "description": (schemas.ModelFilter.__doc__ or "").strip(),
             "schema": model_schema,
             "halo": halo_rule("model:"),
-            "engine": {"cpu": "torch", "cuda": "torch"},
+            "engine": engine_of(f"model:{m}"),
         }
     return out

@@ -24,12 +24,8 @@ import numpy as np
 from .filters import BORDERS, FilterOp
 from .regions import Piece
 
-__all__ = ["CV_FILTERS", "apply", "pixelate_region"]
+__all__ = ["apply", "pixelate_region"]
 
-CV_FILTERS = frozenset(
-    {"gaussian", "box", "sobel", "scharr", "laplacian", "sharpen", "emboss", "kernel", "dilate", "erode", "median"}
-    | {"pixelate", "fill"}
-)
 _ALIGN = 64  # columns: a multiple of every SIMD width OpenCV dispatches to (in elements, for 1, 3 or 4 channels)
 _FIXED_POINT = frozenset({"gaussian", "box", "median", "dilate", "erode"})  # on 8/16-bit: no float sums
 _DERIVATIVES = frozenset({"sobel", "scharr", "laplacian"})  # integer kernels: fixed point when scale 1, delta 0
@@ -149,7 +145,7 @@ def _call(name: str, params: dict, op: FilterOp, flag: int, float_out: bool):
         k = params["ksize"]
         return lambda win: cv2.Laplacian(win, ddepth, ksize=k, scale=scale, delta=delta, borderType=flag)
     if name in ("sharpen", "emboss", "kernel"):
-        kernel, delta = op.weight[0, 0].numpy(), op.bias  # [kh, kw] float32
+        kernel, delta = op.weight[0, 0], op.bias  # [kh, kw] float32
         return lambda win: cv2.filter2D(win, ddepth, kernel, delta=delta, borderType=flag)
     if name in ("dilate", "erode"):
         se = _structure(params["shape"], *ksize)

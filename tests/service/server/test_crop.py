@@ -280,7 +280,8 @@ def test_torch_engine_output_region_and_crop_follow_the_same_rules():
 def test_torch_engine_reads_only_the_roi_window_and_equals_the_whole_image_run(filt, outside):
     from service.imaging.regions import build_pieces, pieces_mask
     from service.imaging.spec import Roi
-    from service.imaging.torch_engine import Work, finish, run_batch
+    from service.imaging.torch_engine import run_batch
+    from service.imaging.work import Work, finish
 
     img = np.random.default_rng(13).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     roi = {"boxes": [[0, 3, 12, 20]], "ellipses": [[45, 30, 10, 6, 15.0]]}
