@@ -4,13 +4,16 @@ dry run, metadata, ``--server``; and the ``roiconv`` entry point (no subcommand,
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
-from service_support import ServerProcess, rand_image
+from service_support import ROOT, ServerProcess, rand_image
 
 from service.cli import main
 from service.cli.sources import copy_metadata
@@ -220,3 +223,50 @@ def test_progress_bar_on_a_terminal():
     text = stream.getvalue()
     assert "2/2" in text and "img/s" in text and "b.png: failed: spec.filter.ksize" in text
     assert "[1/2]" not in text  # the bar, not the plain lines
+
+
+_BLOCKER = '''
+import sys
+
+
+class _Blocked:
+    """A meta-path finder that refuses torch and convcore, as if they were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "convcore"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+
+sys.meta_path.insert(0, _Blocked())
+'''
+
+
+def test_in_process_opencv_filters_run_without_torch(photos, tmp_path):
+    # the hook goes in a sitecustomize so that the forkserver and its workers (fresh interpreters) load it too
+    folder, imgs, boxes = photos
+    for name, b in boxes.items():
+        (folder / name).with_suffix(".json").write_text(json.dumps({"boxes": b}))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_BLOCKER)
+    out = tmp_path / "out"
+    code = (
+        "import sys, service\n"
+        f"assert service.__file__.startswith({str(ROOT)!r}), service.__file__\n"
+        "from service.cli import main\n"
+        f"rc = main(['apply', {str(folder)!r}, '--out', {str(out)!r}, '--filter', {FILTER!r}, '--workers', '2'])\n"
+        "assert 'torch' not in sys.modules and 'convcore' not in sys.modules\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "done 3" in run.stderr
+    for name, img in imgs.items():
+        assert_filtered(out / name, img, boxes[name])
+    # the hook does block: a filter that needs the torch engine fails, naming the import
+    mix = json.dumps({"name": "kernel", "weights": [[[[0.0, 1.0, 0.0]]] * 3] * 3})
+    code = code.replace(repr(FILTER), repr(mix)).replace(repr(str(out)), repr(str(tmp_path / "out2")))
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "blocked in this test" in run.stderr, run.stderr

@@ -238,6 +238,7 @@ def test_import_needs_only_httpx_and_numpy():
         "import sys\n"
         f"for m in {blocked!r}: sys.modules[m] = None\n"
         "import service.client as c\n"
+        f"assert c.__file__.startswith({str(ROOT)!r}), c.__file__\n"
         "assert c.encode_png(__import__('numpy').zeros((2, 2), 'uint8')).startswith(b'\\x89PNG')\n"
         "print('ok')"
     )
