@@ -26,19 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import RoiSource, copy_metadata, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
+from ..imaging.metadata import copy_metadata, format_of
+from .sources import RoiSource, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
 
-_FORMATS = {
-    ".png": "png",
-    ".jpg": "jpeg",
-    ".jpeg": "jpeg",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    ".webp": "webp",
-    ".bmp": "bmp",
-}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -131,7 +123,7 @@ def _process_file(task: Task, max_pixels: int) -> str:
         shutil.copyfile(task.src, task.dst)
         return "copied"
     data = task.src.read_bytes()
-    fmt = _FORMATS.get(task.src.suffix.lower(), "")
+    fmt = format_of(task.src)
     pixels = _decode(data, fmt)
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, more than ROICONV_MAX_PIXELS={max_pixels}")
@@ -257,7 +249,7 @@ async def _run_server(tasks: list[Task], args: argparse.Namespace, progress: Pro
                     await asyncio.to_thread(process_file, task, 0)
                     status = "copied"
                 else:
-                    fmt = _FORMATS.get(task.src.suffix.lower(), "")
+                    fmt = format_of(task.src)
                     data = await asyncio.to_thread(task.src.read_bytes)
                     pixels = await asyncio.to_thread(_decode, data, fmt)
                     result = await client.convolve(pixels, task.spec)

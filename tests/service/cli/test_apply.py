@@ -16,7 +16,7 @@ import pytest
 from service_support import ROOT, ServerProcess, rand_image
 
 from service.cli import main
-from service.cli.sources import copy_metadata
+from service.imaging.metadata import copy_metadata
 
 FILTER = '{"name": "gaussian", "ksize": 15}'
 
