@@ -285,15 +285,15 @@ def run(args: argparse.Namespace) -> int:
         if args.server is None and tasks:
             from pydantic import ValidationError
 
-            from ..imaging.spec import Spec
-            from ..server.errors import from_validation
+            from ..imaging.spec import Spec, field_errors
 
             probe = next((t.spec for t in tasks if t.spec is not None), None)
             if probe is not None:
                 try:
                     Spec.model_validate(probe)
                 except ValidationError as exc:
-                    raise ValueError(_reason(from_validation(exc, "spec"))) from None
+                    first = (field_errors(exc, "spec") or [{"field": "spec", "reason": "invalid"}])[0]
+                    raise ValueError(f"{first['field']}: {first['reason']}") from None
     except (ValueError, OSError, KeyError, TypeError) as exc:  # bad inputs, ROI files or filter JSON
         print(f"roiconv apply: {'missing key ' if isinstance(exc, KeyError) else ''}{exc}", file=sys.stderr)
         return 2
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         if args.server is not None:
             results = asyncio.run(_run_server(tasks, args, progress))
         else:
-            from ..server.settings import load_settings
+            from ..server.settings import load_settings  # ROICONV_MAX_PIXELS, as the server reads it
 
             results = _run_local(tasks, args.workers, progress, load_settings().max_pixels)
     finally:
