@@ -24,12 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..imaging.filters import build_filter
 from ..imaging.networks import find_models, load_models
-from ..imaging.peak import MemoryBudget, default_budget
 from ..imaging.spec import GaussianFilter
 from ..imaging.torch_engine import run_batch
 from ..imaging.work import Work
 from .accounting import RequestAccounting
-from .admission import AppState
+from .admission import AppState, MemoryBudget, default_budget
 from .devices import DevicePool, Warmup
 from .errors import ApiError, BodyTooLarge, error_response, from_http_error
 from .metrics import Metrics

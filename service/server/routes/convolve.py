@@ -20,7 +20,8 @@ from ...imaging.codec import CONTENT_TYPES
 from ...imaging.peak import Peak, request_peak
 from ...imaging.pipeline import Prepared
 from ...imaging.spec import ModelFilter, Spec
-from ..admission import AppState, Record, StateDep, record_of
+from ..admission import AppState, Record
+from ..deps import StateDep, record_of
 from ..errors import ApiError, BodyTooLarge, from_validation
 from ..execution import Outcome, run
 from ..metrics import Metrics

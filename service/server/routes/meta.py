@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ... import __version__
 from ...imaging.filters import catalog_schemas
-from ..admission import StateDep
+from ..deps import StateDep
 from ..docs import DOCS_HTML
 
 __all__ = ["catalog_router", "docs_router", "health_router", "metrics_router"]

@@ -15,10 +15,11 @@ from crafted import npy, tiff
 from service_support import decode, encode, post, rand_image, run, running, settings
 
 from service.imaging import codec
-from service.imaging.peak import MemoryBudget, NeverFits, estimate_peak, memory_limit
+from service.imaging.peak import estimate_peak
 from service.imaging.regions import build_mask, draw_cost
 from service.imaging.spec import Roi
 from service.imaging.torch_engine import conv_in_bands, run_batch
+from service.server.admission import MemoryBudget, NeverFits, memory_limit
 from service.server.app import create_app
 
 GAUSS = {"name": "gaussian", "ksize": 3}
