@@ -273,7 +273,7 @@ def _filter_tag(value: Any) -> str | None:
     name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
     if isinstance(name, str) and name.startswith("model:"):
         return "model"
-    return name if name in FILTER_MODELS else None
+    return name if isinstance(name, str) and name in FILTER_MODELS else None  # a list or dict name: no tag, 422
 
 
 FilterSpec = Annotated[
