@@ -25,7 +25,8 @@ import time
 import cv2
 import numpy as np
 
-from .load import load, make_body, server
+from .harness import floor_call, photo, serve
+from .load import load, make_body
 
 FACES = [[700, 300, 880, 520], [1100, 350, 1260, 550]]  # two face-sized boxes on 1920×1080 (~3.3% of the image)
 BOX_4K = [[1700, 900, 2084, 1116]]  # 384×216 = 1.0% of 3840×2160
@@ -36,14 +37,6 @@ WORKLOADS = {
 }
 
 
-def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A smooth photo-like BGR image (compresses like a photo, unlike noise)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
-    img = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-    return cv2.add(img, rng.integers(0, 4, img.shape, dtype=np.uint8))
-
-
 def images() -> dict[str, bytes]:
     return {
         "jpeg": cv2.imencode(".jpg", photo(1920, 1080))[1].tobytes(),
@@ -52,26 +45,6 @@ def images() -> dict[str, bytes]:
 
 
 # --- the floor: what a vision engineer writes with OpenCV -------------------------------------------------------
-
-
-def floor_call(data: bytes, filt: dict, boxes: list[list[int]], ext: str) -> bytes:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    h, w = img.shape[:2]
-    for x0, y0, x1, y1 in boxes:
-        if filt["name"] == "pixelate":
-            b = filt["block"]
-            cx0, cy0, cx1, cy1 = x0 // b * b, y0 // b * b, min(-(-x1 // b) * b, w), min(-(-y1 // b) * b, h)
-            cells = img[cy0:cy1, cx0:cx1]
-            small = cv2.resize(cells, (-(-(cx1 - cx0) // b), -(-(cy1 - cy0) // b)), interpolation=cv2.INTER_AREA)
-            big = cv2.resize(small, (cx1 - cx0, cy1 - cy0), interpolation=cv2.INTER_NEAREST)
-            img[y0:y1, x0:x1] = big[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
-            continue
-        k = filt["ksize"]
-        r = k // 2
-        t, b_, l, rr = max(y0 - r, 0), min(y1 + r, h), max(x0 - r, 0), min(x1 + r, w)
-        out = cv2.GaussianBlur(img[t:b_, l:rr], (k, k), filt.get("sigma", 0))
-        img[y0:y1, x0:x1] = out[y0 - t : y1 - t, x0 - l : x1 - l]
-    return cv2.imencode(ext, img)[1].tobytes()
 
 
 def _floor_worker(args) -> int:
@@ -186,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     data = images()
     rows: list = []
     print(f"cores: {os.cpu_count()}, OpenCV {cv2.__version__}", flush=True)
-    with server({}) as url:
+    with serve({"ROICONV_DEVICES": "cpu"}) as url:
         for label, (kind, filt, boxes) in WORKLOADS.items():
             ext = ".jpg" if kind == "jpeg" else ".png"
             body, ctype = make_body(data[kind], {"filter": filt, "roi": {"boxes": boxes}})

@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import cv2
 import httpx
 import numpy as np
 
+from service.bench.harness import free_port
 from service.server.app import create_app
 from service.server.settings import Settings
 
@@ -90,12 +90,6 @@ async def post(client, image: bytes, spec: dict | str, mask: bytes | None = None
         files["mask"] = ("mask", mask, "application/octet-stream")
     text = spec if isinstance(spec, str) else json.dumps(spec)
     return await client.post("/convolve", files=files, data={"spec": text}, headers=headers or {})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
