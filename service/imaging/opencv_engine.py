@@ -1,7 +1,7 @@
 """The CPU engine: OpenCV on each ROI rectangle with its halo, written into the output buffer in the image's depth.
 
-For each :class:`~service.regions.Piece` the engine reads the rectangle grown by the filter's halo from the image
-(a view, no copy: OpenCV extrapolates the border at the view's edges, which are the image's edges where the image
+For each :class:`~service.imaging.regions.Piece` the engine reads the rectangle grown by the filter's halo from the
+image (a view, no copy: OpenCV extrapolates the border at the view's edges, which are the image's edges where the image
 ends and otherwise lie in the halo ring whose outputs are dropped), calls the same OpenCV function a user would call
 on the whole image, and writes the rectangle's inside back. Per pixel, OpenCV's 8- and 16-bit filters compute the
 same fixed-point sums wherever the pixel sits (gaussian, box, median, morphology), so the result equals OpenCV on

@@ -241,7 +241,7 @@ class FillFilter(_Strict):
 
 
 class ModelFilter(_Strict):
-    """A model from MODELS_DIR: a torch.export program run inside the ROI (service/models.py), or TorchScript
+    """A model from MODELS_DIR: a torch.export program run inside the ROI (service/imaging/networks.py), or TorchScript
     (dense)."""
 
     name: str = Field(pattern=r"^model:[A-Za-z0-9_.-]{1,64}$")

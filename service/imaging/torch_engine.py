@@ -151,7 +151,7 @@ def _run_adaptive(op, work, x, m) -> torch.Tensor:
 
 def _run_model(module, work, x, m) -> torch.Tensor:
     scale = MAX_VALUE.get(work.pixels.dtype, 1.0)
-    if isinstance(module, ServedModel):  # a torch.export program: computed inside the ROI (see service/models.py)
+    if isinstance(module, ServedModel):  # a torch.export program: computed inside the ROI (see networks.py)
         y = module(x, m, scale)  # [O, H, W]
         return y if m is None else torch.where(m[None], y, _base(work, x, y.shape[0]))
     y = module(x[None] / scale)  # [1, O, H, W], TorchScript: dense
