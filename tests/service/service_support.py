@@ -66,6 +66,12 @@ def rand_image(h: int, w: int, c: int = 3, dtype=np.uint8, seed: int = 0) -> np.
     return img[:, :, 0] if c == 1 else img
 
 
+def smooth(h: int, w: int, c: int = 3, dtype=np.uint8, seed: int = 0) -> np.ndarray:
+    """:func:`rand_image` blurred (7x7): photo-like, so that ROI results differ from their surroundings smoothly."""
+    img = cv2.GaussianBlur(rand_image(h, w, c, dtype, seed), (7, 7), 0)
+    return img if c > 1 or img.ndim == 2 else img[:, :, 0]
+
+
 def encode(img: np.ndarray, ext: str = ".png") -> bytes:
     if ext == ".npy":
         buf = io.BytesIO()

@@ -13,16 +13,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from service_support import ROOT, ServerProcess, rand_image
+from service_support import ROOT, ServerProcess, smooth
 
 from service.cli import main
 from service.imaging.metadata import copy_metadata
 
 FILTER = '{"name": "gaussian", "ksize": 15}'
-
-
-def smooth(h: int, w: int, seed: int) -> np.ndarray:
-    return cv2.GaussianBlur(rand_image(h, w, 3, np.uint8, seed), (5, 5), 0)
 
 
 def expected(img: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
@@ -50,7 +46,7 @@ def assert_filtered(path, img, boxes):
 def photos(tmp_path):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
-    imgs = {"a.png": smooth(60, 80, 0), "b.png": smooth(50, 70, 1), "sub/c.png": smooth(40, 64, 2)}
+    imgs = {"a.png": smooth(60, 80, seed=0), "b.png": smooth(50, 70, seed=1), "sub/c.png": smooth(40, 64, seed=2)}
     for name, img in imgs.items():
         cv2.imwrite(str(folder / name), img)
     boxes = {"a.png": [[5, 5, 30, 25]], "b.png": [[-3, 20, 20, 60]], "sub/c.png": [[40, 10, 64, 30]]}
@@ -132,7 +128,7 @@ def _icc() -> bytes:
 
 
 def test_jpeg_keeps_exif_and_icc(tmp_path):
-    img = smooth(48, 64, 5)
+    img = smooth(48, 64, seed=5)
     jpeg = cv2.imencode(".jpg", img)[1].tobytes()
     src = tmp_path / "in" / "p.jpg"
     src.parent.mkdir()

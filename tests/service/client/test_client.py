@@ -14,7 +14,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from service_support import ROOT, rand_image
+from service_support import ROOT, rand_image, smooth
 
 from service.client import (
     AsyncClient,
@@ -25,12 +25,6 @@ from service.client import (
     encode_png,
     filter_halo,
 )
-
-
-def smooth(h: int, w: int, c: int = 3, dtype=np.uint8, seed: int = 0) -> np.ndarray:
-    img = cv2.GaussianBlur(rand_image(h, w, c, dtype, seed), (7, 7), 0)
-    return img if c > 1 or img.ndim == 2 else img[:, :, 0]
-
 
 CASES = [
     ("gaussian k31 box", {"filter": {"name": "gaussian", "ksize": 31}, "roi": {"boxes": [[60, 40, 110, 90]]}}),
