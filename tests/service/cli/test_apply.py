@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
+from crafted import exif_app1, icc_app2
 from service_support import ROOT, ServerProcess, smooth
 
 from service.cli import main
@@ -115,31 +115,20 @@ def test_coco_boxes_polygons_and_categories(photos, tmp_path, capsys):
     assert "unknown categories" in capsys.readouterr().err
 
 
-def _exif(orientation: int) -> bytes:
-    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
-    tiff += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
-    body = b"Exif\x00\x00" + tiff
-    return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
-
-
-def _icc() -> bytes:
-    body = b"ICC_PROFILE\x00\x01\x01" + bytes(range(64))
-    return b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body
-
-
 def test_jpeg_keeps_exif_and_icc(tmp_path):
     img = smooth(48, 64, seed=5)
     jpeg = cv2.imencode(".jpg", img)[1].tobytes()
     src = tmp_path / "in" / "p.jpg"
     src.parent.mkdir()
-    src.write_bytes(jpeg[:2] + _exif(1) + _icc() + jpeg[2:])
+    src.write_bytes(jpeg[:2] + exif_app1(1, "<") + icc_app2() + jpeg[2:])
     src.with_suffix(".json").write_text('{"boxes": [[8, 8, 40, 30]]}')
     out = tmp_path / "out"
     assert main(["apply", str(src), "--out", str(out), "--filter", FILTER, "--workers", "1"]) == 0
     data = (out / "p.jpg").read_bytes()
-    assert _exif(1) in data and _icc() in data and cv2.imdecode(np.frombuffer(data, np.uint8), 1).shape == img.shape
+    assert exif_app1(1, "<") in data and icc_app2() in data
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), 1).shape == img.shape
     # the orientation is reset to 1 because the pixels come out upright
-    assert _exif(1) in copy_metadata(jpeg[:2] + _exif(6) + jpeg[2:], jpeg, "jpeg")
+    assert exif_app1(1, "<") in copy_metadata(jpeg[:2] + exif_app1(6, "<") + jpeg[2:], jpeg, "jpeg")
     png = cv2.imencode(".png", img)[1].tobytes()
     assert copy_metadata(png, png, "png") == png
 
