@@ -17,8 +17,9 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+from pydantic import BaseModel
 
-from . import spec as schemas
+from .spec import FILTER_MODELS, MAX_KSIZE, ModelFilter
 
 __all__ = [
     "BORDERS",
@@ -69,7 +70,7 @@ class FilterOp:
     extra: dict = field(default_factory=dict)
 
 
-def build_filter(spec: schemas.BaseModel, border: str) -> FilterOp:
+def build_filter(spec: BaseModel, border: str) -> FilterOp:
     """Resolve a validated filter spec with a border name into a :class:`FilterOp` (cached by its JSON)."""
     return _build(spec.model_dump_json(), border)
 
@@ -92,7 +93,7 @@ def _build(spec_json: str, border: str) -> FilterOp:
         return FilterOp(key, "morph", name, mode, (ky, kx), structure=structure, mode=_MORPH_MODE[name], extra=params)
     if name == "adaptive_gaussian":
         lo, hi = params["sigma_min"], params["sigma_max"]
-        k = params["ksize"] or min(schemas.MAX_KSIZE, 2 * math.ceil(3 * hi) + 1)
+        k = _adaptive_ksize(params)
         return FilterOp(key, "adaptive", name, mode, (k, k), sigma_range=(lo, hi))
     if name == "kernel":
         w = np.asarray(params["weights"], dtype=np.float32)
@@ -101,6 +102,11 @@ def _build(spec_json: str, border: str) -> FilterOp:
         return _conv(key, name, mode, w, params["delta"], params)
     kernel, bias = _KERNELS[name](params)
     return _conv(key, name, mode, kernel, bias, params)
+
+
+def _adaptive_ksize(params: dict) -> int:
+    """The adaptive gaussian's kernel size: ``ksize``, or the one that holds 3 σ_max on each side (at most 31)."""
+    return params.get("ksize") or min(MAX_KSIZE, 2 * math.ceil(3 * params["sigma_max"]) + 1)
 
 
 def _conv(key: str, name: str, mode: str, kernel: np.ndarray, bias: float, params: dict) -> FilterOp:
@@ -201,7 +207,7 @@ def halo_rule(name: str) -> dict:
     return _HALO_RULES.get(name, {"rule": "unknown"})
 
 
-def halo(spec: schemas.BaseModel | dict) -> int | None:
+def halo(spec: BaseModel | dict) -> int | None:
     """Context pixels a ROI needs on every side for ``spec`` (a filter model or its dict); None for models.
 
     A crop that holds the ROI's bounding rectangle grown by this many pixels (clipped to the image) gives, inside
@@ -221,8 +227,7 @@ def halo(spec: schemas.BaseModel | dict) -> int | None:
     if kind == "block":
         return params["block"] - 1
     if kind == "adaptive":
-        k = params.get("ksize") or min(schemas.MAX_KSIZE, 2 * math.ceil(3 * params["sigma_max"]) + 1)
-        return k // 2
+        return _adaptive_ksize(params) // 2
     return None
 
 
@@ -252,7 +257,7 @@ def catalog_schemas(models: list[str]) -> dict:
     "4-D weights": "torch"}).
     """
     out = {}
-    for name, model in schemas.FILTER_MODELS.items():
+    for name, model in FILTER_MODELS.items():
         engines = engine_of(name)
         if name == "kernel":
             engines["4-D weights"] = engine("mix", False)
@@ -262,10 +267,10 @@ def catalog_schemas(models: list[str]) -> dict:
             "halo": halo_rule(name),
             "engine": engines,
         }
-    model_schema = schemas.ModelFilter.model_json_schema()
+    model_schema = ModelFilter.model_json_schema()
     for m in models:
         out[f"model:{m}"] = {
-            "description": (schemas.ModelFilter.__doc__ or "").strip(),
+            "description": (ModelFilter.__doc__ or "").strip(),
             "schema": model_schema,
             "halo": halo_rule("model:"),
             "engine": engine_of(f"model:{m}"),
