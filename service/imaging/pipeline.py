@@ -106,11 +106,25 @@ def _decode_one(data: bytes, max_pixels: int, field: str, orient: bool) -> codec
     return image
 
 
+def _check_mask_header(image: bytes, mask: bytes, orient: bool) -> None:
+    """A mask whose header declares another size than the image's is refused before either is decoded (its decode
+    would cost what its own header declares, not what the image's does). Sides may swap when EXIF turns one."""
+    try:
+        sizes = [codec.header_size(data, codec.sniff_format(data)) for data in (image, mask)]
+    except codec.DecodeError:
+        return  # decoding says what is wrong with it
+    (iw, ih), (mw, mh) = sizes
+    if (mw, mh) != (iw, ih) and not (orient and (mh, mw) == (iw, ih)):
+        raise _bad(f"mask is {mw}x{mh} but the image is {iw}x{ih}; they must have the same width and height", "mask")
+
+
 def decode(
     spec: Spec, image_bytes: bytes, mask_bytes: bytes | None, max_pixels: int, deadline: float | None = None
 ) -> tuple[codec.Image, np.ndarray | None]:
     """The image and the mask's pixels (H, W, C), upright unless ``spec.exif`` is "ignore"."""
     orient = spec.exif == "upright"
+    if mask_bytes is not None:
+        _check_mask_header(image_bytes, mask_bytes, orient)
     image = _decode_one(image_bytes, max_pixels, "image", orient)
     _check_deadline(deadline, "decoding the image")
     mask = None if mask_bytes is None else _decode_one(mask_bytes, max_pixels, "mask", orient).pixels
@@ -260,7 +274,7 @@ def _check_filter(spec: Spec, op: FilterOp, pixels: np.ndarray, runs_on: str, co
             raise _bad(f"4-D weights have C={c} but the image has {color} color channel(s)", "spec.filter.weights")
         if o != color and spec.outside == "keep" and not whole:
             raise _bad(f"outside='keep' needs O = C ({color}), got O={o}; use outside='zero'", "spec.outside")
-        return o
+        color = o
     if runs_on == "torch" and op.kind != "model":
         from convcore import conv_geometry  # the torch engine's own rule for what fits
 
@@ -270,8 +284,8 @@ def _check_filter(spec: Spec, op: FilterOp, pixels: np.ndarray, runs_on: str, co
         except ValueError:
             raise _bad(
                 f"the image ({w}x{h}) is too small for a {op.ksize[1]}x{op.ksize[0]} kernel "
-                f"with border {spec.border!r}",
-                "spec.filter.ksize",
+                f"with border {spec.border!r}; border 'constant' or 'replicate' works at any size",
+                "spec.filter.weights" if op.name == "kernel" else "spec.filter.ksize",
             ) from None
     return color
 
@@ -331,8 +345,8 @@ def output(result: np.ndarray, prepared: Prepared) -> np.ndarray:
     rounded and saturated to the output depth (alpha put back), put back into the image when they cover only
     ``window``, and cut to the output region."""
     if prepared.engine == "opencv":
-        return result
-    pixels = finish(result, prepared.work)  # [h, w, C'] over the window (or the whole upload)
+        return _finite(result, prepared.op)
+    pixels = _finite(finish(result, prepared.work), prepared.op)  # [h, w, C'] over the window (or the whole upload)
     wx, wy = (0, 0) if prepared.window is None else prepared.window[:2]
     x0, y0, x1, y1 = prepared.region
     if prepared.window is not None and prepared.region == bounding_rect(prepared.pieces):
@@ -342,6 +356,19 @@ def output(result: np.ndarray, prepared: Prepared) -> np.ndarray:
     else:
         pixels = pixels[y0:y1, x0:x1]
     return np.ascontiguousarray(pixels)
+
+
+def _finite(pixels: np.ndarray, op: FilterOp) -> np.ndarray:
+    """Float results must be finite: a filter that overflows float32 (its largest value is 3.4e38) is the request's
+    fault (422 naming the filter), never inf or NaN pixels in a 200. Integer results saturate, as OpenCV's do."""
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        bad = int(pixels.size - np.isfinite(pixels).sum())
+        raise _bad(
+            f"the {op.name} filter's float32 result is infinite or NaN at {bad} value(s): the input's values times the "
+            "filter's weights pass 3.4e38; scale the image or the filter's parameters down",
+            "spec.filter",
+        )
+    return pixels
 
 
 def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,15 +47,18 @@ async def run(
     the device pool and encode; all by ``deadline`` (504 past it)."""
     s = state.settings
     call = functools.partial(_on_cpu, spec, image, mask, s.max_pixels, deadline, bands, state.prefer_torch)
-    hop = asyncio.get_running_loop().run_in_executor(state.cpu_pool, call)
+    work = state.cpu_pool.submit(_unless_late, call, deadline)
     gauge = state.metrics.inflight.labels(device="cpu")
     gauge.inc()
     try:
+        hop = asyncio.wrap_future(work)  # cancelling it at the deadline cancels the work if it has not started
         prepared, body, compute_s = await asyncio.wait_for(hop, max(0.0, deadline - time.perf_counter()))
     except asyncio.TimeoutError:
-        raise ApiError(
-            504, "timeout", "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
-        ) from None
+        reason = "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        if not work.cancelled():  # started: it stops at its next check of the deadline, holding its place till then
+            ticket.outlived_by(work)
+            reason += "; the work already started holds its queue place and memory until it stops"
+        raise ApiError(504, "timeout", reason) from None
     finally:
         gauge.dec()
     if body is not None:
@@ -63,7 +67,21 @@ async def run(
         state.metrics.queue_wait.observe(0.0)
         return prepared, Outcome(None, 0.0, compute_s, 1, "cpu"), body
     outcome = await execute(state, prepared, deadline, ticket)
-    return prepared, outcome, await asyncio.to_thread(pipeline.encode_result, outcome.pixels, prepared)
+    try:
+        return prepared, outcome, await asyncio.to_thread(pipeline.encode_result, outcome.pixels, prepared)
+    except Refused as exc:  # a float result that is not finite
+        raise _api_error(exc) from None
+
+
+def _api_error(exc: Refused) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.reason, exc.field)
+
+
+def _unless_late(call: Callable[[], tuple], deadline: float) -> tuple:
+    """Run ``call`` unless the deadline passed while it waited for a thread (504 then, at no cost)."""
+    if time.perf_counter() > deadline:
+        raise ApiError(504, "timeout", "the deadline passed while waiting for a CPU thread")
+    return call()
 
 
 def _on_cpu(
@@ -77,7 +95,7 @@ def _on_cpu(
             spec, image, mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
         )
     except Refused as exc:
-        raise ApiError(exc.status, exc.code, exc.reason, exc.field) from None
+        raise _api_error(exc) from None
     except MemoryError:
         raise ApiError(413, "too_much_memory", "the image needs more memory than this server has", "image") from None
     except Exception as exc:
@@ -85,10 +103,15 @@ def _on_cpu(
         raise ApiError(422, "invalid_request", "could not decode or process the image", "image") from None
     if prepared.engine != "opencv":
         return prepared, None, 0.0
+    if time.perf_counter() > deadline:  # a checkpoint: the filter is not started for an answer already sent
+        raise ApiError(504, "timeout", "the deadline passed before filtering (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)")
     t = time.perf_counter()
     result = pipeline.run_opencv(prepared)
     seconds = time.perf_counter() - t
-    return prepared, pipeline.encode_result(result, prepared), seconds
+    try:
+        return prepared, pipeline.encode_result(result, prepared), seconds
+    except Refused as exc:  # a float result that is not finite
+        raise _api_error(exc) from None
 
 
 async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: Ticket) -> Outcome:
@@ -97,7 +120,8 @@ async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: 
     Hands ``ticket`` over once the job is queued. Raises ApiError: 429 when the pool's queue is full, 504 when the
     deadline passes first (the job is cancelled if it has not started), 500 when the computation failed.
     """
-    job = Job(prepared.op, prepared.work, asyncio.get_running_loop().create_future())
+    loop = asyncio.get_running_loop()
+    job = Job(prepared.op, prepared.work, loop.create_future(), finished=loop.create_future())
     try:
         state.pool.submit(job)
     except asyncio.QueueFull:
@@ -109,8 +133,11 @@ async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: 
             raise asyncio.TimeoutError
         result = await asyncio.wait_for(asyncio.shield(job.future), remaining)
     except asyncio.TimeoutError:
-        job.future.cancel()
+        job.future.cancel()  # a job still queued is dropped; one being computed holds its place until it is done
         reason = "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        if job.started:
+            ticket.outlived_by(job.finished)
+            reason += "; the computation already started holds its memory until it stops"
         raise ApiError(504, "timeout", reason) from None
     except ComputeError as exc:
         raise ApiError(500, "compute_failed", str(exc)) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from ...imaging.peak import Peak, request_peak
 from ...imaging.pipeline import Prepared
 from ...imaging.spec import ModelFilter, Spec
 from ..admission import AppState, Record
-from ..deps import StateDep, record_of
+from ..deps import StateDep, record_of, require_key
 from ..errors import ApiError, BodyTooLarge, from_validation
 from ..execution import Outcome, run
 from ..metrics import Metrics
@@ -45,26 +44,27 @@ class Form:
     spec: bytes
 
 
-def require_key(request: Request, state: StateDep) -> None:
-    """401 unless ``X-API-Key`` matches ROICONV_API_KEY (when one is set); compared in constant time."""
-    key = state.settings.api_key
-    if key is not None:
-        given = request.headers.get("x-api-key", "").encode()
-        if not hmac.compare_digest(given, key.get_secret_value().encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", "X-API-Key")
-
-
 async def read_form(request: Request, state: StateDep, _key: Annotated[None, Depends(require_key)]) -> Form:
     """The multipart body, read within ROICONV_BODY_TIMEOUT_S and the request deadline (408 past either)."""
     record = record_of(request)
     s = state.settings
-    with state.uploading(record):
+    with state.uploading(record, request.scope) as upload:
         timeout = max(0.0, min(s.body_timeout_s, record.started + s.request_timeout_s - time.perf_counter()))
+        reader = asyncio.ensure_future(_read_form(request, s.max_spec_bytes))
+        evicted = asyncio.ensure_future(upload.evicted.wait())
         try:
-            return await asyncio.wait_for(_read_form(request, s.max_spec_bytes), timeout)
-        except asyncio.TimeoutError:
-            reason = f"the request body did not arrive within {timeout:.1f} s (ROICONV_BODY_TIMEOUT_S)"
-            raise ApiError(408, "body_timeout", reason, "body", headers=_CLOSE) from None
+            await asyncio.wait((reader, evicted), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, evicted):
+                task.cancel()
+            await asyncio.gather(reader, evicted, return_exceptions=True)
+        if reader.done() and not reader.cancelled():
+            return reader.result()
+        if upload.evicted.is_set():
+            reason = "the body arrived too slowly and its upload slot went to another request (all were taken)"
+            raise ApiError(408, "upload_too_slow", reason, "body", headers=_CLOSE)
+        reason = f"the request body did not arrive within {timeout:.1f} s (ROICONV_BODY_TIMEOUT_S)"
+        raise ApiError(408, "body_timeout", reason, "body", headers=_CLOSE)
 
 
 FormDep = Annotated[Form, Depends(read_form)]

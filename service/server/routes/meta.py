@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ... import __version__
 from ...imaging.filters import catalog_schemas
-from ..deps import StateDep
+from ..deps import StateDep, require_key
 from ..docs import DOCS_HTML
 
 __all__ = ["catalog_router", "docs_router", "health_router", "metrics_router"]
@@ -42,7 +42,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
-@health_router.get("/info")
+@health_router.get("/info", dependencies=[Depends(require_key)])
 async def info(state: StateDep) -> dict:
     """Version, devices and the effective settings (secrets left out)."""
     import torch
@@ -60,7 +60,7 @@ async def info(state: StateDep) -> dict:
     }
 
 
-@metrics_router.get("/metrics", response_class=Response)
+@metrics_router.get("/metrics", response_class=Response, dependencies=[Depends(require_key)])
 async def metrics(state: StateDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

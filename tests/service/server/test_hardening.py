@@ -302,7 +302,7 @@ def test_disconnect_while_a_rejected_body_is_discarded_is_still_counted():
     async def main():
         async with running(api_key="k") as (app, client):
             sent = await _asgi_call(app, [b"x" * 100], disconnect=True)
-            return sent, (await client.get("/metrics")).text
+            return sent, (await client.get("/metrics", headers={"Authorization": "Bearer k"})).text
 
     sent, metrics = run(main())
     assert sent[0]["status"] == 401
