@@ -1,8 +1,8 @@
 """``roiconv apply INPUT… --out DIR``: filter the ROIs of image files, in process or through a server.
 
 In process (the default) every file is decoded with OpenCV (JPEG upright by its EXIF orientation, as the server
-does), the ROI's region with the filter's halo goes through :func:`service.imaging.pipeline.process` — the server's own
-engine — and the result is pasted back and encoded, in worker processes across the cores. With ``--server URL`` the
+does), filtered inside its ROI by the server's own pipeline (pixels in, pixels out: only the ROI's rectangles are
+read and written) and encoded, in worker processes across the cores. With ``--server URL`` the
 files are decoded the same way and sent with :class:`service.client.AsyncClient` (ROI-aware transfer,
 ``--concurrency`` requests in flight), so the work can go to a cluster behind a load balancer. Outputs keep the
 input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG; a JPEG keeps every 8×8 block the filter
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import logging
 import multiprocessing
@@ -25,24 +24,15 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .sources import RoiSource, copy_metadata, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
+from ..imaging.metadata import copy_metadata, format_of
+from .sources import RoiSource, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
 
-_FORMATS = {
-    ".png": "png",
-    ".jpg": "jpeg",
-    ".jpeg": "jpeg",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    ".webp": "webp",
-    ".bmp": "bmp",
-}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -135,7 +125,7 @@ def _process_file(task: Task, max_pixels: int) -> str:
         shutil.copyfile(task.src, task.dst)
         return "copied"
     data = task.src.read_bytes()
-    fmt = _FORMATS.get(task.src.suffix.lower(), "")
+    fmt = format_of(task.src)
     pixels = _decode(data, fmt)
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, more than ROICONV_MAX_PIXELS={max_pixels}")
@@ -145,31 +135,14 @@ def _process_file(task: Task, max_pixels: int) -> str:
     return "done"
 
 
-@lru_cache(maxsize=1)
-def _catalog() -> dict:
-    from ..imaging.filters import catalog_schemas
-
-    return catalog_schemas([])
-
-
 def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int, *, inplace: bool = False) -> np.ndarray:
-    """``pixels`` (H, W[, C]) filtered by :func:`service.imaging.pipeline.process` in this process, with the client's
-    ROI-aware cut: only the ROI's region with its halo is converted, filtered and returned, then pasted into a copy
-    (into ``pixels`` itself with ``inplace=True``)."""
-    from ..client import crop_request, paste_region
-    from ..imaging.pipeline import process
+    """``pixels`` (H, W[, C]) filtered in this process by the server's own pipeline, pixels in and pixels out
+    (:func:`service.imaging.pipeline.process_pixels`): only the ROI's rectangles are read and written (into ``pixels``
+    itself with ``inplace=True``, else into a copy). torch is imported only for the filters the torch engine runs."""
+    from ..imaging.pipeline import process_pixels
     from ..imaging.spec import Spec
 
-    cropped = crop_request(pixels, spec, _catalog())
-    region, sent = cropped if cropped is not None else (pixels, spec)
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(region), allow_pickle=False)
-    body, _, headers = process(Spec.model_validate({**sent, "format": "npy"}), buf.getvalue(), max_pixels=max_pixels)
-    result = np.load(io.BytesIO(body), allow_pickle=False)
-    if cropped is None:
-        return result
-    rect = {k.lower(): v for k, v in headers.items()}["x-roi-rect"]
-    return paste_region(pixels, result, rect, spec.get("outside", "keep"), inplace=inplace)
+    return process_pixels(Spec.model_validate(spec), pixels, max_pixels=max_pixels, inplace=inplace)
 
 
 def _reason(exc: BaseException) -> str:
@@ -236,12 +209,14 @@ def _run_local(tasks: list[Task], workers: int, progress: Progress, max_pixels: 
 
 
 def _worker_init() -> None:
-    """One thread per worker process: the processes are the parallelism."""
+    """One thread per worker process: the processes are the parallelism (torch, if a filter imports it, reads
+    OMP_NUM_THREADS when it loads)."""
     import cv2
-    import torch
 
+    os.environ["OMP_NUM_THREADS"] = "1"
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _decode(data: bytes, fmt: str) -> np.ndarray:
@@ -293,7 +268,7 @@ async def _run_server(tasks: list[Task], args: argparse.Namespace, progress: Pro
                     await asyncio.to_thread(process_file, task, 0)
                     status = "copied"
                 else:
-                    fmt = _FORMATS.get(task.src.suffix.lower(), "")
+                    fmt = format_of(task.src)
                     data = await asyncio.to_thread(task.src.read_bytes)
                     pixels = await asyncio.to_thread(_decode, data, fmt)
                     result = await client.convolve(pixels, task.spec)
@@ -329,15 +304,15 @@ def run(args: argparse.Namespace) -> int:
         if args.server is None and tasks:
             from pydantic import ValidationError
 
-            from ..imaging.spec import Spec
-            from ..server.errors import from_validation
+            from ..imaging.spec import Spec, field_errors
 
             probe = next((t.spec for t in tasks if t.spec is not None), None)
             if probe is not None:
                 try:
                     Spec.model_validate(probe)
                 except ValidationError as exc:
-                    raise ValueError(_reason(from_validation(exc, "spec"))) from None
+                    first = (field_errors(exc, "spec") or [{"field": "spec", "reason": "invalid"}])[0]
+                    raise ValueError(f"{first['field']}: {first['reason']}") from None
     except (ValueError, OSError, KeyError, TypeError) as exc:  # bad inputs, ROI files or filter JSON
         print(f"roiconv apply: {'missing key ' if isinstance(exc, KeyError) else ''}{exc}", file=sys.stderr)
         return 2
@@ -355,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         if args.server is not None:
             results = asyncio.run(_run_server(tasks, args, progress))
         else:
-            from ..server.settings import load_settings
+            from ..server.settings import load_settings  # ROICONV_MAX_PIXELS, as the server reads it
 
             results = _run_local(tasks, args.workers, progress, load_settings().max_pixels)
     finally:

@@ -27,7 +27,6 @@ import zlib
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -162,18 +161,13 @@ def roi_rect(roi: dict, height: int, width: int) -> tuple[int, int, int, int] | 
     return x0, y0, x1, y1
 
 
-def _ksize_halo(k: Any) -> tuple[int, int]:
-    kx, ky = (k, k) if isinstance(k, int) else (k[0], k[1])
-    return kx // 2, ky // 2
-
-
 def filter_halo(filt: dict, catalog: dict | None = None) -> tuple[int, int] | None:
     """(hx, hy): the context pixels a filter reads around each output pixel; None when unknown (send it all).
 
     The server's word comes first: the catalog's ``halo`` for the filter (GET /filters, as ``{name: {...}}`` or
     ``{"filters": {name: {...}}}``), a number or a rule ``{"rule": "ksize" | "weights" | "block" | "adaptive" |
-    "fixed" | "unknown", ...}`` applied to the filter's parameters (defaults from the catalog's schema). Without a
-    catalog entry, the filters of this version's catalog are known here.
+    "fixed" | "unknown", ...}`` applied to the filter's parameters (defaults from the catalog's schema). The rules
+    are the server's alone: without a catalog entry the halo is unknown (None).
     """
     name = filt.get("name", "")
     entry = _catalog_entry(catalog, name)
@@ -184,19 +178,7 @@ def filter_halo(filt: dict, catalog: dict | None = None) -> tuple[int, int] | No
         return halo, halo
     if isinstance(halo, dict) and "rule" in halo:
         return _rule_halo(halo, params)
-    return _rule_halo(_KNOWN_RULES.get(name, {"rule": "unknown"}), params)
-
-
-_KNOWN_RULES = {
-    **{n: {"rule": "ksize", "min": 0} for n in ("gaussian", "box", "median", "dilate", "erode")},
-    "sobel": {"rule": "ksize", "min": 1, "default": 3},
-    "laplacian": {"rule": "ksize", "min": 1, "default": 1},
-    **{n: {"rule": "fixed", "value": 1} for n in ("scharr", "sharpen", "emboss")},
-    "fill": {"rule": "fixed", "value": 0},
-    "kernel": {"rule": "weights"},
-    "adaptive_gaussian": {"rule": "adaptive"},
-    "pixelate": {"rule": "block"},
-}
+    return None
 
 
 def _rule_halo(rule: dict, params: dict) -> tuple[int, int] | None:
