@@ -7,7 +7,8 @@
   that the result can be encoded. :func:`prepare` is decode + plan.
 - run: :func:`run_opencv` (the CPU engine, per request) or, for the torch engine, :func:`run_torch` here or the
   server's device pool (which batches requests; it calls :func:`.torch_engine.run_batch` itself).
-- encode: :func:`output` turns an engine's result into the response's pixels, :func:`encode_result` into its bytes.
+- encode: :func:`output` turns an engine's result into the response's pixels, :func:`encode_result` into its bytes
+  (a JPEG in and out keeps every block outside the ROI: :func:`.jpeg_roi.write_pixels`).
 
 :func:`process` is the whole path in process (bytes in, bytes out) and :func:`process_pixels` the same without the
 codec (pixels in, pixels out), for callers that decoded the image themselves (``roiconv apply``). torch is imported
