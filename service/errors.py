@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from .schemas import unknown_field
+
 __all__ = ["ApiError", "BodyTooLarge", "error_response", "from_http_error", "from_validation"]
 
 _PART = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -53,6 +55,8 @@ def from_validation(exc: ValidationError, prefix: str) -> ApiError:
         parts = [prefix] + [str(p) for p in loc if isinstance(p, int) or _PART.match(str(p))]
         field = ".".join(parts)
         reason = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            reason = unknown_field(tuple(e["loc"]))
         if e["type"] == "json_invalid":
             reason = f"not valid JSON: {e.get('ctx', {}).get('error', reason)}"
         if (field, reason) not in seen:

@@ -22,7 +22,7 @@ from convcore import conv_geometry
 from . import codec, cvengine, exif
 from .compute import Work, finish, run_batch
 from .errors import ApiError
-from .filters import TORCH_ONLY, FilterOp, build_filter
+from .filters import TORCH_ONLY, FilterOp, build_filter, piece_side, sized_op
 from .regions import Piece, RegionError, bounding_rect, build_pieces, pieces_mask
 from .schemas import Spec
 
@@ -184,10 +184,11 @@ def _place(spec: Spec, w: int, h: int, max_pixels: int) -> tuple[int, int]:
 def _check_filter(spec: Spec, op: FilterOp, image: codec.Image, engine: str, color: int, pieces) -> int:
     """Check what depends on the image; returns the output's color channel count."""
     dtype = image.pixels.dtype
-    if op.name == "median" and dtype != np.uint8 and op.extra["ksize"] > 5:
-        raise _bad(
-            f"median ksize {op.extra['ksize']} needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize"
-        )
+    sizes = [sized_op(op, piece_side(p.x0, p.y0, p.x1, p.y1)).extra.get("ksize") for p in pieces] if op.auto else []
+    ksize = max(sizes, default=3) if op.auto else op.extra.get("ksize")
+    if op.name == "median" and dtype != np.uint8 and ksize > 5:
+        given = f"auto gives {ksize} for the largest ROI piece" if op.auto else str(ksize)
+        raise _bad(f"median ksize {given}: that needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize")
     if op.name == "fill":
         values = op.extra["color"]
         if len(values) not in (1, color):
