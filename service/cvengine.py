@@ -50,8 +50,8 @@ def apply(
 
     ``out`` covers the rectangle of ``src`` starting at ``out_origin`` (x, y) and may be ``src`` itself: every
     piece is computed from ``src`` before anything is written. ``out``'s dtype is the result depth (src's, or
-    float32). Alpha (C = 4) is never filtered. An "auto" size is resolved for each piece from its longer side. ``origin`` is where ``src`` sits in the full image (pixelate cells
-    are anchored at the full image's (0, 0)).
+    float32). Alpha (C = 4) is never filtered. An "auto" size is resolved for each piece from its longer side.
+    ``origin`` is where ``src`` sits in the full image (pixelate cells are anchored at the full image's (0, 0)).
     """
     color = 3 if src.shape[2] == 4 else src.shape[2]
     planes = src[:, :, :color] if color != src.shape[2] else src  # [H, W, color]

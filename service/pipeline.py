@@ -23,7 +23,7 @@ from . import codec, cvengine, exif
 from .compute import Work, finish, run_batch
 from .errors import ApiError
 from .filters import TORCH_ONLY, FilterOp, build_filter, piece_side, sized_op
-from .regions import Piece, RegionError, bounding_rect, build_pieces, pieces_mask
+from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside, pieces_mask
 from .schemas import Spec
 
 __all__ = ["Prepared", "encode_result", "prepare", "process", "run_on_cpu", "run_opencv"]
@@ -104,6 +104,7 @@ def prepare(
     origin = _place(spec, w, h, max_pixels)
     try:
         full = (spec.crop.width, spec.crop.height) if spec.crop else (w, h)
+        check_inside(spec.roi, *full)
         pieces = build_pieces(spec.roi, h, w, mask_pixels, origin, full, deadline=deadline)
     except RegionError as exc:
         raise _bad(str(exc), exc.field) from None

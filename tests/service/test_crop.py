@@ -248,7 +248,8 @@ def test_http_headers_and_filters_catalog():
     c = catalog.json()
     auto = {"fraction": 0.75, "odd": True, "least": 3, "most": 255}
     assert c["gaussian"]["halo"] == {"rule": "ksize", "min": 0, "auto": auto}
-    assert c["pixelate"]["halo"] == {"rule": "block", "auto": {"fraction": 1 / 6, "odd": False, "least": 2, "most": 4096}}
+    cells = {"fraction": 1 / 6, "odd": False, "least": 2, "most": 4096}
+    assert c["pixelate"]["halo"] == {"rule": "block", "auto": cells}
     assert c["gaussian"]["engine"] == {"cpu": "opencv", "cuda": "torch"}
     assert c["adaptive_gaussian"]["engine"]["cpu"] == "torch"
     assert halo({"name": "gaussian", "ksize": [31, 9]}) == 15 and halo({"name": "sobel", "ksize": 1}) == 1
