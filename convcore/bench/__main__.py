@@ -8,8 +8,8 @@ import sys
 SUBCOMMANDS = {
     "conv": ("convcore.bench.conv", "roi_conv2d vs dense F.conv2d (the default)"),
     "ops": ("convcore.bench.ops", "the generalized window ops vs the recipes they replace"),
-    "network": ("convcore.network.bench", "whole-network ROI execution"),
-    "fused": ("convcore.kernels.bench", "the fused GPU kernel"),
+    "network": ("convcore.bench.network", "whole-network ROI execution"),
+    "fused": ("convcore.bench.fused", "the fused GPU kernel"),
 }
 
 

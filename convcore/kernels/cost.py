@@ -1,7 +1,7 @@
 """Constants a cost model needs to choose the fused kernel, and how to measure them.
 
 Not measured: no GPU has run this code. Every value below is None until someone runs
-``python -m convcore.kernels.bench`` on a CUDA machine: its "cost constants" block prints each of these, measured on
+``python -m convcore.bench fused`` on a CUDA machine: its "cost constants" block prints each of these, measured on
 that machine, to be copied here together with the machine and the date. A cost model must treat None as "unknown"
 (and so never pick the fused kernel on its own).
 

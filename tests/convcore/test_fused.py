@@ -334,8 +334,8 @@ def test_compiles_for_hopper_without_a_gpu(monkeypatch):
 
 def test_bench_smoke_under_interpreter(device, capsys):
     if torch.device(device).type != "cpu":
-        pytest.skip("on CUDA the bench runs the 4K table: run python -m convcore.kernels.bench instead")
-    from convcore.kernels import bench
+        pytest.skip("on CUDA the bench runs the 4K table: run python -m convcore.bench fused instead")
+    from convcore.bench import fused as bench
 
     assert bench.main(["--device", "cpu"]) == 0
     text = capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Readers for the deploy files (Dockerfile, compose, nginx template, Kubernetes), shared by the tests/deploy tests.
 
-Everything is checked against the code itself — ``service.config.Settings`` for names and defaults, the app's
+Everything is checked against the code itself — ``service.server.settings.Settings`` for names and defaults, the app's
 routes for paths, pyproject.toml for packages — so the deploy files cannot drift from the service unnoticed.
 """
 
@@ -206,7 +206,7 @@ def app_get(*paths: str) -> dict[str, httpx.Response]:
 
     A path the app does not route answers 404, so this is how the deploy files' paths are checked against the app.
     """
-    from service.app import create_app
+    from service.server.app import create_app
 
     async def run() -> dict[str, httpx.Response]:
         transport = httpx.ASGITransport(app=create_app())

@@ -23,7 +23,7 @@ def instructions() -> list[Instruction]:
 
 @pytest.fixture(scope="module")
 def settings_defaults() -> dict:
-    from service.config import Settings
+    from service.server.settings import Settings
 
     return {name: field.default for name, field in Settings.model_fields.items()}
 

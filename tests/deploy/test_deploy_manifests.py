@@ -30,7 +30,7 @@ SHUTDOWN_MARGIN_S = 5
 
 @pytest.fixture(scope="module")
 def fields() -> dict:
-    from service.config import Settings
+    from service.server.settings import Settings
 
     return dict(Settings.model_fields)
 
@@ -182,7 +182,7 @@ def _env(container: dict) -> dict:
 
 
 def test_k8s_env_names_are_settings_and_values_valid(deployment, fields):
-    from service.config import load_settings
+    from service.server.settings import load_settings
 
     gpu_patch = load_yaml(K8S / "overlays" / "gpu" / "deployment-gpu.yaml")
     for container in (_container(deployment), _container(gpu_patch)):

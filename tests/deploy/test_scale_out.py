@@ -89,7 +89,7 @@ def nginx_bin() -> str:
 
 def _nginx_conf(nginx_bin: str, tmp: Path, listen_port: int, upstreams: list[str]) -> Path:
     """The repository's template rendered for loopback, with nginx's scratch paths moved into ``tmp``."""
-    from service.config import Settings
+    from service.server.settings import Settings
 
     conf = render_nginx(
         nginx_template(),

@@ -18,8 +18,8 @@ import cv2
 import httpx
 import numpy as np
 
-from service.app import create_app
-from service.config import Settings
+from service.server.app import create_app
+from service.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

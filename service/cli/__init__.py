@@ -1,0 +1,5 @@
+"""``roiconv``: ``serve`` and ``apply``."""
+
+from .main import main
+
+__all__ = ["main"]

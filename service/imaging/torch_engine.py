@@ -1,0 +1,186 @@
+"""Run one batch of jobs that share a filter on one device: tensors in, convcore, pixels out.
+
+Each job holds decoded pixels (H, W, C), an optional ROI mask (H, W) and how to treat the outside. Color channels
+are split off the alpha channel (kept unchanged); per-channel filters run depthwise (groups = C), and every job with
+the same channel count goes into a single :func:`convcore.roi_conv2d_batch` call, whatever the image sizes (inside
+it, each image's plan picks its strategy: typically tiles, one conv per ROI rectangle, equal-size rectangles of the
+batch sharing a call; scattered ROIs share gathered-window matmuls). Results are rounded half-to-even and saturated
+as OpenCV's ``saturate_cast`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import convcore
+
+from .banding import conv_in_bands
+from .filters import FilterOp
+from .networks import ServedModel
+
+__all__ = ["Work", "finish", "run_batch"]
+
+_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+@dataclass
+class Work:
+    """The data of one request for a worker: pixels (H, W, C), mask bool (H, W) or None, outside, output depth."""
+
+    pixels: np.ndarray
+    mask: np.ndarray | None
+    outside: str
+    depth: str
+    bands: int = 1  # > 1: run the convolution in row bands (bounded working memory)
+
+    @property
+    def color(self) -> np.ndarray:
+        """The channels the filter sees: gray (H, W, 1) or BGR (H, W, 3); alpha stays out."""
+        return self.pixels[:, :, :3] if self.pixels.shape[2] == 4 else self.pixels
+
+
+def run_batch(op: FilterOp, works: list[Work], device: torch.device, models: dict | None = None) -> list[np.ndarray]:
+    """Filter every work item with ``op`` on ``device``; returns each result (H, W, C_out) as float32."""
+    with torch.inference_mode():
+        xs = [_to_tensor(w.color, device) for w in works]  # each [C, H, W] float32
+        ms = [None if w.mask is None else torch.from_numpy(w.mask).to(device) for w in works]  # each [H, W] bool
+        if op.kind == "conv":
+            ys = _run_conv(op, works, xs, ms, device)
+        elif op.kind == "mix":
+            ys = _run_mix(op, works, xs, ms, device)
+        elif op.kind == "morph":
+            ys = [_run_morph(op, w, x, m, device) for w, x, m in zip(works, xs, ms)]
+        elif op.kind == "adaptive":
+            ys = [_run_adaptive(op, w, x, m) for w, x, m in zip(works, xs, ms)]
+        elif op.kind == "model":
+            module = (models or {}).get(op.model)
+            if module is None:
+                raise RuntimeError(f"model {op.model!r} is not loaded on {device}")
+            ys = [_run_model(module, w, x, m) for w, x, m in zip(works, xs, ms)]
+        else:
+            raise ValueError(f"unknown filter kind {op.kind!r}")
+        return [y.permute(1, 2, 0).contiguous().cpu().numpy() for y in ys]  # each [H, W, C_out]
+
+
+def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(pixels.astype(np.float32, copy=False)).to(device).permute(2, 0, 1).contiguous()
+
+
+def _base(work: Work, x: torch.Tensor, channels: int) -> torch.Tensor:
+    """The output buffer before the ROI is written: the original pixels (keep) or zeros."""
+    if work.outside == "keep" and channels == x.shape[0]:
+        return x.clone()
+    return x.new_zeros((channels, *x.shape[1:]))
+
+
+def _run_conv(op, works, xs, ms, device) -> list[torch.Tensor]:
+    """Depthwise: the (1, 1, kh, kw) kernel repeated per channel with groups=C; one batched call per channel count."""
+    bases = [_base(w, x, x.shape[0]) for w, x in zip(works, xs)]
+    by_channels: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        if works[i].bands > 1:
+            c = x.shape[0]
+            weight = op.weight.to(device).expand(x.shape[0], 1, *op.weight.shape[2:]).contiguous()  # [C, 1, kh, kw]
+            bias = None if op.bias == 0 else torch.full((x.shape[0],), op.bias, device=device)
+            conv_in_bands(x, weight, bias, ms[i], bases[i], works[i].bands, padding_mode=op.padding_mode, groups=c)
+            continue
+        by_channels.setdefault(x.shape[0], []).append(i)
+    for c, idx in by_channels.items():
+        weight = op.weight.to(device).expand(c, 1, *op.weight.shape[2:]).contiguous()  # [C, 1, kh, kw]
+        bias = None if op.bias == 0 else torch.full((c,), op.bias, device=device)
+        convcore.roi_conv2d_batch(
+            [xs[i] for i in idx],  # each [C, H_i, W_i]
+            weight,
+            bias,
+            [ms[i] for i in idx],
+            padding="same",
+            padding_mode=op.padding_mode,
+            groups=c,
+            outs=[bases[i] for i in idx],  # written in place inside each mask
+        )  # the in-ROI windows of every image gathered into one matmul
+    return bases
+
+
+def _run_mix(op, works, xs, ms, device) -> list[torch.Tensor]:
+    weight = op.weight.to(device)  # [O, C, kh, kw]
+    bias = None if op.bias == 0 else torch.full((weight.shape[0],), op.bias, device=device)
+    outs = [_base(w, x, weight.shape[0]) for w, x in zip(works, xs)]
+    whole = [i for i, w in enumerate(works) if w.bands <= 1]
+    for i, w in enumerate(works):
+        if w.bands > 1:
+            conv_in_bands(xs[i], weight, bias, ms[i], outs[i], w.bands, padding_mode=op.padding_mode)
+    if whole:
+        convcore.roi_conv2d_batch(
+            [xs[i] for i in whole],
+            weight,
+            bias,
+            [ms[i] for i in whole],
+            padding="same",
+            padding_mode=op.padding_mode,
+            outs=[outs[i] for i in whole],
+        )
+    return outs
+
+
+def _run_morph(op, work, x, m, device) -> torch.Tensor:
+    se = op.structure.to(device)  # [kh, kw] bool
+    offsets = torch.where(se, 0.0, float("-inf")).to(x.dtype)  # [kh, kw]: only the structuring element counts
+    C = x.shape[0]
+    weight = offsets.expand(C, 1, *se.shape).contiguous()  # [C, 1, kh, kw], one per channel
+    out = _base(work, x, C)[None]  # [1, C, H, W]
+    # OpenCV's default morphology border (the border never wins) equals replicate for symmetric shapes
+    mode = "replicate" if op.padding_mode == "zeros" else op.padding_mode
+    convcore.morph_conv2d(
+        x[None],
+        weight,
+        mode=op.mode,
+        mask=None if m is None else m[None],
+        padding="same",
+        padding_mode=mode,
+        groups=C,
+        out=out,
+    )
+    return out[0]
+
+
+def _run_adaptive(op, work, x, m) -> torch.Tensor:
+    lo, hi = op.sigma_range
+    scale = _MAX.get(work.pixels.dtype, 1.0)
+    intensity = (x.mean(0, keepdim=True) / scale).clamp(0, 1)  # [1, H, W]
+    sigma = (lo + (hi - lo) * intensity)[None]  # [1, 1, H, W]
+    out = _base(work, x, x.shape[0])[None]  # [1, C, H, W]
+    convcore.adaptive_gaussian_blur2d(
+        x[None], sigma, op.ksize[0], border_type=op.padding_mode, mask=None if m is None else m[None], out=out
+    )
+    return out[0]
+
+
+def _run_model(module, work, x, m) -> torch.Tensor:
+    scale = _MAX.get(work.pixels.dtype, 1.0)
+    if isinstance(module, ServedModel):  # a torch.export program: computed inside the ROI (see service/models.py)
+        y = module(x, m, scale)  # [O, H, W]
+        return y if m is None else torch.where(m[None], y, _base(work, x, y.shape[0]))
+    y = module(x[None] / scale)  # [1, O, H, W], TorchScript: dense
+    if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[0] != 1 or y.shape[2:] != x.shape[1:]:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise RuntimeError(f"the model must return (1, O, {x.shape[1]}, {x.shape[2]}) for this image, got {got}")
+    y = y[0].to(x.dtype) * scale  # [O, H, W]
+    if m is None:
+        return y
+    base = _base(work, x, y.shape[0])
+    return torch.where(m[None], y, base)
+
+
+def finish(result: np.ndarray, work: Work) -> np.ndarray:
+    """Round and saturate a float result to the output depth (as cv2's saturate_cast), and put the alpha back."""
+    src = work.pixels
+    if work.depth == "float32" or src.dtype == np.float32:
+        out = result.astype(np.float32, copy=False)
+    else:
+        out = np.clip(np.rint(result), 0, _MAX[src.dtype]).astype(src.dtype)
+    if src.shape[2] == 4 and out.shape[2] == 3:
+        out = np.concatenate([out, src[:, :, 3:].astype(out.dtype)], axis=2)  # alpha unchanged
+    return out

@@ -1,0 +1,1 @@
+"""The HTTP face: ``uvicorn service.server.app:create_app --factory``."""

@@ -1,0 +1,142 @@
+"""The application state the routes depend on (``StateDep``), and admission as async context managers.
+
+A /convolve request passes three gates: ``uploading()`` (not draining, fewer than MAX_UPLOADS bodies being read),
+then, once its body has arrived, ``admit(peak_bytes, timeout)`` (fewer than MAX_QUEUE requests waiting for a worker,
+and its estimated peak memory fits ``MAX_INFLIGHT_BYTES``; otherwise it waits). Only requests past the first gate
+count as work the drain waits for: a request answered 503 while draining is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..imaging.peak import MemoryBudget, NeverFits
+from .devices import DevicePool
+from .errors import ApiError
+from .metrics import Metrics
+from .settings import Settings
+
+__all__ = ["AppState", "Record", "StateDep", "Ticket", "get_state", "record_of"]
+
+
+@dataclass(eq=False)
+class Record:
+    """One /convolve request as the accounting middleware sees it: its filter label and whether it was admitted."""
+
+    started: float = field(default_factory=time.perf_counter)
+    filter: str = "invalid"
+    admitted: bool = False
+
+
+@dataclass(eq=False)
+class Ticket:
+    """An admitted request's place in the queue: counted against MAX_QUEUE until :meth:`queued` hands it over."""
+
+    state: AppState
+    held: bool = True
+
+    def queued(self) -> None:
+        """The job is in the pool's queue now (or running elsewhere): stop counting it as being prepared."""
+        if self.held:
+            self.held = False
+            self.state.preparing -= 1
+
+
+@dataclass(eq=False)
+class AppState:
+    """Everything the routes need: settings, metrics, the pool, the memory budget and the drain state."""
+
+    settings: Settings
+    devices: list[str]
+    metrics: Metrics
+    budget: MemoryBudget
+    model_paths: dict[str, Path] = field(default_factory=dict)
+    pool: DevicePool | None = None
+    cpu_pool: ThreadPoolExecutor | None = None  # the OpenCV engine's requests: one thread per core, no batching
+    draining: bool = False
+    uploads: int = 0
+    preparing: int = 0
+    requests: set[Record] = field(default_factory=set)
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def prefer_torch(self) -> bool:
+        """A server with a CUDA device runs the classic filters on convcore (batched there), not on OpenCV."""
+        return any(d.startswith("cuda") for d in self.devices)
+
+    @property
+    def ready(self) -> bool:
+        return self.pool is not None and self.pool.ready and not self.draining
+
+    @property
+    def busy(self) -> bool:
+        """Admitted work remains: a request past the first gate, or a job queued or running."""
+        return any(r.admitted for r in self.requests) or (self.pool is not None and self.pool.busy)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no admitted work remains (at most ``timeout`` seconds); True when idle."""
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.busy
+
+    @contextmanager
+    def uploading(self, record: Record) -> Iterator[None]:
+        """The first gate: 503 while draining, 429 when MAX_UPLOADS bodies are being read already."""
+        if self.draining or self.pool is None:
+            raise ApiError(503, "draining", "the server is shutting down; retry on another replica", headers=RETRY)
+        if self.uploads >= self.settings.max_uploads:
+            raise ApiError(429, "uploads_full", "too many uploads in progress; retry later", headers=RETRY)
+        record.admitted = True
+        self.uploads += 1
+        try:
+            yield
+        finally:
+            self.uploads -= 1
+
+    @asynccontextmanager
+    async def admit(self, peak_bytes: int, timeout: float) -> AsyncIterator[Ticket]:
+        """The second gate, once the body has arrived: a queue place (else 429) and ``peak_bytes`` of the budget
+        (waiting up to ``timeout`` seconds, then 504; 413 when it could never fit)."""
+        if self.preparing + self.pool.queue.qsize() >= self.settings.max_queue:
+            raise ApiError(429, "queue_full", "too many requests are waiting; retry later", headers=RETRY)
+        self.preparing += 1
+        ticket = Ticket(self)
+        try:
+            try:
+                await self.budget.acquire(peak_bytes, timeout)
+            except NeverFits as exc:
+                raise ApiError(413, "too_much_memory", f"this request {exc}", "image") from None
+            except asyncio.TimeoutError:
+                raise ApiError(504, "timeout", "the deadline passed while waiting for memory") from None
+            try:
+                yield ticket
+            finally:
+                self.budget.release(peak_bytes)
+        finally:
+            ticket.queued()
+
+
+RETRY = {"Retry-After": "1"}
+
+
+def get_state(request: Request) -> AppState:
+    """The app's :class:`AppState` (a FastAPI dependency)."""
+    return request.app.state.roiconv
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def record_of(request: Request) -> Record:
+    """The accounting record of this request (a fresh one when no accounting middleware runs)."""
+    return request.scope.setdefault("roiconv.record", Record())

@@ -1,0 +1,75 @@
+"""API errors: one exception type and one JSON body shape, ``{"error", "field", "reason", "errors"}``."""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from ..imaging.spec import unknown_field
+
+__all__ = ["ApiError", "BodyTooLarge", "error_response", "from_http_error", "from_validation"]
+
+_PART = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` once a request body passes MAX_BODY_BYTES."""
+
+
+class ApiError(Exception):
+    """An error response: HTTP ``status``, a short ``code``, the ``field`` at fault and a ``reason``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        reason: str,
+        field: str | None = None,
+        *,
+        errors: list[dict] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason, self.field = status, code, reason, field
+        self.errors = errors or [{"field": field, "reason": reason}]
+        self.headers = headers or {}
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    body = {"error": err.code, "field": err.field, "reason": err.reason, "errors": err.errors}
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+def from_validation(exc: ValidationError, prefix: str) -> ApiError:
+    """A 422 naming each bad field as a dotted path (``spec.filter.ksize``) with pydantic's reason."""
+    errors = []
+    seen = set()
+    for e in exc.errors():
+        loc = list(e["loc"])
+        if len(loc) >= 2 and loc[0] == "filter" and isinstance(loc[1], str):
+            loc.pop(1)  # the union tag (the filter name) is not a field
+        parts = [prefix] + [str(p) for p in loc if isinstance(p, int) or _PART.match(str(p))]
+        field = ".".join(parts)
+        reason = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            reason = unknown_field(tuple(e["loc"]))
+        if e["type"] == "json_invalid":
+            reason = f"not valid JSON: {e.get('ctx', {}).get('error', reason)}"
+        if (field, reason) not in seen:
+            seen.add((field, reason))
+            errors.append({"field": field, "reason": reason, "type": e["type"]})
+    first = errors[0] if errors else {"field": prefix, "reason": "invalid"}
+    return ApiError(422, "invalid_request", first["reason"], first["field"], errors=errors)
+
+
+def from_http_error(exc: HTTPException) -> ApiError:
+    """Starlette's own errors (404, 405, ...) in the documented shape; 405 keeps its ``Allow`` header."""
+    try:
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    except ValueError:
+        code = "http_error"
+    return ApiError(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))

@@ -1,0 +1,87 @@
+"""The compute step behind one seam: :func:`run` takes a request's bytes to its encoded result.
+
+Two engines: the OpenCV engine (the classic filters on a CPU server) decodes, filters and encodes in one hop on the
+state's CPU pool, one thread per core, no batching; the torch engine (convcore: 4-D kernels, the adaptive gaussian,
+models, and every filter on a CUDA server) is prepared on that pool, then batched on the device pool
+(:func:`execute`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..imaging.pipeline import Prepared, encode_result
+from .admission import RETRY, AppState, Ticket
+from .devices import ComputeError, Job
+from .errors import ApiError
+
+__all__ = ["Outcome", "execute", "run"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A computed request: the float result (H, W, C_out) and where and how long it ran."""
+
+    pixels: np.ndarray | None  # None once encoded (the OpenCV engine encodes in its hop)
+    queue_s: float
+    compute_s: float
+    batch_size: int
+    device: str
+
+
+async def run(
+    state: AppState, prepare: Callable[..., tuple[Prepared, bytes | None, float]], deadline: float, ticket: Ticket
+) -> tuple[Prepared, Outcome, bytes]:
+    """Prepare the request with ``prepare(prefer_torch=...)`` on the CPU pool (the OpenCV engine also filters and
+    encodes there), else compute it on the device pool and encode; all by ``deadline`` (504 past it)."""
+    call = functools.partial(prepare, prefer_torch=state.prefer_torch)
+    hop = asyncio.get_running_loop().run_in_executor(state.cpu_pool, call)
+    gauge = state.metrics.inflight.labels(device="cpu")
+    gauge.inc()
+    try:
+        prepared, body, compute_s = await asyncio.wait_for(hop, max(0.0, deadline - time.perf_counter()))
+    except asyncio.TimeoutError:
+        raise ApiError(
+            504, "timeout", "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        ) from None
+    finally:
+        gauge.dec()
+    if body is not None:
+        state.metrics.compute.labels(device="cpu").observe(compute_s)
+        state.metrics.batch_size.observe(1)
+        state.metrics.queue_wait.observe(0.0)
+        return prepared, Outcome(None, 0.0, compute_s, 1, "cpu"), body
+    outcome = await execute(state, prepared, deadline, ticket)
+    return prepared, outcome, await asyncio.to_thread(encode_result, outcome.pixels, prepared)
+
+
+async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: Ticket) -> Outcome:
+    """Compute ``prepared`` on the device pool by ``deadline`` (a ``time.perf_counter()`` value).
+
+    Hands ``ticket`` over once the job is queued. Raises ApiError: 429 when the pool's queue is full, 504 when the
+    deadline passes first (the job is cancelled if it has not started), 500 when the computation failed.
+    """
+    job = Job(prepared.op, prepared.work, asyncio.get_running_loop().create_future())
+    try:
+        state.pool.submit(job)
+    except asyncio.QueueFull:
+        raise ApiError(429, "queue_full", "too many requests are waiting; retry later", headers=RETRY) from None
+    ticket.queued()
+    try:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise asyncio.TimeoutError
+        result = await asyncio.wait_for(asyncio.shield(job.future), remaining)
+    except asyncio.TimeoutError:
+        job.future.cancel()
+        reason = "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        raise ApiError(504, "timeout", reason) from None
+    except ComputeError as exc:
+        raise ApiError(500, "compute_failed", str(exc)) from None
+    return Outcome(result, max(0.0, job.started - job.enqueued), job.compute_s, job.batch_size, job.device)

@@ -1,0 +1,79 @@
+"""The OpenAPI description of /convolve: the multipart form with its ``spec`` part typed as JSON of the Spec schema,
+and the error shape; :func:`install_openapi` publishes Spec, its filter and ROI models and Error in
+``components.schemas`` (FastAPI cannot see them: the form is parsed by the route itself)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from ..imaging.codec import CONTENT_TYPES
+from ..imaging.spec import Spec
+
+__all__ = ["ERROR_SCHEMA", "FORM_SCHEMA", "install_openapi"]
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "field", "reason", "errors"],
+    "properties": {
+        "error": {"type": "string", "description": "a short code, e.g. invalid_request, queue_full"},
+        "field": {"type": ["string", "null"], "description": "the input at fault, e.g. spec.filter.ksize"},
+        "reason": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "spec"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "PNG/JPEG/TIFF/BMP/WebP/npy"},
+                        "mask": {"type": "string", "format": "binary", "description": "same size; nonzero = ROI"},
+                        "spec": {"$ref": "#/components/schemas/Spec"},
+                    },
+                },
+                "encoding": {"spec": {"contentType": "application/json"}},
+            }
+        },
+    },
+    "responses": {
+        "200": {"description": "The filtered image", "content": {t: {} for t in sorted(set(CONTENT_TYPES.values()))}},
+        **{
+            code: {"description": text, "content": _ERROR}
+            for code, text in {
+                "401": "Missing or wrong X-API-Key",
+                "408": "The body did not arrive within ROICONV_BODY_TIMEOUT_S",
+                "413": "Body, spec or image too large, or more memory than the server admits",
+                "422": "Invalid image, mask or spec (the body names the field)",
+                "429": "Queue or uploads full; see Retry-After",
+                "500": "The computation failed",
+                "503": "Draining",
+                "504": "Deadline passed",
+            }.items()
+        },
+    },
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make ``app.openapi()`` include Spec (with its filter/ROI models) and Error in ``components.schemas``."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            spec = Spec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(spec.pop("$defs", {}))
+            components["Spec"] = spec
+            components["Error"] = ERROR_SCHEMA
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -1,0 +1,246 @@
+"""HTTP routes, one APIRouter per concern: convolve, catalog, health, metrics, docs."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from ... import __version__
+from ...imaging.codec import CONTENT_TYPES
+from ...imaging.filters import catalog_schemas
+from ...imaging.peak import Peak, request_peak
+from ...imaging.pipeline import Prepared, prepare, run_on_cpu
+from ...imaging.spec import ModelFilter, Spec
+from ..admission import AppState, Record, StateDep, record_of
+from ..docs import DOCS_HTML
+from ..errors import ApiError, BodyTooLarge, from_validation
+from ..execution import Outcome, run
+from ..metrics import Metrics
+from ..openapi import FORM_SCHEMA
+
+__all__ = ["discard_body", "routers"]
+
+log = logging.getLogger("roiconv.routes")
+
+convolve_router = APIRouter(tags=["convolve"])
+catalog_router = APIRouter(tags=["catalog"])
+health_router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["metrics"])
+docs_router = APIRouter(include_in_schema=False)
+
+_CLOSE = {"Connection": "close"}
+
+
+@dataclass(frozen=True)
+class Form:
+    """The parts of a /convolve body: image bytes, optional mask bytes, and the spec JSON text."""
+
+    image: bytes
+    mask: bytes | None
+    spec: bytes
+
+
+def require_key(request: Request, state: StateDep) -> None:
+    """401 unless ``X-API-Key`` matches ROICONV_API_KEY (when one is set); compared in constant time."""
+    key = state.settings.api_key
+    if key is not None:
+        given = request.headers.get("x-api-key", "").encode()
+        if not hmac.compare_digest(given, key.get_secret_value().encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", "X-API-Key")
+
+
+async def read_form(request: Request, state: StateDep, _key: Annotated[None, Depends(require_key)]) -> Form:
+    """The multipart body, read within ROICONV_BODY_TIMEOUT_S and the request deadline (408 past either)."""
+    record = record_of(request)
+    s = state.settings
+    with state.uploading(record):
+        timeout = max(0.0, min(s.body_timeout_s, record.started + s.request_timeout_s - time.perf_counter()))
+        try:
+            return await asyncio.wait_for(_read_form(request, s.max_spec_bytes), timeout)
+        except asyncio.TimeoutError:
+            reason = f"the request body did not arrive within {timeout:.1f} s (ROICONV_BODY_TIMEOUT_S)"
+            raise ApiError(408, "body_timeout", reason, "body", headers=_CLOSE) from None
+
+
+FormDep = Annotated[Form, Depends(read_form)]
+
+
+@convolve_router.post("/convolve", openapi_extra=FORM_SCHEMA, response_class=Response)
+async def convolve(request: Request, state: StateDep, form: FormDep) -> Response:
+    """Filter an image only inside its region of interest (multipart: ``image``, optional ``mask``, ``spec``)."""
+    record = record_of(request)
+    spec, peak = await asyncio.to_thread(_read_spec, form, state, record)
+    timeout = min(state.settings.request_timeout_s, (spec.timeout_ms or float("inf")) / 1000)
+    deadline = record.started + timeout
+    async with state.admit(peak.bytes, deadline - time.perf_counter()) as ticket:
+        prepare = functools.partial(_prepare, spec, form, state.settings.max_pixels, deadline, peak.bands)
+        prepared, outcome, body = await run(state, prepare, deadline, ticket)
+    return _respond(state.metrics, prepared, outcome, body)
+
+
+async def _read_form(request: Request, max_spec_bytes: int) -> Form:
+    try:
+        form = await request.form(max_files=3, max_fields=4, max_part_size=max_spec_bytes)
+    except BodyTooLarge as exc:
+        raise ApiError(413, "body_too_large", str(exc), "body", headers=_CLOSE) from None
+    except ClientDisconnect:
+        raise ApiError(499, "client_closed", "the client closed the connection during the upload") from None
+    except HTTPException as exc:
+        if "maximum size" in str(exc.detail):  # a text part over the limit: the spec (image and mask are files)
+            reason = f"a text part is larger than {max_spec_bytes} bytes: the spec may have at most that many"
+            raise ApiError(413, "spec_too_large", reason, "spec") from None
+        raise ApiError(422, "invalid_request", f"unreadable multipart body: {exc.detail}", "body") from None
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(422, "invalid_request", "the body must be multipart/form-data with image and spec", "body")
+    image, mask, spec = form.get("image"), form.get("mask"), form.get("spec")
+    if not isinstance(image, UploadFile):
+        raise ApiError(422, "invalid_request", "the image file is missing (multipart field 'image')", "image")
+    if mask is not None and not isinstance(mask, UploadFile):
+        raise ApiError(422, "invalid_request", "mask must be a file (multipart field 'mask')", "mask")
+    if isinstance(spec, UploadFile):
+        if spec.size is None or spec.size > max_spec_bytes:
+            raise ApiError(413, "spec_too_large", f"spec is larger than {max_spec_bytes} bytes", "spec")
+        spec = await spec.read()
+    if not isinstance(spec, (str, bytes)):
+        raise ApiError(422, "invalid_request", "the spec JSON is missing (multipart field 'spec')", "spec")
+    spec = spec.encode("utf-8", "replace") if isinstance(spec, str) else spec
+    return Form(await image.read(), (await mask.read()) if mask is not None else None, spec)
+
+
+def _read_spec(form: Form, state: AppState, record: Record) -> tuple[Spec, Peak]:
+    """Off the event loop, in one hop: the spec parsed (the record labelled with its filter), the model checked,
+    and the request's peak memory estimated from the image header."""
+    spec = _parse_spec(form.spec)
+    record.filter = "model" if isinstance(spec.filter, ModelFilter) else spec.filter.name
+    _check_model(spec, state)
+    return spec, request_peak(spec, form.image, form.mask, state.budget.total, state.settings.max_pixels)
+
+
+def _parse_spec(text: bytes) -> Spec:
+    try:
+        return Spec.model_validate_json(text)
+    except ValidationError as exc:
+        raise from_validation(exc, "spec") from None
+
+
+def _check_model(spec: Spec, state: AppState) -> None:
+    if isinstance(spec.filter, ModelFilter) and spec.filter.model not in state.model_paths:
+        known = ", ".join(sorted(state.model_paths)) or "none"
+        raise ApiError(422, "invalid_request", f"unknown model {spec.filter.model!r} (loaded: {known})", "spec.filter")
+
+
+def _prepare(
+    spec: Spec, form: Form, max_pixels: int, deadline: float, bands: int, *, prefer_torch: bool
+) -> tuple[Prepared, bytes | None, float]:
+    """Decode and check (an input nothing recognised as bad is still the input's: 422), then, for the OpenCV engine,
+    filter and encode in the same thread (a failure there is the server's: 500)."""
+    try:
+        prepared = prepare(
+            spec, form.image, form.mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
+        )
+    except ApiError:
+        raise
+    except MemoryError:
+        raise ApiError(413, "too_much_memory", "the image needs more memory than this server has", "image") from None
+    except Exception as exc:
+        log.warning("could not prepare a request: %s", type(exc).__name__)
+        raise ApiError(422, "invalid_request", "could not decode or process the image", "image") from None
+    return (prepared, *run_on_cpu(prepared))
+
+
+def _respond(metrics: Metrics, prepared: Prepared, outcome: Outcome, body: bytes) -> Response:
+    metrics.roi_coverage.observe(prepared.coverage)
+    computed = int(round(prepared.coverage * prepared.positions))
+    metrics.windows_computed.inc(computed)
+    metrics.windows_skipped.inc(prepared.positions - computed)
+    headers = {
+        "X-ROI-Coverage": f"{prepared.coverage:.6f}",
+        "X-Queue-Seconds": f"{outcome.queue_s:.6f}",
+        "X-Compute-Seconds": f"{outcome.compute_s:.6f}",
+        "X-Batch-Size": str(outcome.batch_size),
+        "X-Device": outcome.device,
+        **prepared.headers,
+    }
+    return Response(body, media_type=CONTENT_TYPES[prepared.format], headers=headers)
+
+
+async def discard_body(request: Request, limit: int) -> None:
+    """Read and drop what is left of a rejected request's body, at most ``limit`` bytes.
+
+    Closing a connection whose unread body still sits in the socket makes the kernel reset it, and the client may
+    then see the reset instead of the 429/503 it was sent; reading the rest first (no parsing) avoids that.
+    """
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                return
+    except Exception:  # already read, or the client went away
+        return
+
+
+@catalog_router.get("/filters")
+async def filters(state: StateDep) -> dict:
+    """The filter catalog: each filter's description and JSON schema, and the loaded TorchScript models."""
+    return catalog_schemas(sorted(state.model_paths))
+
+
+@health_router.get("/livez")
+async def livez() -> dict:
+    """The process is up and its event loop answers."""
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz")
+async def readyz(state: StateDep) -> JSONResponse:
+    """200 when every worker is warm and the server is not draining; 503 otherwise (JSON per device)."""
+    devices = {d.name: d.status() for d in state.pool.devices} if state.pool else {}
+    body = {"ready": state.ready, "draining": state.draining, "devices": devices}
+    return JSONResponse(body, status_code=200 if state.ready else 503)
+
+
+@health_router.get("/info")
+async def info(state: StateDep) -> dict:
+    """Version, devices and the effective settings (secrets left out)."""
+    import torch
+
+    import convcore
+
+    return {
+        "version": __version__,
+        "convcore": convcore.__version__,
+        "torch": torch.__version__,
+        "devices": state.devices,
+        "models": sorted(state.model_paths),
+        "settings": state.settings.public(),
+        "uptime_seconds": round(time.time() - state.started_at, 3),
+    }
+
+
+@metrics_router.get("/metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@docs_router.get("/docs", response_class=HTMLResponse)
+async def docs() -> HTMLResponse:
+    """A self-contained API page (no CDN assets) rendered from /openapi.json."""
+    return HTMLResponse(DOCS_HTML)
+
+
+routers = [convolve_router, catalog_router, health_router, metrics_router, docs_router]

@@ -1,0 +1,222 @@
+"""``roiconv apply`` over a temporary folder: sidecars, a mapping file, COCO, a corrupt file among good ones, resume,
+dry run, metadata, ``--server``; and the ``roiconv`` entry point (no subcommand, port in use)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+import cv2
+import numpy as np
+import pytest
+from service_support import ServerProcess, rand_image
+
+from service.cli import main
+from service.cli.sources import copy_metadata
+
+FILTER = '{"name": "gaussian", "ksize": 15}'
+
+
+def smooth(h: int, w: int, seed: int) -> np.ndarray:
+    return cv2.GaussianBlur(rand_image(h, w, 3, np.uint8, seed), (5, 5), 0)
+
+
+def expected(img: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
+    """cv2.GaussianBlur of the whole image, written back only inside the boxes."""
+    blurred = cv2.GaussianBlur(img, (15, 15), 0, borderType=cv2.BORDER_REFLECT_101)
+    out = img.copy()
+    for x0, y0, x1, y1 in boxes:
+        out[max(y0, 0) : y1, max(x0, 0) : x1] = blurred[max(y0, 0) : y1, max(x0, 0) : x1]
+    return out
+
+
+def assert_filtered(path, img, boxes):
+    got = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    want = expected(img, boxes)
+    assert got is not None and got.shape == img.shape
+    assert np.abs(got.astype(int) - want).max() <= 1  # OpenCV within its ±1 rounding
+    outside = np.ones(img.shape[:2], bool)
+    for x0, y0, x1, y1 in boxes:
+        outside[max(y0, 0) : y1, max(x0, 0) : x1] = False
+    np.testing.assert_array_equal(got[outside], img[outside])
+    assert (got != img).any()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    imgs = {"a.png": smooth(60, 80, 0), "b.png": smooth(50, 70, 1), "sub/c.png": smooth(40, 64, 2)}
+    for name, img in imgs.items():
+        cv2.imwrite(str(folder / name), img)
+    boxes = {"a.png": [[5, 5, 30, 25]], "b.png": [[-3, 20, 20, 60]], "sub/c.png": [[40, 10, 64, 30]]}
+    return folder, imgs, boxes
+
+
+def test_sidecars_corrupt_file_resume_and_overwrite(photos, tmp_path, capsys):
+    folder, imgs, boxes = photos
+    for name, b in boxes.items():
+        (folder / name).with_suffix(".json").write_text(json.dumps({"boxes": b}))
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "bad.json").write_text('{"boxes": [[0, 0, 5, 5]]}')
+    out = tmp_path / "out"
+    assert main(["apply", str(folder), "--out", str(out), "--filter", FILTER, "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "done 3" in err and "failed 1" in err and "FAILED" in err and "bad.png" in err
+    assert "[4/4]" in err and "ETA" in err  # plain progress lines off a terminal
+    for name, img in imgs.items():
+        assert_filtered(out / name, img, boxes[name])
+    assert not (out / "bad.png").exists()
+    stamp = (out / "a.png").stat().st_mtime_ns
+    (out / "b.png").unlink()
+    assert main(["apply", str(folder), "--out", str(out), "--filter", FILTER, "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "done 1" in err and "skipped 2" in err and (out / "a.png").stat().st_mtime_ns == stamp
+    assert_filtered(out / "b.png", imgs["b.png"], boxes["b.png"])
+    (folder / "bad.png").unlink()
+    assert main(["apply", str(folder), "--out", str(out), "--filter", FILTER, "--workers", "1", "--overwrite"]) == 0
+    assert "done 3" in capsys.readouterr().err
+
+
+def test_mapping_file_globs_dry_run_and_mask_scale(photos, tmp_path, capsys):
+    folder, imgs, boxes = photos
+    mapping = tmp_path / "rois.json"
+    mapping.write_text(json.dumps({"a.png": {"boxes": [[10, 10, 20, 20]]}, "b.png": {"boxes": []}}))
+    out = tmp_path / "out"
+    args = ["apply", str(folder / "*.png"), "--out", str(out), "--filter", FILTER, "--roi", str(mapping)]
+    assert main([*args, "--dry-run", "--mask-scale", "2"]) == 0
+    text = capsys.readouterr().out
+    assert '"boxes":[[5,5,25,25]]' in text and "copy (no ROI)" in text and not out.exists()
+    assert main([*args, "--mask-scale", "2", "--workers", "1"]) == 0
+    assert_filtered(out / "a.png", imgs["a.png"], [[5, 5, 25, 25]])
+    assert (out / "b.png").read_bytes() == (folder / "b.png").read_bytes()  # no shapes: copied unchanged
+    assert not (out / "sub").exists()
+
+
+def test_coco_boxes_polygons_and_categories(photos, tmp_path, capsys):
+    folder, imgs, _ = photos
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "sub/c.png"}],
+        "categories": [{"id": 1, "name": "face"}, {"id": 2, "name": "plate"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 1, "bbox": [4.5, 6.2, 20, 10]},
+            {"image_id": 1, "category_id": 2, "bbox": [50, 30, 10, 10]},
+            {"image_id": 2, "category_id": 1, "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]], "bbox": [0, 0, 1, 1]},
+        ],
+    }
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    argv = ["apply", str(folder), "--out", str(out), "--filter", FILTER, "--coco", str(path), "--workers", "1"]
+    assert main([*argv, "--categories", "face"]) == 0
+    assert_filtered(out / "a.png", imgs["a.png"], [[4, 6, 25, 17]])  # bbox rounded outwards, plate left alone
+    assert_filtered(out / "sub/c.png", imgs["sub/c.png"], [[10, 10, 31, 31]])  # polygon filled with its edges
+    assert main([*argv, "--categories", "nope"]) == 2
+    assert "unknown categories" in capsys.readouterr().err
+
+
+def _exif(orientation: int) -> bytes:
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+    tiff += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    body = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+
+
+def _icc() -> bytes:
+    body = b"ICC_PROFILE\x00\x01\x01" + bytes(range(64))
+    return b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body
+
+
+def test_jpeg_keeps_exif_and_icc(tmp_path):
+    img = smooth(48, 64, 5)
+    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    src = tmp_path / "in" / "p.jpg"
+    src.parent.mkdir()
+    src.write_bytes(jpeg[:2] + _exif(1) + _icc() + jpeg[2:])
+    src.with_suffix(".json").write_text('{"boxes": [[8, 8, 40, 30]]}')
+    out = tmp_path / "out"
+    assert main(["apply", str(src), "--out", str(out), "--filter", FILTER, "--workers", "1"]) == 0
+    data = (out / "p.jpg").read_bytes()
+    assert _exif(1) in data and _icc() in data and cv2.imdecode(np.frombuffer(data, np.uint8), 1).shape == img.shape
+    # the orientation is reset to 1 because the pixels come out upright
+    assert _exif(1) in copy_metadata(jpeg[:2] + _exif(6) + jpeg[2:], jpeg, "jpeg")
+    png = cv2.imencode(".png", img)[1].tobytes()
+    assert copy_metadata(png, png, "png") == png
+
+
+def test_server_mode_matches_in_process(photos, tmp_path, capsys):
+    folder, imgs, boxes = photos
+    mapping = tmp_path / "rois.json"
+    mapping.write_text(json.dumps({k: {"boxes": v} for k, v in boxes.items()}))
+    server = ServerProcess()
+    try:
+        server.wait_ready()
+        argv = ["apply", str(folder), "--filter", FILTER, "--roi", str(mapping)]
+        assert main([*argv, "--out", str(tmp_path / "remote"), "--server", server.url, "--concurrency", "3"]) == 0
+    finally:
+        server.stop()
+    assert main([*argv, "--out", str(tmp_path / "local"), "--workers", "1"]) == 0
+    for name in imgs:
+        local = cv2.imread(str(tmp_path / "local" / name), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "remote" / name), cv2.IMREAD_UNCHANGED), local)
+
+
+def test_no_subcommand_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "serve" in capsys.readouterr().err
+
+
+def test_port_in_use_fails_before_start_up(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "--port" in err
+
+
+def test_bad_arguments_exit_2(photos, tmp_path, capsys):
+    folder, _, _ = photos
+    assert main(["apply", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--filter", "box"]) == 2
+    assert (
+        main(
+            [
+                "apply",
+                str(folder),
+                "--out",
+                str(tmp_path / "o"),
+                "--filter",
+                '{"name": "box", "ksize": 4}',
+                "--roi",
+                str(_write(tmp_path / "r.json", {"a.png": {"boxes": [[0, 0, 4, 4]]}})),
+            ]
+        )
+        == 2
+    )
+    assert "spec.filter.ksize" in capsys.readouterr().err
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from service.cli.apply import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    bar = Progress(2, stream)
+    bar.step("a.png", "done")
+    bar.step("b.png", "failed: spec.filter.ksize: must be odd")
+    bar.close()
+    text = stream.getvalue()
+    assert "2/2" in text and "img/s" in text and "b.png: failed: spec.filter.ksize" in text
+    assert "[1/2]" not in text  # the bar, not the plain lines
