@@ -188,11 +188,14 @@ def _place(spec: Spec, w: int, h: int, max_pixels: int) -> tuple[int, int]:
 def _check_filter(spec: Spec, op: FilterOp, image: codec.Image, engine: str, color: int, pieces) -> int:
     """Check what depends on the image; returns the output's color channel count."""
     dtype = image.pixels.dtype
-    sizes = [sized_op(op, piece_side(p.x0, p.y0, p.x1, p.y1)).extra.get("ksize") for p in pieces] if op.auto else []
-    ksize = max(sizes, default=3) if op.auto else op.extra.get("ksize")
-    if op.name == "median" and dtype != np.uint8 and ksize > 5:
-        given = f"auto gives {ksize} for the largest ROI piece" if op.auto else str(ksize)
-        raise _bad(f"median ksize {given}: that needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize")
+    if op.name == "median" and dtype != np.uint8:
+        sides = [piece_side(p.x0, p.y0, p.x1, p.y1) for p in pieces]
+        ksize = max((sized_op(op, s).extra["ksize"] for s in sides), default=3) if op.auto else op.extra["ksize"]
+        if ksize > 5:
+            given = f"auto gives {ksize} for the largest ROI piece" if op.auto else str(ksize)
+            raise _bad(
+                f"median ksize {given}: that needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize"
+            )
     if op.name == "fill":
         values = op.extra["color"]
         if len(values) not in (1, color):
