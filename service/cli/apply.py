@@ -135,6 +135,9 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
     error = check("--filter", {})
     if error is not None:
         raise ValueError(error)
+    for item in args.inputs:
+        if Path(item).is_dir() and Path(item).resolve() == args.out.resolve():
+            raise ValueError(f"--out {args.out} is the input folder {item}: the outputs would replace the originals")
     source = _source(args)
     errors = [e for key, roi in (source.mapping or {}).items() if (e := check(f"{source.origin}: entry {key!r}", roi))]
     plan, found = Plan(), 0
