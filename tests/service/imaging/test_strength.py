@@ -9,6 +9,7 @@ import io
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -39,3 +40,37 @@ def test_no_default_leaves_a_face_the_detector_finds(face, size):
     after = {name: face_score(anonymize(scene, box, name), box) for name in DEFAULTS}
     found = {name: round(score, 3) for name, score in after.items() if score >= THRESHOLD}
     assert not found, f"a {face}-pixel face is still found after {found} (threshold {THRESHOLD})"
+
+
+OLD = {
+    "gaussian ksize 5 (the old default)": {"name": "gaussian", "ksize": 5},
+    "gaussian ksize 9, sigma 2": {"name": "gaussian", "ksize": 9, "sigma": 2},
+}
+
+
+def _table() -> None:
+    """The scores of docs/anonymization.md: before, after each default, after the old fixed sizes."""
+    filters = {**{f"{n} (auto)": n for n in DEFAULTS}, **OLD}
+    print("| filter | " + " | ".join(f"{f} px face in {s}²" for f, s in SCENES) + " |")
+    print("|---|" + "---|" * len(SCENES))
+    scenes = [face_scene(f, s) for f, s in SCENES]
+    print("| none (the photo) | " + " | ".join(f"{face_score(im, b):.3f}" for im, b in scenes) + " |")
+    for label, filt in filters.items():
+        print(f"| {label} | " + " | ".join(f"{face_score(anonymize(im, b, filt), b):.3f}" for im, b in scenes) + " |")
+
+
+def _figures(folder: Path) -> None:
+    """docs/img/anonymization-*.png: the photo and each default around a face of 40 and of 400 pixels."""
+    for face, size in (SCENES[0], SCENES[2]):
+        scene, (x0, y0, x1, y1) = face_scene(face, size)
+        w, h = x1 - x0, y1 - y0
+        views = [scene] + [anonymize(scene, (x0, y0, x1, y1), n) for n in DEFAULTS]
+        tiles = [v[max(0, y0 - h // 2) : y1 + h // 2, max(0, x0 - w // 2) : x1 + w // 2] for v in views]
+        tiles = [cv2.resize(t, (128 * t.shape[1] // t.shape[0], 128), interpolation=cv2.INTER_AREA) for t in tiles]
+        cv2.imwrite(str(folder / f"anonymization-{face}px.png"), np.hstack(tiles), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
+if __name__ == "__main__":
+    _table()
+    if len(sys.argv) > 1:
+        _figures(Path(sys.argv[1]))
