@@ -1,13 +1,17 @@
 """``roiconv apply INPUT… --out DIR``: filter the ROIs of image files, in process or through a server.
 
 In process (the default) every file is decoded with OpenCV (JPEG upright by its EXIF orientation, as the server
-does), the ROI's region with the filter's halo goes through :func:`service.imaging.pipeline.process` — the server's own
-engine — and the result is pasted back and encoded, in worker processes across the cores. With ``--server URL`` the
+does), the ROI's region with the filter's halo goes through :func:`service.imaging.pipeline.process` — the server's
+own engine — and the result is pasted back and encoded, in worker processes across the cores. With ``--server URL`` the
 files are decoded the same way and sent with :class:`service.client.AsyncClient` (ROI-aware transfer,
 ``--concurrency`` requests in flight), so the work can go to a cluster behind a load balancer. Outputs keep the
-input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG); a file whose output exists is skipped
-unless ``--overwrite``; a file without ROI shapes is copied unchanged. Exit status: 0 when nothing failed, 1 when a
-file failed, 2 for bad arguments.
+input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG), written atomically; a file whose
+output exists is skipped unless ``--overwrite``.
+
+It fails closed (docs/anonymization.md): every ROI entry is checked with the server's spec model before any work;
+a file that no ROI source covers is left out unless ``--copy-unmatched`` (one whose entry has no shapes is copied
+unchanged). Exit status: 0 when everything was done, 1 when a file failed or was left out or a ROI entry matched no
+file, 2 for bad arguments or ROI entries (nothing written).
 """
 
 from __future__ import annotations
