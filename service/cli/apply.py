@@ -144,13 +144,13 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
             raise ValueError(f"--out {args.out} is the input folder {item}: the outputs would replace the originals")
     source = _source(args)
     errors = [e for key, roi in (source.mapping or {}).items() if (e := check(f"{source.origin}: entry {key!r}", roi))]
-    plan, found = Plan(), 0
+    plan, found, total = Plan(), 0, 0
     for src, rel in expand_inputs(args.inputs, exclude=args.out, follow_symlinks=args.follow_symlinks):
         dst = args.out / rel
         if dst.resolve() == src.resolve():
             raise ValueError(f"--out {args.out} would write {rel} over its input {src}; choose another output folder")
         entry = source.find(src, rel)
-        found += entry is not None
+        found, total = found + (entry is not None), total + 1
         if entry is None and not args.copy_unmatched:
             plan.left_out.append((src, _no_roi(source, src, rel)))
             continue
@@ -165,8 +165,9 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
             continue
         plan.tasks.append(Task(src, dst, spec))
     if errors:
-        raise ValueError("bad ROI entries, nothing written:\n  " + "\n  ".join(errors[:20]))
-    if found == 0 and source.mapping is None and plan.left_out:
+        more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise ValueError("bad ROI entries, nothing written:\n  " + "\n  ".join(errors[:20]) + more)
+    if found == 0 and source.mapping is None and total:  # even with --copy-unmatched: nothing would be hidden
         raise ValueError(
             "no ROI source: none of the inputs has a NAME.json sidecar; give --roi rois.json (file name → ROI), "
             "--coco annotations.json, or sidecars next to the images"
