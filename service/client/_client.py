@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from ._transport import DeadlineTransport, RoiconvError, body_cap_check, call_deadline, load_npy, transport_error
+
 __all__ = [
     "AsyncClient",
     "Client",
@@ -51,14 +53,6 @@ ImageInput = np.ndarray | bytes | str | PathLike
 _RETRY_STATUSES = (429, 503)
 
 
-class RoiconvError(Exception):
-    """An error answer from the server: ``status``, ``code`` (e.g. "invalid_request"), ``field`` and ``reason``."""
-
-    def __init__(self, status: int, code: str, field: str | None, reason: str) -> None:
-        super().__init__(f"{status} {code}" + (f" ({field})" if field else "") + f": {reason}")
-        self.status, self.code, self.field, self.reason = status, code, field, reason
-
-
 class RequestRejected(RoiconvError):
     """A 4xx other than 429: the request itself is wrong (``field`` names what, e.g. "spec.filter.ksize")."""
 
@@ -71,14 +65,15 @@ class ServerError(RoiconvError):
     """A 5xx answer (other than 503)."""
 
 
-def _error(response: httpx.Response) -> RoiconvError:
+def _error(response: httpx.Response, content: bytes) -> RoiconvError:
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         body = {}
     body = body if isinstance(body, dict) else {}
     code = str(body.get("error", "http_error"))
-    reason = str(body.get("reason") or body.get("detail") or response.text[:200] or response.reason_phrase)
+    text = bytes(content[:200]).decode("utf-8", "replace")
+    reason = str(body.get("reason") or body.get("detail") or text or response.reason_phrase)
     field = body.get("field")
     status = response.status_code
     cls = ServerBusy if status in _RETRY_STATUSES else RequestRejected if status < 500 else ServerError
@@ -126,12 +121,6 @@ def _npy(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
     return buf.getvalue()
-
-
-def _load_npy(data: bytes) -> np.ndarray:
-    if not data.startswith(b"\x93NUMPY"):
-        raise RoiconvError(200, "bad_response", None, "the server did not answer with npy data")
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def _upload(pixels: np.ndarray) -> tuple[str, bytes, str]:
@@ -362,27 +351,50 @@ def paste_region(
     return out
 
 
-def _finish(plan: _Plan, response: httpx.Response) -> np.ndarray:
-    result = _load_npy(response.content)
+def _finish(plan: _Plan, response: httpx.Response, body: bytearray) -> np.ndarray:
+    result = load_npy(body)
     if plan.base is None:
         return result
-    return paste_region(plan.base, result, response.headers["X-ROI-Rect"], plan.spec.get("outside", "keep"))
+    rect = response.headers.get("X-ROI-Rect")
+    if rect is None:
+        raise RoiconvError(200, "bad_response", None, "the answer to a cropped request has no X-ROI-Rect header")
+    return paste_region(plan.base, result, rect, plan.spec.get("outside", "keep"))
 
 
 def _retry_delay(response: httpx.Response, attempt: int, max_wait: float) -> float:
+    """Retry-After in seconds when it is a finite number, else an exponential backoff; within 0..max_wait."""
     try:
         delay = float(response.headers.get("Retry-After", ""))
     except ValueError:
+        delay = math.nan
+    if not math.isfinite(delay):
         delay = 0.25 * 2**attempt
     return min(max(delay, 0.0), max_wait)
 
 
+def _json(body: bytearray) -> dict:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise RoiconvError(200, "bad_response", None, "the answer is not JSON") from None
+
+
 class _Base:
     def __init__(
-        self, url: str, api_key: str | None, timeout: float, retries: int, max_retry_wait: float, roi_transfer: bool
+        self,
+        url: str,
+        api_key: str | None,
+        timeout: float,
+        retries: int,
+        max_retry_wait: float,
+        roi_transfer: bool,
+        max_response_bytes: int,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if not timeout > 0 or not max_response_bytes > 0:
+            raise ValueError(f"timeout and max_response_bytes must be > 0, got {timeout} and {max_response_bytes}")
+        self.max_response_bytes = max_response_bytes
         self.url = url.rstrip("/")
         self.headers = {"X-API-Key": api_key} if api_key else {}
         self.timeout, self.retries, self.max_retry_wait = timeout, retries, max_retry_wait
@@ -397,10 +409,20 @@ class _Base:
     def _needs_catalog(self, spec: dict | str, image: ImageInput) -> bool:
         return self.catalog is None and self.roi_transfer and isinstance(image, np.ndarray)
 
+    def _retry_wait(self, response: httpx.Response, attempt: int, deadline: float) -> float | None:
+        """How long to wait before retrying ``response``; None when it is final (not 429/503, out of retries, or
+        the wait would pass the call's deadline)."""
+        if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
+            return None
+        delay = _retry_delay(response, attempt, self.max_retry_wait)
+        return delay if time.monotonic() + delay < deadline else None
+
 
 class Client(_Base):
-    """Blocking client. ``retries``: how many times a 429/503 is retried (after Retry-After, at most
-    ``max_retry_wait`` seconds each); ``roi_transfer=False`` sends whole images."""
+    """Blocking client. ``timeout``: seconds for a whole call (connecting, sending, retries, reading the answer);
+    ``retries``: how many times a 429/503 is retried (after Retry-After, at most ``max_retry_wait`` seconds each);
+    ``max_response_bytes``: the largest answer accepted; ``roi_transfer=False`` sends whole images. Every failure
+    raises :class:`RoiconvError`."""
 
     def __init__(
         self,
@@ -411,9 +433,11 @@ class Client(_Base):
         retries: int = 5,
         max_retry_wait: float = 10.0,
         roi_transfer: bool = True,
+        max_response_bytes: int = 2**30,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        super().__init__(url, api_key, timeout, retries, max_retry_wait, roi_transfer)
+        super().__init__(url, api_key, timeout, retries, max_retry_wait, roi_transfer, max_response_bytes)
+        transport = transport or DeadlineTransport()
         self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, transport=transport)
 
     def __enter__(self) -> Client:
@@ -425,23 +449,34 @@ class Client(_Base):
     def close(self) -> None:
         self.http.close()
 
-    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            response = self.http.request(method, path, **kwargs)
-            if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
-                break
-            time.sleep(_retry_delay(response, attempt, self.max_retry_wait))
+    def _request(self, method: str, path: str, **kwargs) -> tuple[httpx.Response, bytearray]:
+        """The final answer and its body, within the call's deadline; RoiconvError for an error answer or none."""
+        with call_deadline(self.timeout) as deadline:
+            try:
+                for attempt in range(self.retries + 1):
+                    with self.http.stream(method, path, **kwargs) as response:
+                        body = bytearray()
+                        body_cap_check(response, 0, self.max_response_bytes, deadline)
+                        for chunk in response.iter_bytes():
+                            body += chunk
+                            body_cap_check(response, len(body), self.max_response_bytes, deadline)
+                    wait = self._retry_wait(response, attempt, deadline)
+                    if wait is None:
+                        break
+                    time.sleep(wait)
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, self.timeout) from None
         if response.status_code >= 400:
-            raise _error(response)
-        return response
+            raise _error(response, body)
+        return response, body
 
     def filters(self) -> dict:
         """GET /filters: the filter catalog."""
-        return self._request("GET", "/filters").json()
+        return _json(self._request("GET", "/filters")[1])
 
     def info(self) -> dict:
         """GET /info: version, devices, settings."""
-        return self._request("GET", "/info").json()
+        return _json(self._request("GET", "/info")[1])
 
     def convolve(self, image: ImageInput, spec: dict | str, mask: ImageInput | None = None) -> np.ndarray:
         """Filter ``image`` (array, encoded bytes or a path) inside the ROI of ``spec``; returns the whole result
@@ -449,7 +484,7 @@ class Client(_Base):
         if self._needs_catalog(spec, image):
             self.catalog = self.filters()
         plan = _plan(image, spec, mask, self.roi_transfer, self.catalog)
-        return _finish(plan, self._request("POST", "/convolve", **self._post_kwargs(plan)))
+        return _finish(plan, *self._request("POST", "/convolve", **self._post_kwargs(plan)))
 
 
 class AsyncClient(_Base):
@@ -464,10 +499,11 @@ class AsyncClient(_Base):
         retries: int = 5,
         max_retry_wait: float = 10.0,
         roi_transfer: bool = True,
+        max_response_bytes: int = 2**30,
         limits: httpx.Limits | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(url, api_key, timeout, retries, max_retry_wait, roi_transfer)
+        super().__init__(url, api_key, timeout, retries, max_retry_wait, roi_transfer, max_response_bytes)
         self.http = httpx.AsyncClient(
             base_url=self.url,
             headers=self.headers,
@@ -486,21 +522,37 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            response = await self.http.request(method, path, **kwargs)
-            if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
-                break
-            await asyncio.sleep(_retry_delay(response, attempt, self.max_retry_wait))
+    async def _request(self, method: str, path: str, **kwargs) -> tuple[httpx.Response, bytearray]:
+        """The final answer and its body, the whole call bounded by ``timeout``; RoiconvError otherwise."""
+        deadline = time.monotonic() + self.timeout
+        try:
+            response, body = await asyncio.wait_for(self._attempts(method, path, deadline, kwargs), self.timeout)
+        except asyncio.TimeoutError:
+            raise transport_error(httpx.ReadTimeout("deadline"), self.timeout) from None
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.timeout) from None
         if response.status_code >= 400:
-            raise _error(response)
-        return response
+            raise _error(response, body)
+        return response, body
+
+    async def _attempts(self, method: str, path: str, deadline: float, kwargs: dict):
+        for attempt in range(self.retries + 1):
+            async with self.http.stream(method, path, **kwargs) as response:
+                body = bytearray()
+                body_cap_check(response, 0, self.max_response_bytes, deadline)
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    body_cap_check(response, len(body), self.max_response_bytes, deadline)
+            wait = self._retry_wait(response, attempt, deadline)
+            if wait is None:
+                return response, body
+            await asyncio.sleep(wait)
 
     async def filters(self) -> dict:
-        return (await self._request("GET", "/filters")).json()
+        return _json((await self._request("GET", "/filters"))[1])
 
     async def info(self) -> dict:
-        return (await self._request("GET", "/info")).json()
+        return _json((await self._request("GET", "/info"))[1])
 
     async def convolve(self, image: ImageInput, spec: dict | str, mask: ImageInput | None = None) -> np.ndarray:
         if self._needs_catalog(spec, image):
@@ -508,5 +560,5 @@ class AsyncClient(_Base):
                 if self.catalog is None:
                     self.catalog = await self.filters()
         plan = await asyncio.to_thread(_plan, image, spec, mask, self.roi_transfer, self.catalog)
-        response = await self._request("POST", "/convolve", **self._post_kwargs(plan))
-        return await asyncio.to_thread(_finish, plan, response)
+        response, body = await self._request("POST", "/convolve", **self._post_kwargs(plan))
+        return await asyncio.to_thread(_finish, plan, response, body)

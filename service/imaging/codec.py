@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import structure
+
 __all__ = [
     "CONTENT_TYPES",
     "DecodeError",
@@ -139,6 +141,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 _TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
 _TIFF_SIZE_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 277: "SamplesPerPixel"}
+_TIFF_SIZE_TAGS |= {322: "TileWidth", 323: "TileLength"}
 
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
@@ -172,7 +175,19 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
         raise ValueError(f"{found.get(277, 1)} samples of {found.get(258, 8)} bits: at most 4 of 32 bits")
     if 256 not in found or 257 not in found:
         return None
+    _check_tiles(found[256], found[257], found.get(322), found.get(323))
     return found[256], found[257]
+
+
+def _check_tiles(width: int, height: int, tile_width: int | None, tile_length: int | None) -> None:
+    """The decoder allocates whole tiles: none may be larger than the image rounded up to 16 pixels per side (or
+    structure.MAX_TILE_SIDE, whichever is larger), so that a tile costs what the image's declared size does."""
+    for tag, side, tile in ((322, width, tile_width), (323, height, tile_length)):
+        if tile is not None and tile > max(-(-side // 16) * 16, structure.MAX_TILE_SIDE):
+            raise ValueError(
+                f"{_TIFF_SIZE_TAGS[tag]} is {tile} for a {width}x{height} image: tiles may be at most the image "
+                f"rounded up to 16 pixels, or {structure.MAX_TILE_SIDE}"
+            )
 
 
 def _tiff_values(data: bytes, order: str, typ: int, n: int, field: bytes) -> list[int]:
@@ -249,6 +264,10 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
     width, height = header_size(data, fmt)
     if width * height > max_pixels:
         raise TooLarge(f"{field} is {width}x{height} = {width * height} pixels, more than the limit {max_pixels}")
+    try:
+        structure.check_structure(data, fmt, width, height)
+    except ValueError as exc:
+        raise DecodeError(f"{field}: {exc}") from None
     if fmt == "npy":
         pixels = _decode_npy(data)
     else:
@@ -290,7 +309,7 @@ def _normalize(pixels: np.ndarray, fmt: str) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-_MAX_SIDE = {"webp": 16383, "jpeg": 65535, "png": 2**31 - 1, "bmp": 2**31 - 1}
+_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "png": 2**31 - 1, "bmp": 2**31 - 1}
 
 
 def check_encodable(fmt: str, depth: str, channels: int, width: int = 0, height: int = 0) -> str | None:

@@ -82,8 +82,19 @@ def request_peak(spec: Spec, image: bytes, mask: bytes | None, budget: int, max_
     channels, itemsize = _depth(fmt, image)
     kind = build_filter(spec.filter, spec.border).kind
     peak = estimate_peak(width, height, channels, itemsize, kind, budget)
-    extra = 0 if mask is None else 2 * width * height * 4 * 4  # the mask decoded (up to 4 x float32) + normalized
+    extra = 0 if mask is None else _mask_peak(mask, width * height)
     return Peak(peak.bytes + extra + len(image), peak.bands)
+
+
+def _mask_peak(mask: bytes, pixels: int) -> int:
+    """The mask decoded and normalized: the image's ``pixels`` at the mask's depth (a mask whose header declares
+    another size is refused before anything is decoded; one with an unreadable header, by its decoder)."""
+    try:
+        fmt = codec.sniff_format(mask)
+    except codec.DecodeError:
+        return len(mask)
+    channels, itemsize = _depth(fmt, mask)
+    return 2 * pixels * channels * itemsize
 
 
 class MemoryBudget:

@@ -73,6 +73,18 @@ def _decode(data: bytes, max_pixels: int, field: str, orient: bool) -> codec.Ima
     return image
 
 
+def _check_mask_header(image: bytes, mask: bytes, orient: bool) -> None:
+    """A mask whose header declares another size than the image's is refused before either is decoded (its decode
+    would cost what its own header declares, not what the image's does). Sides may swap when EXIF turns one."""
+    try:
+        sizes = [codec.header_size(data, codec.sniff_format(data)) for data in (image, mask)]
+    except codec.DecodeError:
+        return  # decoding says what is wrong with it
+    (iw, ih), (mw, mh) = sizes
+    if (mw, mh) != (iw, ih) and not (orient and (mh, mw) == (iw, ih)):
+        raise _bad(f"mask is {mw}x{mh} but the image is {iw}x{ih}; they must have the same width and height", "mask")
+
+
 def _bad(reason: str, field: str) -> ApiError:
     return ApiError(422, "invalid_request", reason, field)
 
@@ -99,6 +111,8 @@ def prepare(
     ``bands`` > 1 asks the torch engine to run the convolution in that many row bands (bounded working memory).
     """
     orient = spec.exif == "upright"
+    if mask_bytes is not None:
+        _check_mask_header(image_bytes, mask_bytes, orient)
     image = _decode(image_bytes, max_pixels, "image", orient)
     _check_deadline(deadline, "decoding the image")
     mask_pixels = None if mask_bytes is None else _decode(mask_bytes, max_pixels, "mask", orient).pixels
@@ -211,15 +225,15 @@ def _check_filter(spec: Spec, op: FilterOp, image: codec.Image, engine: str, col
             raise _bad(f"4-D weights have C={c} but the image has {color} color channel(s)", "spec.filter.weights")
         if o != color and spec.outside == "keep" and not _whole(pieces, image):
             raise _bad(f"outside='keep' needs O = C ({color}), got O={o}; use outside='zero'", "spec.outside")
-        return o
+        color = o
     if engine == "torch" and op.kind != "model":
         try:
             conv_geometry((image.height, image.width), op.ksize, padding="same", padding_mode=op.padding_mode)
         except ValueError:
             raise _bad(
                 f"the image ({image.width}x{image.height}) is too small for a {op.ksize[1]}x{op.ksize[0]} kernel "
-                f"with border {spec.border!r}",
-                "spec.filter.ksize",
+                f"with border {spec.border!r}; border 'constant' or 'replicate' works at any size",
+                "spec.filter.weights" if op.name == "kernel" else "spec.filter.ksize",
             ) from None
     return color
 
@@ -257,8 +271,8 @@ def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:
     and saturated to the output depth (alpha put back), put back into the image when it covers only ``window``,
     and cut to the output region."""
     if prepared.engine == "opencv":
-        return codec.encode(result, prepared.format)
-    pixels = finish(result, prepared.work)  # [h, w, C'] over the window (or the whole upload)
+        return codec.encode(_finite(result, prepared.op), prepared.format)
+    pixels = _finite(finish(result, prepared.work), prepared.op)  # [h, w, C'] over the window (or the whole upload)
     wx, wy = (0, 0) if prepared.window is None else prepared.window[:2]
     x0, y0, x1, y1 = prepared.region
     if prepared.window is not None and prepared.region == bounding_rect(prepared.pieces):
@@ -268,6 +282,19 @@ def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:
     else:
         pixels = pixels[y0:y1, x0:x1]
     return codec.encode(np.ascontiguousarray(pixels), prepared.format)
+
+
+def _finite(pixels: np.ndarray, op: FilterOp) -> np.ndarray:
+    """Float results must be finite: a filter that overflows float32 (its largest value is 3.4e38) is the request's
+    fault (422 naming the filter), never inf or NaN pixels in a 200. Integer results saturate, as OpenCV's do."""
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        bad = int(pixels.size - np.isfinite(pixels).sum())
+        raise _bad(
+            f"the {op.name} filter's float32 result is infinite or NaN at {bad} value(s): the input's values times the "
+            "filter's weights pass 3.4e38; scale the image or the filter's parameters down",
+            "spec.filter",
+        )
+    return pixels
 
 
 def _paste(window: np.ndarray, prepared: Prepared) -> np.ndarray:

@@ -145,11 +145,13 @@ def build_pieces(
     Polygons whose :func:`draw_cost` passes MAX_DRAW_COST raise RegionError; ``deadline`` (a ``time.perf_counter()``
     value) is checked before each shape is drawn and raises TimeoutError once passed.
     """
-    cost = draw_cost(roi.polygons, height)
+    ox, oy = origin
+    full = full_size or (width + ox, height + oy)
+    cost = draw_cost(roi.polygons, full[1])  # fillPoly draws on the full image's rows (see _drawn), not the upload's
     if cost > MAX_DRAW_COST:
         raise RegionError(
             "spec.roi.polygons",
-            f"the polygons would cost {cost:.3g} to draw on this {height}-row image, more than {MAX_DRAW_COST:.3g}; "
+            f"the polygons would cost {cost:.3g} to draw on this {full[1]}-row image, more than {MAX_DRAW_COST:.3g}; "
             "use fewer points, or polygons whose edges do not cross each other many times",
         )
     if mask_pixels is not None and mask_pixels.shape[:2] != (height, width):
@@ -158,7 +160,6 @@ def build_pieces(
             f"mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but the image is {width}x{height}; "
             "they must have the same width and height",
         )
-    ox, oy = origin
     if not roi.given and mask_pixels is None:
         return [] if roi.invert else [Piece(0, 0, width, height)]
     full = full_size or (width + ox, height + oy)

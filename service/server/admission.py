@@ -9,9 +9,10 @@ count as work the drain waits for: a request answered 503 while draining is not.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from .devices import DevicePool
 from .errors import ApiError
 from .metrics import Metrics
 from .settings import Settings
+from .uploads import Upload, UploadSlots
 
 __all__ = ["AppState", "Record", "StateDep", "Ticket", "get_state", "record_of"]
 
@@ -39,16 +41,46 @@ class Record:
 
 @dataclass(eq=False)
 class Ticket:
-    """An admitted request's place in the queue: counted against MAX_QUEUE until :meth:`queued` hands it over."""
+    """An admitted request's place in the queue: counted against MAX_QUEUE until :meth:`queued` hands it over.
+
+    When the request is answered while its thread still runs (a 504), :meth:`outlived_by` keeps the place and the
+    memory held until that thread really finishes.
+    """
 
     state: AppState
     held: bool = True
+    release: Callable[[], None] | None = None
+    work: Future | asyncio.Future | None = None
 
     def queued(self) -> None:
         """The job is in the pool's queue now (or running elsewhere): stop counting it as being prepared."""
         if self.held:
             self.held = False
             self.state.preparing -= 1
+
+    def outlived_by(self, work: Future | asyncio.Future) -> None:
+        """The answer leaves before ``work`` (a CPU thread's or a device job's) is done: hold everything until it
+        is."""
+        self.work = work
+
+    def finish(self) -> None:
+        """Give back the place and the memory now, or when the work that outlived the answer is done."""
+        if self.work is None or self.work.done():
+            self._give_back()
+            return
+        loop = asyncio.get_running_loop()
+        self.state.outliving += 1
+        self.work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._give_back_late))
+
+    def _give_back_late(self) -> None:
+        self.state.outliving -= 1
+        self._give_back()
+
+    def _give_back(self) -> None:
+        self.queued()
+        if self.release is not None:
+            self.release()
+            self.release = None
 
 
 @dataclass(eq=False)
@@ -63,8 +95,9 @@ class AppState:
     pool: DevicePool | None = None
     cpu_pool: ThreadPoolExecutor | None = None  # the OpenCV engine's requests: one thread per core, no batching
     draining: bool = False
-    uploads: int = 0
+    slots: UploadSlots | None = None
     preparing: int = 0
+    outliving: int = 0  # requests answered (504) whose thread still runs: their place and memory stay held
     requests: set[Record] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
 
@@ -80,7 +113,8 @@ class AppState:
     @property
     def busy(self) -> bool:
         """Admitted work remains: a request past the first gate, or a job queued or running."""
-        return any(r.admitted for r in self.requests) or (self.pool is not None and self.pool.busy)
+        pool_busy = self.pool is not None and self.pool.busy
+        return any(r.admitted for r in self.requests) or pool_busy or self.outliving > 0
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no admitted work remains (at most ``timeout`` seconds); True when idle."""
@@ -90,18 +124,26 @@ class AppState:
         return not self.busy
 
     @contextmanager
-    def uploading(self, record: Record) -> Iterator[None]:
-        """The first gate: 503 while draining, 429 when MAX_UPLOADS bodies are being read already."""
+    def uploading(self, record: Record, scope: dict) -> Iterator[Upload]:
+        """The first gate: 503 while draining, 429 when MAX_UPLOADS bodies are being read already at honest speed
+        (the slowest upload below uploads.MIN_RATE loses its slot to this one: see :mod:`.uploads`)."""
         if self.draining or self.pool is None:
             raise ApiError(503, "draining", "the server is shutting down; retry on another replica", headers=RETRY)
-        if self.uploads >= self.settings.max_uploads:
+        if self.slots is None:
+            self.slots = UploadSlots(self.settings.max_uploads)
+        upload = self.slots.take(scope)
+        if upload is None:
             raise ApiError(429, "uploads_full", "too many uploads in progress; retry later", headers=RETRY)
         record.admitted = True
-        self.uploads += 1
         try:
-            yield
+            yield upload
         finally:
-            self.uploads -= 1
+            self.slots.give_back(upload)
+
+    @property
+    def uploads(self) -> int:
+        """Request bodies being received now."""
+        return 0 if self.slots is None else len(self.slots)
 
     @asynccontextmanager
     async def admit(self, peak_bytes: int, timeout: float) -> AsyncIterator[Ticket]:
@@ -118,12 +160,10 @@ class AppState:
                 raise ApiError(413, "too_much_memory", f"this request {exc}", "image") from None
             except asyncio.TimeoutError:
                 raise ApiError(504, "timeout", "the deadline passed while waiting for memory") from None
-            try:
-                yield ticket
-            finally:
-                self.budget.release(peak_bytes)
+            ticket.release = functools.partial(self.budget.release, peak_bytes)
+            yield ticket
         finally:
-            ticket.queued()
+            ticket.finish()
 
 
 RETRY = {"Retry-After": "1"}

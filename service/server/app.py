@@ -35,7 +35,9 @@ from .metrics import Metrics
 from .openapi import install_openapi
 from .page import page_router
 from .routes import discard_body, routers
+from .security import SecurityHeaders, host_name
 from .settings import Settings, SettingsError, load_settings, parse_devices
+from .uploads import RECEIVED
 
 __all__ = ["AppState", "BodyLimitMiddleware", "create_app", "set_cpu_threads", "warmup_batch"]
 
@@ -64,6 +66,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                scope[RECEIVED] = seen  # the upload slots judge a body's speed by it
                 if seen > self.max_bytes:
                     raise BodyTooLarge(f"request body is larger than {self.max_bytes} bytes")
             return message
@@ -172,7 +175,9 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
         max_bytes=settings.max_body_bytes,
         on_reject=lambda: state.metrics.rejected.labels(reason="body_too_large").inc(),
     )
-    app.add_middleware(RequestAccounting, state=state)  # outermost: counts every /convolve request once
+    app.add_middleware(RequestAccounting, state=state)  # counts every /convolve request once
+    hosts = frozenset(host_name(h) for h in settings.allowed_hosts.split(",") if h.strip())
+    app.add_middleware(SecurityHeaders, allowed=hosts)  # outermost: on every response, the Host checked first
     return app
 
 

@@ -49,6 +49,7 @@ class Job:
     compute_s: float = 0.0
     batch_size: int = 0
     device: str = ""
+    finished: asyncio.Future | None = None  # done once a worker is through with the job's batch (result or not)
 
     @property
     def pixels(self) -> int:
@@ -261,6 +262,9 @@ class DevicePool:
             finally:
                 device.load -= len(group)
                 self._slots.release()
+                for job in group:
+                    if job.finished is not None and not job.finished.done():
+                        job.finished.set_result(None)
 
     async def _process(self, device: Device, group: list[Job], retried: bool) -> None:
         group = [j for j in group if not j.future.done()]

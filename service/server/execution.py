@@ -40,16 +40,18 @@ async def run(
 ) -> tuple[Prepared, Outcome, bytes]:
     """Prepare the request with ``prepare(prefer_torch=...)`` on the CPU pool (the OpenCV engine also filters and
     encodes there), else compute it on the device pool and encode; all by ``deadline`` (504 past it)."""
-    call = functools.partial(prepare, prefer_torch=state.prefer_torch)
-    hop = asyncio.get_running_loop().run_in_executor(state.cpu_pool, call)
+    work = state.cpu_pool.submit(_unless_late, functools.partial(prepare, prefer_torch=state.prefer_torch), deadline)
     gauge = state.metrics.inflight.labels(device="cpu")
     gauge.inc()
     try:
+        hop = asyncio.wrap_future(work)  # cancelling it at the deadline cancels the work if it has not started
         prepared, body, compute_s = await asyncio.wait_for(hop, max(0.0, deadline - time.perf_counter()))
     except asyncio.TimeoutError:
-        raise ApiError(
-            504, "timeout", "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
-        ) from None
+        reason = "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        if not work.cancelled():  # started: it stops at its next check of the deadline, holding its place till then
+            ticket.outlived_by(work)
+            reason += "; the work already started holds its queue place and memory until it stops"
+        raise ApiError(504, "timeout", reason) from None
     finally:
         gauge.dec()
     if body is not None:
@@ -61,13 +63,21 @@ async def run(
     return prepared, outcome, await asyncio.to_thread(encode_result, outcome.pixels, prepared)
 
 
+def _unless_late(call: Callable[[], tuple], deadline: float) -> tuple:
+    """Run ``call`` unless the deadline passed while it waited for a thread (504 then, at no cost)."""
+    if time.perf_counter() > deadline:
+        raise ApiError(504, "timeout", "the deadline passed while waiting for a CPU thread")
+    return call()
+
+
 async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: Ticket) -> Outcome:
     """Compute ``prepared`` on the device pool by ``deadline`` (a ``time.perf_counter()`` value).
 
     Hands ``ticket`` over once the job is queued. Raises ApiError: 429 when the pool's queue is full, 504 when the
     deadline passes first (the job is cancelled if it has not started), 500 when the computation failed.
     """
-    job = Job(prepared.op, prepared.work, asyncio.get_running_loop().create_future())
+    loop = asyncio.get_running_loop()
+    job = Job(prepared.op, prepared.work, loop.create_future(), finished=loop.create_future())
     try:
         state.pool.submit(job)
     except asyncio.QueueFull:
@@ -79,8 +89,11 @@ async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: 
             raise asyncio.TimeoutError
         result = await asyncio.wait_for(asyncio.shield(job.future), remaining)
     except asyncio.TimeoutError:
-        job.future.cancel()
+        job.future.cancel()  # a job still queued is dropped; one being computed holds its place until it is done
         reason = "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
+        if job.started:
+            ticket.outlived_by(job.finished)
+            reason += "; the computation already started holds its memory until it stops"
         raise ApiError(504, "timeout", reason) from None
     except ComputeError as exc:
         raise ApiError(500, "compute_failed", str(exc)) from None

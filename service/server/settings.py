@@ -55,7 +55,16 @@ class Settings(BaseSettings):
         "memory); the excess waits, a request that can never fit gets 413.",
     )
     keepalive_timeout_s: int = Field(5, ge=1, le=300, description="Idle keep-alive connections are closed after this.")
-    api_key: SecretStr | None = Field(None, description="When set, /convolve needs this value in `X-API-Key`.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, /convolve, /info and /metrics need this value in `X-API-Key` (or as "
+        "`Authorization: Bearer`, which Prometheus can send).",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated Host header names served (e.g. `localhost,127.0.0.1` for a server on "
+        "loopback: refuses DNS rebinding); empty: any.",
+    )
     models_dir: Path | None = Field(
         None,
         description="Folder of models served as `model:<name>`: torch.export programs (`*.pt2`, optional `*.json` "

@@ -54,10 +54,12 @@ class Form:
 
 
 def require_key(request: Request, state: StateDep) -> None:
-    """401 unless ``X-API-Key`` matches ROICONV_API_KEY (when one is set); compared in constant time."""
+    """401 unless ``X-API-Key`` (or ``Authorization: Bearer``) matches ROICONV_API_KEY (when one is set); compared
+    in constant time."""
     key = state.settings.api_key
     if key is not None:
-        given = request.headers.get("x-api-key", "").encode()
+        bearer = request.headers.get("authorization", "")
+        given = request.headers.get("x-api-key", bearer[7:] if bearer[:7].lower() == "bearer " else "").encode()
         if not hmac.compare_digest(given, key.get_secret_value().encode()):
             raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", "X-API-Key")
 
@@ -66,13 +68,23 @@ async def read_form(request: Request, state: StateDep, _key: Annotated[None, Dep
     """The multipart body, read within ROICONV_BODY_TIMEOUT_S and the request deadline (408 past either)."""
     record = record_of(request)
     s = state.settings
-    with state.uploading(record):
+    with state.uploading(record, request.scope) as upload:
         timeout = max(0.0, min(s.body_timeout_s, record.started + s.request_timeout_s - time.perf_counter()))
+        reader = asyncio.ensure_future(_read_form(request, s.max_spec_bytes))
+        evicted = asyncio.ensure_future(upload.evicted.wait())
         try:
-            return await asyncio.wait_for(_read_form(request, s.max_spec_bytes), timeout)
-        except asyncio.TimeoutError:
-            reason = f"the request body did not arrive within {timeout:.1f} s (ROICONV_BODY_TIMEOUT_S)"
-            raise ApiError(408, "body_timeout", reason, "body", headers=_CLOSE) from None
+            await asyncio.wait((reader, evicted), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, evicted):
+                task.cancel()
+            await asyncio.gather(reader, evicted, return_exceptions=True)
+        if reader.done() and not reader.cancelled():
+            return reader.result()
+        if upload.evicted.is_set():
+            reason = "the body arrived too slowly and its upload slot went to another request (all were taken)"
+            raise ApiError(408, "upload_too_slow", reason, "body", headers=_CLOSE)
+        reason = f"the request body did not arrive within {timeout:.1f} s (ROICONV_BODY_TIMEOUT_S)"
+        raise ApiError(408, "body_timeout", reason, "body", headers=_CLOSE)
 
 
 FormDep = Annotated[Form, Depends(read_form)]
@@ -158,6 +170,8 @@ def _prepare(
     except Exception as exc:
         log.warning("could not prepare a request: %s", type(exc).__name__)
         raise ApiError(422, "invalid_request", "could not decode or process the image", "image") from None
+    if time.perf_counter() > deadline:  # a checkpoint: the filter is not started for an answer already sent
+        raise ApiError(504, "timeout", "the deadline passed before filtering (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)")
     return (prepared, *run_on_cpu(prepared))
 
 
@@ -213,7 +227,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
-@health_router.get("/info")
+@health_router.get("/info", dependencies=[Depends(require_key)])
 async def info(state: StateDep) -> dict:
     """Version, devices and the effective settings (secrets left out)."""
     import torch
@@ -231,7 +245,7 @@ async def info(state: StateDep) -> dict:
     }
 
 
-@metrics_router.get("/metrics", response_class=Response)
+@metrics_router.get("/metrics", response_class=Response, dependencies=[Depends(require_key)])
 async def metrics(state: StateDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

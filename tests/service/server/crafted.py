@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 from service_support import encode, rand_image
 
+from service.bench.bombs import crop_bypass_spec, float_tiff, png_trailing_bomb, scan_bomb, tiled_tiff  # noqa: F401
+
 _SHORT, _LONG = 3, 4
 
 

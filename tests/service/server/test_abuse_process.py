@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -14,6 +15,8 @@ import httpx
 import pytest
 from crafted import jpeg_bomb
 from service_support import encode, rand_image
+
+from service.bench.trickle import trickle
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +205,12 @@ def test_sigterm_under_retrying_load_exits_once_admitted_work_is_done(server_pro
     assert code == 0
     assert seen["200"] > 0 and exited - signalled < 10, (seen, exited - signalled)
     assert last_ok[0] <= exited
+
+
+def test_trickling_sockets_lose_their_upload_slots_to_other_requests(server_process):
+    # issue 20 item 6, scaled down: 12 sockets trickling a byte every 0.5 s against 8 upload slots (140 against 128
+    # in the issue); one shared pool answered every other request 429
+    server = server_process({"ROICONV_MAX_UPLOADS": "8"})
+    body, ctype = _multipart(IMG)
+    result = asyncio.run(trickle(server.url, body, ctype, sockets=12, requests=10, seconds=6))
+    assert result.statuses[200] >= 8 and result.reconnects > 12, result

@@ -165,7 +165,8 @@ def test_mixed_size_concurrent_requests_are_batched_and_equal_single_results():
 def test_filters_catalog_livez_info_docs():
     async def main():
         async with running(api_key="topsecret") as (_, client):
-            return [await client.get(p) for p in ("/filters", "/livez", "/info", "/docs", "/openapi.json")]
+            key = {"X-API-Key": "topsecret"}
+            return [await client.get(p, headers=key) for p in ("/filters", "/livez", "/info", "/docs", "/openapi.json")]
 
     filters, livez, info, docs, openapi = run(main())
     catalog = filters.json()

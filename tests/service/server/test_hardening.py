@@ -130,7 +130,7 @@ def test_opencv_limit_stops_a_decoder_whose_header_disagrees_with_ours():
     from service_support import ROOT
 
     code = (
-        "import numpy as np, cv2; from service import codec\n"
+        "import numpy as np, cv2; from service.imaging import codec\n"
         "data = cv2.imencode('.png', np.zeros((100, 100), np.uint8))[1].tobytes()\n"
         "try:\n    codec.decode(data, 10**6)\nexcept codec.TooLarge as e:\n    print('TooLarge', e)\n"
     )
@@ -302,7 +302,7 @@ def test_disconnect_while_a_rejected_body_is_discarded_is_still_counted():
     async def main():
         async with running(api_key="k") as (app, client):
             sent = await _asgi_call(app, [b"x" * 100], disconnect=True)
-            return sent, (await client.get("/metrics")).text
+            return sent, (await client.get("/metrics", headers={"Authorization": "Bearer k"})).text
 
     sent, metrics = run(main())
     assert sent[0]["status"] == 401
