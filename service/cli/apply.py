@@ -1,8 +1,8 @@
 """``roiconv apply INPUT… --out DIR``: filter the ROIs of image files, in process or through a server.
 
 In process (the default) every file is decoded with OpenCV (JPEG upright by its EXIF orientation, as the server
-does), the ROI's region with the filter's halo goes through :func:`service.imaging.pipeline.process` — the server's
-own engine — and the result is pasted back and encoded, in worker processes across the cores. With ``--server URL`` the
+does), filtered inside its ROI by the server's own pipeline (pixels in, pixels out: only the ROI's rectangles are
+read and written) and encoded, in worker processes across the cores. With ``--server URL`` the
 files are decoded the same way and sent with :class:`service.client.AsyncClient` (ROI-aware transfer,
 ``--concurrency`` requests in flight), so the work can go to a cluster behind a load balancer. Outputs keep the
 input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG), written atomically; a file whose
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import multiprocessing
 import os
@@ -27,33 +26,14 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .sources import (
-    RoiSource,
-    check_entry,
-    copy_metadata,
-    expand_inputs,
-    grow_roi,
-    has_shapes,
-    load_coco,
-    load_mapping,
-)
+from ..imaging.metadata import copy_metadata, format_of
+from .sources import RoiSource, check_entry, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
-
-_FORMATS = {
-    ".png": "png",
-    ".jpg": "jpeg",
-    ".jpeg": "jpeg",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    ".webp": "webp",
-    ".bmp": "bmp",
-}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -215,31 +195,14 @@ def _process_file(task: Task, max_pixels: int) -> str:
     return "done"
 
 
-@lru_cache(maxsize=1)
-def _catalog() -> dict:
-    from ..imaging.filters import catalog_schemas
-
-    return catalog_schemas([])
-
-
 def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int, *, inplace: bool = False) -> np.ndarray:
-    """``pixels`` (H, W[, C]) filtered by :func:`service.imaging.pipeline.process` in this process, with the client's
-    ROI-aware cut: only the ROI's region with its halo is converted, filtered and returned, then pasted into a copy
-    (into ``pixels`` itself with ``inplace=True``)."""
-    from ..client import crop_request, paste_region
-    from ..imaging.pipeline import process
+    """``pixels`` (H, W[, C]) filtered in this process by the server's own pipeline, pixels in and pixels out
+    (:func:`service.imaging.pipeline.process_pixels`): only the ROI's rectangles are read and written (into ``pixels``
+    itself with ``inplace=True``, else into a copy). torch is imported only for the filters the torch engine runs."""
+    from ..imaging.pipeline import process_pixels
     from ..imaging.spec import Spec
 
-    cropped = crop_request(pixels, spec, _catalog())
-    region, sent = cropped if cropped is not None else (pixels, spec)
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(region), allow_pickle=False)
-    body, _, headers = process(Spec.model_validate({**sent, "format": "npy"}), buf.getvalue(), max_pixels=max_pixels)
-    result = np.load(io.BytesIO(body), allow_pickle=False)
-    if cropped is None:
-        return result
-    rect = {k.lower(): v for k, v in headers.items()}["x-roi-rect"]
-    return paste_region(pixels, result, rect, spec.get("outside", "keep"), inplace=inplace)
+    return process_pixels(Spec.model_validate(spec), pixels, max_pixels=max_pixels, inplace=inplace)
 
 
 def _reason(exc: BaseException) -> str:
@@ -306,12 +269,14 @@ def _run_local(tasks: list[Task], workers: int, progress: Progress, max_pixels: 
 
 
 def _worker_init() -> None:
-    """One thread per worker process: the processes are the parallelism."""
+    """One thread per worker process: the processes are the parallelism (torch, if a filter imports it, reads
+    OMP_NUM_THREADS when it loads)."""
     import cv2
-    import torch
 
+    os.environ["OMP_NUM_THREADS"] = "1"
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _read(src: Path, max_pixels: int) -> tuple[bytes, str, np.ndarray]:
@@ -320,7 +285,7 @@ def _read(src: Path, max_pixels: int) -> tuple[bytes, str, np.ndarray]:
     from ..imaging import codec
 
     data = src.read_bytes()
-    fmt = _FORMATS.get(src.suffix.lower(), "")
+    fmt = format_of(src)
     width, height = codec.header_size(data, codec.sniff_format(data))
     if width * height > max_pixels:
         raise ValueError(f"{width}x{height} pixels (from the header), more than ROICONV_MAX_PIXELS={max_pixels}")

@@ -1,9 +1,8 @@
-"""What ``roiconv apply`` reads and writes around the filter: input files, ROI sources, metadata.
+"""What ``roiconv apply`` reads around the filter: input files and ROI sources.
 
 ROI sources: a mapping file (one JSON object: file name → ROI object), ``NAME.json`` sidecars next to the images, or
-a COCO annotation file (boxes, or segmentation polygons where given). Metadata: EXIF (orientation reset to 1, since
-the pixels come out upright) and the ICC profile are copied from a JPEG or PNG input into the output of the same
-format; other formats are written as OpenCV encodes them.
+a COCO annotation file (boxes, or segmentation polygons where given).
+(The metadata written back into outputs is :func:`service.imaging.metadata.copy_metadata`'s.)
 """
 
 from __future__ import annotations
@@ -13,15 +12,13 @@ import glob
 import json
 import math
 import os
-import struct
-import zlib
 from pathlib import Path
 
+from ..imaging.metadata import format_of
+
 __all__ = [
-    "IMAGE_SUFFIXES",
     "RoiSource",
     "check_entry",
-    "copy_metadata",
     "expand_inputs",
     "grow_roi",
     "has_shapes",
@@ -29,7 +26,6 @@ __all__ = [
     "load_mapping",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 _SHAPES = ("boxes", "polygons", "circles", "ellipses")
 
 
@@ -52,11 +48,7 @@ def expand_inputs(
             found.append((path, Path(path.name)))
         elif glob.has_magic(item):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            found += [
-                (p, Path(p.name))
-                for p in matches
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _under(p, exclude)
-            ]
+            found += [(p, Path(p.name)) for p in matches if p.is_file() and format_of(p) and not _under(p, exclude)]
         else:
             raise ValueError(f"input {item!r} is not a file, a folder or a glob that matches anything")
     seen: dict[Path, Path] = {}
@@ -92,7 +84,7 @@ def _walk(folder: Path, exclude: Path | None, follow_symlinks: bool) -> list[Pat
                     "pass --follow-symlinks to read what it leads to"
                 )
         dirs[:] = sorted(d for d in dirs if not _under(Path(here) / d, exclude))
-        files += [Path(here) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+        files += [Path(here) / n for n in names if format_of(Path(n))]
     return sorted(p for p in files if p.is_file())
 
 
@@ -108,14 +100,13 @@ def check_entry(where: str, roi: dict, filt: dict, outside: str, border: str) ->
     ``where`` (the file and entry), the key at fault and the reason, with the closest valid key for an unknown one."""
     from pydantic import ValidationError
 
-    from ..imaging.spec import Spec
-    from ..server.errors import from_validation
+    from ..imaging.spec import Spec, field_errors
 
     try:
         Spec.model_validate({"filter": filt, "roi": roi, "outside": outside, "border": border})
     except ValidationError as exc:
-        err = from_validation(exc, "spec")
-        return f"{where}: {err.field}: {err.reason}"
+        first = (field_errors(exc, "spec") or [{"field": "spec", "reason": "invalid"}])[0]
+        return f"{where}: {first['field']}: {first['reason']}"
     return None
 
 
@@ -246,71 +237,3 @@ def grow_roi(roi: dict, scale: float) -> dict:
 def has_shapes(roi: dict) -> bool:
     """True when the ROI selects something: a shape, or ``invert``."""
     return bool(roi.get("invert")) or any(roi.get(k) for k in _SHAPES)
-
-
-# --- metadata ------------------------------------------------------------------------------------------------------
-
-
-def copy_metadata(source: bytes, encoded: bytes, fmt: str) -> bytes:
-    """``encoded`` with the EXIF and ICC profile of ``source`` put back (JPEG and PNG; others unchanged)."""
-    if fmt == "jpeg" and source.startswith(b"\xff\xd8") and encoded.startswith(b"\xff\xd8"):
-        segments = [_reset_orientation(s) if s[4:10] == b"Exif\x00\x00" else s for s in _jpeg_app_segments(source)]
-        return encoded[:2] + b"".join(segments) + encoded[2:] if segments else encoded
-    if fmt == "png" and source.startswith(b"\x89PNG") and encoded.startswith(b"\x89PNG"):
-        chunks = [c for kind, c in _png_chunks(source) if kind in (b"iCCP", b"eXIf", b"sRGB", b"gAMA", b"cHRM")]
-        if not chunks:
-            return encoded
-        ihdr_end = 8 + 12 + struct.unpack(">I", encoded[8:12])[0]
-        return encoded[:ihdr_end] + b"".join(chunks) + encoded[ihdr_end:]
-    return encoded
-
-
-def _jpeg_app_segments(data: bytes) -> list[bytes]:
-    """The APP1 Exif and APP2 ICC_PROFILE segments (marker included) before the image data."""
-    out, pos = [], 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker in (0xDA, 0xD9):  # start of scan, end of image
-            break
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        segment = data[pos : pos + 2 + length]
-        if (marker == 0xE1 and segment[4:10] == b"Exif\x00\x00") or (
-            marker == 0xE2 and segment[4:16] == b"ICC_PROFILE\x00"
-        ):
-            out.append(segment)
-        pos += 2 + length
-    return out
-
-
-def _reset_orientation(segment: bytes) -> bytes:
-    """The APP1 Exif segment with its Orientation tag (0x0112) set to 1 (upright), when it has one."""
-    tiff = 10  # offset of the TIFF header inside the segment
-    order = {b"II": "<", b"MM": ">"}.get(segment[tiff : tiff + 2])
-    if order is None or len(segment) < tiff + 8:
-        return segment
-    try:
-        (ifd,) = struct.unpack(order + "I", segment[tiff + 4 : tiff + 8])
-        (count,) = struct.unpack(order + "H", segment[tiff + ifd : tiff + ifd + 2])
-        for i in range(count):
-            entry = tiff + ifd + 2 + 12 * i
-            tag, typ = struct.unpack(order + "HH", segment[entry : entry + 4])
-            if tag == 0x0112 and typ == 3:
-                return segment[: entry + 8] + struct.pack(order + "H", 1) + segment[entry + 10 :]
-    except struct.error:
-        return segment
-    return segment
-
-
-def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 8
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        chunk = data[pos : pos + 12 + length]
-        if len(chunk) < 12 + length or zlib.crc32(chunk[4:-4]) != struct.unpack(">I", chunk[-4:])[0]:
-            break
-        out.append((kind, chunk))
-        if kind == b"IEND":
-            break
-        pos += 12 + length
-    return out

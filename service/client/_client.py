@@ -27,7 +27,6 @@ import zlib
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -166,19 +165,14 @@ def _shape_rects(roi: dict, height: int, width: int) -> list[tuple[int, int, int
     ]
 
 
-def _ksize_halo(k: Any) -> tuple[int, int]:
-    kx, ky = (k, k) if isinstance(k, int) else (k[0], k[1])
-    return kx // 2, ky // 2
-
-
 def filter_halo(filt: dict | str, catalog: dict | None = None, largest: int | None = None) -> tuple[int, int] | None:
     """(hx, hy): the context pixels a filter reads around each output pixel; None when unknown (send it all).
 
     The server's word comes first: the catalog's ``halo`` for the filter (GET /filters, as ``{name: {...}}`` or
     ``{"filters": {name: {...}}}``), a number or a rule ``{"rule": "ksize" | "weights" | "block" | "adaptive" |
-    "fixed" | "unknown", ...}`` applied to the filter's parameters (defaults from the catalog's schema). Without a
-    catalog entry, the filters of this version's catalog are known here. A size "auto" follows the rule's ``auto``
-    part for ``largest``, the longer side of the ROI's largest shape (None: unknown, send it all).
+    "fixed" | "unknown", ...}`` applied to the filter's parameters (defaults from the catalog's schema). The rules
+    are the server's alone: without a catalog entry the halo is unknown (None). A size "auto" follows the rule's
+    ``auto`` part for ``largest``, the longer side of the ROI's largest shape (None: unknown, send it all).
     """
     filt = {"name": filt} if isinstance(filt, str) else filt
     name = filt.get("name", "")
@@ -190,19 +184,7 @@ def filter_halo(filt: dict | str, catalog: dict | None = None, largest: int | No
         return halo, halo
     if isinstance(halo, dict) and "rule" in halo:
         return _rule_halo(halo, params, largest)
-    return _rule_halo(_KNOWN_RULES.get(name, {"rule": "unknown"}), params, largest)
-
-
-_KNOWN_RULES = {
-    **{n: {"rule": "ksize", "min": 0} for n in ("gaussian", "box", "median", "dilate", "erode")},
-    "sobel": {"rule": "ksize", "min": 1, "default": 3},
-    "laplacian": {"rule": "ksize", "min": 1, "default": 1},
-    **{n: {"rule": "fixed", "value": 1} for n in ("scharr", "sharpen", "emboss")},
-    "fill": {"rule": "fixed", "value": 0},
-    "kernel": {"rule": "weights"},
-    "adaptive_gaussian": {"rule": "adaptive"},
-    "pixelate": {"rule": "block"},
-}
+    return None
 
 
 def _rule_halo(rule: dict, params: dict, largest: int | None = None) -> tuple[int, int] | None:

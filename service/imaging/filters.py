@@ -1,8 +1,8 @@
 """The filter catalog → weights: OpenCV's kernels as convcore weights, the key that batches share, each filter's
 halo and the engine that runs it.
 
-On the CPU every filter with an OpenCV equivalent runs through OpenCV itself (``service.cvengine``; ``op.extra``
-holds the spec's parameters for it). The torch engine (convcore: CUDA devices, 4-D kernels that mix channels, the
+On the CPU every filter with an OpenCV equivalent runs through OpenCV itself (:mod:`.opencv_engine`; ``op.extra`` holds
+the spec's parameters for it). The torch engine (convcore: CUDA devices, 4-D kernels that mix channels, the
 adaptive gaussian, models) takes classic filters as one (1, 1, kh, kw) float32 kernel applied to every color channel
 as its own 1-channel image; the kernels come from OpenCV (cv2.getGaussianKernel, cv2.getDerivKernels,
 cv2.getStructuringElement), so its results match cv2 within the rounding of OpenCV's fixed-point paths (±1 on 8-bit).
@@ -17,9 +17,9 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-import torch
+from pydantic import BaseModel
 
-from . import spec as schemas
+from .spec import AUTO, FILTER_MODELS, MAX_BLUR_KSIZE, MAX_KSIZE, ModelFilter
 
 __all__ = [
     "BORDERS",
@@ -30,6 +30,7 @@ __all__ = [
     "auto_size",
     "build_filter",
     "catalog_schemas",
+    "engine",
     "engine_of",
     "halo",
     "halo_rule",
@@ -55,8 +56,8 @@ TORCH_ONLY = frozenset({"adaptive", "mix", "model"})  # op kinds convcore runs (
 class FilterOp:
     """A resolved filter: what a worker needs to run it, and ``key`` (equal keys share weights → one batch).
 
-    ``kind`` is "conv" (weight Tensor[1, 1, kh, kw], per channel), "mix" (weight Tensor[O, C, kh, kw]),
-    "morph" (``structure`` Tensor[kh, kw] bool, ``mode`` dilation/erosion), "adaptive" (``sigma_range``) or
+    ``kind`` is "conv" (``weight`` float32 ndarray[1, 1, kh, kw], per channel), "mix" (``weight`` ndarray[O, C, kh,
+    kw]), "morph" (``structure`` bool ndarray[kh, kw], ``mode`` dilation/erosion), "adaptive" (``sigma_range``) or
     "model" (``model`` name), or "cv" (median, pixelate, fill: the OpenCV engine only). ``auto``: a size is
     "auto" (the OpenCV engine, which resolves it per ROI piece with :func:`sized_op`).
     """
@@ -66,9 +67,9 @@ class FilterOp:
     name: str
     padding_mode: str
     ksize: tuple[int, int]
-    weight: torch.Tensor | None = None
+    weight: np.ndarray | None = None
     bias: float = 0.0
-    structure: torch.Tensor | None = None
+    structure: np.ndarray | None = None
     mode: str = ""
     sigma_range: tuple[float, float] = (0.0, 0.0)
     model: str = ""
@@ -76,7 +77,7 @@ class FilterOp:
     auto: bool = False
 
 
-def build_filter(spec: schemas.BaseModel, border: str) -> FilterOp:
+def build_filter(spec: BaseModel, border: str) -> FilterOp:
     """Resolve a validated filter spec with a border name into a :class:`FilterOp` (cached by its JSON)."""
     return _build(spec.model_dump_json(), border)
 
@@ -97,17 +98,16 @@ def _build(spec_json: str, border: str) -> FilterOp:
     if name in ("dilate", "erode"):
         kx, ky = _pair(params["ksize"])
         se = cv2.getStructuringElement(_SHAPES[params["shape"]], (kx, ky))  # [ky, kx] uint8
-        structure = torch.from_numpy(se != 0)
+        structure = se != 0  # [ky, kx] bool
         return FilterOp(key, "morph", name, mode, (ky, kx), structure=structure, mode=_MORPH_MODE[name], extra=params)
     if name == "adaptive_gaussian":
         lo, hi = params["sigma_min"], params["sigma_max"]
-        k = params["ksize"] or min(schemas.MAX_KSIZE, 2 * math.ceil(3 * hi) + 1)
+        k = _adaptive_ksize(params)
         return FilterOp(key, "adaptive", name, mode, (k, k), sigma_range=(lo, hi))
     if name == "kernel":
         w = np.asarray(params["weights"], dtype=np.float32)
         if w.ndim == 4:
-            weight = torch.from_numpy(w)  # [O, C, kh, kw]
-            return FilterOp(key, "mix", name, mode, w.shape[2:], weight=weight, bias=params["delta"])
+            return FilterOp(key, "mix", name, mode, w.shape[2:], weight=w, bias=params["delta"])
         return _conv(key, name, mode, w, params["delta"], params)
     kernel, bias = _KERNELS[name](params)
     return _conv(key, name, mode, kernel, bias, params)
@@ -116,11 +116,11 @@ def _build(spec_json: str, border: str) -> FilterOp:
 # "auto" sizes (docs/anonymization.md): each ROI piece gets its own size from its longer side L (in pixels, the
 # piece clipped to the image): ``fraction`` × L, rounded to the nearest odd number when ``odd``, within
 # [least, most]; gaussian's sigma (when not given) is ``sigma`` × L. Measured against a face detector (CenterFace):
-# tests/service/test_anonymization.py.
+# tests/service/imaging/test_strength.py.
 AUTO_SIZES = {
-    "gaussian": {"param": "ksize", "fraction": 0.75, "odd": True, "least": 3, "most": schemas.MAX_BLUR_KSIZE},
-    "box": {"param": "ksize", "fraction": 0.5, "odd": True, "least": 3, "most": schemas.MAX_BLUR_KSIZE},
-    "median": {"param": "ksize", "fraction": 0.5, "odd": True, "least": 3, "most": schemas.MAX_BLUR_KSIZE},
+    "gaussian": {"param": "ksize", "fraction": 0.75, "odd": True, "least": 3, "most": MAX_BLUR_KSIZE},
+    "box": {"param": "ksize", "fraction": 0.5, "odd": True, "least": 3, "most": MAX_BLUR_KSIZE},
+    "median": {"param": "ksize", "fraction": 0.5, "odd": True, "least": 3, "most": MAX_BLUR_KSIZE},
     "pixelate": {"param": "block", "fraction": 1 / 6, "odd": False, "least": 2, "most": 4096},
 }
 _AUTO_SIGMA = 1 / 8  # gaussian with ksize "auto" and no sigma: sigma = L / 8 (not capped with the kernel)
@@ -135,7 +135,7 @@ def auto_size(rule: dict, side: int) -> int:
 
 def _is_auto(params: dict) -> bool:
     rule = AUTO_SIZES.get(params.get("name", ""))
-    return rule is not None and params.get(rule["param"]) == schemas.AUTO
+    return rule is not None and params.get(rule["param"]) == AUTO
 
 
 def piece_side(x0: int, y0: int, x1: int, y1: int) -> int:
@@ -162,8 +162,13 @@ def sized_op(op: FilterOp, side: int) -> FilterOp:
     return _build(json.dumps(sized(op.extra, side)), op.key.rsplit("|", 1)[1])
 
 
+def _adaptive_ksize(params: dict) -> int:
+    """The adaptive gaussian's kernel size: ``ksize``, or the one that holds 3 σ_max on each side (at most 31)."""
+    return params.get("ksize") or min(MAX_KSIZE, 2 * math.ceil(3 * params["sigma_max"]) + 1)
+
+
 def _conv(key: str, name: str, mode: str, kernel: np.ndarray, bias: float, params: dict) -> FilterOp:
-    weight = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float32))[None, None]  # [1, 1, kh, kw]
+    weight = np.ascontiguousarray(kernel, dtype=np.float32)[None, None]  # [1, 1, kh, kw]
     return FilterOp(key, "conv", name, mode, tuple(kernel.shape), weight=weight, bias=float(bias), extra=params)
 
 
@@ -264,7 +269,7 @@ def halo_rule(name: str) -> dict:
     return rule if auto is None else {**rule, "auto": {k: v for k, v in auto.items() if k != "param"}}
 
 
-def halo(spec: schemas.BaseModel | dict, largest: int | None = None) -> int | None:
+def halo(spec: BaseModel | dict, largest: int | None = None) -> int | None:
     """Context pixels a ROI needs on every side for ``spec`` (a filter model or its dict); None for models, and for
     an "auto" size when ``largest`` (the longer side of the ROI's largest piece, :func:`piece_side`) is not given.
 
@@ -289,21 +294,27 @@ def halo(spec: schemas.BaseModel | dict, largest: int | None = None) -> int | No
     if kind == "block":
         return params["block"] - 1
     if kind == "adaptive":
-        k = params.get("ksize") or min(schemas.MAX_KSIZE, 2 * math.ceil(3 * params["sigma_max"]) + 1)
-        return k // 2
+        return _adaptive_ksize(params) // 2
     return None
 
 
-def engine_of(name: str, kind: str) -> dict[str, str]:
-    """Which engine runs a filter on each device type."""
-    if name in CV_ONLY:
-        return {"cpu": "opencv", "cuda": "opencv"}
+def engine(kind: str, cuda: bool) -> str:
+    """The engine that runs a filter of ``kind`` (a :class:`FilterOp` kind) on a server with CUDA devices (``cuda``)
+    or on the CPU: "opencv" or "torch" (convcore)."""
     if kind in TORCH_ONLY:
-        return {"cpu": "torch", "cuda": "torch"}
-    return {"cpu": "opencv", "cuda": "torch"}
+        return "torch"
+    if kind == "cv":
+        return "opencv"
+    return "torch" if cuda else "opencv"
 
 
-_KINDS = {"adaptive_gaussian": "adaptive", "kernel": "conv or mix"}
+_KINDS = {"adaptive_gaussian": "adaptive"}  # the kind of a catalog name, where it is not "conv" or "cv"
+
+
+def engine_of(name: str) -> dict[str, str]:
+    """Which engine runs a catalog filter on each device type (GET /filters "engine")."""
+    kind = "model" if name.startswith("model:") else "cv" if name in CV_ONLY else _KINDS.get(name, "conv")
+    return {"cpu": engine(kind, False), "cuda": engine(kind, True)}
 
 
 def catalog_schemas(models: list[str]) -> dict:
@@ -313,22 +324,22 @@ def catalog_schemas(models: list[str]) -> dict:
     "4-D weights": "torch"}).
     """
     out = {}
-    for name, model in schemas.FILTER_MODELS.items():
-        engine = engine_of(name, _KINDS.get(name, "conv"))
+    for name, model in FILTER_MODELS.items():
+        engines = engine_of(name)
         if name == "kernel":
-            engine["4-D weights"] = "torch"
+            engines["4-D weights"] = engine("mix", False)
         out[name] = {
             "description": (model.__doc__ or "").strip(),
             "schema": model.model_json_schema(),
             "halo": halo_rule(name),
-            "engine": engine,
+            "engine": engines,
         }
-    model_schema = schemas.ModelFilter.model_json_schema()
+    model_schema = ModelFilter.model_json_schema()
     for m in models:
         out[f"model:{m}"] = {
-            "description": (schemas.ModelFilter.__doc__ or "").strip(),
+            "description": (ModelFilter.__doc__ or "").strip(),
             "schema": model_schema,
             "halo": halo_rule("model:"),
-            "engine": {"cpu": "torch", "cuda": "torch"},
+            "engine": engine_of(f"model:{m}"),
         }
     return out

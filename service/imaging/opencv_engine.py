@@ -1,7 +1,7 @@
 """The CPU engine: OpenCV on each ROI rectangle with its halo, written into the output buffer in the image's depth.
 
-For each :class:`~service.regions.Piece` the engine reads the rectangle grown by the filter's halo from the image
-(a view, no copy: OpenCV extrapolates the border at the view's edges, which are the image's edges where the image
+For each :class:`~service.imaging.regions.Piece` the engine reads the rectangle grown by the filter's halo from the
+image (a view, no copy: OpenCV extrapolates the border at the view's edges, which are the image's edges where the image
 ends and otherwise lie in the halo ring whose outputs are dropped), calls the same OpenCV function a user would call
 on the whole image, and writes the rectangle's inside back. Per pixel, OpenCV's 8- and 16-bit filters compute the
 same fixed-point sums wherever the pixel sits (gaussian, box, median, morphology), so the result equals OpenCV on
@@ -24,12 +24,8 @@ import numpy as np
 from .filters import BORDERS, FilterOp, piece_side, sized_op
 from .regions import Piece
 
-__all__ = ["CV_FILTERS", "apply", "pixelate_region"]
+__all__ = ["apply", "pixelate_region"]
 
-CV_FILTERS = frozenset(
-    {"gaussian", "box", "sobel", "scharr", "laplacian", "sharpen", "emboss", "kernel", "dilate", "erode", "median"}
-    | {"pixelate", "fill"}
-)
 _ALIGN = 64  # columns: a multiple of every SIMD width OpenCV dispatches to (in elements, for 1, 3 or 4 channels)
 _FIXED_POINT = frozenset({"gaussian", "box", "median", "dilate", "erode"})  # on 8/16-bit: no float sums
 _DERIVATIVES = frozenset({"sobel", "scharr", "laplacian"})  # integer kernels: fixed point when scale 1, delta 0
@@ -150,7 +146,7 @@ def _call(name: str, params: dict, op: FilterOp, flag: int, float_out: bool):
         k = params["ksize"]
         return lambda win: cv2.Laplacian(win, ddepth, ksize=k, scale=scale, delta=delta, borderType=flag)
     if name in ("sharpen", "emboss", "kernel"):
-        kernel, delta = op.weight[0, 0].numpy(), op.bias  # [kh, kw] float32
+        kernel, delta = op.weight[0, 0], op.bias  # [kh, kw] float32
         return lambda win: cv2.filter2D(win, ddepth, kernel, delta=delta, borderType=flag)
     if name in ("dilate", "erode"):
         se = _structure(params["shape"], *ksize)

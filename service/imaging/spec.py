@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AdaptiveGaussianFilter",
@@ -33,6 +43,7 @@ __all__ = [
     "SharpenFilter",
     "SobelFilter",
     "Spec",
+    "field_errors",
     "unknown_field",
 ]
 
@@ -263,7 +274,7 @@ class FillFilter(_Strict):
 
 
 class ModelFilter(_Strict):
-    """A model from MODELS_DIR: a torch.export program run inside the ROI (service/models.py), or TorchScript
+    """A model from MODELS_DIR: a torch.export program run inside the ROI (service/imaging/networks.py), or TorchScript
     (dense)."""
 
     name: str = Field(pattern=r"^model:[A-Za-z0-9_.-]{1,64}$")
@@ -295,7 +306,7 @@ def _filter_tag(value: Any) -> str | None:
     name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
     if isinstance(name, str) and name.startswith("model:"):
         return "model"
-    return name if name in FILTER_MODELS else None
+    return name if isinstance(name, str) and name in FILTER_MODELS else None  # a list or dict name: no tag, 422
 
 
 FilterSpec = Annotated[
@@ -442,3 +453,28 @@ def unknown_field(loc: tuple) -> str:
     if close:
         return f"{key}: unknown field; did you mean {close[0]}?"
     return f"{key}: unknown field; valid fields: {', '.join(valid)}" if valid else f"{key}: unknown field"
+
+
+_PART = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def field_errors(exc: ValidationError, prefix: str) -> list[dict]:
+    """Each bad field of a spec as ``{"field": "spec.filter.ksize", "reason": ..., "type": ...}`` (dotted path from
+    ``prefix``, the filter's union tag left out, duplicates dropped), in pydantic's order."""
+    errors = []
+    seen = set()
+    for e in exc.errors():
+        loc = list(e["loc"])
+        if len(loc) >= 2 and loc[0] == "filter" and isinstance(loc[1], str):
+            loc.pop(1)  # the union tag (the filter name) is not a field
+        parts = [prefix] + [str(p) for p in loc if isinstance(p, int) or _PART.match(str(p))]
+        field = ".".join(parts)
+        reason = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            reason = unknown_field(tuple(e["loc"]))
+        if e["type"] == "json_invalid":
+            reason = f"not valid JSON: {e.get('ctx', {}).get('error', reason)}"
+        if (field, reason) not in seen:
+            seen.add((field, reason))
+            errors.append({"field": field, "reason": reason, "type": e["type"]})
+    return errors

@@ -8,8 +8,8 @@ import threading
 
 import numpy as np
 import pytest
+from crafted import png_bomb
 from service_support import decode, encode, post, rand_image, run, running
-from test_codec import _png_bomb
 
 from service.imaging.torch_engine import run_batch
 
@@ -108,7 +108,7 @@ def test_image_over_max_pixels_is_413_from_the_header():
     async def main():
         async with running(max_pixels=1000) as (_, client):
             big = await post(client, encode(rand_image(40, 40)), {"filter": GAUSS})
-            bomb = await post(client, _png_bomb(60000, 60000), {"filter": GAUSS})
+            bomb = await post(client, png_bomb(60000, 60000), {"filter": GAUSS})
             ok = await post(client, encode(rand_image(30, 30)), {"filter": GAUSS})
             return big, bomb, ok
 
