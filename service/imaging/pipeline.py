@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import codec, jpeg_roi, metadata
-from .filters import FilterOp, build_filter, engine
-from .regions import Piece, RegionError, bounding_rect, build_pieces, pieces_mask
+from .filters import FilterOp, build_filter, engine, piece_side, sized_op
+from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside, pieces_mask
 from .spec import Spec
 from .work import MAX_VALUE, Work, finish
 
@@ -160,6 +160,7 @@ def plan(
     origin = _place(spec, w, h, max_pixels)
     try:
         full = (spec.crop.width, spec.crop.height) if spec.crop else (w, h)
+        check_inside(spec.roi, *full)
         pieces = build_pieces(spec.roi, h, w, mask, origin, full, deadline=deadline)
     except RegionError as exc:
         raise _bad(str(exc), exc.field) from None
@@ -169,7 +170,7 @@ def plan(
     runs_on = engine(op.kind, prefer_torch)
     color = 1 if channels == 1 else 3
     whole = _whole(pieces, h, w)
-    out_channels = _check_filter(spec, op, pixels, runs_on, color, whole)
+    out_channels = _check_filter(spec, op, pixels, runs_on, color, pieces)
     out_format = spec.format or fmt
     if out_format is not None:
         _check_encodable(spec, out_format, pixels, out_channels, pieces)
@@ -259,13 +260,18 @@ def _place(spec: Spec, w: int, h: int, max_pixels: int) -> tuple[int, int]:
     return (crop.x, crop.y)
 
 
-def _check_filter(spec: Spec, op: FilterOp, pixels: np.ndarray, runs_on: str, color: int, whole: bool) -> int:
+def _check_filter(spec: Spec, op: FilterOp, pixels: np.ndarray, runs_on: str, color: int, pieces: list) -> int:
     """Check what depends on the image; returns the output's color channel count."""
     dtype = pixels.dtype
-    if op.name == "median" and dtype != np.uint8 and op.extra["ksize"] > 5:
-        raise _bad(
-            f"median ksize {op.extra['ksize']} needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize"
-        )
+    whole = _whole(pieces, *pixels.shape[:2])
+    if op.name == "median" and dtype != np.uint8:
+        sides = [piece_side(p.x0, p.y0, p.x1, p.y1) for p in pieces]
+        ksize = max((sized_op(op, s).extra["ksize"] for s in sides), default=3) if op.auto else op.extra["ksize"]
+        if ksize > 5:
+            given = f"auto gives {ksize} for the largest ROI piece" if op.auto else str(ksize)
+            raise _bad(
+                f"median ksize {given}: that needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize"
+            )
     if op.name == "fill":
         values = op.extra["color"]
         if len(values) not in (1, color):
