@@ -16,7 +16,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,31 +23,16 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
+
+from .harness import floor_call, photo, serve
 
 FILTER = {"name": "gaussian", "ksize": 31, "sigma": 8}
 BOXES = [[700, 200, 900, 450], [1100, 300, 1280, 520]]  # two faces, ~4.3% of 1920×1080
 
 
-def make_photo(seed: int, h: int = 1080, w: int = 1920) -> np.ndarray:
-    """A smooth synthetic photo with some texture (JPEG size close to a real one's)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
-    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    noise = rng.integers(0, 12, (h, w, 3), dtype=np.uint8)
-    return cv2.add(img, noise)
-
-
 def _floor_one(args: tuple[str, str]) -> None:
     src, dst = args
-    img = cv2.imdecode(np.fromfile(src, np.uint8), cv2.IMREAD_COLOR)
-    h, w = img.shape[:2]
-    halo = FILTER["ksize"] // 2
-    for x0, y0, x1, y1 in BOXES:
-        cx0, cy0, cx1, cy1 = max(0, x0 - halo), max(0, y0 - halo), min(w, x1 + halo), min(h, y1 + halo)
-        crop = cv2.GaussianBlur(img[cy0:cy1, cx0:cx1], (31, 31), 8, borderType=cv2.BORDER_REFLECT_101)
-        img[y0:y1, x0:x1] = crop[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
-    Path(dst).write_bytes(cv2.imencode(".jpg", img)[1].tobytes())
+    Path(dst).write_bytes(floor_call(Path(src).read_bytes(), FILTER, BOXES, ".jpg"))
 
 
 def _floor_init() -> None:
@@ -75,40 +59,11 @@ def run_apply(folder: Path, rois: Path, out: Path, extra: list[str]) -> float:
     return seconds
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROICONV_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the server did not become ready")
-
-
 def bench_apply(n: int, skip_server: bool, tmp: Path) -> list[tuple[str, float, str]]:
     folder = tmp / "photos"
     folder.mkdir()
     files = []
-    base = [make_photo(s) for s in range(8)]
+    base = [photo(1920, 1080, s) for s in range(8)]
     for i in range(n):
         path = folder / f"img{i:04d}.jpg"
         path.write_bytes(cv2.imencode(".jpg", base[i % 8])[1].tobytes())
@@ -122,12 +77,8 @@ def bench_apply(n: int, skip_server: bool, tmp: Path) -> list[tuple[str, float, 
         ("roiconv apply, in process", n / local_s, f"{floor_s / local_s:.2f}x floor (target >= 0.8)"),
     ]
     if not skip_server:
-        proc, url = start_server()
-        try:
+        with serve() as url:
             server_s = run_apply(folder, rois, tmp / "server", ["--server", url, "--concurrency", "8"])
-        finally:
-            proc.terminate()
-            proc.wait(30)
         rows.append(
             ("roiconv apply --server (local server)", n / server_s, f"{floor_s / server_s:.2f}x floor (target >= 0.6)")
         )
@@ -137,11 +88,10 @@ def bench_apply(n: int, skip_server: bool, tmp: Path) -> list[tuple[str, float, 
 def bench_client(requests: int) -> list[tuple[str, float, str]]:
     from ..client import Client
 
-    img = make_photo(1, 2160, 3840)
+    img = photo(3840, 2160, 1)
     png = cv2.imencode(".png", img)[1].tobytes()
     spec = {"filter": {"name": "gaussian", "ksize": 15}, "roi": {"boxes": [[1700, 900, 2084, 1116]]}}  # 1.0%
-    proc, url = start_server()
-    try:
+    with serve() as url:
         with Client(url, timeout=300) as roi, Client(url, roi_transfer=False, timeout=300) as whole:
             roi.convolve(img, spec)  # warm-up, and the catalog
             whole.convolve(png, spec)
@@ -155,9 +105,6 @@ def bench_client(requests: int) -> list[tuple[str, float, str]]:
             for _ in range(max(2, requests // 5)):
                 whole.convolve(png, spec)
             whole_s = (time.perf_counter() - t0) / max(2, requests // 5)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     return [
         ("4K PNG whole-image upload (req/s)", 1 / whole_s, f"{len(png) / 1e6:.2f} MB sent per request"),
         (

@@ -25,7 +25,8 @@ import time
 import cv2
 import numpy as np
 
-from .load import load, make_body, server
+from .harness import floor_call, photo, serve
+from .load import load, make_body
 
 FACES = [[700, 300, 880, 520], [1100, 350, 1260, 550]]  # two face-sized boxes on 1920×1080 (~3.3% of the image)
 BOX_4K = [[1700, 900, 2084, 1116]]  # 384×216 = 1.0% of 3840×2160
@@ -36,14 +37,6 @@ WORKLOADS = {
 }
 
 
-def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A smooth photo-like BGR image (compresses like a photo, unlike noise)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
-    img = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-    return cv2.add(img, rng.integers(0, 4, img.shape, dtype=np.uint8))
-
-
 def images() -> dict[str, bytes]:
     return {
         "jpeg": cv2.imencode(".jpg", photo(1920, 1080))[1].tobytes(),
@@ -52,26 +45,6 @@ def images() -> dict[str, bytes]:
 
 
 # --- the floor: what a vision engineer writes with OpenCV -------------------------------------------------------
-
-
-def floor_call(data: bytes, filt: dict, boxes: list[list[int]], ext: str) -> bytes:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    h, w = img.shape[:2]
-    for x0, y0, x1, y1 in boxes:
-        if filt["name"] == "pixelate":
-            b = filt["block"]
-            cx0, cy0, cx1, cy1 = x0 // b * b, y0 // b * b, min(-(-x1 // b) * b, w), min(-(-y1 // b) * b, h)
-            cells = img[cy0:cy1, cx0:cx1]
-            small = cv2.resize(cells, (-(-(cx1 - cx0) // b), -(-(cy1 - cy0) // b)), interpolation=cv2.INTER_AREA)
-            big = cv2.resize(small, (cx1 - cx0, cy1 - cy0), interpolation=cv2.INTER_NEAREST)
-            img[y0:y1, x0:x1] = big[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
-            continue
-        k = filt["ksize"]
-        r = k // 2
-        t, b_, l, rr = max(y0 - r, 0), min(y1 + r, h), max(x0 - r, 0), min(x1 + r, w)
-        out = cv2.GaussianBlur(img[t:b_, l:rr], (k, k), filt.get("sigma", 0))
-        img[y0:y1, x0:x1] = out[y0 - t : y1 - t, x0 - l : x1 - l]
-    return cv2.imencode(ext, img)[1].tobytes()
 
 
 def _floor_worker(args) -> int:
@@ -139,13 +112,11 @@ def side_by_side(a, b, repeats: int) -> tuple[float, float]:
 
 def engine_call(img: np.ndarray, filt: dict, boxes: list[list[int]] | None):
     """The CPU engine's compute only (decoded pixels in, filtered pixels out in place, no decode or encode)."""
-    from ..imaging.pipeline import prepare, run_opencv
+    from ..imaging.pipeline import plan, run_opencv
     from ..imaging.spec import Spec
 
-    spec = Spec.model_validate({"filter": filt, "roi": {"boxes": boxes or []}, "format": "npy"})
-    buf = __import__("io").BytesIO()
-    np.save(buf, img)
-    prepared = prepare(spec, buf.getvalue(), None, 10**9)
+    spec = Spec.model_validate({"filter": filt, "roi": {"boxes": boxes or []}})
+    prepared = plan(spec, img, None, 10**9)  # img (H, W, 3): the pixels-in entry, no codec
     return lambda: run_opencv(prepared)
 
 
@@ -174,6 +145,55 @@ def _row(rows: list, what: str, measured: str, ratio: float, target: str, ok: bo
     print(f"{what}: {measured} -> {ratio:.2f}x (target {target}: {'met' if ok else 'missed'})", flush=True)
 
 
+def _served_rows(url: str, data: dict[str, bytes], rounds: int, secs: float, reqs: int, reps: int, rows: list):
+    """Throughput and latency through a real server against the floor, and a 4K crop against the whole image."""
+    for label, (kind, filt, boxes) in WORKLOADS.items():
+        ext = ".jpg" if kind == "jpeg" else ".png"
+        body, ctype = make_body(data[kind], {"filter": filt, "roi": {"boxes": boxes}})
+        fl, sv = 0.0, None
+        for _ in range(rounds):  # alternate, keep the best of each: the machine is shared
+            fl = max(fl, floor_throughput(data[kind], filt, boxes, ext, secs))
+            r = _served(url, 8, reqs if kind == "jpeg" else max(8, reqs // 4), body, ctype, 120)
+            sv = r if sv is None or r.throughput > sv.throughput else sv
+        bad = {k: v for k, v in sv.statuses.items() if k != "200"}
+        measured = f"served {sv.throughput:.1f}/s vs floor {fl:.1f}/s" + (f" (errors {bad})" if bad else "")
+        _row(rows, f"throughput c=8, {label}", measured, sv.throughput / fl, "≥ 0.7×", sv.throughput >= 0.7 * fl)
+    kind, filt, boxes = WORKLOADS["1080p JPEG, 2 faces, gaussian 31"]
+    body, ctype = make_body(data[kind], {"filter": filt, "roi": {"boxes": boxes}})
+    one, p50 = float("inf"), float("inf")
+    for _ in range(rounds):
+        one = min(one, floor_latency(data[kind], filt, boxes, ".jpg", reps * 2))
+        p50 = min(p50, _served(url, 1, reqs * 2, body, ctype, 120).pct(50))
+    measured = f"{p50 * 1e3:.1f} ms vs floor {one * 1e3:.1f} ms"
+    _row(rows, "c=1 p50, 1080p JPEG gaussian 31", measured, p50 / one, "≤ 1.5×", p50 <= 1.5 * one)
+    img4k = cv2.imdecode(np.frombuffer(data["png4k"], np.uint8), cv2.IMREAD_UNCHANGED)
+    (x0, y0, x1, y1), halo = BOX_4K[0], 7
+    cx0, cy0, cx1, cy1 = x0 - halo, y0 - halo, x1 + halo, y1 + halo
+    crop = cv2.imencode(".png", img4k[cy0:cy1, cx0:cx1])[1].tobytes()
+    spec = {"filter": {"name": "gaussian", "ksize": 15}, "roi": {"boxes": BOX_4K}}
+    crop_spec = {**spec, "crop": {"x": cx0, "y": cy0, "width": 3840, "height": 2160}, "output_region": "roi"}
+    whole = _served(url, 8, max(8, reqs // 4), *make_body(data["png4k"], spec), 120)
+    part = _served(url, 8, reqs * 4, *make_body(crop, crop_spec), 120)
+    measured = f"{part.throughput:.1f}/s vs whole image {whole.throughput:.1f}/s"
+    ratio = part.throughput / whole.throughput
+    _row(rows, "crop + output_region roi, 4K PNG 1%", measured, ratio, "≥ 5×", part.throughput >= 5 * whole.throughput)
+
+
+def _compute_rows(data: dict[str, bytes], reps: int, rows: list) -> None:
+    """The CPU engine's compute in process (one core, like one floor process) against OpenCV on the crops."""
+    cv2.setNumThreads(1)
+    img = cv2.imdecode(np.frombuffer(data["jpeg"], np.uint8), cv2.IMREAD_UNCHANGED)
+    for label, filt, fn, h in COMPUTE:
+        eng, cv = side_by_side(engine_call(img.copy(), filt, FACES), crops_call(img.copy(), fn, h, FACES), 3 * reps)
+        measured = f"engine {eng * 1e3:.3f} ms vs OpenCV crops {cv * 1e3:.3f} ms"
+        _row(rows, f"compute 1080p 2 faces, {label}", measured, eng / cv, "≤ 1.1×", eng <= 1.1 * cv)
+    img4k = cv2.imdecode(np.frombuffer(data["png4k"], np.uint8), cv2.IMREAD_UNCHANGED)
+    for label, filt, _, _ in (COMPUTE[1], COMPUTE[3]):
+        roi, whole_s = side_by_side(engine_call(img4k.copy(), filt, BOX_4K), engine_call(img4k.copy(), filt, None), 3)
+        measured = f"{roi * 1e3:.2f} ms vs {whole_s * 1e3:.1f} ms"
+        _row(rows, f"compute 4K 1% / whole, {label}", measured, roi / whole_s, "≤ 0.03×", roi <= 0.03 * whole_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
@@ -186,71 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     data = images()
     rows: list = []
     print(f"cores: {os.cpu_count()}, OpenCV {cv2.__version__}", flush=True)
-    with server({}) as url:
-        for label, (kind, filt, boxes) in WORKLOADS.items():
-            ext = ".jpg" if kind == "jpeg" else ".png"
-            body, ctype = make_body(data[kind], {"filter": filt, "roi": {"boxes": boxes}})
-            fl, sv = 0.0, None
-            for _ in range(args.rounds):  # alternate, keep the best of each: the machine is shared
-                fl = max(fl, floor_throughput(data[kind], filt, boxes, ext, secs))
-                r = _served(url, 8, reqs if kind == "jpeg" else max(8, reqs // 4), body, ctype, 120)
-                sv = r if sv is None or r.throughput > sv.throughput else sv
-            bad = {k: v for k, v in sv.statuses.items() if k != "200"}
-            measured = f"served {sv.throughput:.1f}/s vs floor {fl:.1f}/s" + (f" (errors {bad})" if bad else "")
-            _row(rows, f"throughput c=8, {label}", measured, sv.throughput / fl, "≥ 0.7×", sv.throughput >= 0.7 * fl)
-        kind, filt, boxes = WORKLOADS["1080p JPEG, 2 faces, gaussian 31"]
-        body, ctype = make_body(data[kind], {"filter": filt, "roi": {"boxes": boxes}})
-        one, p50 = float("inf"), float("inf")
-        for _ in range(args.rounds):
-            one = min(one, floor_latency(data[kind], filt, boxes, ".jpg", reps * 2))
-            p50 = min(p50, _served(url, 1, reqs * 2, body, ctype, 120).pct(50))
-        _row(
-            rows,
-            "c=1 p50, 1080p JPEG gaussian 31",
-            f"{p50 * 1e3:.1f} ms vs floor {one * 1e3:.1f} ms",
-            p50 / one,
-            "≤ 1.5×",
-            p50 <= 1.5 * one,
-        )
-        full4k = data["png4k"]
-        img4k = cv2.imdecode(np.frombuffer(full4k, np.uint8), cv2.IMREAD_UNCHANGED)
-        (x0, y0, x1, y1), halo = BOX_4K[0], 7
-        cx0, cy0, cx1, cy1 = x0 - halo, y0 - halo, x1 + halo, y1 + halo
-        crop = cv2.imencode(".png", img4k[cy0:cy1, cx0:cx1])[1].tobytes()
-        spec = {"filter": {"name": "gaussian", "ksize": 15}, "roi": {"boxes": BOX_4K}}
-        crop_spec = {**spec, "crop": {"x": cx0, "y": cy0, "width": 3840, "height": 2160}, "output_region": "roi"}
-        whole = _served(url, 8, max(8, reqs // 4), *make_body(full4k, spec), 120)
-        part = _served(url, 8, reqs * 4, *make_body(crop, crop_spec), 120)
-        _row(
-            rows,
-            "crop + output_region roi, 4K PNG 1%",
-            f"{part.throughput:.1f}/s vs whole image {whole.throughput:.1f}/s",
-            part.throughput / whole.throughput,
-            "≥ 5×",
-            part.throughput >= 5 * whole.throughput,
-        )
-    cv2.setNumThreads(1)  # in-process compute: one core, like one floor process
-    img = cv2.imdecode(np.frombuffer(data["jpeg"], np.uint8), cv2.IMREAD_UNCHANGED)
-    for label, filt, fn, h in COMPUTE:
-        eng, cv = side_by_side(engine_call(img.copy(), filt, FACES), crops_call(img.copy(), fn, h, FACES), 3 * reps)
-        _row(
-            rows,
-            f"compute 1080p 2 faces, {label}",
-            f"engine {eng * 1e3:.3f} ms vs OpenCV crops {cv * 1e3:.3f} ms",
-            eng / cv,
-            "≤ 1.1×",
-            eng <= 1.1 * cv,
-        )
-    for label, filt, _, _ in (COMPUTE[1], COMPUTE[3]):
-        roi, whole_s = side_by_side(engine_call(img4k.copy(), filt, BOX_4K), engine_call(img4k.copy(), filt, None), 3)
-        _row(
-            rows,
-            f"compute 4K 1% / whole, {label}",
-            f"{roi * 1e3:.2f} ms vs {whole_s * 1e3:.1f} ms",
-            roi / whole_s,
-            "≤ 0.03×",
-            roi <= 0.03 * whole_s,
-        )
+    with serve({"ROICONV_DEVICES": "cpu"}) as url:
+        _served_rows(url, data, args.rounds, secs, reqs, reps, rows)
+    _compute_rows(data, reps, rows)
     print("\n| measurement | measured | ratio | target | |\n|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")

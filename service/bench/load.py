@@ -12,20 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import cv2
 import httpx
 import numpy as np
+
+from .harness import serve
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SPEC = {"filter": {"name": "gaussian", "ksize": 9}, "roi": {"boxes": [[88, 88, 169, 169]]}}  # 81² / 256² = 10.0%
@@ -123,42 +120,6 @@ def check_loopback(url: str) -> None:
         raise SystemExit(f"loadtest: only loopback URLs are allowed (127.0.0.1, localhost, ::1), got {host!r}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def server(env: dict[str, str]):
-    """A real uvicorn server (``python -m service``) on a free loopback port; yields its URL."""
-    port = _free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROICONV_")}
-    full_env.update(ROICONV_DEVICES="cpu", ROICONV_LOG_LEVEL="warning", **env)
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], env=full_env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"loadtest: the server exited with {proc.returncode}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("loadtest: the server did not become ready in 60 s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def _run(url: str, concurrency: int, requests: int, max_seconds: float, body: bytes, ctype: str) -> Result:
     asyncio.run(load(url, concurrency, min(concurrency * 2, requests), max_seconds, body, ctype))  # warm-up
     return asyncio.run(load(url, concurrency, requests, max_seconds, body, ctype))
@@ -167,7 +128,7 @@ def _run(url: str, concurrency: int, requests: int, max_seconds: float, body: by
 def compare_batching(args, body: bytes, ctype: str) -> tuple[Result, Result]:
     results = []
     for label, env in (("unbatched (ROICONV_MAX_BATCH=1)", {"ROICONV_MAX_BATCH": "1"}), ("batched (default)", {})):
-        with server(env) as url:
+        with serve({"ROICONV_DEVICES": "cpu", **env}) as url:
             r = _run(url, args.concurrency, args.requests, args.max_seconds, body, ctype)
         print(f"{label}: {r.summary()}", flush=True)
         results.append(r)
@@ -228,7 +189,7 @@ def targets(args, body: bytes, ctype: str, image: bytes) -> None:
         v for k, v in unbatched.statuses.items() if k != "200"
     )
     print(f"target no failures below the queue limit: {failures} failures -> {'met' if not failures else 'missed'}")
-    with server({}) as url:
+    with serve({"ROICONV_DEVICES": "cpu"}) as url:
         single = _run(url, 1, max(50, args.requests // 4), args.max_seconds, body, ctype)
     base = in_process_seconds(image)
     ratio1 = single.pct(50) / base
@@ -242,7 +203,7 @@ def targets(args, body: bytes, ctype: str, image: bytes) -> None:
     )
     queue = 16
     overload = 4 * (queue + 16)  # 4x what the server holds: MAX_QUEUE waiting + MAX_BATCH computing
-    with server({"ROICONV_MAX_QUEUE": str(queue)}) as url:
+    with serve({"ROICONV_DEVICES": "cpu", "ROICONV_MAX_QUEUE": str(queue)}) as url:
         over = asyncio.run(load(url, overload, overload * 4, args.max_seconds, body, ctype))
     others = {k: v for k, v in over.statuses.items() if k not in ("200", "429")}
     prompt = over.pct(99, over.rejected_latencies) if over.rejected_latencies else float("nan")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from . import structure
+from .metadata import jpeg_segments, suffix_of
 
 __all__ = [
     "CONTENT_TYPES",
@@ -24,7 +24,7 @@ __all__ = [
     "decode",
     "encode",
     "header_size",
-    "jpeg_segments",
+    "normalize",
     "sniff_format",
 ]
 
@@ -36,11 +36,11 @@ CONTENT_TYPES = {
     "bmp": "image/bmp",
     "npy": "application/x-npy",
 }
-_EXT = {"png": ".png", "jpeg": ".jpg", "tiff": ".tiff", "webp": ".webp", "bmp": ".bmp"}
 _DEPTHS = {"png": ("uint8", "uint16"), "jpeg": ("uint8",), "webp": ("uint8",), "bmp": ("uint8",)}
 _DEPTHS["tiff"] = ("uint8", "uint16", "float32")
 _DEPTHS["npy"] = ("uint8", "uint16", "float32")
 _NO_ALPHA = ("jpeg",)
+_QUALITY = {"jpeg": cv2.IMWRITE_JPEG_QUALITY, "webp": cv2.IMWRITE_WEBP_QUALITY}
 
 
 class DecodeError(ValueError):
@@ -105,30 +105,6 @@ def _png_size(data: bytes) -> tuple[int, int]:
     if data[12:16] != b"IHDR":
         raise ValueError("IHDR chunk missing")
     return struct.unpack(">II", data[16:24])
-
-
-def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """The marker segments of a JPEG up to its end-of-image: (marker, offset of the 0xFF, length field).
-
-    Stand-alone markers (SOI, TEM, RSTn) and fill bytes are skipped; entropy-coded data after start-of-scan (0xDA) is
-    not parsed, so callers stop there. A byte that is not a marker raises ValueError.
-    """
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise ValueError(f"bad marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        if marker == 0xD9:  # end of image
-            return
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        yield marker, pos, length
-        pos += 2 + length
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -281,7 +257,7 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
             raise DecodeError(f"corrupt or unsupported {fmt} image: OpenCV could not decode it")
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise TooLarge(f"{field} has {pixels.shape[0] * pixels.shape[1]} pixels, more than the limit {max_pixels}")
-    return Image(_normalize(pixels, fmt), fmt)
+    return Image(normalize(pixels, fmt), fmt)
 
 
 def _decode_npy(data: bytes) -> np.ndarray:
@@ -295,7 +271,9 @@ def _decode_npy(data: bytes) -> np.ndarray:
         raise DecodeError("corrupt npy image") from None
 
 
-def _normalize(pixels: np.ndarray, fmt: str) -> np.ndarray:
+def normalize(pixels: np.ndarray, fmt: str) -> np.ndarray:
+    """``pixels`` as (H, W, C) uint8, uint16 or float32 with C in 1, 3, 4 (float64 narrowed); DecodeError naming
+    ``fmt`` otherwise."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
@@ -326,15 +304,17 @@ def check_encodable(fmt: str, depth: str, channels: int, width: int = 0, height:
     return None
 
 
-def encode(pixels: np.ndarray, fmt: str) -> bytes:
-    """Encode (H, W, C) pixels as ``fmt``; the caller has checked :func:`check_encodable`."""
+def encode(pixels: np.ndarray, fmt: str, *, quality: int | None = None) -> bytes:
+    """Encode (H, W, C) pixels as ``fmt``; the caller has checked :func:`check_encodable`. ``quality`` (1..100) for
+    JPEG and WebP, None for OpenCV's default (95 for JPEG)."""
     if pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if fmt == "npy":
         buf = io.BytesIO()
         np.save(buf, pixels, allow_pickle=False)
         return buf.getvalue()
-    ok, out = cv2.imencode(_EXT[fmt], pixels)
+    params = [] if quality is None or fmt not in _QUALITY else [_QUALITY[fmt], quality]
+    ok, out = cv2.imencode(suffix_of(fmt), pixels, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {pixels.dtype} {pixels.shape} image as {fmt}")
     return out.tobytes()

@@ -1,8 +1,8 @@
 """The filter catalog → weights: OpenCV's kernels as convcore weights, the key that batches share, each filter's
 halo and the engine that runs it.
 
-On the CPU every filter with an OpenCV equivalent runs through OpenCV itself (``service.cvengine``; ``op.extra``
-holds the spec's parameters for it). The torch engine (convcore: CUDA devices, 4-D kernels that mix channels, the
+On the CPU every filter with an OpenCV equivalent runs through OpenCV itself (:mod:`.opencv_engine`; ``op.extra`` holds
+the spec's parameters for it). The torch engine (convcore: CUDA devices, 4-D kernels that mix channels, the
 adaptive gaussian, models) takes classic filters as one (1, 1, kh, kw) float32 kernel applied to every color channel
 as its own 1-channel image; the kernels come from OpenCV (cv2.getGaussianKernel, cv2.getDerivKernels,
 cv2.getStructuringElement), so its results match cv2 within the rounding of OpenCV's fixed-point paths (±1 on 8-bit).
@@ -17,20 +17,26 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-import torch
+from pydantic import BaseModel
 
-from . import spec as schemas
+from .spec import AUTO, FILTER_MODELS, MAX_BLUR_KSIZE, MAX_KSIZE, ModelFilter
 
 __all__ = [
     "BORDERS",
     "CV_ONLY",
     "TORCH_ONLY",
+    "AUTO_SIZES",
     "FilterOp",
+    "auto_size",
     "build_filter",
     "catalog_schemas",
+    "engine",
     "engine_of",
     "halo",
     "halo_rule",
+    "piece_side",
+    "sized",
+    "sized_op",
 ]
 
 # spec border name → (convcore padding_mode, OpenCV border flag)
@@ -50,9 +56,10 @@ TORCH_ONLY = frozenset({"adaptive", "mix", "model"})  # op kinds convcore runs (
 class FilterOp:
     """A resolved filter: what a worker needs to run it, and ``key`` (equal keys share weights → one batch).
 
-    ``kind`` is "conv" (weight Tensor[1, 1, kh, kw], per channel), "mix" (weight Tensor[O, C, kh, kw]),
-    "morph" (``structure`` Tensor[kh, kw] bool, ``mode`` dilation/erosion), "adaptive" (``sigma_range``) or
-    "model" (``model`` name), or "cv" (median, pixelate, fill: the OpenCV engine only).
+    ``kind`` is "conv" (``weight`` float32 ndarray[1, 1, kh, kw], per channel), "mix" (``weight`` ndarray[O, C, kh,
+    kw]), "morph" (``structure`` bool ndarray[kh, kw], ``mode`` dilation/erosion), "adaptive" (``sigma_range``) or
+    "model" (``model`` name), or "cv" (median, pixelate, fill: the OpenCV engine only). ``auto``: a size is
+    "auto" (the OpenCV engine, which resolves it per ROI piece with :func:`sized_op`).
     """
 
     key: str
@@ -60,16 +67,17 @@ class FilterOp:
     name: str
     padding_mode: str
     ksize: tuple[int, int]
-    weight: torch.Tensor | None = None
+    weight: np.ndarray | None = None
     bias: float = 0.0
-    structure: torch.Tensor | None = None
+    structure: np.ndarray | None = None
     mode: str = ""
     sigma_range: tuple[float, float] = (0.0, 0.0)
     model: str = ""
     extra: dict = field(default_factory=dict)
+    auto: bool = False
 
 
-def build_filter(spec: schemas.BaseModel, border: str) -> FilterOp:
+def build_filter(spec: BaseModel, border: str) -> FilterOp:
     """Resolve a validated filter spec with a border name into a :class:`FilterOp` (cached by its JSON)."""
     return _build(spec.model_dump_json(), border)
 
@@ -82,30 +90,85 @@ def _build(spec_json: str, border: str) -> FilterOp:
     key = f"{spec_json}|{border}"
     if name.startswith("model:"):
         return FilterOp(key, "model", name, mode, (1, 1), model=name.split(":", 1)[1])
+    if _is_auto(params):
+        return FilterOp(key, "cv", name, mode, (1, 1), extra=params, auto=True)
     if name in CV_ONLY:
         k = params.get("ksize", 1)
         return FilterOp(key, "cv", name, mode, (k, k), extra=params)
     if name in ("dilate", "erode"):
         kx, ky = _pair(params["ksize"])
         se = cv2.getStructuringElement(_SHAPES[params["shape"]], (kx, ky))  # [ky, kx] uint8
-        structure = torch.from_numpy(se != 0)
+        structure = se != 0  # [ky, kx] bool
         return FilterOp(key, "morph", name, mode, (ky, kx), structure=structure, mode=_MORPH_MODE[name], extra=params)
     if name == "adaptive_gaussian":
         lo, hi = params["sigma_min"], params["sigma_max"]
-        k = params["ksize"] or min(schemas.MAX_KSIZE, 2 * math.ceil(3 * hi) + 1)
+        k = _adaptive_ksize(params)
         return FilterOp(key, "adaptive", name, mode, (k, k), sigma_range=(lo, hi))
     if name == "kernel":
         w = np.asarray(params["weights"], dtype=np.float32)
         if w.ndim == 4:
-            weight = torch.from_numpy(w)  # [O, C, kh, kw]
-            return FilterOp(key, "mix", name, mode, w.shape[2:], weight=weight, bias=params["delta"])
+            return FilterOp(key, "mix", name, mode, w.shape[2:], weight=w, bias=params["delta"])
         return _conv(key, name, mode, w, params["delta"], params)
     kernel, bias = _KERNELS[name](params)
     return _conv(key, name, mode, kernel, bias, params)
 
 
+# "auto" sizes (docs/anonymization.md): each ROI piece gets its own size from its longer side L (in pixels, the
+# piece clipped to the image): ``fraction`` × L, rounded to the nearest odd number when ``odd``, within
+# [least, most]; gaussian's sigma (when not given) is ``sigma`` × L. Measured against a face detector (CenterFace):
+# tests/service/imaging/test_strength.py.
+AUTO_SIZES = {
+    "gaussian": {"param": "ksize", "fraction": 0.75, "odd": True, "least": 3, "most": MAX_BLUR_KSIZE},
+    "box": {"param": "ksize", "fraction": 0.5, "odd": True, "least": 3, "most": MAX_BLUR_KSIZE},
+    "median": {"param": "ksize", "fraction": 0.5, "odd": True, "least": 3, "most": MAX_BLUR_KSIZE},
+    "pixelate": {"param": "block", "fraction": 1 / 6, "odd": False, "least": 2, "most": 4096},
+}
+_AUTO_SIGMA = 1 / 8  # gaussian with ksize "auto" and no sigma: sigma = L / 8 (not capped with the kernel)
+
+
+def auto_size(rule: dict, side: int) -> int:
+    """The size an "auto" rule of :data:`AUTO_SIZES` gives a piece whose longer side is ``side`` pixels."""
+    value = rule["fraction"] * side
+    size = 2 * math.floor(value / 2) + 1 if rule["odd"] else round(value)  # odd: the odd number at most 1 away
+    return min(max(size, rule["least"]), rule["most"])
+
+
+def _is_auto(params: dict) -> bool:
+    rule = AUTO_SIZES.get(params.get("name", ""))
+    return rule is not None and params.get(rule["param"]) == AUTO
+
+
+def piece_side(x0: int, y0: int, x1: int, y1: int) -> int:
+    """L, the longer side of a ROI piece's rectangle (x1, y1 exclusive): what "auto" sizes follow."""
+    return max(x1 - x0, y1 - y0)
+
+
+def sized(params: dict, side: int) -> dict:
+    """A filter's parameters with its "auto" size resolved for a piece of longer side ``side`` (unchanged when no
+    size is "auto")."""
+    if not _is_auto(params):
+        return params
+    rule = AUTO_SIZES[params["name"]]
+    out = {**params, rule["param"]: auto_size(rule, side)}
+    if params["name"] == "gaussian" and params.get("sigma") is None:
+        out["sigma"] = _AUTO_SIGMA * side
+    return out
+
+
+def sized_op(op: FilterOp, side: int) -> FilterOp:
+    """The concrete op of an "auto" op for a piece of longer side ``side`` (``op`` itself when not auto)."""
+    if not op.auto:
+        return op
+    return _build(json.dumps(sized(op.extra, side)), op.key.rsplit("|", 1)[1])
+
+
+def _adaptive_ksize(params: dict) -> int:
+    """The adaptive gaussian's kernel size: ``ksize``, or the one that holds 3 σ_max on each side (at most 31)."""
+    return params.get("ksize") or min(MAX_KSIZE, 2 * math.ceil(3 * params["sigma_max"]) + 1)
+
+
 def _conv(key: str, name: str, mode: str, kernel: np.ndarray, bias: float, params: dict) -> FilterOp:
-    weight = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float32))[None, None]  # [1, 1, kh, kw]
+    weight = np.ascontiguousarray(kernel, dtype=np.float32)[None, None]  # [1, 1, kh, kw]
     return FilterOp(key, "conv", name, mode, tuple(kernel.shape), weight=weight, bias=float(bias), extra=params)
 
 
@@ -178,7 +241,8 @@ _KERNELS = {
 # How many context pixels a ROI needs on each side, from the filter's parameters (GET /filters "halo"):
 # "ksize": max(ksize) // 2 (ksize an int or [kx, ky]), at least "min"; "weights": max(kh, kw) // 2 of the last two
 # dimensions; "block": block - 1; "adaptive": (ksize or min(31, 2·ceil(3·sigma_max) + 1)) // 2; "fixed": "value";
-# "unknown": a model sees the whole image (send all of it).
+# "unknown": a model sees the whole image (send all of it). "auto" (with an "auto" size): the size that rule of
+# AUTO_SIZES gives the ROI's largest piece.
 _HALO_RULES = {
     "gaussian": {"rule": "ksize", "min": 0},
     "box": {"rule": "ksize", "min": 0},
@@ -198,17 +262,25 @@ _HALO_RULES = {
 
 
 def halo_rule(name: str) -> dict:
-    """The halo rule of a filter name (``model:*`` → {"rule": "unknown"})."""
-    return _HALO_RULES.get(name, {"rule": "unknown"})
+    """The halo rule of a filter name (``model:*`` → {"rule": "unknown"}); filters with "auto" sizes carry their
+    AUTO_SIZES rule as ``"auto"``."""
+    rule = _HALO_RULES.get(name, {"rule": "unknown"})
+    auto = AUTO_SIZES.get(name)
+    return rule if auto is None else {**rule, "auto": {k: v for k, v in auto.items() if k != "param"}}
 
 
-def halo(spec: schemas.BaseModel | dict) -> int | None:
-    """Context pixels a ROI needs on every side for ``spec`` (a filter model or its dict); None for models.
+def halo(spec: BaseModel | dict, largest: int | None = None) -> int | None:
+    """Context pixels a ROI needs on every side for ``spec`` (a filter model or its dict); None for models, and for
+    an "auto" size when ``largest`` (the longer side of the ROI's largest piece, :func:`piece_side`) is not given.
 
     A crop that holds the ROI's bounding rectangle grown by this many pixels (clipped to the image) gives, inside
     the ROI, the result of the whole image.
     """
     params = spec if isinstance(spec, dict) else spec.model_dump()
+    if _is_auto(params):
+        if largest is None:
+            return None
+        params = sized(params, largest)
     rule = halo_rule(str(params.get("name", "")))
     kind = rule["rule"]
     if kind == "fixed":
@@ -222,21 +294,27 @@ def halo(spec: schemas.BaseModel | dict) -> int | None:
     if kind == "block":
         return params["block"] - 1
     if kind == "adaptive":
-        k = params.get("ksize") or min(schemas.MAX_KSIZE, 2 * math.ceil(3 * params["sigma_max"]) + 1)
-        return k // 2
+        return _adaptive_ksize(params) // 2
     return None
 
 
-def engine_of(name: str, kind: str) -> dict[str, str]:
-    """Which engine runs a filter on each device type."""
-    if name in CV_ONLY:
-        return {"cpu": "opencv", "cuda": "opencv"}
+def engine(kind: str, cuda: bool) -> str:
+    """The engine that runs a filter of ``kind`` (a :class:`FilterOp` kind) on a server with CUDA devices (``cuda``)
+    or on the CPU: "opencv" or "torch" (convcore)."""
     if kind in TORCH_ONLY:
-        return {"cpu": "torch", "cuda": "torch"}
-    return {"cpu": "opencv", "cuda": "torch"}
+        return "torch"
+    if kind == "cv":
+        return "opencv"
+    return "torch" if cuda else "opencv"
 
 
-_KINDS = {"adaptive_gaussian": "adaptive", "kernel": "conv or mix"}
+_KINDS = {"adaptive_gaussian": "adaptive"}  # the kind of a catalog name, where it is not "conv" or "cv"
+
+
+def engine_of(name: str) -> dict[str, str]:
+    """Which engine runs a catalog filter on each device type (GET /filters "engine")."""
+    kind = "model" if name.startswith("model:") else "cv" if name in CV_ONLY else _KINDS.get(name, "conv")
+    return {"cpu": engine(kind, False), "cuda": engine(kind, True)}
 
 
 def catalog_schemas(models: list[str]) -> dict:
@@ -246,22 +324,22 @@ def catalog_schemas(models: list[str]) -> dict:
     "4-D weights": "torch"}).
     """
     out = {}
-    for name, model in schemas.FILTER_MODELS.items():
-        engine = engine_of(name, _KINDS.get(name, "conv"))
+    for name, model in FILTER_MODELS.items():
+        engines = engine_of(name)
         if name == "kernel":
-            engine["4-D weights"] = "torch"
+            engines["4-D weights"] = engine("mix", False)
         out[name] = {
             "description": (model.__doc__ or "").strip(),
             "schema": model.model_json_schema(),
             "halo": halo_rule(name),
-            "engine": engine,
+            "engine": engines,
         }
-    model_schema = schemas.ModelFilter.model_json_schema()
+    model_schema = ModelFilter.model_json_schema()
     for m in models:
         out[f"model:{m}"] = {
-            "description": (schemas.ModelFilter.__doc__ or "").strip(),
+            "description": (ModelFilter.__doc__ or "").strip(),
             "schema": model_schema,
             "halo": halo_rule("model:"),
-            "engine": {"cpu": "torch", "cuda": "torch"},
+            "engine": engine_of(f"model:{m}"),
         }
     return out

@@ -1,7 +1,7 @@
 """The CPU engine: OpenCV on each ROI rectangle with its halo, written into the output buffer in the image's depth.
 
-For each :class:`~service.regions.Piece` the engine reads the rectangle grown by the filter's halo from the image
-(a view, no copy: OpenCV extrapolates the border at the view's edges, which are the image's edges where the image
+For each :class:`~service.imaging.regions.Piece` the engine reads the rectangle grown by the filter's halo from the
+image (a view, no copy: OpenCV extrapolates the border at the view's edges, which are the image's edges where the image
 ends and otherwise lie in the halo ring whose outputs are dropped), calls the same OpenCV function a user would call
 on the whole image, and writes the rectangle's inside back. Per pixel, OpenCV's 8- and 16-bit filters compute the
 same fixed-point sums wherever the pixel sits (gaussian, box, median, morphology), so the result equals OpenCV on
@@ -21,15 +21,11 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .filters import BORDERS, FilterOp
+from .filters import BORDERS, FilterOp, piece_side, sized_op
 from .regions import Piece
 
-__all__ = ["CV_FILTERS", "apply", "pixelate_region"]
+__all__ = ["apply", "pixelate_region"]
 
-CV_FILTERS = frozenset(
-    {"gaussian", "box", "sobel", "scharr", "laplacian", "sharpen", "emboss", "kernel", "dilate", "erode", "median"}
-    | {"pixelate", "fill"}
-)
 _ALIGN = 64  # columns: a multiple of every SIMD width OpenCV dispatches to (in elements, for 1, 3 or 4 channels)
 _FIXED_POINT = frozenset({"gaussian", "box", "median", "dilate", "erode"})  # on 8/16-bit: no float sums
 _DERIVATIVES = frozenset({"sobel", "scharr", "laplacian"})  # integer kernels: fixed point when scale 1, delta 0
@@ -50,8 +46,8 @@ def apply(
 
     ``out`` covers the rectangle of ``src`` starting at ``out_origin`` (x, y) and may be ``src`` itself: every
     piece is computed from ``src`` before anything is written. ``out``'s dtype is the result depth (src's, or
-    float32). Alpha (C = 4) is never filtered. ``origin`` is where ``src`` sits in the full image (pixelate cells
-    are anchored at the full image's (0, 0)).
+    float32). Alpha (C = 4) is never filtered. An "auto" size is resolved for each piece from its longer side.
+    ``origin`` is where ``src`` sits in the full image (pixelate cells are anchored at the full image's (0, 0)).
     """
     color = 3 if src.shape[2] == 4 else src.shape[2]
     planes = src[:, :, :color] if color != src.shape[2] else src  # [H, W, color]
@@ -70,6 +66,7 @@ def apply(
 
 def _compute(op, planes, p: Piece, border: str, dtype, float_out: bool, origin) -> np.ndarray:
     h, w = p.y1 - p.y0, p.x1 - p.x0
+    op = sized_op(op, piece_side(p.x0, p.y0, p.x1, p.y1))
     if op.name == "fill":
         color = np.asarray(op.extra["color"], np.float64)
         return np.broadcast_to(color.astype(dtype), (h, w, planes.shape[2]))
@@ -149,7 +146,7 @@ def _call(name: str, params: dict, op: FilterOp, flag: int, float_out: bool):
         k = params["ksize"]
         return lambda win: cv2.Laplacian(win, ddepth, ksize=k, scale=scale, delta=delta, borderType=flag)
     if name in ("sharpen", "emboss", "kernel"):
-        kernel, delta = op.weight[0, 0].numpy(), op.bias  # [kh, kw] float32
+        kernel, delta = op.weight[0, 0], op.bias  # [kh, kw] float32
         return lambda win: cv2.filter2D(win, ddepth, kernel, delta=delta, borderType=flag)
     if name in ("dilate", "erode"):
         se = _structure(params["shape"], *ksize)

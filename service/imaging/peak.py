@@ -1,10 +1,9 @@
-"""The memory budget: each request's estimated peak bytes is admitted against ``ROICONV_MAX_INFLIGHT_BYTES``.
+"""A request's peak memory, estimated before decoding (the server admits it against its memory budget,
+:class:`service.server.admission.MemoryBudget`).
 
-:func:`estimate_peak` says, from the image header alone (before decoding), how many bytes a request will hold at
-its peak — the decoded pixels, their float32 copy, the output, the dense convolution's working memory and the encoded
-result — and how many row bands the convolution should run in so that its working memory stays bounded.
-:class:`MemoryBudget` lets requests in while their sum fits; the others wait (until their deadline), and a request
-that could never fit is refused.
+:func:`estimate_peak` says, from the image header alone, how many bytes a request will hold at its peak — the decoded
+pixels, their float32 copy, the output, the dense convolution's working memory and the encoded result — and how many
+row bands the convolution should run in so that its working memory stays bounded.
 
 The dense factor was measured on this project's CI machine (x86-64, torch 2.13 CPU): ``F.conv2d`` depthwise on a
 3000×3000×3 float32 image peaked at about 12 times the image's float32 size, for kernel sizes 3 to 31.
@@ -12,24 +11,18 @@ The dense factor was measured on this project's CI machine (x86-64, torch 2.13 C
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import codec
 from .faces.sizes import detect_bytes
 from .filters import build_filter
 from .spec import Spec
 
-__all__ = ["MemoryBudget", "NeverFits", "Peak", "default_budget", "estimate_peak", "memory_limit", "request_peak"]
+__all__ = ["Peak", "estimate_peak", "request_peak"]
 
 DENSE_FACTOR = 12  # peak extra bytes of a dense conv, in units of the float32 image
 BAND_WORKSPACE = 256 * 2**20  # the most working memory one band of a banded conv may need
 _BANDED_KINDS = ("conv", "mix")
-
-
-class NeverFits(Exception):
-    """The request's estimated peak is larger than the whole budget."""
 
 
 @dataclass(frozen=True)
@@ -98,63 +91,3 @@ def _mask_peak(mask: bytes, pixels: int) -> int:
         return len(mask)
     channels, itemsize = _depth(fmt, mask)
     return 2 * pixels * channels * itemsize
-
-
-class MemoryBudget:
-    """Bytes admitted at once, at most ``total``: ``await acquire(n, timeout)`` ... ``release(n)``."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.used = 0
-        self._waiters: list[asyncio.Future] = []
-
-    async def acquire(self, n: int, timeout: float) -> None:
-        """Wait until ``n`` more bytes fit; NeverFits when ``n`` > total, TimeoutError after ``timeout`` s."""
-        if n > self.total:
-            raise NeverFits(f"needs about {_mib(n)} MiB, more than ROICONV_MAX_INFLIGHT_BYTES ({_mib(self.total)} MiB)")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.used + n > self.total:
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
-            finally:
-                self._waiters.remove(waiter)
-        self.used += n
-
-    def release(self, n: int) -> None:
-        """Give ``n`` bytes back and wake the waiting requests (each checks whether it fits now)."""
-        self.used -= n
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-
-def _mib(n: int) -> int:
-    return -(-n // 2**20)
-
-
-def memory_limit(root: Path = Path("/")) -> int | None:
-    """The container's memory limit (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), else the
-    machine's total memory (``MemTotal``), in bytes; None when neither can be read."""
-    limits = []
-    for name in ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = (root / name).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:
-            limits.append(int(text))
-    try:
-        for line in (root / "proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                limits.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    return min(limits) if limits else None
-
-
-def default_budget(fraction: float = 0.5) -> int:
-    """``fraction`` of :func:`memory_limit` (of 8 GiB when it cannot be read)."""
-    return int((memory_limit() or 8 * 2**30) * fraction)

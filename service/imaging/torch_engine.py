@@ -10,40 +10,26 @@ as OpenCV's ``saturate_cast`` does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 import convcore
 
-from .banding import conv_in_bands
 from .filters import FilterOp
 from .networks import ServedModel
+from .work import MAX_VALUE, Work
 
-__all__ = ["Work", "finish", "run_batch"]
-
-_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
-
-@dataclass
-class Work:
-    """The data of one request for a worker: pixels (H, W, C), mask bool (H, W) or None, outside, output depth."""
-
-    pixels: np.ndarray
-    mask: np.ndarray | None
-    outside: str
-    depth: str
-    bands: int = 1  # > 1: run the convolution in row bands (bounded working memory)
-
-    @property
-    def color(self) -> np.ndarray:
-        """The channels the filter sees: gray (H, W, 1) or BGR (H, W, 3); alpha stays out."""
-        return self.pixels[:, :, :3] if self.pixels.shape[2] == 4 else self.pixels
+__all__ = ["conv_in_bands", "run_batch"]
 
 
-def run_batch(op: FilterOp, works: list[Work], device: torch.device, models: dict | None = None) -> list[np.ndarray]:
-    """Filter every work item with ``op`` on ``device``; returns each result (H, W, C_out) as float32."""
+def run_batch(
+    op: FilterOp, works: list[Work], device: torch.device | str, models: dict | None = None
+) -> list[np.ndarray]:
+    """Filter every work item with ``op`` on ``device``; returns each result (H, W, C_out) as float32.
+
+    ``models`` maps a model name to its loaded module on this device (``op.kind == "model"``).
+    """
+    device = torch.device(device)
     with torch.inference_mode():
         xs = [_to_tensor(w.color, device) for w in works]  # each [C, H, W] float32
         ms = [None if w.mask is None else torch.from_numpy(w.mask).to(device) for w in works]  # each [H, W] bool
@@ -83,13 +69,13 @@ def _run_conv(op, works, xs, ms, device) -> list[torch.Tensor]:
     for i, x in enumerate(xs):
         if works[i].bands > 1:
             c = x.shape[0]
-            weight = op.weight.to(device).expand(x.shape[0], 1, *op.weight.shape[2:]).contiguous()  # [C, 1, kh, kw]
+            weight = _depthwise(op, c, device)  # [C, 1, kh, kw]
             bias = None if op.bias == 0 else torch.full((x.shape[0],), op.bias, device=device)
             conv_in_bands(x, weight, bias, ms[i], bases[i], works[i].bands, padding_mode=op.padding_mode, groups=c)
             continue
         by_channels.setdefault(x.shape[0], []).append(i)
     for c, idx in by_channels.items():
-        weight = op.weight.to(device).expand(c, 1, *op.weight.shape[2:]).contiguous()  # [C, 1, kh, kw]
+        weight = _depthwise(op, c, device)  # [C, 1, kh, kw]
         bias = None if op.bias == 0 else torch.full((c,), op.bias, device=device)
         convcore.roi_conv2d_batch(
             [xs[i] for i in idx],  # each [C, H_i, W_i]
@@ -104,8 +90,14 @@ def _run_conv(op, works, xs, ms, device) -> list[torch.Tensor]:
     return bases
 
 
+def _depthwise(op: FilterOp, channels: int, device: torch.device) -> torch.Tensor:
+    """The (1, 1, kh, kw) kernel repeated per channel: (C, 1, kh, kw) for groups=C."""
+    weight = torch.from_numpy(op.weight).to(device)  # [1, 1, kh, kw]
+    return weight.expand(channels, 1, *weight.shape[2:]).contiguous()  # [C, 1, kh, kw]
+
+
 def _run_mix(op, works, xs, ms, device) -> list[torch.Tensor]:
-    weight = op.weight.to(device)  # [O, C, kh, kw]
+    weight = torch.from_numpy(op.weight).to(device)  # [O, C, kh, kw]
     bias = None if op.bias == 0 else torch.full((weight.shape[0],), op.bias, device=device)
     outs = [_base(w, x, weight.shape[0]) for w, x in zip(works, xs)]
     whole = [i for i, w in enumerate(works) if w.bands <= 1]
@@ -126,7 +118,7 @@ def _run_mix(op, works, xs, ms, device) -> list[torch.Tensor]:
 
 
 def _run_morph(op, work, x, m, device) -> torch.Tensor:
-    se = op.structure.to(device)  # [kh, kw] bool
+    se = torch.from_numpy(op.structure).to(device)  # [kh, kw] bool
     offsets = torch.where(se, 0.0, float("-inf")).to(x.dtype)  # [kh, kw]: only the structuring element counts
     C = x.shape[0]
     weight = offsets.expand(C, 1, *se.shape).contiguous()  # [C, 1, kh, kw], one per channel
@@ -148,7 +140,7 @@ def _run_morph(op, work, x, m, device) -> torch.Tensor:
 
 def _run_adaptive(op, work, x, m) -> torch.Tensor:
     lo, hi = op.sigma_range
-    scale = _MAX.get(work.pixels.dtype, 1.0)
+    scale = MAX_VALUE.get(work.pixels.dtype, 1.0)
     intensity = (x.mean(0, keepdim=True) / scale).clamp(0, 1)  # [1, H, W]
     sigma = (lo + (hi - lo) * intensity)[None]  # [1, 1, H, W]
     out = _base(work, x, x.shape[0])[None]  # [1, C, H, W]
@@ -159,8 +151,8 @@ def _run_adaptive(op, work, x, m) -> torch.Tensor:
 
 
 def _run_model(module, work, x, m) -> torch.Tensor:
-    scale = _MAX.get(work.pixels.dtype, 1.0)
-    if isinstance(module, ServedModel):  # a torch.export program: computed inside the ROI (see service/models.py)
+    scale = MAX_VALUE.get(work.pixels.dtype, 1.0)
+    if isinstance(module, ServedModel):  # a torch.export program: computed inside the ROI (see networks.py)
         y = module(x, m, scale)  # [O, H, W]
         return y if m is None else torch.where(m[None], y, _base(work, x, y.shape[0]))
     y = module(x[None] / scale)  # [1, O, H, W], TorchScript: dense
@@ -174,13 +166,39 @@ def _run_model(module, work, x, m) -> torch.Tensor:
     return torch.where(m[None], y, base)
 
 
-def finish(result: np.ndarray, work: Work) -> np.ndarray:
-    """Round and saturate a float result to the output depth (as cv2's saturate_cast), and put the alpha back."""
-    src = work.pixels
-    if work.depth == "float32" or src.dtype == np.float32:
-        out = result.astype(np.float32, copy=False)
-    else:
-        out = np.clip(np.rint(result), 0, _MAX[src.dtype]).astype(src.dtype)
-    if src.shape[2] == 4 and out.shape[2] == 3:
-        out = np.concatenate([out, src[:, :, 3:].astype(out.dtype)], axis=2)  # alpha unchanged
+def conv_in_bands(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    out: torch.Tensor,
+    bands: int,
+    *,
+    padding_mode: str,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Write the "same"-padded convolution of ``x`` into ``out`` inside ``mask``, ``bands`` row bands at a time.
+
+    Args:
+        x (Tensor[C, H, W]), weight (Tensor[O, C/groups, kh, kw]), bias (Tensor[O] or None).
+        mask (bool Tensor[H, W] or None: everywhere), out (Tensor[O, H, W]): written only inside the mask.
+    """
+    height = x.shape[1]
+    step = -(-height // max(1, bands))
+    for y0 in range(0, height, step):
+        band = torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device)  # [H, W]
+        band[y0 : y0 + step] = True if mask is None else mask[y0 : y0 + step]
+        if not bool(band.any()):
+            continue
+        convcore.roi_conv2d(
+            x[None],
+            weight,
+            bias,
+            band[None],
+            padding="same",
+            padding_mode=padding_mode,
+            groups=groups,
+            out=out[None],
+            strategy="tiles",
+        )  # [1, O, H, W], written inside the band only
     return out

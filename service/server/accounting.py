@@ -1,9 +1,9 @@
 """Request accounting: every /convolve request counted exactly once, whatever happened to it.
 
-An ASGI middleware around the app: it gives each request a :class:`~service.state.Record` (the route fills in the
-filter label), counts a request whose client went away before any answer was decided as "499" (nginx's "client
-closed request", logged at info), turns an exception that escaped everything else into a JSON 500, and
-then counts ``roiconv_requests_total{filter, status}`` and the duration once.
+An ASGI middleware around the app: it gives each request a :class:`~service.server.admission.Record` (the route
+fills in the filter label), counts a request whose client went away before any answer was decided as "499" (nginx's
+"client closed request", logged at info), turns an exception that escaped everything else into a JSON 500, and then
+counts ``roiconv_requests_total{filter, status}`` and the duration once.
 """
 
 from __future__ import annotations

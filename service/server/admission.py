@@ -1,9 +1,12 @@
-"""The application state the routes depend on (``StateDep``), and admission as async context managers.
+"""The application state (:class:`AppState`) and admission as async context managers.
 
 A /convolve request passes three gates: ``uploading()`` (not draining, fewer than MAX_UPLOADS bodies being read),
 then, once its body has arrived, ``admit(peak_bytes, timeout)`` (fewer than MAX_QUEUE requests waiting for a worker,
 and its estimated peak memory fits ``MAX_INFLIGHT_BYTES``; otherwise it waits). Only requests past the first gate
 count as work the drain waits for: a request answered 503 while draining is not.
+
+:class:`MemoryBudget` is the memory gate: requests whose estimated peaks (:mod:`service.imaging.peak`) sum within
+``total`` are in; the others wait (until their deadline), and one that could never fit is refused (:class:`NeverFits`).
 """
 
 from __future__ import annotations
@@ -16,18 +19,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, Request
-
-from ..imaging.peak import MemoryBudget, NeverFits
 from .devices import DevicePool
 from .errors import ApiError
 from .metrics import Metrics
 from .settings import Settings
 from .uploads import Upload, UploadSlots
 
-__all__ = ["AppState", "Record", "StateDep", "Ticket", "get_state", "record_of"]
+__all__ = [
+    "AppState",
+    "MemoryBudget",
+    "NeverFits",
+    "Record",
+    "Ticket",
+    "default_budget",
+    "memory_limit",
+]
 
 
 @dataclass(eq=False)
@@ -169,14 +176,65 @@ class AppState:
 RETRY = {"Retry-After": "1"}
 
 
-def get_state(request: Request) -> AppState:
-    """The app's :class:`AppState` (a FastAPI dependency)."""
-    return request.app.state.roiconv
+class NeverFits(Exception):
+    """The request's estimated peak is larger than the whole budget."""
 
 
-StateDep = Annotated[AppState, Depends(get_state)]
+class MemoryBudget:
+    """Bytes admitted at once, at most ``total``: ``await acquire(n, timeout)`` ... ``release(n)``."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._waiters: list[asyncio.Future] = []
+
+    async def acquire(self, n: int, timeout: float) -> None:
+        """Wait until ``n`` more bytes fit; NeverFits when ``n`` > total, TimeoutError after ``timeout`` s."""
+        if n > self.total:
+            raise NeverFits(f"needs about {_mib(n)} MiB, more than ROICONV_MAX_INFLIGHT_BYTES ({_mib(self.total)} MiB)")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.used + n > self.total:
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+            finally:
+                self._waiters.remove(waiter)
+        self.used += n
+
+    def release(self, n: int) -> None:
+        """Give ``n`` bytes back and wake the waiting requests (each checks whether it fits now)."""
+        self.used -= n
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
-def record_of(request: Request) -> Record:
-    """The accounting record of this request (a fresh one when no accounting middleware runs)."""
-    return request.scope.setdefault("roiconv.record", Record())
+def _mib(n: int) -> int:
+    return -(-n // 2**20)
+
+
+def memory_limit(root: Path = Path("/")) -> int | None:
+    """The container's memory limit (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), else the
+    machine's total memory (``MemTotal``), in bytes; None when neither can be read."""
+    limits = []
+    for name in ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            limits.append(int(text))
+    try:
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(limits) if limits else None
+
+
+def default_budget(fraction: float = 0.5) -> int:
+    """``fraction`` of :func:`memory_limit` (of 8 GiB when it cannot be read)."""
+    return int((memory_limit() or 8 * 2**30) * fraction)

@@ -24,11 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..imaging.filters import build_filter
 from ..imaging.networks import find_models, load_models
-from ..imaging.peak import MemoryBudget, default_budget
 from ..imaging.spec import GaussianFilter
-from ..imaging.torch_engine import Work
+from ..imaging.torch_engine import run_batch
+from ..imaging.work import Work
 from .accounting import RequestAccounting
-from .admission import AppState
+from .admission import AppState, MemoryBudget, default_budget
 from .devices import DevicePool, Warmup
 from .errors import ApiError, BodyTooLarge, error_response, from_http_error
 from .metrics import Metrics
@@ -124,6 +124,7 @@ async def lifespan(app: FastAPI):
         max_queue=s.max_queue,
         pixel_budget=_BATCH_PIXEL_BUDGET,
         models=models,
+        run=run_batch,
         warmup=warmup_batch(),
         incoming=lambda: state.preparing,
     )

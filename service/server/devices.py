@@ -18,10 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..imaging.filters import FilterOp
-from ..imaging.torch_engine import Work, run_batch
+from ..imaging.work import Work
 from .batching import collect_batch, group_batches
 from .metrics import Metrics
 
@@ -29,8 +28,9 @@ __all__ = ["ComputeError", "Device", "DevicePool", "Job", "Recovery", "recovery"
 
 log = logging.getLogger("roiconv.devices")
 
-Runner = Callable[[FilterOp, list[Work], torch.device, dict | None], list[np.ndarray]]
-"""(op, works, torch.device, models) -> one float result (H, W, C_out) per work; runs in a worker thread."""
+Runner = Callable[[FilterOp, list[Work], str, dict | None], list[np.ndarray]]
+"""(op, works, device name, models) -> one float result (H, W, C_out) per work; runs in a worker thread. The app
+injects the torch engine's :func:`~service.imaging.torch_engine.run_batch`; tests inject their own."""
 
 
 class ComputeError(RuntimeError):
@@ -71,7 +71,6 @@ class Device:
     failures: int = 0
 
     def __post_init__(self) -> None:
-        self.torch_device = torch.device(self.name)
         self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"roiconv-{self.name}")
 
     def status(self) -> dict:
@@ -93,7 +92,7 @@ class Device:
         start = time.perf_counter()
         try:
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self.executor, run, op, works, self.torch_device, self.models)
+            results = await loop.run_in_executor(self.executor, run, op, works, self.name, self.models)
         except Exception:
             self.failures += 1
             raise
@@ -116,7 +115,7 @@ class Recovery:
 
 def is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` is a device out-of-memory error (CUDA's, or an allocator message saying so)."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()  # torch.OutOfMemoryError
 
 
 def recovery(exc: BaseException, batch_size: int, retried: bool, other_device: bool) -> Recovery:
@@ -138,7 +137,7 @@ Warmup = tuple[FilterOp, list[Work]]
 class DevicePool:
     """Devices, their workers and the dispatcher that feeds them from the admission queue.
 
-    ``run`` is the batch runner (replaceable in tests); ``warmup`` is a small batch (op, works) run through it on
+    ``run`` is the batch runner (the engine, injected); ``warmup`` is a small batch (op, works) run through it on
     each device before the device counts as warm (None: warm at once); ``incoming`` says how many requests are on
     their way (being decoded), so the dispatcher waits for a batch to fill only when more are coming.
     """
@@ -154,7 +153,7 @@ class DevicePool:
         max_queue: int,
         pixel_budget: int,
         models: dict[str, dict] | None = None,
-        run: Runner = run_batch,
+        run: Runner,
         warmup: Warmup | None = None,
         incoming: Callable[[], int] | None = None,
     ) -> None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from http import HTTPStatus
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-__all__ = ["ApiError", "BodyTooLarge", "error_response", "from_http_error", "from_validation"]
+from ..imaging.spec import field_errors
 
-_PART = re.compile(r"^[a-z_][a-z0-9_]*$")
+__all__ = ["ApiError", "BodyTooLarge", "error_response", "from_http_error", "from_validation"]
 
 
 class BodyTooLarge(Exception):
@@ -44,20 +43,7 @@ def error_response(err: ApiError) -> JSONResponse:
 
 def from_validation(exc: ValidationError, prefix: str) -> ApiError:
     """A 422 naming each bad field as a dotted path (``spec.filter.ksize``) with pydantic's reason."""
-    errors = []
-    seen = set()
-    for e in exc.errors():
-        loc = list(e["loc"])
-        if len(loc) >= 2 and loc[0] == "filter" and isinstance(loc[1], str):
-            loc.pop(1)  # the union tag (the filter name) is not a field
-        parts = [prefix] + [str(p) for p in loc if isinstance(p, int) or _PART.match(str(p))]
-        field = ".".join(parts)
-        reason = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "json_invalid":
-            reason = f"not valid JSON: {e.get('ctx', {}).get('error', reason)}"
-        if (field, reason) not in seen:
-            seen.add((field, reason))
-            errors.append({"field": field, "reason": reason, "type": e["type"]})
+    errors = field_errors(exc, prefix)
     first = errors[0] if errors else {"field": prefix, "reason": "invalid"}
     return ApiError(422, "invalid_request", first["reason"], first["field"], errors=errors)
 

@@ -1,27 +1,32 @@
 """The compute step behind one seam: :func:`run` takes a request's bytes to its encoded result.
 
-Two engines: the OpenCV engine (the classic filters on a CPU server) decodes, filters and encodes in one hop on the
-state's CPU pool, one thread per core, no batching; the torch engine (convcore: 4-D kernels, the adaptive gaussian,
-models, and every filter on a CUDA server) is prepared on that pool, then batched on the device pool
-(:func:`execute`).
+On the state's CPU pool (one thread per core) the pipeline decodes and plans the request
+(:func:`service.imaging.pipeline.prepare`); the OpenCV engine (the classic filters on a CPU server) also filters and
+encodes in that same hop, no batching. The torch engine (convcore: 4-D kernels, the adaptive gaussian, models, and
+every filter on a CUDA server) is then batched on the device pool (:func:`execute`) and encoded on a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..imaging.pipeline import Prepared, encode_result
+from ..imaging import pipeline
+from ..imaging.pipeline import Prepared, Refused
+from ..imaging.spec import Spec
 from .admission import RETRY, AppState, Ticket
 from .devices import ComputeError, Job
 from .errors import ApiError
 
 __all__ = ["Outcome", "execute", "run"]
+
+log = logging.getLogger("roiconv.execution")
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,13 @@ class Outcome:
 
 
 async def run(
-    state: AppState, prepare: Callable[..., tuple[Prepared, bytes | None, float]], deadline: float, ticket: Ticket
+    state: AppState, spec: Spec, image: bytes, mask: bytes | None, deadline: float, bands: int, ticket: Ticket
 ) -> tuple[Prepared, Outcome, bytes]:
-    """Prepare the request with ``prepare(prefer_torch=...)`` on the CPU pool (the OpenCV engine also filters and
-    encodes there), else compute it on the device pool and encode; all by ``deadline`` (504 past it)."""
-    work = state.cpu_pool.submit(_unless_late, functools.partial(prepare, prefer_torch=state.prefer_torch), deadline)
+    """Prepare the request on the CPU pool (the OpenCV engine also filters and encodes there), else compute it on
+    the device pool and encode; all by ``deadline`` (504 past it)."""
+    s = state.settings
+    call = functools.partial(_on_cpu, spec, image, mask, s.max_pixels, deadline, bands, state.prefer_torch)
+    work = state.cpu_pool.submit(_unless_late, call, deadline)
     gauge = state.metrics.inflight.labels(device="cpu")
     gauge.inc()
     try:
@@ -60,7 +67,14 @@ async def run(
         state.metrics.queue_wait.observe(0.0)
         return prepared, Outcome(None, 0.0, compute_s, 1, "cpu"), body
     outcome = await execute(state, prepared, deadline, ticket)
-    return prepared, outcome, await asyncio.to_thread(encode_result, outcome.pixels, prepared)
+    try:
+        return prepared, outcome, await asyncio.to_thread(pipeline.encode_result, outcome.pixels, prepared)
+    except Refused as exc:  # a float result that is not finite
+        raise _api_error(exc) from None
+
+
+def _api_error(exc: Refused) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.reason, exc.field)
 
 
 def _unless_late(call: Callable[[], tuple], deadline: float) -> tuple:
@@ -68,6 +82,36 @@ def _unless_late(call: Callable[[], tuple], deadline: float) -> tuple:
     if time.perf_counter() > deadline:
         raise ApiError(504, "timeout", "the deadline passed while waiting for a CPU thread")
     return call()
+
+
+def _on_cpu(
+    spec: Spec, image: bytes, mask: bytes | None, max_pixels: int, deadline: float, bands: int, prefer_torch: bool
+) -> tuple[Prepared, bytes | None, float]:
+    """Decode and plan (an input nothing recognised as bad is still the input's: 422), then, for the OpenCV engine,
+    filter and encode in the same thread (a failure there is the server's: 500). Returns (prepared, body or None,
+    seconds spent filtering)."""
+    try:
+        prepared = pipeline.prepare(
+            spec, image, mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
+        )
+    except Refused as exc:
+        raise _api_error(exc) from None
+    except MemoryError:
+        raise ApiError(413, "too_much_memory", "the image needs more memory than this server has", "image") from None
+    except Exception as exc:
+        log.warning("could not prepare a request: %s", type(exc).__name__)
+        raise ApiError(422, "invalid_request", "could not decode or process the image", "image") from None
+    if prepared.engine != "opencv":
+        return prepared, None, 0.0
+    if time.perf_counter() > deadline:  # a checkpoint: the filter is not started for an answer already sent
+        raise ApiError(504, "timeout", "the deadline passed before filtering (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)")
+    t = time.perf_counter()
+    result = pipeline.run_opencv(prepared)
+    seconds = time.perf_counter() - t
+    try:
+        return prepared, pipeline.encode_result(result, prepared), seconds
+    except Refused as exc:  # a float result that is not finite
+        raise _api_error(exc) from None
 
 
 async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: Ticket) -> Outcome:

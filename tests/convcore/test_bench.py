@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -33,7 +35,9 @@ def test_box_mask_with_one_box_is_centred():
 
 
 def test_measure_returns_medians_for_one_or_many():
-    assert measure(lambda: None, rounds=3) >= 0
+    calls = []
+    assert measure(lambda: calls.append(time.sleep(0.02)), rounds=3) >= 0.02  # seconds of one call (sleep's floor)
+    assert len(calls) == 4  # one warm-up, then one call per round
     assert set(measure({"a": lambda: None, "b": lambda: None}, rounds=2)) == {"a", "b"}
 
 

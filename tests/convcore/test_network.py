@@ -57,7 +57,7 @@ def _model(cls) -> torch.nn.Module:
     return randomize_bn(cls())
 
 
-def _assert_close_at_roi(actual, expected, mask: torch.Tensor, tol: float = 1e-4) -> None:
+def _assert_close_at_roi(actual, expected, mask: torch.Tensor, tol: float = 1e-4, what: str = "") -> None:
     """Each 4-D map equal inside its ROI (tol × max(1, |ref|max)) and zero outside it."""
     got, spec = tree_flatten(actual)
     ref, ref_spec = tree_flatten(expected)
@@ -67,8 +67,8 @@ def _assert_close_at_roi(actual, expected, mask: torch.Tensor, tol: float = 1e-4
         roi = roi_at(mask, e.shape[2:])[:, None]
         err = ((a - e).abs() * roi).max().item() if e.numel() else 0.0
         scale = max(1.0, e.abs().max().item())
-        assert err <= tol * scale, f"max error {err:.3g} inside the ROI > {tol} x {scale:.3g}"
-        assert not (a * ~roi).any(), "values outside the ROI must be zero"
+        assert err <= tol * scale, f"{what}: max error {err:.3g} inside the ROI > {tol} x {scale:.3g}"
+        assert not (a * ~roi).any(), f"{what}: values outside the ROI must be zero"
 
 
 def _assert_close(actual, expected, tol: float = 1e-4) -> None:
@@ -92,7 +92,7 @@ def test_exact_equals_dense_model_at_the_roi(cls):
     with torch.inference_mode():
         ref = model(x)
         for name, mask in MASKS.items():
-            _assert_close_at_roi(net(x, mask), ref, mask), name
+            _assert_close_at_roi(net(x, mask), ref, mask, what=name)
 
 
 @pytest.mark.parametrize("cls", [ResNetish, UNet, FPN, Odd, MobileBlock, InstanceNormNet], ids=lambda c: c.__name__)

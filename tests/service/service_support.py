@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import cv2
 import httpx
 import numpy as np
 
+from service.bench.harness import free_port
 from service.server.app import create_app
 from service.server.settings import Settings
 
@@ -66,6 +66,12 @@ def rand_image(h: int, w: int, c: int = 3, dtype=np.uint8, seed: int = 0) -> np.
     return img[:, :, 0] if c == 1 else img
 
 
+def smooth(h: int, w: int, c: int = 3, dtype=np.uint8, seed: int = 0) -> np.ndarray:
+    """:func:`rand_image` blurred (7x7): photo-like, so that ROI results differ from their surroundings smoothly."""
+    img = cv2.GaussianBlur(rand_image(h, w, c, dtype, seed), (7, 7), 0)
+    return img if c > 1 or img.ndim == 2 else img[:, :, 0]
+
+
 def encode(img: np.ndarray, ext: str = ".png") -> bytes:
     if ext == ".npy":
         buf = io.BytesIO()
@@ -90,12 +96,6 @@ async def post(client, image: bytes, spec: dict | str, mask: bytes | None = None
         files["mask"] = ("mask", mask, "application/octet-stream")
     text = spec if isinstance(spec, str) else json.dumps(spec)
     return await client.post("/convolve", files=files, data={"spec": text}, headers=headers or {})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:

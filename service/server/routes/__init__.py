@@ -1,9 +1,10 @@
-"""The HTTP routes, one router per resource."""
+"""The HTTP routes, one APIRouter per concern: convolve (:mod:`.convolve`); catalog, health, metrics and docs
+(:mod:`.meta`)."""
 
-from .convolve import discard_body
-from .convolve import routers as _convolve_routers
+from .convolve import convolve_router, discard_body
 from .detect import detect_router
-
-routers = [*_convolve_routers, detect_router]
+from .meta import catalog_router, docs_router, health_router, metrics_router
 
 __all__ = ["discard_body", "routers"]
+
+routers = [convolve_router, detect_router, catalog_router, health_router, metrics_router, docs_router]

@@ -1,45 +1,36 @@
-"""HTTP routes, one APIRouter per concern: convolve, catalog, health, metrics, docs."""
+"""POST /convolve: read the form, parse the spec, admit the request, run it (:mod:`..execution`), respond."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hmac
 import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from ... import __version__
 from ...imaging.codec import CONTENT_TYPES
-from ...imaging.filters import catalog_schemas
 from ...imaging.peak import Peak, request_peak
-from ...imaging.pipeline import Prepared, prepare, run_on_cpu
+from ...imaging.pipeline import Prepared
 from ...imaging.spec import ModelFilter, Spec
-from ..admission import AppState, Record, StateDep, record_of
-from ..docs import DOCS_HTML
+from ..admission import AppState, Record
+from ..deps import StateDep, record_of, require_key
 from ..errors import ApiError, BodyTooLarge, from_validation
 from ..execution import Outcome, run
 from ..metrics import Metrics
 from ..openapi import FORM_SCHEMA
 
-__all__ = ["discard_body", "routers"]
+__all__ = ["convolve_router", "discard_body"]
 
 log = logging.getLogger("roiconv.routes")
 
 convolve_router = APIRouter(tags=["convolve"])
-catalog_router = APIRouter(tags=["catalog"])
-health_router = APIRouter(tags=["health"])
-metrics_router = APIRouter(tags=["metrics"])
-docs_router = APIRouter(include_in_schema=False)
 
 _CLOSE = {"Connection": "close"}
 
@@ -51,17 +42,6 @@ class Form:
     image: bytes
     mask: bytes | None
     spec: bytes
-
-
-def require_key(request: Request, state: StateDep) -> None:
-    """401 unless ``X-API-Key`` (or ``Authorization: Bearer``) matches ROICONV_API_KEY (when one is set); compared
-    in constant time."""
-    key = state.settings.api_key
-    if key is not None:
-        bearer = request.headers.get("authorization", "")
-        given = request.headers.get("x-api-key", bearer[7:] if bearer[:7].lower() == "bearer " else "").encode()
-        if not hmac.compare_digest(given, key.get_secret_value().encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", "X-API-Key")
 
 
 async def read_form(request: Request, state: StateDep, _key: Annotated[None, Depends(require_key)]) -> Form:
@@ -98,8 +78,7 @@ async def convolve(request: Request, state: StateDep, form: FormDep) -> Response
     timeout = min(state.settings.request_timeout_s, (spec.timeout_ms or float("inf")) / 1000)
     deadline = record.started + timeout
     async with state.admit(peak.bytes, deadline - time.perf_counter()) as ticket:
-        prepare = functools.partial(_prepare, spec, form, state.settings.max_pixels, deadline, peak.bands)
-        prepared, outcome, body = await run(state, prepare, deadline, ticket)
+        prepared, outcome, body = await run(state, spec, form.image, form.mask, deadline, peak.bands, ticket)
     return _respond(state.metrics, prepared, outcome, body)
 
 
@@ -154,27 +133,6 @@ def _check_model(spec: Spec, state: AppState) -> None:
         raise ApiError(422, "invalid_request", f"unknown model {spec.filter.model!r} (loaded: {known})", "spec.filter")
 
 
-def _prepare(
-    spec: Spec, form: Form, max_pixels: int, deadline: float, bands: int, *, prefer_torch: bool
-) -> tuple[Prepared, bytes | None, float]:
-    """Decode and check (an input nothing recognised as bad is still the input's: 422), then, for the OpenCV engine,
-    filter and encode in the same thread (a failure there is the server's: 500)."""
-    try:
-        prepared = prepare(
-            spec, form.image, form.mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
-        )
-    except ApiError:
-        raise
-    except MemoryError:
-        raise ApiError(413, "too_much_memory", "the image needs more memory than this server has", "image") from None
-    except Exception as exc:
-        log.warning("could not prepare a request: %s", type(exc).__name__)
-        raise ApiError(422, "invalid_request", "could not decode or process the image", "image") from None
-    if time.perf_counter() > deadline:  # a checkpoint: the filter is not started for an answer already sent
-        raise ApiError(504, "timeout", "the deadline passed before filtering (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)")
-    return (prepared, *run_on_cpu(prepared))
-
-
 def _respond(metrics: Metrics, prepared: Prepared, outcome: Outcome, body: bytes) -> Response:
     metrics.roi_coverage.observe(prepared.coverage)
     computed = int(round(prepared.coverage * prepared.positions))
@@ -205,56 +163,3 @@ async def discard_body(request: Request, limit: int) -> None:
                 return
     except Exception:  # already read, or the client went away
         return
-
-
-@catalog_router.get("/filters")
-async def filters(state: StateDep) -> dict:
-    """The filter catalog: each filter's description and JSON schema, and the loaded TorchScript models."""
-    return catalog_schemas(sorted(state.model_paths))
-
-
-@health_router.get("/livez")
-async def livez() -> dict:
-    """The process is up and its event loop answers."""
-    return {"status": "ok"}
-
-
-@health_router.get("/readyz")
-async def readyz(state: StateDep) -> JSONResponse:
-    """200 when every worker is warm and the server is not draining; 503 otherwise (JSON per device)."""
-    devices = {d.name: d.status() for d in state.pool.devices} if state.pool else {}
-    body = {"ready": state.ready, "draining": state.draining, "devices": devices}
-    return JSONResponse(body, status_code=200 if state.ready else 503)
-
-
-@health_router.get("/info", dependencies=[Depends(require_key)])
-async def info(state: StateDep) -> dict:
-    """Version, devices and the effective settings (secrets left out)."""
-    import torch
-
-    import convcore
-
-    return {
-        "version": __version__,
-        "convcore": convcore.__version__,
-        "torch": torch.__version__,
-        "devices": state.devices,
-        "models": sorted(state.model_paths),
-        "settings": state.settings.public(),
-        "uptime_seconds": round(time.time() - state.started_at, 3),
-    }
-
-
-@metrics_router.get("/metrics", response_class=Response, dependencies=[Depends(require_key)])
-async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics in the text exposition format."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@docs_router.get("/docs", response_class=HTMLResponse)
-async def docs() -> HTMLResponse:
-    """A self-contained API page (no CDN assets) rendered from /openapi.json."""
-    return HTMLResponse(DOCS_HTML)
-
-
-routers = [convolve_router, catalog_router, health_router, metrics_router, docs_router]

@@ -4,22 +4,21 @@ dry run, metadata, ``--server``; and the ``roiconv`` entry point (no subcommand,
 from __future__ import annotations
 
 import json
+import os
 import socket
-import struct
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
-from service_support import ServerProcess, rand_image
+from crafted import exif_app1, icc_app2
+from service_support import ROOT, ServerProcess, smooth
 
 from service.cli import main
-from service.cli.sources import copy_metadata
+from service.imaging.metadata import copy_metadata
 
 FILTER = '{"name": "gaussian", "ksize": 15}'
-
-
-def smooth(h: int, w: int, seed: int) -> np.ndarray:
-    return cv2.GaussianBlur(rand_image(h, w, 3, np.uint8, seed), (5, 5), 0)
 
 
 def expected(img: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
@@ -47,7 +46,7 @@ def assert_filtered(path, img, boxes):
 def photos(tmp_path):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
-    imgs = {"a.png": smooth(60, 80, 0), "b.png": smooth(50, 70, 1), "sub/c.png": smooth(40, 64, 2)}
+    imgs = {"a.png": smooth(60, 80, seed=0), "b.png": smooth(50, 70, seed=1), "sub/c.png": smooth(40, 64, seed=2)}
     for name, img in imgs.items():
         cv2.imwrite(str(folder / name), img)
     boxes = {"a.png": [[5, 5, 30, 25]], "b.png": [[-3, 20, 20, 60]], "sub/c.png": [[40, 10, 64, 30]]}
@@ -87,7 +86,7 @@ def test_mapping_file_globs_dry_run_and_mask_scale(photos, tmp_path, capsys):
     args = ["apply", str(folder / "*.png"), "--out", str(out), "--filter", FILTER, "--roi", str(mapping)]
     assert main([*args, "--dry-run", "--mask-scale", "2"]) == 0
     text = capsys.readouterr().out
-    assert '"boxes":[[5,5,25,25]]' in text and "copy (no ROI)" in text and not out.exists()
+    assert '"boxes":[[5,5,25,25]]' in text and "copy unchanged" in text and not out.exists()
     assert main([*args, "--mask-scale", "2", "--workers", "1"]) == 0
     assert_filtered(out / "a.png", imgs["a.png"], [[5, 5, 25, 25]])
     assert (out / "b.png").read_bytes() == (folder / "b.png").read_bytes()  # no shapes: copied unchanged
@@ -109,38 +108,28 @@ def test_coco_boxes_polygons_and_categories(photos, tmp_path, capsys):
     path.write_text(json.dumps(coco))
     out = tmp_path / "out"
     argv = ["apply", str(folder), "--out", str(out), "--filter", FILTER, "--coco", str(path), "--workers", "1"]
-    assert main([*argv, "--categories", "face"]) == 0
+    assert main([*argv, "--categories", "face"]) == 1  # b.png is in no annotation: left out, not copied
+    assert "LEFT OUT" in capsys.readouterr().err and not (out / "b.png").exists()
     assert_filtered(out / "a.png", imgs["a.png"], [[4, 6, 25, 17]])  # bbox rounded outwards, plate left alone
     assert_filtered(out / "sub/c.png", imgs["sub/c.png"], [[10, 10, 31, 31]])  # polygon filled with its edges
     assert main([*argv, "--categories", "nope"]) == 2
     assert "unknown categories" in capsys.readouterr().err
 
 
-def _exif(orientation: int) -> bytes:
-    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
-    tiff += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
-    body = b"Exif\x00\x00" + tiff
-    return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
-
-
-def _icc() -> bytes:
-    body = b"ICC_PROFILE\x00\x01\x01" + bytes(range(64))
-    return b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body
-
-
 def test_jpeg_keeps_exif_and_icc(tmp_path):
-    img = smooth(48, 64, 5)
+    img = smooth(48, 64, seed=5)
     jpeg = cv2.imencode(".jpg", img)[1].tobytes()
     src = tmp_path / "in" / "p.jpg"
     src.parent.mkdir()
-    src.write_bytes(jpeg[:2] + _exif(1) + _icc() + jpeg[2:])
+    src.write_bytes(jpeg[:2] + exif_app1(1, "<") + icc_app2() + jpeg[2:])
     src.with_suffix(".json").write_text('{"boxes": [[8, 8, 40, 30]]}')
     out = tmp_path / "out"
     assert main(["apply", str(src), "--out", str(out), "--filter", FILTER, "--workers", "1"]) == 0
     data = (out / "p.jpg").read_bytes()
-    assert _exif(1) in data and _icc() in data and cv2.imdecode(np.frombuffer(data, np.uint8), 1).shape == img.shape
+    assert exif_app1(1, "<") in data and icc_app2() in data
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), 1).shape == img.shape
     # the orientation is reset to 1 because the pixels come out upright
-    assert _exif(1) in copy_metadata(jpeg[:2] + _exif(6) + jpeg[2:], jpeg, "jpeg")
+    assert exif_app1(1, "<") in copy_metadata(jpeg[:2] + exif_app1(6, "<") + jpeg[2:], jpeg, "jpeg")
     png = cv2.imencode(".png", img)[1].tobytes()
     assert copy_metadata(png, png, "png") == png
 
@@ -220,3 +209,50 @@ def test_progress_bar_on_a_terminal():
     text = stream.getvalue()
     assert "2/2" in text and "img/s" in text and "b.png: failed: spec.filter.ksize" in text
     assert "[1/2]" not in text  # the bar, not the plain lines
+
+
+_BLOCKER = '''
+import sys
+
+
+class _Blocked:
+    """A meta-path finder that refuses torch and convcore, as if they were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "convcore"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+
+sys.meta_path.insert(0, _Blocked())
+'''
+
+
+def test_in_process_opencv_filters_run_without_torch(photos, tmp_path):
+    # the hook goes in a sitecustomize so that the forkserver and its workers (fresh interpreters) load it too
+    folder, imgs, boxes = photos
+    for name, b in boxes.items():
+        (folder / name).with_suffix(".json").write_text(json.dumps({"boxes": b}))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_BLOCKER)
+    out = tmp_path / "out"
+    code = (
+        "import sys, service\n"
+        f"assert service.__file__.startswith({str(ROOT)!r}), service.__file__\n"
+        "from service.cli import main\n"
+        f"rc = main(['apply', {str(folder)!r}, '--out', {str(out)!r}, '--filter', {FILTER!r}, '--workers', '2'])\n"
+        "assert 'torch' not in sys.modules and 'convcore' not in sys.modules\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "done 3" in run.stderr
+    for name, img in imgs.items():
+        assert_filtered(out / name, img, boxes[name])
+    # the hook does block: a filter that needs the torch engine fails, naming the import
+    mix = json.dumps({"name": "kernel", "weights": [[[[0.0, 1.0, 0.0]]] * 3] * 3})
+    code = code.replace(repr(FILTER), repr(mix)).replace(repr(str(out)), repr(str(tmp_path / "out2")))
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "blocked in this test" in run.stderr, run.stderr

@@ -14,7 +14,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from service_support import ROOT, rand_image
+from service_support import ROOT, rand_image, smooth
 
 from service.client import (
     AsyncClient,
@@ -25,12 +25,6 @@ from service.client import (
     encode_png,
     filter_halo,
 )
-
-
-def smooth(h: int, w: int, c: int = 3, dtype=np.uint8, seed: int = 0) -> np.ndarray:
-    img = cv2.GaussianBlur(rand_image(h, w, c, dtype, seed), (7, 7), 0)
-    return img if c > 1 or img.ndim == 2 else img[:, :, 0]
-
 
 CASES = [
     ("gaussian k31 box", {"filter": {"name": "gaussian", "ksize": 31}, "roi": {"boxes": [[60, 40, 110, 90]]}}),
@@ -50,6 +44,11 @@ CASES = [
         {"filter": {"name": "dilate", "ksize": 7}, "roi": {"circles": [[150, 60, 18]]}, "outside": "zero"},
     ),
     ("default ksize from the catalog", {"filter": {"name": "gaussian"}, "roi": {"boxes": [[100, 100, 130, 118]]}}),
+    (
+        "auto sizes: the largest shape sets the halo",
+        {"filter": "median", "roi": {"boxes": [[100, 20, 112, 30]], "ellipses": [[60, 60, 20, 12, 30]]}},
+    ),
+    ("auto pixelate cells", {"filter": "pixelate", "roi": {"polygons": [[[150, 10], [200, 40], [160, 70]]]}}),
     (
         "reflect border",
         {"filter": {"name": "gaussian", "ksize": 15}, "roi": {"boxes": [[0, 0, 25, 25]]}, "border": "reflect"},
@@ -87,12 +86,7 @@ ANONYMIZATION = [
 def test_roi_transfer_anonymization_filters(server, name, spec):
     img = smooth(150, 220, seed=4)
     with Client(server.url) as roi_client, Client(server.url, roi_transfer=False) as whole_client:
-        if spec["filter"]["name"] not in roi_client.filters():  # a server before the anonymization filters
-            pytest.skip(f"this server has no {spec['filter']['name']} filter")
-        try:
-            whole = whole_client.convolve(img, spec)
-        except RequestRejected as err:
-            pytest.skip(f"this server does not take {err.field}")
+        whole = whole_client.convolve(img, spec)  # this tree's own server: a rejection is a failure
         out = roi_client.convolve(img, spec)
         assert roi_client.bytes_sent < whole_client.bytes_sent / 2
     np.testing.assert_array_equal(out, whole)
@@ -203,12 +197,34 @@ def test_encode_png_decodes_with_opencv(c, dtype):
     np.testing.assert_array_equal(back, img)
 
 
+def test_halo_follows_the_rules_the_server_serves(server):
+    from service.imaging.filters import halo  # the server's own reading of its rules: the oracle
+
+    with Client(server.url) as c:
+        catalog = c.filters()
+    cases = [
+        {"name": "gaussian", "ksize": 31},
+        {"name": "box", "ksize": 9},
+        {"name": "median", "ksize": 5},
+        {"name": "sobel", "ksize": 1},  # a 3-tap kernel even at ksize 1
+        {"name": "laplacian", "ksize": 1},
+        {"name": "scharr"},
+        {"name": "kernel", "weights": [[1, 2, 3, 4, 5]]},
+        {"name": "pixelate", "block": 16},
+        {"name": "fill", "color": [0]},
+        {"name": "adaptive_gaussian", "sigma_min": 0.5, "sigma_max": 4.0},
+        {"name": "dilate", "ksize": 7},
+    ]
+    for filt in cases:
+        want = halo(filt)
+        got = filter_halo(filt, catalog)
+        assert got is not None and max(got) == want, (filt, got, want)
+    assert filter_halo({"name": "gaussian", "ksize": [31, 9]}, catalog) == (15, 4)
+    assert filter_halo({"name": "gaussian", "ksize": 9}) is None  # no catalog: the client knows no rule itself
+    assert filter_halo({"name": "model:x"}, catalog) is None
+
+
 def test_halo_and_crop_geometry():
-    assert filter_halo({"name": "gaussian", "ksize": [31, 9]}) == (15, 4)
-    assert filter_halo({"name": "sobel", "ksize": 1}) == (1, 1)  # a 3-tap kernel even at ksize 1
-    assert filter_halo({"name": "kernel", "weights": [[1, 2, 3]]}) == (1, 0)
-    assert filter_halo({"name": "gaussian"}) is None  # no ksize and no catalog default: send it all
-    assert filter_halo({"name": "model:x"}) is None
     # the server's catalog: a number, or a rule applied to the parameters (schema defaults filled in)
     assert filter_halo({"name": "newfilter"}, {"filters": {"newfilter": {"halo": 6}}}) == (6, 6)
     assert filter_halo({"name": "newfilter"}, {"newfilter": {"halo": 2}}) == (2, 2)
@@ -225,11 +241,12 @@ def test_halo_and_crop_geometry():
     assert filter_halo({"name": "pixelate"}, rules) == (7, 7)
     assert filter_halo({"name": "model:m"}, rules) is None
     spec = {"filter": {"name": "pixelate", "block": 16}, "roi": {"boxes": [[20, 5, 40, 9]]}}
-    assert crop_rect(spec, 100, 100) == (16, 0, 48, 16)  # whole cells of the grid anchored at (0, 0)
+    assert crop_rect(spec, 100, 100, rules) == (16, 0, 48, 16)  # whole cells of the grid anchored at (0, 0)
     assert crop_rect({"filter": {"name": "pixelate"}, "roi": spec["roi"]}, 100, 100, rules) == (16, 0, 40, 16)
     spec = {"filter": {"name": "box", "ksize": 5}, "roi": {"boxes": [[0, 90, 10, 120]], "circles": [[50, 50, 3]]}}
-    assert crop_rect(spec, 100, 60) == (0, 45, 56, 100)
-    assert crop_rect({**spec, "roi": {**spec["roi"], "invert": True}}, 100, 60) is None
+    rules["box"] = {"halo": {"rule": "ksize", "min": 0}}
+    assert crop_rect(spec, 100, 60, rules) == (0, 45, 56, 100)
+    assert crop_rect({**spec, "roi": {**spec["roi"], "invert": True}}, 100, 60, rules) is None
 
 
 def test_import_needs_only_httpx_and_numpy():
@@ -238,6 +255,7 @@ def test_import_needs_only_httpx_and_numpy():
         "import sys\n"
         f"for m in {blocked!r}: sys.modules[m] = None\n"
         "import service.client as c\n"
+        f"assert c.__file__.startswith({str(ROOT)!r}), c.__file__\n"
         "assert c.encode_png(__import__('numpy').zeros((2, 2), 'uint8')).startswith(b'\\x89PNG')\n"
         "print('ok')"
     )
@@ -263,7 +281,7 @@ def test_roi_request_sends_the_region_and_states_the_full_image():
 
     img = rand_image(100, 200, 3, np.uint8, seed=9)
     spec = {"filter": {"name": "gaussian", "ksize": 9}, "roi": {"boxes": [[50, 40, 60, 50]]}}
-    catalog = {"gaussian": {"schema": {"properties": {}}}}
+    catalog = {"gaussian": {"halo": {"rule": "ksize", "min": 0}, "schema": {"properties": {}}}}
     client = Client("http://x", transport=httpx.MockTransport(handler))
     client.catalog = catalog
     out = client.convolve(img, spec)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import cv2
 import numpy as np
 import pytest
+from crafted import png_bomb
 from service_support import encode, rand_image
 
 from service.imaging import codec
@@ -27,16 +25,10 @@ def test_lossy_webp_header():
     assert codec.header_size(data, "webp") == (30, 20)
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-
-
 def test_too_many_pixels_is_decided_from_the_header():
     # the header claims 100000 x 100000 and no pixel data follows: decoding would fail, the header check comes first
     with pytest.raises(codec.TooLarge, match="100000x100000"):
-        codec.decode(_png_bomb(100000, 100000), 40_000_000)
+        codec.decode(png_bomb(100000, 100000), 40_000_000)
 
 
 @pytest.mark.parametrize("data", [b"", b"hello world", b"\x89PNG\r\n\x1a\n" + b"\0" * 30, b"\xff\xd8\xff" + b"\0" * 20])

@@ -10,7 +10,8 @@ from service_support import rand_image
 
 from service.imaging.filters import build_filter
 from service.imaging.spec import Spec
-from service.imaging.torch_engine import Work, finish, run_batch
+from service.imaging.torch_engine import run_batch
+from service.imaging.work import Work, finish
 
 CPU = torch.device("cpu")
 

@@ -10,20 +10,20 @@ import time
 
 from service_support import encode, post, rand_image, run, running
 
-from service.server.routes import convolve as routes
+from service.imaging import pipeline
 
 SPEC = {"filter": {"name": "gaussian", "ksize": 3}}
 
 
 def test_a_504_holds_the_place_and_memory_until_the_thread_stops(monkeypatch):
     release = threading.Event()
-    real = routes.prepare
+    real = pipeline.prepare
 
     def stuck(*args, **kwargs):  # a decode that outlives its deadline (as a scan bomb did)
         release.wait(10)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(routes, "prepare", stuck)
+    monkeypatch.setattr(pipeline, "prepare", stuck)
 
     async def main():
         async with running(max_queue=2, request_timeout_s=0.5) as (app, client):
@@ -36,7 +36,7 @@ def test_a_504_holds_the_place_and_memory_until_the_thread_stops(monkeypatch):
             t = time.perf_counter()
             while state.preparing and time.perf_counter() - t < 10:
                 await asyncio.sleep(0.01)
-            monkeypatch.setattr(routes, "prepare", real)
+            monkeypatch.setattr(pipeline, "prepare", real)
             served = await post(client, image, SPEC)
             return late, held, refused, served, (state.preparing, state.budget.used, state.outliving)
 
@@ -50,14 +50,14 @@ def test_a_504_holds_the_place_and_memory_until_the_thread_stops(monkeypatch):
 
 def test_work_whose_deadline_passed_in_the_pool_queue_never_starts(monkeypatch):
     started = []
-    real = routes.prepare
+    real = pipeline.prepare
 
     def slow(*args, **kwargs):
         started.append(time.perf_counter())
         time.sleep(0.6)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(routes, "prepare", slow)
+    monkeypatch.setattr(pipeline, "prepare", slow)
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # one CPU thread: the others wait in its queue
 
     async def main():

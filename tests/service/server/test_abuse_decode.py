@@ -72,7 +72,7 @@ def test_a_mask_of_another_size_is_refused_before_anything_is_decoded(monkeypatc
     real = codec.decode
     monkeypatch.setattr(codec, "decode", lambda data, *a, **k: decoded.append(len(data)) or real(data, *a, **k))
     mask = tiff(1024, 1024, bps=8)
-    with pytest.raises(pipeline.ApiError) as err:
+    with pytest.raises(pipeline.Refused) as err:
         pipeline.prepare(Spec.model_validate(SPEC), encode(rand_image(1, 1)), mask, 10**7)
     assert err.value.status == 422 and err.value.field == "mask" and decoded == []
 

@@ -4,13 +4,12 @@ field. Oracles: per-cell loops, the whole-image request, cv2.imdecode(IMREAD_COL
 from __future__ import annotations
 
 import io
-import struct
 import tracemalloc
-import zlib
 
 import cv2
 import numpy as np
 import pytest
+from crafted import jpeg_with_orientation, png_with_orientation
 from service_support import decode, encode, post, run, running
 
 from service.imaging.filters import halo
@@ -134,30 +133,14 @@ def test_output_region_roi_with_ellipse_and_outside_zero():
     assert np.array_equal(part, whole[y0:y1, x0:x1])
 
 
-def _with_orientation(jpeg: bytes, value: int) -> bytes:
-    """A JPEG with an APP1 Exif segment holding only IFD0's Orientation tag."""
-    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
-    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, value, 0) + struct.pack(">I", 0)
-    app1 = b"Exif\x00\x00" + tiff
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
-
-
-def _png_with_orientation(png: bytes, value: int) -> bytes:
-    """A PNG with an eXIf chunk (after IHDR) holding only IFD0's Orientation tag."""
-    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
-    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, value, 0) + struct.pack(">I", 0)
-    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
-    return png[:33] + chunk + png[33:]
-
-
 @pytest.mark.parametrize("container", ["jpeg", "png"])
 @pytest.mark.parametrize("value", range(1, 9))
 def test_exif_orientation_upright_by_default_or_ignored(value, container):
     stored = np.random.default_rng(value).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     if container == "jpeg":
-        data = _with_orientation(cv2.imencode(".jpg", stored)[1].tobytes(), value)
+        data = jpeg_with_orientation(cv2.imencode(".jpg", stored)[1].tobytes(), value)
     else:
-        data = _png_with_orientation(cv2.imencode(".png", stored)[1].tobytes(), value)
+        data = png_with_orientation(cv2.imencode(".png", stored)[1].tobytes(), value)
     viewer = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies the orientation
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # does not
     spec = {"filter": {"name": "fill", "color": [0, 0, 255]}, "roi": {"boxes": [[0, 0, 6, 3]]}, "format": "png"}
@@ -246,7 +229,10 @@ def test_http_headers_and_filters_catalog():
     assert r.status_code == 200 and r.headers["X-ROI-Rect"] == "10,5,30,25" and r.headers["X-Engine"] == "opencv"
     assert np.array_equal(decode(r.content), cv2.medianBlur(img, 5)[5:25, 10:30])
     c = catalog.json()
-    assert c["gaussian"]["halo"] == {"rule": "ksize", "min": 0} and c["pixelate"]["halo"] == {"rule": "block"}
+    auto = {"fraction": 0.75, "odd": True, "least": 3, "most": 255}
+    assert c["gaussian"]["halo"] == {"rule": "ksize", "min": 0, "auto": auto}
+    cells = {"fraction": 1 / 6, "odd": False, "least": 2, "most": 4096}
+    assert c["pixelate"]["halo"] == {"rule": "block", "auto": cells}
     assert c["gaussian"]["engine"] == {"cpu": "opencv", "cuda": "torch"}
     assert c["adaptive_gaussian"]["engine"]["cpu"] == "torch"
     assert halo({"name": "gaussian", "ksize": [31, 9]}) == 15 and halo({"name": "sobel", "ksize": 1}) == 1
@@ -280,7 +266,8 @@ def test_torch_engine_output_region_and_crop_follow_the_same_rules():
 def test_torch_engine_reads_only_the_roi_window_and_equals_the_whole_image_run(filt, outside):
     from service.imaging.regions import build_pieces, pieces_mask
     from service.imaging.spec import Roi
-    from service.imaging.torch_engine import Work, finish, run_batch
+    from service.imaging.torch_engine import run_batch
+    from service.imaging.work import Work, finish
 
     img = np.random.default_rng(13).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     roi = {"boxes": [[0, 3, 12, 20]], "ellipses": [[45, 30, 10, 6, 15.0]]}

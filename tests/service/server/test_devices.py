@@ -12,7 +12,8 @@ from service_support import rand_image
 
 from service.imaging.filters import build_filter
 from service.imaging.spec import GaussianFilter
-from service.imaging.torch_engine import Work, run_batch
+from service.imaging.torch_engine import run_batch
+from service.imaging.work import Work
 from service.server.devices import ComputeError, DevicePool, Job
 from service.server.metrics import Metrics
 

@@ -8,8 +8,8 @@ import threading
 
 import numpy as np
 import pytest
+from crafted import png_bomb
 from service_support import decode, encode, post, rand_image, run, running
-from test_codec import _png_bomb
 
 from service.imaging.torch_engine import run_batch
 
@@ -33,7 +33,10 @@ IMG = encode(rand_image(24, 24))
         ({"filter": GAUSS, "roi": {"boxes": [[5, 5, 5, 9]]}}, "spec.roi.boxes", "empty"),
         ({"filter": GAUSS, "roi": {"circles": [[1, 1, -2]]}}, "spec.roi.circles", "negative"),
         ({"filter": GAUSS, "border": "mirror"}, "spec.border", ""),
-        ({"filter": GAUSS, "colour": "red"}, "spec.colour", "Extra inputs"),
+        ({"filter": GAUSS, "colour": "red"}, "spec.colour", "colour: unknown field; valid fields: filter, roi"),
+        ({"filter": {"name": "gaussian", "kernel_size": 9}}, "spec.filter.kernel_size", "did you mean ksize?"),
+        ({"filter": "gaussian", "roi": {"box": [[0, 0, 4, 4]]}}, "spec.roi.box", "did you mean boxes?"),
+        ({"filter": {"name": "gaussian", "ksize": "big"}}, "spec.filter.ksize", 'a number or "auto"'),
         ({"filter": {"name": "sobel", "dx": 0, "dy": 0}}, "spec.filter", "dx + dy"),
         ({"filter": {"name": "kernel", "weights": [[1, 2], [3, 4]]}}, "spec.filter.weights", "odd"),
         ({"filter": {"name": "kernel", "weights": [[1, "x", 1]]}}, "spec.filter.weights", ""),
@@ -105,7 +108,7 @@ def test_image_over_max_pixels_is_413_from_the_header():
     async def main():
         async with running(max_pixels=1000) as (_, client):
             big = await post(client, encode(rand_image(40, 40)), {"filter": GAUSS})
-            bomb = await post(client, _png_bomb(60000, 60000), {"filter": GAUSS})
+            bomb = await post(client, png_bomb(60000, 60000), {"filter": GAUSS})
             ok = await post(client, encode(rand_image(30, 30)), {"filter": GAUSS})
             return big, bomb, ok
 

@@ -15,11 +15,11 @@ from crafted import npy, tiff
 from service_support import decode, encode, post, rand_image, run, running, settings
 
 from service.imaging import codec
-from service.imaging.banding import conv_in_bands
-from service.imaging.peak import MemoryBudget, NeverFits, estimate_peak, memory_limit
+from service.imaging.peak import estimate_peak
 from service.imaging.regions import build_mask, draw_cost
 from service.imaging.spec import Roi
-from service.imaging.torch_engine import run_batch
+from service.imaging.torch_engine import conv_in_bands, run_batch
+from service.server.admission import MemoryBudget, NeverFits, memory_limit
 from service.server.app import create_app
 
 GAUSS = {"name": "gaussian", "ksize": 3}
@@ -405,7 +405,7 @@ def test_banded_request_equals_cv2():
     img = rand_image(90, 70)
     from service.imaging.filters import build_filter
     from service.imaging.spec import GaussianFilter
-    from service.imaging.torch_engine import Work
+    from service.imaging.work import Work
 
     op = build_filter(GaussianFilter(name="gaussian", ksize=5), "reflect101")
     (res,) = run_batch(op, [Work(img, None, "keep", "same", bands=6)], torch.device("cpu"))

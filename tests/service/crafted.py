@@ -165,3 +165,36 @@ def corpus() -> list[tuple[str, bytes, dict, set[int]]]:
         ("webp too wide", encode(rand_image(4, 17000, c=1)), {"format": "webp"}, {422}),
     ]
     return cases
+
+
+# --- container metadata ------------------------------------------------------------------------------------------
+
+
+def exif_tiff(orientation: int, order: str = ">") -> bytes:
+    """A TIFF structure whose IFD0 holds only the Orientation tag (SHORT), big- (">") or little-endian ("<")."""
+    tiff = (b"MM\x00*" if order == ">" else b"II*\x00") + struct.pack(order + "I", 8) + struct.pack(order + "H", 1)
+    return tiff + struct.pack(order + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(order + "I", 0)
+
+
+def exif_app1(orientation: int, order: str = ">") -> bytes:
+    """A JPEG APP1 Exif segment (marker included) holding only the Orientation tag."""
+    body = b"Exif\x00\x00" + exif_tiff(orientation, order)
+    return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+
+
+def icc_app2() -> bytes:
+    """A JPEG APP2 ICC_PROFILE segment (marker included) with a dummy profile."""
+    body = b"ICC_PROFILE\x00\x01\x01" + bytes(range(64))
+    return b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body
+
+
+def jpeg_with_orientation(jpeg: bytes, orientation: int, order: str = ">") -> bytes:
+    """``jpeg`` with an APP1 Exif segment holding only IFD0's Orientation tag, right after SOI."""
+    return jpeg[:2] + exif_app1(orientation, order) + jpeg[2:]
+
+
+def png_with_orientation(png: bytes, orientation: int) -> bytes:
+    """``png`` with an eXIf chunk (after IHDR) holding only IFD0's Orientation tag."""
+    tiff = exif_tiff(orientation)
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
+    return png[:33] + chunk + png[33:]
