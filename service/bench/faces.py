@@ -137,12 +137,12 @@ def bench_within(repeats: int, modes: bool) -> list[tuple]:
 def bench_server(requests: int) -> list[tuple]:
     import httpx
 
-    from .load import server
+    from .harness import serve
 
     jpeg = cv2.imencode(".jpg", photo(1920, 1080, 3)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     spec = json.dumps({"filter": {"name": "gaussian", "ksize": 31, "sigma": 8}, "roi": {"detect": {"what": "faces"}}})
     latencies, shares = [], []
-    with server({}) as url, httpx.Client(base_url=url, timeout=120) as client:
+    with serve({"ROICONV_DEVICES": "cpu"}) as url, httpx.Client(base_url=url, timeout=120) as client:
         for i in range(requests + 1):
             t = time.perf_counter()
             r = client.post("/convolve", files={"image": ("a.jpg", jpeg)}, data={"spec": spec})
@@ -166,20 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-server", action="store_true", help="leave out the /convolve part")
     p.add_argument("--skip-modes", action="store_true", help="leave out the roi_network rows")
     args = p.parse_args(argv)
-    rows = bench_quality(args.images)
-    if not args.skip_cli:
-        with tempfile.TemporaryDirectory(prefix="roiconv-faces-") as tmp:
-            rows += bench_cli(args.folder, Path(tmp))
-    rows += bench_within(args.repeats, not args.skip_modes)
-    if not args.skip_server:
-        rows += bench_server(args.requests)
     print(f"faces vs deface — {os.cpu_count()} cores, torch threads as set by default")
     print("| what | measured | ratio | target | met |")
-    print("|---|---|---:|---|---|")
+    print("|---|---|---:|---|---|", flush=True)
+    _print(bench_quality(args.images))
+    if not args.skip_cli:
+        with tempfile.TemporaryDirectory(prefix="roiconv-faces-") as tmp:
+            _print(bench_cli(args.folder, Path(tmp)))
+    _print(bench_within(args.repeats, not args.skip_modes))
+    if not args.skip_server:
+        _print(bench_server(args.requests))
+    return 0
+
+
+def _print(rows: list[tuple]) -> None:
+    """Each row as it is measured (a later part failing keeps the earlier ones)."""
     for what, measured, ratio, target, ok in rows:
         met = "" if ok is None else ("yes" if ok else "**no**")
-        print(f"| {what} | {measured} | {ratio} | {target} | {met} |")
-    return 0
+        print(f"| {what} | {measured} | {ratio} | {target} | {met} |", flush=True)
 
 
 if __name__ == "__main__":
