@@ -32,7 +32,6 @@ from .sources import RoiSource, expand_inputs, grow_roi, has_shapes, load_coco, 
 __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``apply`` subcommand's arguments."""
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")

@@ -21,6 +21,7 @@ from .work import MAX_VALUE, Work
 
 __all__ = ["conv_in_bands", "run_batch"]
 
+
 def run_batch(
     op: FilterOp, works: list[Work], device: torch.device | str, models: dict | None = None
 ) -> list[np.ndarray]:

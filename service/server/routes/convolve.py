@@ -163,5 +163,3 @@ async def discard_body(request: Request, limit: int) -> None:
                 return
     except Exception:  # already read, or the client went away
         return
-
-
