@@ -62,6 +62,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
+# libturbojpeg: JPEG in, JPEG out re-encodes only the ROI's blocks (docs/jpeg.md); without it JPEGs are re-encoded whole.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libturbojpeg0 \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN groupadd --system --gid 10001 roiconv \
     && useradd --system --uid 10001 --gid roiconv --create-home --home-dir /home/roiconv roiconv
 

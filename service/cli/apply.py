@@ -5,9 +5,13 @@ does), filtered inside its ROI by the server's own pipeline (pixels in, pixels o
 read and written) and encoded, in worker processes across the cores. With ``--server URL`` the
 files are decoded the same way and sent with :class:`service.client.AsyncClient` (ROI-aware transfer,
 ``--concurrency`` requests in flight), so the work can go to a cluster behind a load balancer. Outputs keep the
-input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG); a file whose output exists is skipped
-unless ``--overwrite``; a file without ROI shapes is copied unchanged. Exit status: 0 when nothing failed, 1 when a
-file failed, 2 for bad arguments.
+input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG; a JPEG keeps every 8×8 block the filter
+did not change, see :func:`_output`), written atomically; a file whose output exists is skipped unless ``--overwrite``.
+
+It fails closed (docs/anonymization.md): every ROI entry is checked with the server's spec model before any work;
+a file that no ROI source covers is left out unless ``--copy-unmatched`` (one whose entry has no shapes is copied
+unchanged). Exit status: 0 when everything was done, 1 when a file failed or was left out or a ROI entry matched no
+file, 2 for bad arguments or ROI entries (nothing written).
 """
 
 from __future__ import annotations
@@ -15,19 +19,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import multiprocessing
 import os
 import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..imaging.metadata import copy_metadata, format_of
-from .sources import RoiSource, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
+from .sources import RoiSource, check_entry, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
 
@@ -38,8 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created); names and layout are kept")
     p.add_argument(
         "--filter",
-        required=True,
-        help='a filter name ("pixelate") or a JSON filter ({"name": "gaussian", "ksize": 31})',
+        default=DEFAULT_FILTER,
+        help='a filter name ("pixelate") or a JSON filter ({"name": "gaussian", "ksize": 31}); default: gaussian with '
+        'ksize "auto", sized to each ROI shape (docs/anonymization.md)',
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--roi", type=Path, help="JSON file: {file name: ROI object}; default: NAME.json sidecars")
@@ -57,16 +63,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--concurrency", type=int, default=8, help="with --server: requests in flight (default 8)")
     p.add_argument("--overwrite", action="store_true", help="write outputs that exist already (default: skip them)")
+    p.add_argument(
+        "--copy-unmatched",
+        action="store_true",
+        help="copy inputs that no ROI source covers unchanged (default: leave them out, exit status 1)",
+    )
+    p.add_argument("--follow-symlinks", action="store_true", help="read links in input folders that lead outside them")
     p.add_argument("--dry-run", action="store_true", help="list what would be done, write nothing")
+
+
+DEFAULT_FILTER = "gaussian"  # ksize "auto": anonymizing is apply's job, so its default hides a face of any size
 
 
 @dataclass
 class Task:
-    """One file: where it is, where its output goes, and the spec (None: no ROI shapes, copy it unchanged)."""
+    """One file: where it is, where its output goes, and the spec (None: copy it unchanged: its ROI entry has no
+    shapes, or it has none and ``--copy-unmatched`` was given)."""
 
     src: Path
     dst: Path
     spec: dict | None
+
+
+@dataclass
+class Plan:
+    """What a run will do: the tasks, the inputs skipped (output exists) and left out (no ROI, with a near miss
+    when one is found), and the mapping's entries that no input matched."""
+
+    tasks: list[Task] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    left_out: list[tuple[Path, str]] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
 
 
 def _filter(text: str) -> dict:
@@ -77,35 +104,78 @@ def _filter(text: str) -> dict:
     return {"name": text}
 
 
-def plan_tasks(args: argparse.Namespace) -> tuple[list[Task], list[tuple[Path, str]]]:
-    """The tasks for every input file, and the files skipped with the reason (output exists)."""
-    filt = _filter(args.filter)
+def _source(args: argparse.Namespace) -> RoiSource:
     if args.coco is not None:
         cats = None if args.categories is None else [c.strip() for c in args.categories.split(",") if c.strip()]
-        source = RoiSource(load_coco(args.coco, cats))
-    else:
-        source = RoiSource(load_mapping(args.roi) if args.roi is not None else None)
-    tasks, skipped = [], []
-    for src, rel in expand_inputs(args.inputs):
+        return RoiSource(load_coco(args.coco, cats), str(args.coco))
+    return RoiSource(load_mapping(args.roi), str(args.roi)) if args.roi is not None else RoiSource()
+
+
+def plan_tasks(args: argparse.Namespace) -> Plan:
+    """Everything a run will do, decided before any work. ValueError (exit 2) for a bad filter, a bad ROI entry
+    anywhere (every entry of the mapping, every sidecar found: checked with the server's own spec model), an output
+    that would replace its input, and a run where no input has a ROI source."""
+    filt = _filter(args.filter)
+    check = lambda where, roi: check_entry(where, roi, filt, args.outside, args.border)  # noqa: E731
+    error = check("--filter", {})
+    if error is not None:
+        raise ValueError(error)
+    for item in args.inputs:
+        if Path(item).is_dir() and Path(item).resolve() == args.out.resolve():
+            raise ValueError(f"--out {args.out} is the input folder {item}: the outputs would replace the originals")
+    source = _source(args)
+    errors = [e for key, roi in (source.mapping or {}).items() if (e := check(f"{source.origin}: entry {key!r}", roi))]
+    plan, found, total = Plan(), 0, 0
+    for src, rel in expand_inputs(args.inputs, exclude=args.out, follow_symlinks=args.follow_symlinks):
         dst = args.out / rel
-        if dst.exists() and not args.overwrite:
-            skipped.append((src, "output exists (--overwrite to redo)"))
+        if dst.resolve() == src.resolve():
+            raise ValueError(f"--out {args.out} would write {rel} over its input {src}; choose another output folder")
+        entry = source.find(src, rel)
+        found, total = found + (entry is not None), total + 1
+        if entry is None and not args.copy_unmatched:
+            plan.left_out.append((src, _no_roi(source, src, rel)))
             continue
-        roi = source.find(src, rel)
-        roi = None if roi is None else grow_roi(roi, args.mask_scale)
+        if entry is not None and source.mapping is None and (e := check(*entry)):
+            errors.append(e)
+        roi = None if entry is None else grow_roi(entry[1], args.mask_scale)
         spec = None
         if roi is not None and has_shapes(roi):
             spec = {"filter": filt, "roi": roi, "outside": args.outside, "border": args.border}
-        tasks.append(Task(src, dst, spec))
-    return tasks, skipped
+        if dst.exists() and not args.overwrite:
+            plan.skipped.append((src, "output exists (--overwrite to redo)"))
+            continue
+        plan.tasks.append(Task(src, dst, spec))
+    if errors:
+        more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise ValueError("bad ROI entries, nothing written:\n  " + "\n  ".join(errors[:20]) + more)
+    if found == 0 and source.mapping is None and total:  # even with --copy-unmatched: nothing would be hidden
+        raise ValueError(
+            "no ROI source: none of the inputs has a NAME.json sidecar; give --roi rois.json (file name → ROI), "
+            "--coco annotations.json, or sidecars next to the images"
+        )
+    plan.unused = source.unused()
+    return plan
 
 
-def _write(dst: Path, data: bytes) -> None:
-    """Write through a temporary name, so an interrupted run leaves no partial output to be skipped later."""
+def _no_roi(source: RoiSource, src: Path, rel: Path) -> str:
+    near = source.near_miss(src, rel)
+    hint = f"; did you mean {source.origin}'s entry {near!r}? (keys match exactly)" if near else ""
+    return f"no ROI{hint}"
+
+
+def _write(dst: Path, data: bytes | None = None, *, copy_of: Path | None = None) -> None:
+    """Write ``data`` (or a copy of the file ``copy_of``) through a temporary file in the same folder renamed over
+    ``dst``, so an interrupted run leaves no partial output that a later run would skip as done."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, dst)
+    try:
+        if copy_of is not None:
+            shutil.copyfile(copy_of, tmp)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def process_file(task: Task, max_pixels: int) -> str:
@@ -118,16 +188,12 @@ def process_file(task: Task, max_pixels: int) -> str:
 
 def _process_file(task: Task, max_pixels: int) -> str:
     if task.spec is None:
-        task.dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(task.src, task.dst)
+        _write(task.dst, copy_of=task.src)
         return "copied"
-    data = task.src.read_bytes()
-    fmt = format_of(task.src)
-    pixels = _decode(data, fmt)
-    if pixels.shape[0] * pixels.shape[1] > max_pixels:
-        raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, more than ROICONV_MAX_PIXELS={max_pixels}")
+    data, fmt, pixels = _read(task.src, max_pixels)
+    before = pixels.copy() if fmt == "jpeg" else None
     result = convolve_local(pixels, task.spec, max_pixels, inplace=True)
-    _write(task.dst, copy_metadata(data, _encode(result, fmt, task.src.suffix), fmt))
+    _write(task.dst, _output(data, fmt, task.src.suffix, before, result))
     return "done"
 
 
@@ -215,6 +281,19 @@ def _worker_init() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+def _read(src: Path, max_pixels: int) -> tuple[bytes, str, np.ndarray]:
+    """(file bytes, format, pixels): the size read from the header and checked against ``max_pixels`` before
+    anything is decoded."""
+    from ..imaging import codec
+
+    data = src.read_bytes()
+    fmt = format_of(src)
+    width, height = codec.header_size(data, codec.sniff_format(data))
+    if width * height > max_pixels:
+        raise ValueError(f"{width}x{height} pixels (from the header), more than ROICONV_MAX_PIXELS={max_pixels}")
+    return data, fmt, _decode(data, fmt)
+
+
 def _decode(data: bytes, fmt: str) -> np.ndarray:
     import cv2
 
@@ -235,7 +314,25 @@ def _encode(pixels: np.ndarray, fmt: str, suffix: str) -> bytes:
     return buf.tobytes()
 
 
-async def _run_server(tasks: list[Task], args: argparse.Namespace, progress: Progress) -> dict[Path, str]:
+def _output(data: bytes, fmt: str, suffix: str, before: np.ndarray | None, result: np.ndarray) -> bytes:
+    """The bytes to write for ``result``: for a JPEG the input file with only the blocks under changed pixels
+    re-encoded (its tables, sampling and metadata kept: :func:`service.imaging.jpeg_roi.write_pixels`), unless the
+    file cannot keep its blocks (CMYK, 12-bit, no libturbojpeg: re-encoded whole, as every other format, with its
+    EXIF and ICC copied)."""
+    if fmt == "jpeg" and before is not None:
+        from ..imaging import jpeg_roi, metadata
+
+        try:
+            regions = jpeg_roi.changed_regions(before, result)
+            return jpeg_roi.write_pixels(data, result, regions, metadata.orientation(data, "jpeg"))
+        except jpeg_roi.Unsupported as exc:
+            logging.getLogger(__name__).warning("JPEG re-encoded whole: %s", exc)
+    return copy_metadata(data, _encode(result, fmt, suffix), fmt)
+
+
+async def _run_server(
+    tasks: list[Task], args: argparse.Namespace, progress: Progress, max_pixels: int
+) -> dict[Path, str]:
     from ..client import AsyncClient
 
     results: dict[Path, str] = {}
@@ -245,15 +342,13 @@ async def _run_server(tasks: list[Task], args: argparse.Namespace, progress: Pro
         async with gate:
             try:
                 if task.spec is None:
-                    await asyncio.to_thread(process_file, task, 0)
+                    await asyncio.to_thread(_write, task.dst, copy_of=task.src)
                     status = "copied"
                 else:
-                    fmt = format_of(task.src)
-                    data = await asyncio.to_thread(task.src.read_bytes)
-                    pixels = await asyncio.to_thread(_decode, data, fmt)
+                    data, fmt, pixels = await asyncio.to_thread(_read, task.src, max_pixels)
                     result = await client.convolve(pixels, task.spec)
-                    body = await asyncio.to_thread(_encode, result, fmt, task.src.suffix)
-                    await asyncio.to_thread(_write, task.dst, copy_metadata(data, body, fmt))
+                    body = await asyncio.to_thread(_output, data, fmt, task.src.suffix, pixels, result)
+                    await asyncio.to_thread(_write, task.dst, body)
                     status = "done"
             except Exception as exc:
                 status = f"failed: {_reason(exc)}"
@@ -265,55 +360,60 @@ async def _run_server(tasks: list[Task], args: argparse.Namespace, progress: Pro
     return results
 
 
-def _summary(results: dict[Path, str], skipped: list[tuple[Path, str]], seconds: float) -> str:
+def _summary(results: dict[Path, str], plan: Plan, seconds: float) -> str:
     failed = {p: s for p, s in results.items() if s.startswith("failed")}
     done = sum(s == "done" for s in results.values())
     copied = sum(s == "copied" for s in results.values())
-    lines = [
-        f"done {done}, copied without ROI {copied}, skipped {len(skipped)}, failed {len(failed)} in {seconds:.1f} s"
-    ]
-    lines += [f"  skipped {p}: {why}" for p, why in skipped]
+    head = (
+        f"done {done}, copied unchanged {copied}, left out (no ROI) {len(plan.left_out)}, skipped "
+        f"{len(plan.skipped)}, failed {len(failed)}, unused ROI entries {len(plan.unused)} in {seconds:.1f} s"
+    )
+    return "\n".join([head, *_details(plan, failed)])
+
+
+def _details(plan: Plan, failed: dict[Path, str]) -> list[str]:
+    lines = [f"  skipped {p}: {why}" for p, why in plan.skipped]
+    lines += [f"  LEFT OUT {p}: {why}" for p, why in plan.left_out]
+    if plan.left_out:
+        lines.append("  (give them a ROI, or --copy-unmatched to copy them unchanged)")
+    lines += [f"  UNUSED entry {key!r}: no input matches it" for key in plan.unused]
     lines += [f"  FAILED {p}: {s.removeprefix('failed: ')}" for p, s in sorted(failed.items())]
-    return "\n".join(lines)
+    return lines
+
+
+def _status(results: dict[Path, str], plan: Plan) -> int:
+    """1 when a file failed, an input was left out or a ROI entry went unused; else 0."""
+    failed = any(s.startswith("failed") for s in results.values())
+    return 1 if failed or plan.left_out or plan.unused else 0
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``roiconv apply``; returns the exit status."""
+    """Run ``roiconv apply``; returns the exit status (0 all done, 1 something failed or was left out, 2 bad
+    arguments or ROI entries: nothing written)."""
     try:
-        tasks, skipped = plan_tasks(args)
-        if args.server is None and tasks:
-            from pydantic import ValidationError
-
-            from ..imaging.spec import Spec, field_errors
-
-            probe = next((t.spec for t in tasks if t.spec is not None), None)
-            if probe is not None:
-                try:
-                    Spec.model_validate(probe)
-                except ValidationError as exc:
-                    first = (field_errors(exc, "spec") or [{"field": "spec", "reason": "invalid"}])[0]
-                    raise ValueError(f"{first['field']}: {first['reason']}") from None
+        plan = plan_tasks(args)
     except (ValueError, OSError, KeyError, TypeError) as exc:  # bad inputs, ROI files or filter JSON
         print(f"roiconv apply: {'missing key ' if isinstance(exc, KeyError) else ''}{exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for t in tasks:
-            what = "copy (no ROI)" if t.spec is None else json.dumps(t.spec["roi"], separators=(",", ":"))
+        for t in plan.tasks:
+            what = "copy unchanged" if t.spec is None else json.dumps(t.spec["roi"], separators=(",", ":"))
             print(f"{t.src} -> {t.dst}: {what}")
-        for src, why in skipped:
-            print(f"{src}: skip, {why}")
-        print(f"dry run: {len(tasks)} to write, {len(skipped)} skipped")
-        return 0
+        for line in _details(plan, {}):
+            print(line)
+        print(f"dry run: {len(plan.tasks)} to write, {len(plan.skipped)} skipped, {len(plan.left_out)} left out")
+        return _status({}, plan)
+    from ..server.settings import load_settings
+
+    max_pixels = load_settings().max_pixels
     t0 = time.monotonic()
-    progress = Progress(len(tasks))
+    progress = Progress(len(plan.tasks))
     try:
         if args.server is not None:
-            results = asyncio.run(_run_server(tasks, args, progress))
+            results = asyncio.run(_run_server(plan.tasks, args, progress, max_pixels))
         else:
-            from ..server.settings import load_settings  # ROICONV_MAX_PIXELS, as the server reads it
-
-            results = _run_local(tasks, args.workers, progress, load_settings().max_pixels)
+            results = _run_local(plan.tasks, args.workers, progress, max_pixels)
     finally:
         progress.close()
-    print(_summary(results, skipped, time.monotonic() - t0), file=sys.stderr)
-    return 1 if any(s.startswith("failed") for s in results.values()) else 0
+    print(_summary(results, plan, time.monotonic() - t0), file=sys.stderr)
+    return _status(results, plan)

@@ -7,15 +7,18 @@ a COCO annotation file (boxes, or segmentation polygons where given).
 
 from __future__ import annotations
 
+import difflib
 import glob
 import json
 import math
+import os
 from pathlib import Path
 
 from ..imaging.metadata import format_of
 
 __all__ = [
     "RoiSource",
+    "check_entry",
     "expand_inputs",
     "grow_roi",
     "has_shapes",
@@ -26,23 +29,26 @@ __all__ = [
 _SHAPES = ("boxes", "polygons", "circles", "ellipses")
 
 
-def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+def expand_inputs(
+    inputs: list[str], *, exclude: Path | None = None, follow_symlinks: bool = False
+) -> list[tuple[Path, Path]]:
     """(file, output path relative to --out) for every image named by files, folders (recursive) and globs.
 
-    A folder's images keep their path below the folder; files and glob matches keep their name. Raises ValueError
-    for an input that matches nothing and for two inputs that would write the same output.
+    A folder's images keep their path below the folder; files and glob matches keep their name. Nothing under
+    ``exclude`` (the output folder) is read. In a folder, a link (file or folder) that leads outside the folder is
+    refused (ValueError) unless ``follow_symlinks``. Raises ValueError for an input that matches nothing and for two
+    inputs that would write the same output.
     """
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and format_of(p))
-            found += [(p, p.relative_to(path)) for p in files]
+            found += [(p, p.relative_to(path)) for p in _walk(path, exclude, follow_symlinks)]
         elif path.is_file():
             found.append((path, Path(path.name)))
         elif glob.has_magic(item):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            found += [(p, Path(p.name)) for p in matches if p.is_file() and format_of(p)]
+            found += [(p, Path(p.name)) for p in matches if p.is_file() and format_of(p) and not _under(p, exclude)]
         else:
             raise ValueError(f"input {item!r} is not a file, a folder or a glob that matches anything")
     seen: dict[Path, Path] = {}
@@ -53,10 +59,55 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     return list({rel: (src, rel) for src, rel in found}.values())
 
 
+def _under(path: Path, folder: Path | None) -> bool:
+    """True when ``path`` (resolved) is ``folder`` or lies below it."""
+    return folder is not None and path.resolve().is_relative_to(folder.resolve())
+
+
+def _walk(folder: Path, exclude: Path | None, follow_symlinks: bool) -> list[Path]:
+    """The images below ``folder``, sorted, without entering ``exclude``; links leading outside ``folder`` raise
+    ValueError unless ``follow_symlinks`` (then each real folder is read once, so link loops end)."""
+    root = folder.resolve()
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for here, dirs, names in os.walk(folder, followlinks=follow_symlinks):
+        real = Path(here).resolve()
+        if real in seen or _under(real, exclude):
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in list(dirs) + names:
+            entry = Path(here) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root) and not follow_symlinks:
+                raise ValueError(
+                    f"{entry} is a link to {entry.resolve()}, outside the input folder {folder}; "
+                    "pass --follow-symlinks to read what it leads to"
+                )
+        dirs[:] = sorted(d for d in dirs if not _under(Path(here) / d, exclude))
+        files += [Path(here) / n for n in names if format_of(Path(n))]
+    return sorted(p for p in files if p.is_file())
+
+
 def _check_roi(roi: object, where: str) -> dict:
     if not isinstance(roi, dict):
-        raise ValueError(f'{where}: a ROI must be a JSON object like {{"boxes": [[x0, y0, x1, y1]]}}, got {roi!r}')
+        shown = repr(roi)[:100]
+        raise ValueError(f'{where}: a ROI must be a JSON object like {{"boxes": [[x0, y0, x1, y1]]}}, got {shown}')
     return roi
+
+
+def check_entry(where: str, roi: dict, filt: dict, outside: str, border: str) -> str | None:
+    """None when the request this ROI entry makes is valid for the server's own spec model; else a message naming
+    ``where`` (the file and entry), the key at fault and the reason, with the closest valid key for an unknown one."""
+    from pydantic import ValidationError
+
+    from ..imaging.spec import Spec, field_errors
+
+    try:
+        Spec.model_validate({"filter": filt, "roi": roi, "outside": outside, "border": border})
+    except ValidationError as exc:
+        first = (field_errors(exc, "spec") or [{"field": "spec", "reason": "invalid"}])[0]
+        return f"{where}: {first['field']}: {first['reason']}"
+    return None
 
 
 def load_mapping(path: Path) -> dict[str, dict]:
@@ -64,13 +115,15 @@ def load_mapping(path: Path) -> dict[str, dict]:
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected one JSON object mapping file names to ROI objects")
-    return {str(k): _check_roi(v, f"{path}: {k}") for k, v in data.items()}
+    return {str(k): _check_roi(v, f"{path}: entry {k!r}") for k, v in data.items()}
 
 
 def load_coco(path: Path, categories: list[str] | None = None) -> dict[str, dict]:
     """file_name → ROI object from a COCO annotation file: segmentation polygons where given, else the bbox.
 
-    ``categories``: names or ids to keep (all when None). RLE segmentations fall back to their bbox.
+    ``categories``: names or ids to keep (all when None). RLE segmentations fall back to their bbox. Every image of
+    the file gets an entry (no shapes when none of its annotations is kept); an annotation whose image is not in
+    ``images`` or whose bbox is not [x, y, w, h] raises ValueError naming it.
     """
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
@@ -85,36 +138,75 @@ def load_coco(path: Path, categories: list[str] | None = None) -> dict[str, dict
             raise ValueError(f"{path}: unknown categories {sorted(unknown)}; the file has {sorted(names.values())}")
     files = {img["id"]: str(img["file_name"]) for img in data["images"]}
     out: dict[str, dict] = {name: {"boxes": [], "polygons": []} for name in files.values()}
-    for ann in data["annotations"]:
+    for i, ann in enumerate(data["annotations"]):
         if keep is not None and ann.get("category_id") not in keep:
             continue
-        roi = out.setdefault(files[ann["image_id"]], {"boxes": [], "polygons": []})
+        if ann.get("image_id") not in files:
+            raise ValueError(f"{path}: annotations[{i}]: image_id {ann.get('image_id')!r} is not in 'images'")
+        roi = out[files[ann["image_id"]]]
         seg = ann.get("segmentation")
         if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 for p in seg):
             roi["polygons"] += [[[round(p[i]), round(p[i + 1])] for i in range(0, len(p) - 1, 2)] for p in seg]
-        elif "bbox" in ann:
+        elif _is_bbox(ann.get("bbox")):
             x, y, w, h = ann["bbox"]
             roi["boxes"].append([math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h)])
+        else:
+            raise ValueError(f"{path}: annotations[{i}]: no polygon segmentation and no bbox [x, y, width, height]")
     return out
 
 
+def _is_bbox(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
+
+
 class RoiSource:
-    """Finds the ROI object of an image: in the mapping (by path relative to its input, then name, then stem),
-    else in a sidecar ``NAME.json`` or ``NAME.ext.json`` next to it; None when there is none."""
+    """Finds the ROI object of an image.
 
-    def __init__(self, mapping: dict[str, dict] | None = None) -> None:
-        self.mapping = mapping
+    With a mapping (``--roi`` or ``--coco``) the keys are tried in this order, exactly (case and extension count):
+    the image's path relative to its input folder (``sub/a.png``, with ``/``), its file name (``a.png``), its name
+    without the extension (``a``). Without one, a sidecar ``NAME.json`` or ``NAME.ext.json`` next to the image.
+    :meth:`find` returns (where the ROI came from, the ROI object) or None; :meth:`unused` lists the mapping's keys
+    that no image took; :meth:`near_miss` suggests a key for an image that found none.
+    """
 
-    def find(self, src: Path, rel: Path) -> dict | None:
+    def __init__(self, mapping: dict[str, dict] | None = None, origin: str = "") -> None:
+        self.mapping, self.origin = mapping, origin
+        self.used: set[str] = set()
+
+    def find(self, src: Path, rel: Path) -> tuple[str, dict] | None:
         if self.mapping is not None:
             for key in (rel.as_posix(), src.name, src.stem):
                 if key in self.mapping:
-                    return self.mapping[key]
+                    self.used.add(key)
+                    return f"{self.origin}: entry {key!r}", self.mapping[key]
             return None
         for sidecar in (src.with_suffix(".json"), src.with_name(src.name + ".json")):
             if sidecar.is_file():
-                return _check_roi(json.loads(sidecar.read_text()), str(sidecar))
+                try:
+                    data = json.loads(sidecar.read_text())
+                except ValueError as exc:
+                    raise ValueError(f"{sidecar}: not valid JSON: {exc}") from None
+                return str(sidecar), _check_roi(data, str(sidecar))
         return None
+
+    def unused(self) -> list[str]:
+        return [] if self.mapping is None else sorted(set(self.mapping) - self.used)
+
+    def near_miss(self, src: Path, rel: Path) -> str | None:
+        """The mapping key that this image nearly matches (other case, other extension, other folder, a typo)."""
+        if not self.mapping:
+            return None
+        wanted = {rel.as_posix().casefold(), src.name.casefold(), src.stem.casefold()}
+        for key in self.mapping:
+            folded = key.casefold()
+            if folded in wanted or Path(folded).stem in wanted or Path(folded).name in wanted:
+                return key
+        close = difflib.get_close_matches(src.name, list(self.mapping), n=1, cutoff=0.85)
+        return close[0] if close else None
 
 
 def grow_roi(roi: dict, scale: float) -> dict:

@@ -137,38 +137,44 @@ def roi_rect(roi: dict, height: int, width: int) -> tuple[int, int, int, int] | 
     None when the ROI is inverted or gives no shapes (the whole image). May be empty (x0 >= x1) when the shapes
     lie outside the image. Ellipses are bounded by their larger axis, whatever the angle.
     """
+    rects = _shape_rects(roi, height, width)
+    if rects is None:
+        return None
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    return x0, y0, max(r[2] for r in rects), max(r[3] for r in rects)
+
+
+def _shape_rects(roi: dict, height: int, width: int) -> list[tuple[int, int, int, int]] | None:
+    """Each shape's bounding rectangle clipped to the image (possibly empty); None when inverted or no shapes."""
     if roi.get("invert"):
         return None
-    xs: list[float] = []
-    ys: list[float] = []
-    for x0, y0, x1, y1 in roi.get("boxes", []):
-        xs += [x0, x1]
-        ys += [y0, y1]
+    spans: list[tuple[float, float, float, float]] = [tuple(b) for b in roi.get("boxes", [])]
     for poly in roi.get("polygons", []):
-        xs += [min(p[0] for p in poly), max(p[0] for p in poly) + 1]
-        ys += [min(p[1] for p in poly), max(p[1] for p in poly) + 1]
+        xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+        spans.append((min(xs), min(ys), max(xs) + 1, max(ys) + 1))
     for cx, cy, r in roi.get("circles", []):
-        xs += [cx - r, cx + r + 1]
-        ys += [cy - r, cy + r + 1]
+        spans.append((cx - r, cy - r, cx + r + 1, cy + r + 1))
     for cx, cy, ax, ay, *_ in roi.get("ellipses", []):
         r = max(abs(ax), abs(ay)) + 1
-        xs += [cx - r, cx + r + 1]
-        ys += [cy - r, cy + r + 1]
-    if not xs:
+        spans.append((cx - r, cy - r, cx + r + 1, cy + r + 1))
+    if not spans:
         return None
-    x0, x1 = max(0, math.floor(min(xs))), min(width, math.ceil(max(xs)))
-    y0, y1 = max(0, math.floor(min(ys))), min(height, math.ceil(max(ys)))
-    return x0, y0, x1, y1
+    return [
+        (max(0, math.floor(x0)), max(0, math.floor(y0)), min(width, math.ceil(x1)), min(height, math.ceil(y1)))
+        for x0, y0, x1, y1 in spans
+    ]
 
 
-def filter_halo(filt: dict, catalog: dict | None = None) -> tuple[int, int] | None:
+def filter_halo(filt: dict | str, catalog: dict | None = None, largest: int | None = None) -> tuple[int, int] | None:
     """(hx, hy): the context pixels a filter reads around each output pixel; None when unknown (send it all).
 
     The server's word comes first: the catalog's ``halo`` for the filter (GET /filters, as ``{name: {...}}`` or
     ``{"filters": {name: {...}}}``), a number or a rule ``{"rule": "ksize" | "weights" | "block" | "adaptive" |
     "fixed" | "unknown", ...}`` applied to the filter's parameters (defaults from the catalog's schema). The rules
-    are the server's alone: without a catalog entry the halo is unknown (None).
+    are the server's alone: without a catalog entry the halo is unknown (None). A size "auto" follows the rule's
+    ``auto`` part for ``largest``, the longer side of the ROI's largest shape (None: unknown, send it all).
     """
+    filt = {"name": filt} if isinstance(filt, str) else filt
     name = filt.get("name", "")
     entry = _catalog_entry(catalog, name)
     defaults = {k: v.get("default") for k, v in entry.get("schema", {}).get("properties", {}).items()}
@@ -177,14 +183,19 @@ def filter_halo(filt: dict, catalog: dict | None = None) -> tuple[int, int] | No
     if isinstance(halo, int) and not isinstance(halo, bool):
         return halo, halo
     if isinstance(halo, dict) and "rule" in halo:
-        return _rule_halo(halo, params)
+        return _rule_halo(halo, params, largest)
     return None
 
 
-def _rule_halo(rule: dict, params: dict) -> tuple[int, int] | None:
+def _rule_halo(rule: dict, params: dict, largest: int | None = None) -> tuple[int, int] | None:
     """A halo rule applied to a filter's parameters; None when the rule or a parameter it needs is missing."""
     kind = rule.get("rule")
     try:
+        size_key = "block" if kind == "block" else "ksize"
+        if params.get(size_key) == "auto":
+            if largest is None or not isinstance(rule.get("auto"), dict):
+                return None
+            params = {**params, size_key: _auto_size(rule["auto"], largest)}
         if kind == "fixed":
             return int(rule["value"]), int(rule["value"])
         if kind == "ksize":
@@ -205,6 +216,13 @@ def _rule_halo(rule: dict, params: dict) -> tuple[int, int] | None:
     return None
 
 
+def _auto_size(rule: dict, side: int) -> int:
+    """The server's "auto" size for a shape whose longer side is ``side`` (GET /filters: halo.auto)."""
+    value = float(rule["fraction"]) * side
+    size = 2 * math.floor(value / 2) + 1 if rule.get("odd") else round(value)
+    return min(max(size, int(rule["least"])), int(rule["most"]))
+
+
 def _catalog_entry(catalog: dict | None, name: str) -> dict:
     if not catalog:
         return {}
@@ -216,13 +234,17 @@ def _catalog_entry(catalog: dict | None, name: str) -> dict:
 def crop_rect(spec: dict, height: int, width: int, catalog: dict | None = None) -> tuple[int, int, int, int] | None:
     """The smallest region to upload for ``spec``: the ROI's rectangle grown by the halo (pixelate: out to whole
     cells of the grid anchored at (0, 0)), clipped to the image; None when the whole image must be sent."""
-    rect = roi_rect(spec.get("roi") or {}, height, width)
-    halo = filter_halo(spec.get("filter") or {}, catalog)
+    roi = spec.get("roi") or {}
+    rect, rects = roi_rect(roi, height, width), _shape_rects(roi, height, width) or []
+    largest = max((max(r[2] - r[0], r[3] - r[1]) for r in rects), default=None)
+    filt = spec.get("filter") or {}
+    filt = {"name": filt} if isinstance(filt, str) else filt
+    halo = filter_halo(filt, catalog, largest)
     if rect is None or halo is None or rect[0] >= rect[2] or rect[1] >= rect[3]:
         return None
     x0, y0, x1, y1 = rect
     hx, hy = halo
-    if spec["filter"].get("name") == "pixelate":  # whole cells of the grid anchored at (0, 0); halo = block - 1
+    if filt.get("name") == "pixelate":  # whole cells of the grid anchored at (0, 0); halo = block - 1
         b = hx + 1
         x0, y0, x1, y1 = x0 // b * b, y0 // b * b, -(-x1 // b) * b, -(-y1 // b) * b
         return x0, y0, min(width, x1), min(height, y1)

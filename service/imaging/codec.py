@@ -40,6 +40,7 @@ _DEPTHS = {"png": ("uint8", "uint16"), "jpeg": ("uint8",), "webp": ("uint8",), "
 _DEPTHS["tiff"] = ("uint8", "uint16", "float32")
 _DEPTHS["npy"] = ("uint8", "uint16", "float32")
 _NO_ALPHA = ("jpeg",)
+_QUALITY = {"jpeg": cv2.IMWRITE_JPEG_QUALITY, "webp": cv2.IMWRITE_WEBP_QUALITY}
 
 
 class DecodeError(ValueError):
@@ -303,15 +304,17 @@ def check_encodable(fmt: str, depth: str, channels: int, width: int = 0, height:
     return None
 
 
-def encode(pixels: np.ndarray, fmt: str) -> bytes:
-    """Encode (H, W, C) pixels as ``fmt``; the caller has checked :func:`check_encodable`."""
+def encode(pixels: np.ndarray, fmt: str, *, quality: int | None = None) -> bytes:
+    """Encode (H, W, C) pixels as ``fmt``; the caller has checked :func:`check_encodable`. ``quality`` (1..100) for
+    JPEG and WebP, None for OpenCV's default (95 for JPEG)."""
     if pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if fmt == "npy":
         buf = io.BytesIO()
         np.save(buf, pixels, allow_pickle=False)
         return buf.getvalue()
-    ok, out = cv2.imencode(suffix_of(fmt), pixels)
+    params = [] if quality is None or fmt not in _QUALITY else [_QUALITY[fmt], quality]
+    ok, out = cv2.imencode(suffix_of(fmt), pixels, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {pixels.dtype} {pixels.shape} image as {fmt}")
     return out.tobytes()

@@ -21,7 +21,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .filters import BORDERS, FilterOp
+from .filters import BORDERS, FilterOp, piece_side, sized_op
 from .regions import Piece
 
 __all__ = ["apply", "pixelate_region"]
@@ -46,8 +46,8 @@ def apply(
 
     ``out`` covers the rectangle of ``src`` starting at ``out_origin`` (x, y) and may be ``src`` itself: every
     piece is computed from ``src`` before anything is written. ``out``'s dtype is the result depth (src's, or
-    float32). Alpha (C = 4) is never filtered. ``origin`` is where ``src`` sits in the full image (pixelate cells
-    are anchored at the full image's (0, 0)).
+    float32). Alpha (C = 4) is never filtered. An "auto" size is resolved for each piece from its longer side.
+    ``origin`` is where ``src`` sits in the full image (pixelate cells are anchored at the full image's (0, 0)).
     """
     color = 3 if src.shape[2] == 4 else src.shape[2]
     planes = src[:, :, :color] if color != src.shape[2] else src  # [H, W, color]
@@ -66,6 +66,7 @@ def apply(
 
 def _compute(op, planes, p: Piece, border: str, dtype, float_out: bool, origin) -> np.ndarray:
     h, w = p.y1 - p.y0, p.x1 - p.x0
+    op = sized_op(op, piece_side(p.x0, p.y0, p.x1, p.y1))
     if op.name == "fill":
         color = np.asarray(op.extra["color"], np.float64)
         return np.broadcast_to(color.astype(dtype), (h, w, planes.shape[2]))

@@ -7,7 +7,8 @@
   that the result can be encoded. :func:`prepare` is decode + plan.
 - run: :func:`run_opencv` (the CPU engine, per request) or, for the torch engine, :func:`run_torch` here or the
   server's device pool (which batches requests; it calls :func:`.torch_engine.run_batch` itself).
-- encode: :func:`output` turns an engine's result into the response's pixels, :func:`encode_result` into its bytes.
+- encode: :func:`output` turns an engine's result into the response's pixels, :func:`encode_result` into its bytes
+  (a JPEG in and out keeps every block outside the ROI: :func:`.jpeg_roi.write_pixels`).
 
 :func:`process` is the whole path in process (bytes in, bytes out) and :func:`process_pixels` the same without the
 codec (pixels in, pixels out), for callers that decoded the image themselves (``roiconv apply``). torch is imported
@@ -24,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import codec, metadata
-from .filters import FilterOp, build_filter, engine
-from .regions import Piece, RegionError, bounding_rect, build_pieces, pieces_mask
+from . import codec, jpeg_roi, metadata
+from .filters import FilterOp, build_filter, engine, piece_side, sized_op
+from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside, pieces_mask
 from .spec import Spec
 from .work import MAX_VALUE, Work, finish
 
@@ -80,6 +81,8 @@ class Prepared:
     origin: tuple[int, int] = (0, 0)
     source: np.ndarray | None = None
     window: tuple[int, int, int, int] | None = None
+    jpeg: tuple[bytes, int] | None = None  # JPEG in and out, outside kept: (the upload, the orientation applied)
+    quality: int | None = None
 
 
 def _bad(reason: str, field: str) -> Refused:
@@ -157,6 +160,7 @@ def plan(
     origin = _place(spec, w, h, max_pixels)
     try:
         full = (spec.crop.width, spec.crop.height) if spec.crop else (w, h)
+        check_inside(spec.roi, *full)
         pieces = build_pieces(spec.roi, h, w, mask, origin, full, deadline=deadline)
     except RegionError as exc:
         raise _bad(str(exc), exc.field) from None
@@ -166,7 +170,7 @@ def plan(
     runs_on = engine(op.kind, prefer_torch)
     color = 1 if channels == 1 else 3
     whole = _whole(pieces, h, w)
-    out_channels = _check_filter(spec, op, pixels, runs_on, color, whole)
+    out_channels = _check_filter(spec, op, pixels, runs_on, color, pieces)
     out_format = spec.format or fmt
     if out_format is not None:
         _check_encodable(spec, out_format, pixels, out_channels, pieces)
@@ -203,7 +207,12 @@ def prepare(
     """:func:`decode` then :func:`plan`: a request's bytes to its checked plan."""
     image, mask = decode(spec, image_bytes, mask_bytes, max_pixels, deadline)
     options = {"prefer_torch": prefer_torch, "deadline": deadline, "bands": bands}
-    return plan(spec, image.pixels, mask, max_pixels, fmt=image.format, **options)
+    prepared = plan(spec, image.pixels, mask, max_pixels, fmt=image.format, **options)
+    prepared.quality = spec.quality
+    if image.format == prepared.format == "jpeg" and spec.outside == "keep" and spec.output_region == "image":
+        orientation = metadata.orientation(image_bytes, "jpeg") if spec.exif == "upright" else 1
+        prepared.jpeg = (image_bytes, orientation)  # the blocks outside the ROI are kept (:func:`_encode`)
+    return prepared
 
 
 def _check_encodable(spec: Spec, fmt: str, pixels: np.ndarray, out_channels: int, pieces: list[Piece]) -> None:
@@ -251,13 +260,18 @@ def _place(spec: Spec, w: int, h: int, max_pixels: int) -> tuple[int, int]:
     return (crop.x, crop.y)
 
 
-def _check_filter(spec: Spec, op: FilterOp, pixels: np.ndarray, runs_on: str, color: int, whole: bool) -> int:
+def _check_filter(spec: Spec, op: FilterOp, pixels: np.ndarray, runs_on: str, color: int, pieces: list) -> int:
     """Check what depends on the image; returns the output's color channel count."""
     dtype = pixels.dtype
-    if op.name == "median" and dtype != np.uint8 and op.extra["ksize"] > 5:
-        raise _bad(
-            f"median ksize {op.extra['ksize']} needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize"
-        )
+    whole = _whole(pieces, *pixels.shape[:2])
+    if op.name == "median" and dtype != np.uint8:
+        sides = [piece_side(p.x0, p.y0, p.x1, p.y1) for p in pieces]
+        ksize = max((sized_op(op, s).extra["ksize"] for s in sides), default=3) if op.auto else op.extra["ksize"]
+        if ksize > 5:
+            given = f"auto gives {ksize} for the largest ROI piece" if op.auto else str(ksize)
+            raise _bad(
+                f"median ksize {given}: that needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize"
+            )
     if op.name == "fill":
         values = op.extra["color"]
         if len(values) not in (1, color):
@@ -373,7 +387,22 @@ def _finite(pixels: np.ndarray, op: FilterOp) -> np.ndarray:
 
 def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:
     """An engine's result encoded in the output format."""
-    return codec.encode(output(result, prepared), prepared.format)
+    return _encode(output(result, prepared), prepared)
+
+
+def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
+    """JPEG in, JPEG out: only the blocks under the ROI re-encoded (:mod:`.jpeg_roi`, header ``X-JPEG: blocks``);
+    a file whose blocks cannot be kept is re-encoded whole and says why (``X-JPEG: re-encoded: <reason>``)."""
+    if prepared.jpeg is not None and pixels.shape == prepared.source.shape and pixels.dtype == np.uint8:
+        data, orientation = prepared.jpeg
+        regions = [((p.x0, p.y0, p.x1, p.y1), p.mask) for p in prepared.pieces]
+        try:
+            body = jpeg_roi.write_pixels(data, pixels, regions, orientation)
+            prepared.headers["X-JPEG"] = "blocks"
+            return body
+        except jpeg_roi.Unsupported as exc:
+            prepared.headers["X-JPEG"] = "re-encoded: " + str(exc).encode("ascii", "replace").decode()
+    return codec.encode(pixels, prepared.format, quality=prepared.quality)
 
 
 def _paste(window: np.ndarray, prepared: Prepared) -> np.ndarray:

@@ -25,6 +25,7 @@ __all__ = [
     "bounding_rect",
     "build_mask",
     "build_pieces",
+    "check_inside",
     "draw_cost",
     "pieces_mask",
 ]
@@ -109,10 +110,16 @@ def _circle(cx: int, cy: int, r: int, w: int, h: int) -> Piece | None:
     return _drawn(rect, lambda c, dx, dy: cv2.circle(c, (cx + dx, cy + dy), r, 1, thickness=-1), 0, 0, w, h, (w, h))
 
 
-def _ellipse(cx: int, cy: int, ax: int, ay: int, angle: float, ox, oy, w: int, h: int, full) -> Piece | None:
+def _ellipse_extent(ax: int, ay: int, angle: float) -> tuple[int, int]:
+    """Half the width and height of a rotated ellipse's bounding box, with 2 pixels for OpenCV's rounding."""
     t = math.radians(angle)
-    ex = math.ceil(math.hypot(ax * math.cos(t), ay * math.sin(t))) + 2  # half extent + OpenCV's rounding margin
-    ey = math.ceil(math.hypot(ax * math.sin(t), ay * math.cos(t))) + 2
+    return math.ceil(math.hypot(ax * math.cos(t), ay * math.sin(t))) + 2, math.ceil(
+        math.hypot(ax * math.sin(t), ay * math.cos(t))
+    ) + 2
+
+
+def _ellipse(cx: int, cy: int, ax: int, ay: int, angle: float, ox, oy, w: int, h: int, full) -> Piece | None:
+    ex, ey = _ellipse_extent(ax, ay, angle)
     bbox = (cx - ex, cy - ey, cx + ex + 1, cy + ey + 1)
     draw = lambda c, dx, dy: cv2.ellipse(c, (cx + dx, cy + dy), (ax, ay), angle, 0, 360, 1, -1)  # noqa: E731
     return _drawn(bbox, draw, ox, oy, w, h, full)
@@ -155,6 +162,7 @@ def build_pieces(
         )
     if not roi.given and mask_pixels is None:
         return [] if roi.invert else [Piece(0, 0, width, height)]
+    full = full_size or (width + ox, height + oy)
     pieces: list[Piece | None] = []
     for x0, y0, x1, y1 in roi.boxes:
         rect = _clip(x0 - ox, y0 - oy, x1 - ox, y1 - oy, width, height)
@@ -175,6 +183,33 @@ def build_pieces(
         inverted = ~pieces_mask(found, height, width)
         return [] if not inverted.any() else [_mask_piece(inverted)]
     return found
+
+
+def _shape_bounds(roi: Roi):
+    """(field, [x0, y0, x1, y1]) of every shape, in full-image coordinates (x1, y1 exclusive)."""
+    for i, box in enumerate(roi.boxes):
+        yield f"spec.roi.boxes[{i}]", box
+    for i, poly in enumerate(roi.polygons):
+        xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+        yield f"spec.roi.polygons[{i}]", [min(xs), min(ys), max(xs) + 1, max(ys) + 1]
+    for i, (cx, cy, r) in enumerate(roi.circles):
+        yield f"spec.roi.circles[{i}]", [cx - r, cy - r, cx + r + 1, cy + r + 1]
+    for i, (cx, cy, ax, ay, angle) in enumerate(roi.ellipses):
+        ex, ey = _ellipse_extent(ax, ay, angle)
+        yield f"spec.roi.ellipses[{i}]", [cx - ex, cy - ey, cx + ex + 1, cy + ey + 1]
+
+
+def check_inside(roi: Roi, width: int, height: int) -> None:
+    """RegionError naming the first shape wholly outside the full image (width × height): almost always a
+    coordinate bug (swapped axes, another scale). :func:`build_pieces` clips shapes partly outside and drops those
+    wholly outside; callers that must not lose a shape silently call this first."""
+    for field, (x0, y0, x1, y1) in _shape_bounds(roi):
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            raise RegionError(
+                field,
+                f"{field.removeprefix('spec.roi.')} [{x0}, {y0}, {x1}, {y1}) lies wholly outside the {width}x{height} "
+                "image (x, y from its top-left corner); check the axes' order and the scale",
+            )
 
 
 def build_mask(

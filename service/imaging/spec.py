@@ -7,6 +7,7 @@ request bounded; a failure becomes a 422 that names the field (``spec.filter.ksi
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -43,6 +44,7 @@ __all__ = [
     "SobelFilter",
     "Spec",
     "field_errors",
+    "unknown_field",
 ]
 
 MAX_KSIZE = 31
@@ -52,9 +54,25 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 OddSize = Annotated[int, Field(ge=1, le=MAX_KSIZE, description="odd, 1..31")]
 MAX_BLUR_KSIZE = 255
 BlurSize = Annotated[int, Field(ge=1, le=MAX_BLUR_KSIZE, description="odd, 1..255")]
+AUTO = "auto"
+Auto = Literal["auto"]
+_AUTO_DOC = '"auto" (the default): sized to each ROI piece (docs/anonymization.md)'
 
 
-def _odd(name: str, value: int | list[int]) -> int | list[int]:
+def _size_or_auto(name: str):
+    """A before-validator: a string size must be "auto" (other strings get this message, not the union's three)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value != AUTO:
+            raise ValueError(f'{name} must be a number or "auto", got {value!r}'[:120])
+        return value
+
+    return check
+
+
+def _odd(name: str, value: int | list[int] | str) -> int | list[int] | str:
+    if value == AUTO:
+        return value
     for v in value if isinstance(value, list) else [value]:
         if v % 2 == 0:
             raise ValueError(f"{name} must be odd (the anchor is the kernel centre, as in OpenCV), got {v}")
@@ -73,10 +91,15 @@ class GaussianFilter(_Strict):
     """cv2.GaussianBlur(src, (kx, ky), sigma, sigma_y): kernels from cv2.getGaussianKernel."""
 
     name: Literal["gaussian"]
-    ksize: BlurSize | Annotated[list[BlurSize], Field(min_length=2, max_length=2)] = 5
-    sigma: Finite | None = Field(None, gt=0, le=100, description="None: derived from ksize as OpenCV does")
+    ksize: BlurSize | Annotated[list[BlurSize], Field(min_length=2, max_length=2)] | Auto = Field(
+        AUTO, description=f"odd, 1..255, or [kx, ky], or {_AUTO_DOC}"
+    )
+    sigma: Finite | None = Field(
+        None, gt=0, le=100, description="None: derived from ksize as OpenCV does (with ksize auto: 1/8 of the piece)"
+    )
     sigma_y: Finite | None = Field(None, gt=0, le=100, description="None: equal to sigma")
 
+    _auto_ksize = field_validator("ksize", mode="before")(_size_or_auto("ksize"))
     _odd_ksize = field_validator("ksize")(lambda v: _odd("ksize", v))
 
 
@@ -84,9 +107,12 @@ class BoxFilter(_Strict):
     """cv2.boxFilter(src, -1, (k, k), normalize=normalize); cv2.blur when normalized."""
 
     name: Literal["box"]
-    ksize: BlurSize | Annotated[list[BlurSize], Field(min_length=2, max_length=2)] = 3
+    ksize: BlurSize | Annotated[list[BlurSize], Field(min_length=2, max_length=2)] | Auto = Field(
+        AUTO, description=f"odd, 1..255, or [kx, ky], or {_AUTO_DOC}"
+    )
     normalize: bool = True
 
+    _auto_ksize = field_validator("ksize", mode="before")(_size_or_auto("ksize"))
     _odd_ksize = field_validator("ksize")(lambda v: _odd("ksize", v))
 
 
@@ -218,8 +244,11 @@ class MedianFilter(_Strict):
     """cv2.medianBlur(src, ksize): ksize 3..255 on 8-bit images, 3 or 5 on 16-bit and float32 (replicate border)."""
 
     name: Literal["median"]
-    ksize: int = Field(5, ge=3, le=MAX_BLUR_KSIZE, description="odd, 3..255 (8-bit), 3 or 5 (16-bit, float32)")
+    ksize: Annotated[int, Field(ge=3, le=MAX_BLUR_KSIZE)] | Auto = Field(
+        AUTO, description=f"odd, 3..255 (8-bit), 3 or 5 (16-bit, float32), or {_AUTO_DOC}"
+    )
 
+    _auto_ksize = field_validator("ksize", mode="before")(_size_or_auto("ksize"))
     _odd_ksize = field_validator("ksize")(lambda v: _odd("ksize", v))
 
 
@@ -228,7 +257,11 @@ class PixelateFilter(_Strict):
     pixel of the cell, inside the ROI or not), rounded half to even on 8/16-bit images."""
 
     name: Literal["pixelate"]
-    block: int = Field(16, ge=1, le=4096, description="cell size in pixels, 1..4096")
+    block: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
+        AUTO, description=f"cell size in pixels, 1..4096, or {_AUTO_DOC}"
+    )
+
+    _auto_block = field_validator("block", mode="before")(_size_or_auto("block"))
 
 
 class FillFilter(_Strict):
@@ -390,16 +423,43 @@ class Crop(_Strict):
 class Spec(_Strict):
     """The ``spec`` form field of POST /convolve."""
 
-    filter: FilterSpec
+    filter: FilterSpec = Field(description='a filter object, or a bare name: "gaussian" is {"name": "gaussian"}')
     roi: Roi = Field(default_factory=Roi)
     outside: Literal["keep", "zero"] = "keep"
     border: Literal["reflect101", "reflect", "replicate", "constant", "wrap"] = "reflect101"
     format: Literal["png", "jpeg", "tiff", "webp", "npy"] | None = Field(None, description="None: the input's")
+    quality: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="JPEG/WebP quality where pixels are encoded (e.g. PNG to JPEG); None: 95. "
+        "A JPEG edited in place keeps its own tables",
+    )
     depth: Literal["same", "float32"] = "same"
     timeout_ms: int | None = Field(None, gt=0, le=3_600_000, description="capped by ROICONV_REQUEST_TIMEOUT_S")
     crop: Crop | None = Field(None, description="the upload is a region of a larger image; ROI in full coordinates")
     output_region: Literal["image", "roi"] = Field("image", description="roi: only the ROI's bounding rectangle")
     exif: Literal["upright", "ignore"] = Field("upright", description="upright: apply the EXIF orientation")
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _bare_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+def unknown_field(loc: tuple) -> str:
+    """The reason for an unknown key at ``loc`` (a pydantic error location in a Spec), with the closest valid key:
+    ``"kernel_size: unknown field; did you mean ksize?"``."""
+    if loc[0] == "filter":
+        model = FILTER_MODELS.get(str(loc[1])) if len(loc) == 3 else None
+    else:
+        model = Spec if len(loc) == 1 else {"roi": Roi, "crop": Crop}.get(str(loc[0])) if len(loc) == 2 else None
+    key = str(loc[-1])
+    valid = [] if model is None else [f for f in model.model_fields if f != "name"]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if close:
+        return f"{key}: unknown field; did you mean {close[0]}?"
+    return f"{key}: unknown field; valid fields: {', '.join(valid)}" if valid else f"{key}: unknown field"
 
 
 _PART = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -417,6 +477,8 @@ def field_errors(exc: ValidationError, prefix: str) -> list[dict]:
         parts = [prefix] + [str(p) for p in loc if isinstance(p, int) or _PART.match(str(p))]
         field = ".".join(parts)
         reason = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            reason = unknown_field(tuple(e["loc"]))
         if e["type"] == "json_invalid":
             reason = f"not valid JSON: {e.get('ctx', {}).get('error', reason)}"
         if (field, reason) not in seen:

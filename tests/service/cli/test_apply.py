@@ -86,7 +86,7 @@ def test_mapping_file_globs_dry_run_and_mask_scale(photos, tmp_path, capsys):
     args = ["apply", str(folder / "*.png"), "--out", str(out), "--filter", FILTER, "--roi", str(mapping)]
     assert main([*args, "--dry-run", "--mask-scale", "2"]) == 0
     text = capsys.readouterr().out
-    assert '"boxes":[[5,5,25,25]]' in text and "copy (no ROI)" in text and not out.exists()
+    assert '"boxes":[[5,5,25,25]]' in text and "copy unchanged" in text and not out.exists()
     assert main([*args, "--mask-scale", "2", "--workers", "1"]) == 0
     assert_filtered(out / "a.png", imgs["a.png"], [[5, 5, 25, 25]])
     assert (out / "b.png").read_bytes() == (folder / "b.png").read_bytes()  # no shapes: copied unchanged
@@ -108,7 +108,8 @@ def test_coco_boxes_polygons_and_categories(photos, tmp_path, capsys):
     path.write_text(json.dumps(coco))
     out = tmp_path / "out"
     argv = ["apply", str(folder), "--out", str(out), "--filter", FILTER, "--coco", str(path), "--workers", "1"]
-    assert main([*argv, "--categories", "face"]) == 0
+    assert main([*argv, "--categories", "face"]) == 1  # b.png is in no annotation: left out, not copied
+    assert "LEFT OUT" in capsys.readouterr().err and not (out / "b.png").exists()
     assert_filtered(out / "a.png", imgs["a.png"], [[4, 6, 25, 17]])  # bbox rounded outwards, plate left alone
     assert_filtered(out / "sub/c.png", imgs["sub/c.png"], [[10, 10, 31, 31]])  # polygon filled with its edges
     assert main([*argv, "--categories", "nope"]) == 2

@@ -45,6 +45,11 @@ CASES = [
     ),
     ("default ksize from the catalog", {"filter": {"name": "gaussian"}, "roi": {"boxes": [[100, 100, 130, 118]]}}),
     (
+        "auto sizes: the largest shape sets the halo",
+        {"filter": "median", "roi": {"boxes": [[100, 20, 112, 30]], "ellipses": [[60, 60, 20, 12, 30]]}},
+    ),
+    ("auto pixelate cells", {"filter": "pixelate", "roi": {"polygons": [[[150, 10], [200, 40], [160, 70]]]}}),
+    (
         "reflect border",
         {"filter": {"name": "gaussian", "ksize": 15}, "roi": {"boxes": [[0, 0, 25, 25]]}, "border": "reflect"},
     ),

@@ -229,7 +229,10 @@ def test_http_headers_and_filters_catalog():
     assert r.status_code == 200 and r.headers["X-ROI-Rect"] == "10,5,30,25" and r.headers["X-Engine"] == "opencv"
     assert np.array_equal(decode(r.content), cv2.medianBlur(img, 5)[5:25, 10:30])
     c = catalog.json()
-    assert c["gaussian"]["halo"] == {"rule": "ksize", "min": 0} and c["pixelate"]["halo"] == {"rule": "block"}
+    auto = {"fraction": 0.75, "odd": True, "least": 3, "most": 255}
+    assert c["gaussian"]["halo"] == {"rule": "ksize", "min": 0, "auto": auto}
+    cells = {"fraction": 1 / 6, "odd": False, "least": 2, "most": 4096}
+    assert c["pixelate"]["halo"] == {"rule": "block", "auto": cells}
     assert c["gaussian"]["engine"] == {"cpu": "opencv", "cuda": "torch"}
     assert c["adaptive_gaussian"]["engine"]["cpu"] == "torch"
     assert halo({"name": "gaussian", "ksize": [31, 9]}) == 15 and halo({"name": "sobel", "ksize": 1}) == 1
