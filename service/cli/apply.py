@@ -52,6 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--coco", type=Path, help="COCO annotation file: boxes, or segmentation polygons")
     p.add_argument("--categories", help="with --coco: comma-separated category names or ids to use (default all)")
     p.add_argument("--mask-scale", type=float, default=1.0, help="grow every shape about its centre (default 1.0)")
+    p.add_argument(
+        "--detect",
+        choices=["faces"],
+        help="also filter what a detector finds (faces; the detect extra), alone or with a ROI source; every input is "
+        "then covered, and files where nothing is found (and nothing else is given) are copied unchanged and counted",
+    )
+    p.add_argument("--threshold", type=float, default=0.2, help="with --detect: the score a face must pass (0.2)")
     p.add_argument("--outside", choices=["keep", "zero"], default="keep", help="pixels outside the ROI")
     p.add_argument("--border", default="reflect101", help="border mode at the image's edges (default reflect101)")
     p.add_argument("--server", help="send the files to this server URL instead of filtering in process")
@@ -123,6 +130,9 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
     for item in args.inputs:
         if Path(item).is_dir() and Path(item).resolve() == args.out.resolve():
             raise ValueError(f"--out {args.out} is the input folder {item}: the outputs would replace the originals")
+    detect = {"what": args.detect, "threshold": args.threshold} if getattr(args, "detect", None) else None
+    if detect is not None and (error := check("--detect", {"detect": detect})):
+        raise ValueError(error)
     source = _source(args)
     errors = [e for key, roi in (source.mapping or {}).items() if (e := check(f"{source.origin}: entry {key!r}", roi))]
     plan, found, total = Plan(), 0, 0
@@ -132,14 +142,16 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
             raise ValueError(f"--out {args.out} would write {rel} over its input {src}; choose another output folder")
         entry = source.find(src, rel)
         found, total = found + (entry is not None), total + 1
-        if entry is None and not args.copy_unmatched:
+        if entry is None and not args.copy_unmatched and detect is None:
             plan.left_out.append((src, _no_roi(source, src, rel)))
             continue
         if entry is not None and source.mapping is None and (e := check(*entry)):
             errors.append(e)
         roi = None if entry is None else grow_roi(entry[1], args.mask_scale)
+        if detect is not None:
+            roi = {**(roi or {}), "detect": detect}
         spec = None
-        if roi is not None and has_shapes(roi):
+        if roi is not None and (has_shapes(roi) or "detect" in roi):
             spec = {"filter": filt, "roi": roi, "outside": args.outside, "border": args.border}
         if dst.exists() and not args.overwrite:
             plan.skipped.append((src, "output exists (--overwrite to redo)"))
@@ -148,7 +160,7 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
     if errors:
         more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise ValueError("bad ROI entries, nothing written:\n  " + "\n  ".join(errors[:20]) + more)
-    if found == 0 and source.mapping is None and total:  # even with --copy-unmatched: nothing would be hidden
+    if found == 0 and source.mapping is None and total and detect is None:  # even with --copy-unmatched
         raise ValueError(
             "no ROI source: none of the inputs has a NAME.json sidecar; give --roi rois.json (file name → ROI), "
             "--coco annotations.json, or sidecars next to the images"
@@ -191,10 +203,24 @@ def _process_file(task: Task, max_pixels: int) -> str:
         _write(task.dst, copy_of=task.src)
         return "copied"
     data, fmt, pixels = _read(task.src, max_pixels)
-    before = pixels.copy() if fmt == "jpeg" else None
+    detect_only = _detect_only(task.spec)
+    before = pixels.copy() if fmt == "jpeg" or detect_only else None
     result = convolve_local(pixels, task.spec, max_pixels, inplace=True)
+    if detect_only and np.array_equal(result, before):
+        return _unchanged(task)
     _write(task.dst, _output(data, fmt, task.src.suffix, before, result))
     return "done"
+
+
+def _detect_only(spec: dict) -> bool:
+    """The ROI is only what a detector finds: a result equal to the input means nothing was found."""
+    return "detect" in spec["roi"] and not has_shapes(spec["roi"])
+
+
+def _unchanged(task: Task) -> str:
+    """Nothing detected and nothing else to filter: the file is written as it was (its bytes copied)."""
+    _write(task.dst, copy_of=task.src)
+    return "nothing detected"
 
 
 def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int, *, inplace: bool = False) -> np.ndarray:
@@ -347,9 +373,12 @@ async def _run_server(
                 else:
                     data, fmt, pixels = await asyncio.to_thread(_read, task.src, max_pixels)
                     result = await client.convolve(pixels, task.spec)
-                    body = await asyncio.to_thread(_output, data, fmt, task.src.suffix, pixels, result)
-                    await asyncio.to_thread(_write, task.dst, body)
-                    status = "done"
+                    if _detect_only(task.spec) and np.array_equal(result, pixels):
+                        status = await asyncio.to_thread(_unchanged, task)
+                    else:
+                        body = await asyncio.to_thread(_output, data, fmt, task.src.suffix, pixels, result)
+                        await asyncio.to_thread(_write, task.dst, body)
+                        status = "done"
             except Exception as exc:
                 status = f"failed: {_reason(exc)}"
         results[task.src] = status
@@ -364,8 +393,10 @@ def _summary(results: dict[Path, str], plan: Plan, seconds: float) -> str:
     failed = {p: s for p, s in results.items() if s.startswith("failed")}
     done = sum(s == "done" for s in results.values())
     copied = sum(s == "copied" for s in results.values())
+    nothing = sum(s == "nothing detected" for s in results.values())
+    detected = f", written unchanged (nothing detected) {nothing}" if nothing else ""
     head = (
-        f"done {done}, copied unchanged {copied}, left out (no ROI) {len(plan.left_out)}, skipped "
+        f"done {done}, copied unchanged {copied}{detected}, left out (no ROI) {len(plan.left_out)}, skipped "
         f"{len(plan.skipped)}, failed {len(failed)}, unused ROI entries {len(plan.unused)} in {seconds:.1f} s"
     )
     return "\n".join([head, *_details(plan, failed)])

@@ -134,8 +134,8 @@ def _upload(pixels: np.ndarray) -> tuple[str, bytes, str]:
 def roi_rect(roi: dict, height: int, width: int) -> tuple[int, int, int, int] | None:
     """The bounding rectangle (x0, y0, x1, y1), x1/y1 exclusive, of a ROI object's shapes, clipped to the image.
 
-    None when the ROI is inverted or gives no shapes (the whole image). May be empty (x0 >= x1) when the shapes
-    lie outside the image. Ellipses are bounded by their larger axis, whatever the angle.
+    None when the ROI is inverted, asks for detection or gives no shapes (the whole image). May be empty (x0 >= x1)
+    when the shapes lie outside the image. Ellipses are bounded by their larger axis, whatever the angle.
     """
     rects = _shape_rects(roi, height, width)
     if rects is None:
@@ -145,8 +145,9 @@ def roi_rect(roi: dict, height: int, width: int) -> tuple[int, int, int, int] | 
 
 
 def _shape_rects(roi: dict, height: int, width: int) -> list[tuple[int, int, int, int]] | None:
-    """Each shape's bounding rectangle clipped to the image (possibly empty); None when inverted or no shapes."""
-    if roi.get("invert"):
+    """Each shape's bounding rectangle clipped to the image (possibly empty); None when inverted, asking for
+    detection (the faces are found on the server, anywhere in the image) or without shapes."""
+    if roi.get("invert") or roi.get("detect"):
         return None
     spans: list[tuple[float, float, float, float]] = [tuple(b) for b in roi.get("boxes", [])]
     for poly in roi.get("polygons", []):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import codec
+from .faces.sizes import detect_bytes
 from .filters import build_filter
 from .spec import Spec
 
@@ -76,6 +77,8 @@ def request_peak(spec: Spec, image: bytes, mask: bytes | None, budget: int, max_
     kind = build_filter(spec.filter, spec.border).kind
     peak = estimate_peak(width, height, channels, itemsize, kind, budget)
     extra = 0 if mask is None else _mask_peak(mask, width * height)
+    if spec.roi.detect is not None:
+        extra += detect_bytes(width, height, spec.roi.detect.max_side)
     return Peak(peak.bytes + extra + len(image), peak.bands)
 
 

