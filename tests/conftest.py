@@ -45,6 +45,12 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dty
 
 
 @pytest.fixture(scope="session")
+def tolerances() -> dict:
+    """The per-dtype relative tolerances (:data:`TOLERANCES`), for tests that compare with their own helper."""
+    return TOLERANCES
+
+
+@pytest.fixture(scope="session")
 def assert_close():
     """``assert_close(actual, expected, dtype=None)`` with the tolerance of ``dtype`` (default: expected's)."""
     return _assert_close

