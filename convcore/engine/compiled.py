@@ -47,6 +47,9 @@ COMPILE_CHOICES = (True, False, "auto")
 # compile="auto" compiles a generic window function when one call evaluates it at least this many times (positions ×
 # O × C·kh·kw): N=2, 16→16, 3×3, 256×256 is 3.0e8. Below it the eager chunks finish before the compiler would.
 AUTO_MIN_WORK = 2**28
+# torch.compile's backend: Inductor. Tests set "aot_eager" to check tracing, autograd and the engines over a whole
+# grid of geometries without paying for code generation each time.
+_BACKEND = "inductor"
 
 
 @dataclass
@@ -161,6 +164,7 @@ def run_compiled(
         device.type,
         torch.is_grad_enabled(),
         tuple((a.dtype, a.requires_grad) for a in args if isinstance(a, torch.Tensor)),
+        _BACKEND,
     )
     entry = _entry(name, core, full_key)
     if entry.failed is not None:
@@ -202,7 +206,7 @@ def _entry(name: str, core: Callable, key: Hashable) -> _Entry:
             # a fresh code object: Dynamo keeps its cache (and recompile limit) per code object
             code = core.__code__.replace(co_name=f"{core.__name__}_{n}")
             copy = types.FunctionType(code, core.__globals__, code.co_name, core.__defaults__, core.__closure__)
-            entry = _Entry(torch.compile(copy, fullgraph=True), f"{name}#{n}")
+            entry = _Entry(torch.compile(copy, fullgraph=True, backend=_BACKEND), f"{name}#{n}")
             _cache.entries[key] = entry
         return entry
 
