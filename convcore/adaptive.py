@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_bias, check_mask, check_same, check_tensor, pair
-from .compiled import CompileFallback, compiled_or_fallback, dense_tiles_op, masked_result
+from .compiled import CompileFallback, compiled_or_fallback, dense_tiles_op, masked_result, traced_pad
 from .engine import TileBatch, needs_grad, prepare_op, run_tiles_op, run_windows, tap_views, window_jobs
 from .engine.compiled import check_compile, function_key, tracing, use_compiled
-from .gather import pad_input
 from .geometry import conv_geometry
 
 __all__ = ["adaptive_conv2d", "adaptive_gaussian_blur2d", "dynamic_conv2d"]
@@ -322,7 +321,7 @@ def dynamic_conv2d(
     if tracing():  # inside an outer torch.compile: every window at once (the outer graph owns the memory)
         N, _, H, W = input.shape
         geom = conv_geometry((H, W), (kh, kw), **geometry)
-        cols = F.unfold(pad_input(input, geom), (kh, kw), geom.dilation, 0, geom.stride)  # [N, C*K, L]
+        cols = F.unfold(traced_pad(input, geom), (kh, kw), geom.dilation, 0, geom.stride)  # [N, C*K, L]
         cols = cols.permute(1, 0, 2).reshape(C, kh * kw, -1)  # [C, K, N*L]
         y = _dynamic_chunk(cols, kernel_fn, bias, O).view(O, N, *geom.out_hw).transpose(0, 1)  # [N, O, H_out, W_out]
         return masked_result(y, check_mask(mask, N, geom.out_hw), out)

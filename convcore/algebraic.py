@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_bias, check_mask, check_same, check_tensor
-from .compiled import CompileFallback, compiled_window_op, masked_result
+from .compiled import CompileFallback, compiled_window_op, masked_result, traced_pad
 from .engine import needs_grad, prepare_op, run_tiles_op, shifted_views
 from .engine.compiled import check_compile, tracing, use_compiled
 from .functional import roi_conv2d
-from .gather import gather_tile, pad_input
+from .gather import gather_tile
 from .geometry import ConvGeometry, conv_geometry
 from .window import window_op2d
 
@@ -316,7 +316,7 @@ def _lowered_dense(input, terms, bias, mask, out, groups: int, geometry: dict) -
     input, the mask applied by ``torch.where``."""
     N, _, H, W = input.shape
     geom = conv_geometry((H, W), terms[0][1].shape[2:], **geometry)
-    x = pad_input(input, geom)  # [N, C, H_pad, W_pad]
+    x = traced_pad(input, geom)  # [N, C, H_pad, W_pad]
     y = None
     for transform, weight in terms:
         t = F.conv2d(transform(x) if transform else x, weight, None, geom.stride, 0, geom.dilation, groups)

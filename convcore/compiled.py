@@ -18,7 +18,7 @@ import torch
 
 from .engine import Rect, TileBatch, TilesCompute, run_tiles_op
 from .engine.compiled import run_compiled
-from .gather import pad_input
+from .gather import border_index, pad_input
 from .geometry import ConvGeometry
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "dense_tiles_op",
     "dense_window_op",
     "masked_result",
+    "traced_pad",
     "window_band",
 ]
 
@@ -167,7 +168,7 @@ def dense_window_op(
 ) -> torch.Tensor:
     """The op as one traceable expression over the whole padded input, for an outer ``torch.compile``: the mask
     selects by ``torch.where`` (cost does not follow the ROI here; the outer graph owns the whole computation)."""
-    y = window_band(pad_input(input, geom), weight, fn, bias, reduce, keep_window, geom.stride, geom.dilation, groups)
+    y = window_band(traced_pad(input, geom), weight, fn, bias, reduce, keep_window, geom.stride, geom.dilation, groups)
     return masked_result(y.view(out_shape), mask, out)  # [N, O, H_out, W_out] or [N, O, kh, kw, H_out, W_out]
 
 
@@ -191,7 +192,18 @@ def dense_tiles_op(
     N = input.shape[0]
     Ho, Wo = geom.out_hw
     band = TileBatch((Ho, Wo), geom, tuple(Rect(n, 0, Ho, 0, Wo, True) for n in range(N)), whole=True)
-    return masked_result(compute(pad_input(input, geom), band), mask, out)
+    return masked_result(compute(traced_pad(input, geom), band), mask, out)
+
+
+def traced_pad(input: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
+    """:func:`convcore.gather.pad_input` by index (every mode but zeros): under an outer ``torch.compile`` the
+    backward of ``F.pad``'s replicate mode failed Inductor's stride check (torch 2.13); index_select's does not."""
+    if geom.padding_mode == "zeros" or not any(geom.pad):
+        return pad_input(input, geom)
+    (H, W), (top, bottom, left, right) = geom.in_hw, geom.pad
+    rows, _ = border_index(torch.arange(-top, H + bottom, device=input.device), H, geom.padding_mode)
+    cols, _ = border_index(torch.arange(-left, W + right, device=input.device), W, geom.padding_mode)
+    return input.index_select(2, rows).index_select(3, cols)  # [N, C, H_pad, W_pad]
 
 
 def compiled_or_fallback(name: str, core: Callable, key: Hashable, args: Sequence, dynamic=()) -> torch.Tensor:

@@ -177,7 +177,9 @@ def run_compiled(
         y = entry.fn(*args)
     except Exception as e:  # noqa: BLE001 - any compile/trace failure means: run eagerly, and say so
         entry.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        kind = "Dynamo cannot trace it" if isinstance(e, torch._dynamo.exc.Unsupported) else "compiling failed"
+        exc = torch._dynamo.exc
+        untraceable = isinstance(e, (exc.Unsupported, exc.UserError)) and not isinstance(e, exc.BackendCompilerFailed)
+        kind = "Dynamo cannot trace it" if untraceable else "compiling failed"
         _warn_once(
             f"{name}:{id(entry)}", f"{name}: {kind} ({entry.failed[:300]}); running the eager path for this function"
         )
