@@ -285,7 +285,8 @@ class _SmallNet(torch.nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y = window_op2d(x, self.w, _huber, padding=1, compile=True)
         y = self.morph(F.relu(self.adder(y) / 10), mask)
-        return quadratic_conv2d(y, self.w[:2, :1], self.w[:2, 1:2], padding=1, padding_mode="reflect")
+        a = self.w.transpose(0, 1)[:2]  # [2, 4, 3, 3]
+        return quadratic_conv2d(y, a, a, padding=1, padding_mode="reflect")
 
 
 def test_fullgraph_model_equals_eager(inductor, device, assert_close):
