@@ -73,7 +73,7 @@ def window_band(
         x = patch.unsqueeze(1)  # [B, 1, C, h_in, w_in]
         wt = weight[None, :, :, :, :, None, None]  # [1, O, C, kh, kw, 1, 1]
     else:
-        x = patch.view(B, groups, 1, Cg, h_in, w_in)  # [B, G, 1, Cg, h_in, w_in]
+        x = patch.unflatten(1, (groups, Cg)).unsqueeze(2)  # [B, G, 1, Cg, h_in, w_in]
         wt = weight.view(1, groups, O // groups, Cg, kh, kw, 1, 1)  # [1, G, O/G, Cg, kh, kw, 1, 1]
 
     def tap(m: int, q: int) -> torch.Tensor:  # fn at tap (m, q): [B, (G,) O', Cg, h, w]
@@ -98,7 +98,7 @@ def window_band(
         y = _accumulate([tap(m, q).sum(-3) for m, q in taps], torch.add)
         if reduce == "mean":
             y = y / (Cg * kh * kw)
-    y = y.reshape(B, O, h, w)
+    y = y if groups == 1 else y.flatten(1, 2)  # [B, O, h, w]
     return y if bias is None else y + bias[:, None, None]
 
 

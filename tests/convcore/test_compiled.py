@@ -228,7 +228,7 @@ def test_inductor_values_and_float64_gradients_equal_eager(inductor, device, ass
     x = torch.randn(2, 3, 12, 11, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
-    for kind in ("none", "box"):
+    for kind in ("box",):  # whole and partial bands (an Inductor compile costs tens of seconds here: one kind)
         mask = masks(kind, 2, (12, 11), device)
         res = []
         for c in (True, False):
