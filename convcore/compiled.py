@@ -53,8 +53,8 @@ def window_band(
     """``reduce`` of ``fn(x, w)`` over every window of ``patch``, tap by tap (traceable; what gets compiled).
 
     ``fn`` is called once per tap (m, q) with ``x`` (Tensor[B, 1, C, h, w]), the tap's shifted view, and ``w``
-    (Tensor[1, O, C, 1, 1]), the tap's weights — with ``groups`` > 1, (Tensor[B, G, 1, C/G, h, w]) and
-    (Tensor[1, G, O/G, C/G, 1, 1]) — so it must be elementwise (broadcasting), as the eager contract says.
+    (Tensor[1, O, C, 1, 1]), the tap's weights (with ``groups`` > 1, per group: C/G and O/G channels), so it must
+    be elementwise (broadcasting), as the eager contract says.
 
     Args:
         patch (Tensor[B, C, h_in, w_in]): the band's input with its halo, borders already resolved.
@@ -69,12 +69,27 @@ def window_band(
     O, Cg, kh, kw = weight.shape
     (sh, sw), (dh, dw) = stride, dilation
     h, w = (h_in - dh * (kh - 1) - 1) // sh + 1, (w_in - dw * (kw - 1) - 1) // sw + 1
-    if groups == 1:
-        x = patch.unsqueeze(1)  # [B, 1, C, h_in, w_in]
-        wt = weight[None, :, :, :, :, None, None]  # [1, O, C, kh, kw, 1, 1]
-    else:
-        x = patch.unflatten(1, (groups, Cg)).unsqueeze(2)  # [B, G, 1, Cg, h_in, w_in]
-        wt = weight.view(1, groups, O // groups, Cg, kh, kw, 1, 1)  # [1, G, O/G, Cg, kh, kw, 1, 1]
+    if groups > 1:  # one group at a time (a 6-D grouped layout tripped Inductor's range analysis, torch 2.13)
+        Og = O // groups
+        parts = [
+            window_band(
+                patch[:, g * Cg : (g + 1) * Cg],
+                weight[g * Og : (g + 1) * Og],
+                fn,
+                None,
+                reduce,
+                keep_window,
+                stride,
+                dilation,
+            )  # fmt: skip
+            for g in range(groups)
+        ]  # each [B, O/G(·kh·kw), h, w]
+        y = torch.cat(parts, dim=1)  # [B, O(·kh·kw), h, w]
+        if bias is None:
+            return y
+        return y + (bias if not keep_window else bias.repeat_interleave(kh * kw))[:, None, None]
+    x = patch.unsqueeze(1)  # [B, 1, C, h_in, w_in]
+    wt = weight[None, :, :, :, :, None, None]  # [1, O, C, kh, kw, 1, 1]
 
     def tap(m: int, q: int) -> torch.Tensor:  # fn at tap (m, q): [B, (G,) O', Cg, h, w]
         xs = x[..., m * dh : m * dh + (h - 1) * sh + 1 : sh, q * dw : q * dw + (w - 1) * sw + 1 : sw]
@@ -98,8 +113,7 @@ def window_band(
         y = _accumulate([tap(m, q).sum(-3) for m, q in taps], torch.add)
         if reduce == "mean":
             y = y / (Cg * kh * kw)
-    y = y if groups == 1 else y.flatten(1, 2)  # [B, O, h, w]
-    return y if bias is None else y + bias[:, None, None]
+    return y if bias is None else y + bias[:, None, None]  # [B, O, h, w]
 
 
 def _reduce_channels(v: torch.Tensor, reduce: str) -> torch.Tensor:
