@@ -61,9 +61,21 @@ RUN pip install --no-deps . && roiconv --help > /dev/null
 # ---- runtime: the virtual environment only, run by an unprivileged user -------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
+# The C++ compiler torch.compile's Inductor calls at run time for convcore's compile=True ops (docs/compile.md);
+# build with --build-arg ROICONV_COMPILER= to leave it out (the ops then run eagerly and warn once).
+ARG ROICONV_COMPILER=g++
+
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    TORCHINDUCTOR_CACHE_DIR=/home/roiconv/.cache/torchinductor
+
+RUN set -eu; \
+    if [ -n "$ROICONV_COMPILER" ]; then \
+        apt-get update; \
+        apt-get install -y --no-install-recommends $ROICONV_COMPILER; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi
 
 # libturbojpeg: JPEG in, JPEG out re-encodes only the ROI's blocks (docs/jpeg.md); without it JPEGs are re-encoded whole.
 RUN apt-get update \

@@ -6,9 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
-from .checks import check_bias, check_same, check_tensor, pair
-from .engine import needs_grad, prepare_op, run_tiles_op, run_windows, shifted_views, window_jobs
+from .checks import check_bias, check_mask, check_same, check_tensor, pair
+from .compiled import CompileFallback, compiled_or_fallback, dense_tiles_op, masked_result, traced_pad
+from .engine import TileBatch, needs_grad, prepare_op, run_tiles_op, run_windows, tap_views, window_jobs
+from .engine.compiled import check_compile, function_key, tracing, use_compiled
+from .geometry import conv_geometry
 
 __all__ = ["adaptive_conv2d", "adaptive_gaussian_blur2d", "dynamic_conv2d"]
 
@@ -28,6 +32,7 @@ def adaptive_conv2d(
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "zeros",
     out: torch.Tensor | None = None,
+    compile: bool | str = "auto",
 ) -> torch.Tensor:
     """A convolution whose kernel differs at every output location.
 
@@ -89,40 +94,70 @@ def adaptive_conv2d(
             )
     O = weight.shape[0] if weight is not None else C
     check_bias(bias, O, input)
-    geom, mask, result, done = prepare_op(
-        input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
-    )
+    check_compile(compile)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    geom = conv_geometry(input.shape[2:], (kh, kw), **geometry)
     if tuple(kernel.shape[4:]) != geom.out_hw:
         raise ValueError(
             f"kernel must cover the output positions: its last two dimensions must be (H_out, W_out) = "
             f"{geom.out_hw}, got {tuple(kernel.shape[4:])}"
         )
+    statics = (G, weight is not None, bias is not None)
+    compiled = False
+
+    def compute(patch: torch.Tensor, band: TileBatch) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
+        g = band.geom
+        args = (patch, band.rows(kernel), weight, bias, g.kernel, g.stride, g.dilation, G)  # rows [B, G, kh, kw, h, w]
+        if compiled:
+            dynamic = [(0, (0, 2, 3)), (1, (0, 4, 5))]
+            return compiled_or_fallback("adaptive_conv2d", _adaptive_band, (statics, *args[4:]), args, dynamic)
+        return _adaptive_band(*args, in_place=not needs_grad(input, kernel, weight))
+
+    if tracing():
+        return dense_tiles_op(input, geom, check_mask(mask, N, geom.out_hw), out, compute)
+    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
     if done:
         return result
-    Cg = C // G
-    in_place = not needs_grad(input, kernel, weight)
-
-    def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
-        h, w = band.shape
-        B = patch.shape[0]
-        kt = band.rows(kernel)  # [B, G, kh, kw, h, w]
-        acc = None
-        for m, q, xs in shifted_views(patch, band.geom, h, w):  # xs [B, C, h, w]
-            z = xs.unflatten(1, (G, Cg)) * kt[:, :, None, m, q]  # [B, G, Cg, h, w]
-            if weight is not None:
-                z = weight[:, :, m, q] @ z.reshape(B, C, h * w)  # [B, O, h*w]
-            if acc is None:
-                acc = z
-            elif in_place:
-                acc += z
-            else:
-                acc = acc + z
-        acc = acc.reshape(B, O, h, w)
-        return acc if bias is None else acc + bias[:, None, None]
-
+    compiled = use_compiled(compile, input.device, 0, generic=False)
     position = (2 * C + (2 * O if weight is not None else C) + G * kh * kw) * input.element_size()
+    if compiled:
+        try:
+            run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
+            return result
+        except CompileFallback:
+            compiled = False
     run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
     return result
+
+
+def _adaptive_band(
+    patch: torch.Tensor,
+    kt: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    kernel_hw: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    G: int,
+    in_place: bool = False,
+) -> torch.Tensor:
+    """Σ over taps of the shifted views of ``patch`` (Tensor[B, C, h_in, w_in]) times the per-location kernels
+    ``kt`` (Tensor[B, G, kh, kw, h, w]), with ``weight`` one (O × C) matmul per tap → Tensor[B, O or C, h, w]."""
+    B, C = patch.shape[:2]
+    h, w = kt.shape[-2:]
+    acc = None
+    for m, q, xs in tap_views(patch, kernel_hw, stride, dilation, h, w):  # xs [B, C, h, w]
+        z = xs.unflatten(1, (G, C // G)) * kt[:, :, None, m, q]  # [B, G, Cg, h, w]
+        if weight is not None:
+            z = weight[:, :, m, q] @ z.reshape(B, C, h * w)  # [B, O, h*w]
+        if acc is None:
+            acc = z
+        elif in_place:
+            acc += z
+        else:
+            acc = acc + z
+    acc = acc.reshape(B, -1, h, w)
+    return acc if bias is None else acc + bias[:, None, None]
 
 
 def adaptive_gaussian_blur2d(
@@ -133,6 +168,7 @@ def adaptive_gaussian_blur2d(
     *,
     mask: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    compile: bool | str = "auto",
 ) -> torch.Tensor:
     """A Gaussian blur whose standard deviation is a per-pixel map.
 
@@ -177,30 +213,55 @@ def adaptive_gaussian_blur2d(
         raise ValueError(f"border_type must be one of {BORDER_TYPES}, got {border_type!r}")
     if not bool((sigma >= 0).all()):  # one pass; NaN compares False
         raise ValueError("sigma must be >= 0 everywhere (0 leaves a pixel unblurred); it has negative or NaN values")
-    geom, mask, result, done = prepare_op(
-        input, (kh, kw), mask, out, C, stride=1, padding="same", dilation=1, padding_mode=border_type
-    )
-    if done:
-        return result
+    check_compile(compile)
+    geometry = dict(stride=1, padding="same", dilation=1, padding_mode=border_type)
     dy = (torch.arange(kh, device=input.device, dtype=input.dtype) - (kh - 1) / 2).square()  # [kh]
     dx = (torch.arange(kw, device=input.device, dtype=input.dtype) - (kw - 1) / 2).square()  # [kw]
+    compiled = False
 
-    def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, C, h, w]
-        h, w = band.shape
-        s = band.rows(sigma)  # [B, 1, h, w]
-        coef = -0.5 / s.clamp_min(_MIN_SIGMA).square()  # [B, 1, h, w]
-        gy = torch.exp(dy[:, None, None, None, None] * coef)  # [kh, B, 1, h, w]
-        gx = torch.exp(dx[:, None, None, None, None] * coef)  # [kw, B, 1, h, w]
-        gy = gy / gy.sum(0)
-        gx = gx / gx.sum(0)
-        acc = None
-        for m, q, xs in shifted_views(patch, band.geom, h, w):  # xs [B, C, h, w]
-            t = xs * (gy[m] * gx[q])  # [B, C, h, w]
-            acc = t if acc is None else acc + t
-        return acc
+    def compute(patch: torch.Tensor, band: TileBatch) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, C, h, w]
+        args = (patch, band.rows(sigma), dy, dx, band.geom.stride)  # sigma rows [B, 1, h, w]
+        if compiled:
+            dynamic = [(0, (0, 2, 3)), (1, (0, 2, 3))]
+            return compiled_or_fallback("adaptive_gaussian_blur2d", _blur_band, (kh, kw, args[4]), args, dynamic)
+        return _blur_band(*args)
 
-    run_tiles_op(input, geom, mask, result, compute, position_bytes=(3 * C + kh + kw + 4) * input.element_size())
+    if tracing():
+        geom = conv_geometry((H, W), (kh, kw), **geometry)
+        return dense_tiles_op(input, geom, check_mask(mask, N, geom.out_hw), out, compute)
+    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, C, **geometry)
+    if done:
+        return result
+    compiled = use_compiled(compile, input.device, 0, generic=False)
+    position = (3 * C + kh + kw + 4) * input.element_size()
+    if compiled:
+        try:
+            run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
+            return result
+        except CompileFallback:
+            compiled = False
+    run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
     return result
+
+
+def _blur_band(
+    patch: torch.Tensor, s: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, stride: tuple[int, int]
+) -> torch.Tensor:
+    """The Gaussian of standard deviation ``s`` (Tensor[B, 1, h, w]) at each position of one band's ``patch``
+    (Tensor[B, C, h_in, w_in]), separable squared distances ``dy`` (Tensor[kh]), ``dx`` (Tensor[kw]) → [B, C, h, w]
+    (``stride`` is (1, 1), or (1, kw) for gathered window rows)."""
+    kh, kw = dy.shape[0], dx.shape[0]
+    h, w = s.shape[-2:]
+    coef = -0.5 / s.clamp_min(_MIN_SIGMA).square()  # [B, 1, h, w]
+    gy = torch.exp(dy[:, None, None, None, None] * coef)  # [kh, B, 1, h, w]
+    gx = torch.exp(dx[:, None, None, None, None] * coef)  # [kw, B, 1, h, w]
+    gy = gy / gy.sum(0)
+    gx = gx / gx.sum(0)
+    acc = None
+    for m, q, xs in tap_views(patch, (kh, kw), stride, (1, 1), h, w):  # xs [B, C, h, w]
+        t = xs * (gy[m] * gx[q])  # [B, C, h, w]
+        acc = t if acc is None else acc + t
+    return acc
 
 
 def dynamic_conv2d(
@@ -216,6 +277,7 @@ def dynamic_conv2d(
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "zeros",
     out: torch.Tensor | None = None,
+    compile: bool | str = "auto",
 ) -> torch.Tensor:
     """A convolution whose weights are computed from each patch by ``kernel_fn`` (e.g. a small trainable MLP)::
 
@@ -254,33 +316,55 @@ def dynamic_conv2d(
     O, C = out_channels, input.shape[1]
     CK = C * kh * kw
     check_bias(bias, O, input)
-    geom, mask, result, done = prepare_op(
-        input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
-    )
+    check_compile(compile)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    if tracing():  # inside an outer torch.compile: every window at once (the outer graph owns the memory)
+        N, _, H, W = input.shape
+        geom = conv_geometry((H, W), (kh, kw), **geometry)
+        cols = F.unfold(traced_pad(input, geom), (kh, kw), geom.dilation, 0, geom.stride)  # [N, C*K, L]
+        cols = cols.permute(1, 0, 2).reshape(C, kh * kw, -1)  # [C, K, N*L]
+        y = _dynamic_chunk(cols, kernel_fn, bias, O).view(O, N, *geom.out_hw).transpose(0, 1)  # [N, O, H_out, W_out]
+        return masked_result(y, check_mask(mask, N, geom.out_hw), out)
+    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
     if done:
         return result
+    positions = int(mask.count_nonzero()) if mask is not None else result.shape[0] * geom.out_hw[0] * geom.out_hw[1]
+    compiled = use_compiled(compile, input.device, positions * O * CK)
+    key = (function_key(kernel_fn), O, bias is not None)
 
     def compute(cols: torch.Tensor) -> torch.Tensor:  # cols [C, K, P] -> [O, P]
-        P = cols.shape[2]
-        patches = cols.reshape(CK, P).t().contiguous()  # [P, C*K]
-        wts = kernel_fn(patches)
-        if not isinstance(wts, torch.Tensor) or wts.numel() != P * O * CK or wts.shape[0] != P:
-            got = tuple(wts.shape) if isinstance(wts, torch.Tensor) else type(wts).__name__
-            raise ValueError(
-                f"kernel_fn must return per-window weights of shape (P, O, C*kh*kw) = {(P, O, CK)} for patches of "
-                f"shape {(P, CK)}, got {got}"
-            )
-        y = (wts.reshape(P, O, CK) * patches[:, None]).sum(-1)  # [P, O] (faster than P tiny matmuls)
-        if bias is not None:
-            y = y + bias
-        return y.t()  # [O, P]
+        if compiled:
+            return compiled_or_fallback("dynamic_conv2d", _dynamic_chunk, key, (cols, kernel_fn, bias, O), [(0, (2,))])
+        return _dynamic_chunk(cols, kernel_fn, bias, O)
 
     recompute = torch.is_grad_enabled()  # kernel_fn may hold parameters: checkpoint each chunk
-    run_windows(
-        window_jobs(input, result, mask, geom),
-        compute,
-        window_bytes=(3 * CK + 2 * O * CK) * input.element_size(),
-        recompute=recompute,
-        reuse=not recompute,
-    )
+    jobs = window_jobs(input, result, mask, geom)
+    window_bytes = (3 * CK + 2 * O * CK) * input.element_size()
+    if compiled:
+        try:
+            run_windows(jobs, compute, window_bytes=window_bytes, recompute=recompute, reuse=not recompute)
+            return result
+        except CompileFallback:
+            compiled = False
+    run_windows(jobs, compute, window_bytes=window_bytes, recompute=recompute, reuse=not recompute)
     return result
+
+
+def _dynamic_chunk(
+    cols: torch.Tensor, kernel_fn: Callable[[torch.Tensor], torch.Tensor], bias: torch.Tensor | None, O: int
+) -> torch.Tensor:
+    """The per-window weights of ``kernel_fn`` applied to their windows: cols (Tensor[C, K, P]) → Tensor[O, P]."""
+    C, K, P = cols.shape
+    CK = C * K
+    patches = cols.reshape(CK, P).t().contiguous()  # [P, C*K]
+    wts = kernel_fn(patches)
+    if not isinstance(wts, torch.Tensor) or wts.numel() != P * O * CK or wts.shape[0] != P:
+        got = tuple(wts.shape) if isinstance(wts, torch.Tensor) else type(wts).__name__
+        raise ValueError(
+            f"kernel_fn must return per-window weights of shape (P, O, C*kh*kw) = {(P, O, CK)} for patches of "
+            f"shape {(P, CK)}, got {got}"
+        )
+    y = (wts.reshape(P, O, CK) * patches[:, None]).sum(-1)  # [P, O] (faster than P tiny matmuls)
+    if bias is not None:
+        y = y + bias
+    return y.t()  # [O, P]

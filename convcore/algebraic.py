@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
-from .checks import check_bias, check_same, check_tensor
+from .checks import check_bias, check_mask, check_same, check_tensor
+from .compiled import CompileFallback, compiled_window_op, masked_result, traced_pad
 from .engine import needs_grad, prepare_op, run_tiles_op, shifted_views
+from .engine.compiled import check_compile, tracing, use_compiled
 from .functional import roi_conv2d
 from .gather import gather_tile
-from .geometry import ConvGeometry
+from .geometry import ConvGeometry, conv_geometry
 from .window import window_op2d
 
 __all__ = ["distance_conv2d", "offset_conv2d", "quadratic_conv2d"]
@@ -35,6 +38,7 @@ def offset_conv2d(
     groups: int = 1,
     padding_mode: str = "zeros",
     out: torch.Tensor | None = None,
+    compile: bool | str = "auto",
 ) -> torch.Tensor:
     """y = Σ_{c, m, q} A ⊙ (x_window − B)  (+ bias): a convolution of the input shifted by a learnable offset.
 
@@ -52,6 +56,8 @@ def offset_conv2d(
         stride, padding, dilation, groups: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric".
         out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
+        compile: accepted for symmetry (True | False | "auto"); the lowered form already runs at F.conv2d's pace,
+            so nothing is compiled here. Inside an outer ``torch.compile`` the op is traceable (dense F.conv2d).
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -72,6 +78,7 @@ def offset_conv2d(
             f"offset must be broadcastable to weight's shape {tuple(weight.shape)}, got {tuple(offset.shape)}"
         )
     check_bias(bias, weight.shape[0], input)
+    check_compile(compile)
     shift = (weight * offset).sum((1, 2, 3))  # [O]: Σ A⊙B
     bias = -shift if bias is None else bias - shift
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
@@ -90,6 +97,7 @@ def quadratic_conv2d(
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "zeros",
     out: torch.Tensor | None = None,
+    compile: bool | str = "auto",
 ) -> torch.Tensor:
     """y = Σ_{c, m, q} (a ⊙ x_window² + b ⊙ x_window)  (+ c): a convolution quadratic in the input.
 
@@ -101,6 +109,7 @@ def quadratic_conv2d(
         a, b (Tensor[O, C, kh, kw]): the quadratic and linear weights.
         c (Tensor[O], optional): the constant term.
         mask, stride, padding, dilation, padding_mode, out: as in :func:`window_op2d`.
+        compile: as in :func:`offset_conv2d` (lowered: nothing to compile).
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -122,6 +131,7 @@ def quadratic_conv2d(
             f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
     check_bias(c, a.shape[0], input)
+    check_compile(compile)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
     return _lowered(input, [(torch.square, a), (None, b)], c, mask, out, **geometry)
 
@@ -138,6 +148,7 @@ def distance_conv2d(
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "zeros",
     out: torch.Tensor | None = None,
+    compile: bool | str = "auto",
 ) -> torch.Tensor:
     """y = −Σ_{c, m, q} |x_window − w|^p  (+ bias): a negative p-distance between each window and each filter.
 
@@ -153,6 +164,9 @@ def distance_conv2d(
         p: the exponent, > 0.
         bias (Tensor[O], optional): added at every computed position.
         mask, stride, padding, dilation, padding_mode, out: as in :func:`window_op2d`.
+        compile: p = 1: True compiles the running sum into one kernel per band (eager with one warning where
+            impossible), False and "auto" run the eager loop; p = 2 is lowered (nothing to compile); other p: as
+            in :func:`window_op2d` (see docs/compile.md).
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -171,16 +185,24 @@ def distance_conv2d(
     if C != input.shape[1]:
         raise ValueError(f"weight must have shape (O, C, kh, kw) with C = {input.shape[1]}, got {tuple(weight.shape)}")
     check_bias(bias, O, input)
+    check_compile(compile)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
     if p == 2:
         norm = -weight.square().sum((1, 2, 3))  # [O]
         terms = [(None, 2 * weight), (_channel_square_sum, -weight.new_ones(O, 1, kh, kw))]
         return _lowered(input, terms, norm if bias is None else norm + bias, mask, out, **geometry)
-    if p != 1:
-        return window_op2d(input, weight, lambda x, w: -((x - w).abs() ** p), bias=bias, mask=mask, out=out, **geometry)
+    if p != 1 or tracing():
+        fn = _neg_abs if p == 1 else (lambda x, w: -((x - w).abs() ** p))
+        return window_op2d(input, weight, fn, bias=bias, mask=mask, out=out, compile=compile, **geometry)
     geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
     if done:
         return result
+    if use_compiled(compile, input.device, 0, generic=False):
+        try:
+            compiled_window_op("distance_conv2d", input, weight, _neg_abs, "neg_abs", result, mask, geom, bias=bias)
+            return result
+        except CompileFallback:
+            pass
     track = needs_grad(input, weight)
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
@@ -193,6 +215,10 @@ def distance_conv2d(
 
     run_tiles_op(input, geom, mask, result, compute, position_bytes=3 * O * input.element_size())
     return result
+
+
+def _neg_abs(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return -(x - w).abs()
 
 
 def _adder_band(patch: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, hw: tuple[int, int]) -> torch.Tensor:
@@ -256,6 +282,8 @@ def _lowered(
     input into a stacked tensor; with several terms, each adds into the first one's result.
     """
     O, _, kh, kw = terms[0][1].shape
+    if tracing():
+        return _lowered_dense(input, terms, bias, mask, out, groups, geometry)
     geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, allocate=mask is not None, **geometry)
     if done:
         return result
@@ -281,6 +309,20 @@ def _lowered(
     else:
         dst.copy_(torch.where(sub_mask[:, None], total, dst))
     return result if mask is not None else dst
+
+
+def _lowered_dense(input, terms, bias, mask, out, groups: int, geometry: dict) -> torch.Tensor:
+    """:func:`_lowered` as one traceable expression (for an outer ``torch.compile``): F.conv2d over the padded
+    input, the mask applied by ``torch.where``."""
+    N, _, H, W = input.shape
+    geom = conv_geometry((H, W), terms[0][1].shape[2:], **geometry)
+    x = traced_pad(input, geom)  # [N, C, H_pad, W_pad]
+    y = None
+    for transform, weight in terms:
+        t = F.conv2d(transform(x) if transform else x, weight, None, geom.stride, 0, geom.dilation, groups)
+        y = t if y is None else y + t
+    y = y if bias is None else y + bias[:, None, None]
+    return masked_result(y, check_mask(mask, N, geom.out_hw), out)
 
 
 def _channel_square_sum(x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """nn.Module wrappers of the generalized window ops: each owns its parameters and ``reset_parameters()``; its
-``forward(input, mask=None)`` calls the functional op (computed only inside the mask, zeros outside)."""
+``forward(input, mask=None)`` calls the functional op (computed only inside the mask, zeros outside). Each takes
+``compile=`` (True | False | "auto", kept as ``compile_mode``), passed to the op (see docs/compile.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from .adaptive import dynamic_conv2d
 from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
+from .engine.compiled import check_compile
 from .geometry import PADDING_MODES, pair
 from .morph import MODES as MORPH_MODES
 from .morph import morph_conv2d
@@ -108,8 +110,11 @@ class OffsetConv2d(_WindowConv):
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
+        check_compile(compile)
+        self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
         kw = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(self._weight_shape(), **kw))
         self.offset = nn.Parameter(torch.empty(self._weight_shape(), **kw))
@@ -122,7 +127,14 @@ class OffsetConv2d(_WindowConv):
 
     def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return offset_conv2d(
-            input, self.weight, self.offset, self.bias, mask=mask, groups=self.groups, **self._geometry()
+            input,
+            self.weight,
+            self.offset,
+            self.bias,
+            mask=mask,
+            groups=self.groups,
+            compile=self.compile_mode,
+            **self._geometry(),
         )
 
 
@@ -150,8 +162,11 @@ class QuadraticConv2d(_WindowConv):
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode)
+        check_compile(compile)
+        self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
         kw = dict(device=device, dtype=dtype)
         self.a = nn.Parameter(torch.empty(self._weight_shape(), **kw))
         self.b = nn.Parameter(torch.empty(self._weight_shape(), **kw))
@@ -165,7 +180,7 @@ class QuadraticConv2d(_WindowConv):
             self.a.mul_(0.1)
 
     def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return quadratic_conv2d(input, self.a, self.b, self.c, mask=mask, **self._geometry())
+        return quadratic_conv2d(input, self.a, self.b, self.c, mask=mask, compile=self.compile_mode, **self._geometry())
 
 
 class DistanceConv2d(_WindowConv):
@@ -193,8 +208,11 @@ class DistanceConv2d(_WindowConv):
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode)
+        check_compile(compile)
+        self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
             raise ValueError(f"p must be a number > 0, got {p!r}")
         self.p = p
@@ -207,7 +225,9 @@ class DistanceConv2d(_WindowConv):
         _conv_init(self.weight, self.bias, self._fan_in())
 
     def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return distance_conv2d(input, self.weight, self.p, self.bias, mask=mask, **self._geometry())
+        return distance_conv2d(
+            input, self.weight, self.p, self.bias, mask=mask, compile=self.compile_mode, **self._geometry()
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", p={self.p}"
@@ -239,8 +259,11 @@ class MorphConv2d(_WindowConv):
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
+        check_compile(compile)
+        self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
         if mode not in MORPH_MODES:
             raise ValueError(f"mode must be one of {MORPH_MODES}, got {mode!r}")
         self.mode = mode
@@ -251,7 +274,9 @@ class MorphConv2d(_WindowConv):
         nn.init.uniform_(self.weight, -0.1, 0.1)
 
     def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return morph_conv2d(input, self.weight, self.mode, mask=mask, groups=self.groups, **self._geometry())
+        return morph_conv2d(
+            input, self.weight, self.mode, mask=mask, groups=self.groups, compile=self.compile_mode, **self._geometry()
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
@@ -283,8 +308,11 @@ class DynamicConv2d(_WindowConv):
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode)
+        check_compile(compile)
+        self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
         if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
             raise ValueError(f"hidden must be a positive int, got {hidden!r}")
         kw = dict(device=device, dtype=dtype)
@@ -312,7 +340,14 @@ class DynamicConv2d(_WindowConv):
 
     def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return dynamic_conv2d(
-            input, self.kernel_fn, self.out_channels, self.kernel_size, self.bias, mask=mask, **self._geometry()
+            input,
+            self.kernel_fn,
+            self.out_channels,
+            self.kernel_size,
+            self.bias,
+            mask=mask,
+            compile=self.compile_mode,
+            **self._geometry(),
         )
 
     def extra_repr(self) -> str:

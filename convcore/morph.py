@@ -6,9 +6,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import check_groups, check_same, check_tensor
+from .checks import check_groups, check_mask, check_same, check_tensor
+from .compiled import CompileFallback, compiled_window_op, dense_window_op
 from .engine import needs_grad, prepare_op, run_tiles_op, shifted_views
-from .geometry import ConvGeometry
+from .engine.compiled import check_compile, tracing, use_compiled
+from .geometry import ConvGeometry, conv_geometry
 
 __all__ = ["morph_conv2d"]
 
@@ -27,6 +29,7 @@ def morph_conv2d(
     groups: int = 1,
     padding_mode: str = "zeros",
     out: torch.Tensor | None = None,
+    compile: bool | str = "auto",
 ) -> torch.Tensor:
     """Morphological dilation or erosion: a convolution with (max, +) or (min, −) in place of (sum, ×).
 
@@ -51,6 +54,9 @@ def morph_conv2d(
         stride, padding, dilation, groups: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric" (edge repeated).
         out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
+        compile: True compiles the running max/min into one kernel per band (``torch.compile``; eager with one
+            warning where impossible); False and "auto" run the eager loop (see docs/compile.md). Ties between taps
+            share the compiled gradient (``torch.maximum``'s rule); the eager backward gives it to the first winner.
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -68,15 +74,27 @@ def morph_conv2d(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     O, Cg, kh, kw = weight.shape
     check_groups(input.shape[1], O, Cg, groups)
-    geom, mask, result, done = prepare_op(
-        input, (kh, kw), mask, out, O, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
-    )
+    check_compile(compile)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    reduction = dict(reduce="max" if mode == "dilation" else "min", groups=groups)
+    signed = weight if mode == "dilation" else -weight  # erosion: min(x − w) = min(x + (−w))
+    if tracing():  # inside an outer torch.compile: one traceable expression
+        N, _, H, W = input.shape
+        geom = conv_geometry((H, W), (kh, kw), **geometry)
+        out_shape = (N, O, *geom.out_hw)
+        mask = check_mask(mask, N, geom.out_hw)
+        return dense_window_op(input, signed, _plus, geom, mask, out, out_shape, **reduction)
+    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
     if done:
         return result
+    if use_compiled(compile, input.device, 0, generic=False):
+        try:
+            compiled_window_op("morph_conv2d", input, signed, _plus, "plus", result, mask, geom, **reduction)
+            return result
+        except CompileFallback:
+            pass
     G = groups
-    wg = weight.reshape(G, O // G, Cg, kh, kw)  # [G, O/G, Cg, kh, kw]
-    if mode == "erosion":
-        wg = -wg
+    wg = signed.reshape(G, O // G, Cg, kh, kw)  # [G, O/G, Cg, kh, kw]
     track = needs_grad(input, weight)
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
@@ -86,6 +104,10 @@ def morph_conv2d(
 
     run_tiles_op(input, geom, mask, result, compute, position_bytes=3 * O * input.element_size())
     return result
+
+
+def _plus(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x + w
 
 
 def _morph_band(

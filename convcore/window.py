@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .checks import check_bias, check_mask, check_out, check_same, check_tensor
+from .compiled import CompileFallback, compiled_window_op, dense_window_op
 from .engine import drop_full, run_windows, window_jobs, zeros
+from .engine.compiled import check_compile, function_key, tracing, use_compiled
 from .geometry import conv_geometry
 
 __all__ = ["window_op2d"]
@@ -36,6 +38,7 @@ def window_op2d(
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "zeros",
     out: torch.Tensor | None = None,
+    compile: bool | str = "auto",
 ) -> torch.Tensor:
     """A sliding-window op with any elementwise ``fn`` in place of the product of a convolution.
 
@@ -67,6 +70,12 @@ def window_op2d(
         stride, padding, dilation: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric".
         out (Tensor, optional): the output, written only inside the mask; returned.
+        compile: True | False | "auto". True traces ``fn`` and the reduction into one compiled kernel per band
+            (``torch.compile``; falls back to the eager chunks, with one warning, where that is impossible); False
+            runs the eager chunks; "auto" compiles when one call evaluates ``fn`` at least
+            :data:`convcore.engine.compiled.AUTO_MIN_WORK` times and a compiler is present (see docs/compile.md).
+            On the compiled path ``fn`` sees one tap at a time (x: Tensor[B, 1, C, h, w], w: Tensor[1, O, C, 1, 1]),
+            so it must be elementwise.
 
     Returns:
         Tensor[N, O, H_out, W_out], or Tensor[N, O, kh, kw, H_out, W_out] with ``keep_window=True``.
@@ -93,13 +102,26 @@ def window_op2d(
     if Cw != C:
         raise ValueError(f"weight must have shape (O, C, kh, kw) with C = {C} (the input's channels), got {Cw}")
     check_bias(bias, O, input)
+    check_compile(compile)
     geom = conv_geometry((H, W), (kh, kw), stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
-    mask, _ = drop_full(check_mask(mask, N, geom.out_hw, input.device))
     Ho, Wo = geom.out_hw
     out_shape = (N, O, kh, kw, Ho, Wo) if keep_window else (N, O, Ho, Wo)
     out = check_out(out, out_shape, input)
     if keep_window and out is not None and not out.is_contiguous():
         raise ValueError("out must be contiguous with keep_window=True (it is written as (N, O*kh*kw, H_out, W_out))")
+    reduction = dict(bias=bias, reduce=reduce, keep_window=keep_window)
+    if tracing():  # inside an outer torch.compile: one traceable expression, no engine loop
+        return dense_window_op(input, weight, fn, geom, check_mask(mask, N, geom.out_hw), out, out_shape, **reduction)
+    mask, covered = drop_full(check_mask(mask, N, geom.out_hw, input.device))
+    result = out if out is not None else (input.new_empty(out_shape) if mask is None else zeros(out_shape, input))
+    flat = result.view(N, -1, Ho, Wo)
+    positions = N * Ho * Wo if covered < 0 else covered
+    if covered != 0 and use_compiled(compile, input.device, positions * O * C * kh * kw):
+        try:
+            compiled_window_op("window_op2d", input, weight, fn, function_key(fn), flat, mask, geom, **reduction)
+            return result
+        except CompileFallback:
+            pass
     dims = (2,) if keep_window else (2, 3, 4)
     O_flat = O * kh * kw if keep_window else O
 
@@ -124,8 +146,6 @@ def window_op2d(
         return r.reshape(P, O_flat).t()  # [O_flat, P]
 
     per_window = (2 * C * kh * kw + 3 * O * C * kh * kw + 2 * O_flat) * input.element_size()
-    result = out if out is not None else (input.new_empty(out_shape) if mask is None else zeros(out_shape, input))
-    flat = result.view(N, O_flat, Ho, Wo)
     recompute = torch.is_grad_enabled()
     jobs = window_jobs(input, flat, mask, geom)
     run_windows(jobs, compute, window_bytes=per_window, recompute=recompute, reuse=not recompute)

@@ -1,4 +1,6 @@
-"""``python -m convcore.bench ops``: the generalized window ops against the recipes they replace.
+"""``python -m convcore.bench ops``: the window ops compiled, against eager, F.conv2d and the compiled unfold recipe
+(:mod:`convcore.bench.compiled`, N=2 — the default table); with ``--recipes``, also the generalized window ops
+(eager) against the recipes they replace (this module's table, below).
 
 Every op runs at N=4, 16→16 channels, 3×3 kernel, padding 1, 256×256, in this one process, against the forum recipe
 it replaces (``F.unfold`` + broadcast + reduce; offset and quadratic also against one plain ``F.conv2d`` of the same
@@ -26,6 +28,8 @@ from ..adaptive import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d
 from ..algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
 from ..morph import morph_conv2d
 from ..window import window_op2d
+from . import compiled
+from .compiled import format_table as format_compiled
 from .measure import box_mask, busy_cpu, measure, peak_extra_bytes
 
 __all__ = ["build_cases", "main", "measure_case"]
@@ -273,6 +277,20 @@ def format_busy(quiet: list[dict], busy: list[dict], k: int) -> str:
     return "\n".join(lines)
 
 
+def _compiled_table(args: argparse.Namespace, device: torch.device) -> None:
+    rows, second = compiled.run(device, args.size, args.rounds, args.only, eager=not args.no_eager)
+    header = (
+        f"convcore ops compiled on {device.type} ({torch.get_num_threads()} threads, torch {torch.__version__}): "
+        f"N={compiled.N}, {compiled.C}→{compiled.O} ch, {compiled.K}×{compiled.K}, {args.size}×{args.size}, "
+        f"padding 1; median of {args.rounds} interleaved rounds"
+    )
+    if args.json:
+        print(json.dumps({"config": header, "rows": rows, "second_process": second}, indent=2))
+    else:
+        print(format_compiled(rows, header, second))
+        print()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m convcore.bench ops [--json] [--device D] [--size S] [--rounds R] [--only NAME] [--threads T]
     [--busy K]``. Returns 0 (the table reports misses; timing targets are not a test)."""
@@ -286,10 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="run only the ops whose name contains this string")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--busy", type=int, default=0, metavar="K", help="then measure again with K processes spinning")
+    p.add_argument("--recipes", action="store_true", help="also the eager ops vs the unfold recipes table (N=4)")
+    p.add_argument("--no-compiled", action="store_true", help="skip the compiled table")
+    p.add_argument("--no-eager", action="store_true", help="compiled table: skip the (slow) single eager call per op")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if not args.no_compiled and not (args.busy and not args.recipes):
+        _compiled_table(args, device)
+    if not (args.recipes or args.busy):
+        return 0
     cases = [c for c in build_cases(device, args.size) if args.only is None or args.only in c.name]
     rows = [measure_case(c, device, args.size, args.rounds) for c in cases]
     busy = None

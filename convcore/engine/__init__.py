@@ -30,7 +30,16 @@ from .policy import (
 )
 from .rects import Band, Rect, plan_bands, positions, rects_from_mask
 from .setup import OpSetup, prepare_op, window_jobs
-from .tiles import TileBatch, TilesCompute, TileSource, run_tiles, run_tiles_op, run_window_rows, shifted_views
+from .tiles import (
+    TileBatch,
+    TilesCompute,
+    TileSource,
+    run_tiles,
+    run_tiles_op,
+    run_window_rows,
+    shifted_views,
+    tap_views,
+)
 from .windows import WindowJob, WindowsCompute, run_windows
 
 __all__ = [
@@ -59,6 +68,7 @@ __all__ = [
     "set_workspace_limit",
     "shifted_views",
     "single_thread",
+    "tap_views",
     "tile_size",
     "window_jobs",
     "workspace_limit",

@@ -23,7 +23,7 @@ from ..geometry import ConvGeometry
 from .policy import chunk_bytes, chunk_count, tile_size
 from .rects import Band, Rect, plan_bands, positions
 
-__all__ = ["TileBatch", "TileSource", "TilesCompute", "run_tiles", "run_tiles_op", "shifted_views"]
+__all__ = ["TileBatch", "TileSource", "TilesCompute", "run_tiles", "run_tiles_op", "shifted_views", "tap_views"]
 
 # run_tiles_op gathers windows instead when the mask's rectangles cover this many times its positions.
 SPARSE_RATIO = 4
@@ -176,7 +176,14 @@ def shifted_views(patch: torch.Tensor, geom: ConvGeometry, h: int, w: int) -> It
     The view for tap (m, q) holds, at output position (i, j) of the band, the input value under that tap.
     No data is copied.
     """
-    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    return tap_views(patch, geom.kernel, geom.stride, geom.dilation, h, w)
+
+
+def tap_views(
+    patch: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int], h: int, w: int
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """:func:`shifted_views` from the geometry's parts (what a compiled compute takes: plain ints, no object)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     for m in range(kh):
         for q in range(kw):
             r0, c0 = m * dh, q * dw

@@ -83,6 +83,20 @@ MUTATIONS = [
         "if False:",
         ["tests/convcore/test_functional.py", "-k", "plan_for_another_mask or plan_for_other_shapes"],
     ),
+    (
+        "compiled band: the last kernel tap dropped from the reduction",
+        "convcore/compiled.py",
+        "taps = [(m, q) for m in range(kh) for q in range(kw)]",
+        "taps = [(m, q) for m in range(kh) for q in range(kw)][:-1]",
+        ["tests/convcore/test_compiled.py", "-k", "compiled_form"],
+    ),
+    (
+        "compiled band: stride ignored along the width",
+        "convcore/compiled.py",
+        "xs = x[..., m * dh : m * dh + (h - 1) * sh + 1 : sh, q * dw : q * dw + (w - 1) * sw + 1 : sw]",
+        "xs = x[..., m * dh : m * dh + (h - 1) * sh + 1 : sh, q * dw : q * dw + w]",
+        ["tests/convcore/test_compiled.py", "-k", "compiled_form"],
+    ),
 ]
 
 
