@@ -13,7 +13,7 @@ from ...imaging import codec
 from ...imaging.faces.sizes import detect_bytes
 from ...imaging.regions import RegionError
 from ...imaging.spec import Detect
-from ..admission import StateDep, record_of
+from ..deps import StateDep, record_of
 from ..errors import ApiError, from_validation
 from ..openapi import DETECT_SCHEMA
 from .convolve import FormDep
