@@ -179,6 +179,18 @@ def _run_fused(
     )
 
 
+def _per_input(inputs, masks, outs) -> tuple[list, list]:
+    """``masks`` and ``outs`` as lists with one entry per input (None where not given)."""
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise TypeError("inputs must be a non-empty list of (C, H, W) tensors")
+    n = len(inputs)
+    masks = list(masks) if masks is not None else [None] * n
+    outs = list(outs) if outs is not None else [None] * n
+    if len(masks) != n or len(outs) != n:
+        raise ValueError(f"masks and outs must have one entry per input ({n}), got {len(masks)} and {len(outs)}")
+    return masks, outs
+
+
 def roi_conv2d_batch(
     inputs: Sequence[torch.Tensor],
     weight: torch.Tensor,
@@ -217,13 +229,7 @@ def roi_conv2d_batch(
         >>> [tuple(y.shape) for y in ys], bool(ys[1].any())
         ([(2, 8, 8), (2, 5, 9)], False)
     """
-    if not isinstance(inputs, (list, tuple)) or not inputs:
-        raise TypeError("inputs must be a non-empty list of (C, H, W) tensors")
-    n = len(inputs)
-    masks = list(masks) if masks is not None else [None] * n
-    outs = list(outs) if outs is not None else [None] * n
-    if len(masks) != n or len(outs) != n:
-        raise ValueError(f"masks and outs must have one entry per input ({n}), got {len(masks)} and {len(outs)}")
+    masks, outs = _per_input(inputs, masks, outs)
     results: list[torch.Tensor] = []
     jobs: list[WindowJob] = []
     sources: list[TileSource] = []

@@ -20,6 +20,7 @@ import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -58,18 +59,16 @@ def _recipe(x: torch.Tensor, w: torch.Tensor, fn, reduce: str) -> torch.Tensor:
     return y.view(x.shape[0], w.shape[0], x.shape[2], x.shape[3])
 
 
-def build_cases(device: torch.device, size: int) -> list[Case]:
+def _data(device: torch.device, size: int) -> SimpleNamespace:
+    """The benchmark's inputs: image, weights, per-location kernels, sigmas and the MLP kernel function."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device)
 
-    x = rand(N, C, size, size)
-    w, w2 = rand(O, C, K, K) / 12, rand(O, C, K, K) / 12
-    bias = rand(O)
-    L = size * size
-    kernel = torch.softmax(rand(N, K, K, size, size).flatten(1, 2), 1).view(N, K, K, size, size)
-    sigma = (x[:, :1].abs() * 2).contiguous()
+    d = SimpleNamespace(x=rand(N, C, size, size), w=rand(O, C, K, K) / 12, w2=rand(O, C, K, K) / 12, bias=rand(O))
+    d.kernel = torch.softmax(rand(N, K, K, size, size).flatten(1, 2), 1).view(N, K, K, size, size)
+    d.sigma = (d.x[:, :1].abs() * 2).contiguous()
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(C * K * K, 8), torch.nn.ReLU(), torch.nn.Linear(8, O * C * K * K))
     mlp = mlp.to(device).requires_grad_(False)
@@ -77,19 +76,22 @@ def build_cases(device: torch.device, size: int) -> list[Case]:
     def kernel_fn(p):
         return mlp(p).view(p.shape[0], O, C * K * K)
 
-    def conv():
-        return F.conv2d(x, w, padding=1)
+    d.kernel_fn = kernel_fn
+    return d
 
-    def rbf(a, b):
-        return torch.exp(-((a - b) ** 2))
+
+def _recipes(d: SimpleNamespace, device: torch.device, size: int) -> SimpleNamespace:
+    """The unfold recipes a user would write for the per-location ops."""
+    x, w, kernel, sigma, kernel_fn = d.x, d.w, d.kernel, d.sigma, d.kernel_fn
+    L = size * size
 
     def adaptive_recipe():
         cols = _unfold(x).view(N, C, K * K, L) * kernel.view(N, 1, K * K, L)  # [N, C, K*K, L]
         return (w.view(O, -1) @ cols.view(N, C * K * K, L)).view(N, O, size, size)
 
     def blur_recipe():
-        d = (torch.arange(K, device=device) - (K - 1) / 2).square()
-        dist = (d[:, None] + d[None, :]).view(1, K * K, 1)
+        dd = (torch.arange(K, device=device) - (K - 1) / 2).square()
+        dist = (dd[:, None] + dd[None, :]).view(1, K * K, 1)
         k = torch.exp(-dist / (2 * sigma.view(N, 1, L).clamp_min(1e-2) ** 2))  # [N, K*K, L]
         k = k / k.sum(1, keepdim=True)
         xp = F.pad(x, (1, 1, 1, 1), mode="reflect")
@@ -104,6 +106,21 @@ def build_cases(device: torch.device, size: int) -> list[Case]:
     def keep_recipe():
         patches = F.pad(x, (1, 1, 1, 1)).unfold(2, K, 1).unfold(3, K, 1)  # [N, C, H, W, K, K]
         return (patches[:, None] * w[None, :, :, None, None]).sum(2)  # [N, O, H, W, K, K]: channel-only sum
+
+    return SimpleNamespace(adaptive=adaptive_recipe, blur=blur_recipe, dynamic=dynamic_recipe, keep=keep_recipe)
+
+
+def build_cases(device: torch.device, size: int) -> list[Case]:
+    d = _data(device, size)
+    r = _recipes(d, device, size)
+    x, w, w2, bias, kernel, sigma, kernel_fn = d.x, d.w, d.w2, d.bias, d.kernel, d.sigma, d.kernel_fn
+    adaptive_recipe, blur_recipe, dynamic_recipe, keep_recipe = r.adaptive, r.blur, r.dynamic, r.keep
+
+    def conv():
+        return F.conv2d(x, w, padding=1)
+
+    def rbf(a, b):
+        return torch.exp(-((a - b) ** 2))
 
     pad = dict(padding=1)
     return [
