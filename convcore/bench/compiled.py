@@ -19,8 +19,10 @@ import os
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import count
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,7 @@ from .measure import box_mask, measure, peak_extra_bytes
 __all__ = ["FNS", "build_cases", "format_table", "run"]
 
 N, C, O, K, SIZE = 2, 16, 16, 3, 256
+_RECIPES = count()
 
 
 def _huber(x, w):
@@ -72,7 +75,10 @@ def _unfold_recipe(fn: Callable, reduce: str) -> Callable[[torch.Tensor, torch.T
         y = v.sum(2) if reduce == "sum" else v.amax(2)  # [N, O, L]
         return y.view(x.shape[0], w.shape[0], x.shape[2], x.shape[3])
 
-    return recipe
+    # A code object of its own per function: Dynamo caches (and counts recompilations) per code object, so one
+    # shared ``recipe`` would hit its recompile limit after a few cases and run the later ones eagerly.
+    code = recipe.__code__.replace(co_name=f"recipe_{next(_RECIPES)}")
+    return types.FunctionType(code, recipe.__globals__, code.co_name, recipe.__defaults__, recipe.__closure__)
 
 
 def build_cases(device: torch.device, w: torch.Tensor, only: str | None = None) -> list[Case]:
