@@ -24,6 +24,7 @@ a restart interval is not kept (pixels are unaffected).
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Callable, Sequence
@@ -474,11 +475,14 @@ def changed_regions(before: np.ndarray, after: np.ndarray, grid: int = 16) -> li
     """Where ``after`` differs from ``before`` (both (H, W[, C])): the bounding rectangles, on a ``grid``-pixel
     grid, of the connected groups of changed cells, each with the mask of its changed pixels."""
     diff = cv2.absdiff(before, after)
-    changed = (diff.reshape(*diff.shape[:2], -1) != 0).any(2).astype(np.uint8)  # [H, W]
+    if diff.ndim == 3:  # the largest change over the channels (cv2's SIMD loops: numpy's any(2) was 3x slower)
+        diff = functools.reduce(cv2.max, cv2.split(diff))
+    changed = (diff != 0).astype(np.uint8)  # [H, W]
     h, w = changed.shape
     gh, gw = -(-h // grid), -(-w // grid)
     padded = cv2.copyMakeBorder(changed, 0, gh * grid - h, 0, gw * grid - w, cv2.BORDER_CONSTANT, value=0)
-    cells = (padded.reshape(gh, grid, gw, grid).max((1, 3)) > 0).astype(np.uint8)  # [gh, gw]
+    # [gh, gw]: a cell is changed when any of its pixels is (an exact box average in float32: > 0 iff one is 1)
+    cells = (cv2.resize(padded.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(cells, connectivity=8)
     out = []
     for x, y, cw, ch, _ in stats[1:count]:
