@@ -103,12 +103,12 @@ def adaptive_conv2d(
             f"{geom.out_hw}, got {tuple(kernel.shape[4:])}"
         )
     statics = (G, weight is not None, bias is not None)
-    compiled = False
+    mode = {"compiled": False}  # read by compute; _engine_with_fallback turns it off on a fallback
 
     def compute(patch: torch.Tensor, band: TileBatch) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
         g = band.geom
         args = (patch, band.rows(kernel), weight, bias, g.kernel, g.stride, g.dilation, G)  # rows [B, G, kh, kw, h, w]
-        if compiled:
+        if mode["compiled"]:
             dynamic = [(0, (0, 2, 3)), (1, (0, 4, 5))]
             return compiled_or_fallback("adaptive_conv2d", _adaptive_band, (statics, *args[4:]), args, dynamic)
         return _adaptive_band(*args, in_place=not needs_grad(input, kernel, weight))
@@ -118,15 +118,9 @@ def adaptive_conv2d(
     geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
     if done:
         return result
-    compiled = use_compiled(compile, input.device, 0, generic=False)
+    mode["compiled"] = use_compiled(compile, input.device, 0, generic=False)
     position = (2 * C + (2 * O if weight is not None else C) + G * kh * kw) * input.element_size()
-    if compiled:
-        try:
-            run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
-            return result
-        except CompileFallback:
-            compiled = False
-    run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
+    _engine_with_fallback(mode, lambda: run_tiles_op(input, geom, mask, result, compute, position_bytes=position))
     return result
 
 
@@ -217,11 +211,11 @@ def adaptive_gaussian_blur2d(
     geometry = dict(stride=1, padding="same", dilation=1, padding_mode=border_type)
     dy = (torch.arange(kh, device=input.device, dtype=input.dtype) - (kh - 1) / 2).square()  # [kh]
     dx = (torch.arange(kw, device=input.device, dtype=input.dtype) - (kw - 1) / 2).square()  # [kw]
-    compiled = False
+    mode = {"compiled": False}  # read by compute; _engine_with_fallback turns it off on a fallback
 
     def compute(patch: torch.Tensor, band: TileBatch) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, C, h, w]
         args = (patch, band.rows(sigma), dy, dx, band.geom.stride)  # sigma rows [B, 1, h, w]
-        if compiled:
+        if mode["compiled"]:
             dynamic = [(0, (0, 2, 3)), (1, (0, 2, 3))]
             return compiled_or_fallback("adaptive_gaussian_blur2d", _blur_band, (kh, kw, args[4]), args, dynamic)
         return _blur_band(*args)
@@ -232,15 +226,9 @@ def adaptive_gaussian_blur2d(
     geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, C, **geometry)
     if done:
         return result
-    compiled = use_compiled(compile, input.device, 0, generic=False)
+    mode["compiled"] = use_compiled(compile, input.device, 0, generic=False)
     position = (3 * C + kh + kw + 4) * input.element_size()
-    if compiled:
-        try:
-            run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
-            return result
-        except CompileFallback:
-            compiled = False
-    run_tiles_op(input, geom, mask, result, compute, position_bytes=position)
+    _engine_with_fallback(mode, lambda: run_tiles_op(input, geom, mask, result, compute, position_bytes=position))
     return result
 
 
@@ -329,24 +317,20 @@ def dynamic_conv2d(
     if done:
         return result
     positions = int(mask.count_nonzero()) if mask is not None else result.shape[0] * geom.out_hw[0] * geom.out_hw[1]
-    compiled = use_compiled(compile, input.device, positions * O * CK)
+    mode = {"compiled": use_compiled(compile, input.device, positions * O * CK)}
     key = (function_key(kernel_fn), O, bias is not None)
 
     def compute(cols: torch.Tensor) -> torch.Tensor:  # cols [C, K, P] -> [O, P]
-        if compiled:
+        if mode["compiled"]:
             return compiled_or_fallback("dynamic_conv2d", _dynamic_chunk, key, (cols, kernel_fn, bias, O), [(0, (2,))])
         return _dynamic_chunk(cols, kernel_fn, bias, O)
 
     recompute = torch.is_grad_enabled()  # kernel_fn may hold parameters: checkpoint each chunk
     jobs = window_jobs(input, result, mask, geom)
     window_bytes = (3 * CK + 2 * O * CK) * input.element_size()
-    if compiled:
-        try:
-            run_windows(jobs, compute, window_bytes=window_bytes, recompute=recompute, reuse=not recompute)
-            return result
-        except CompileFallback:
-            compiled = False
-    run_windows(jobs, compute, window_bytes=window_bytes, recompute=recompute, reuse=not recompute)
+    _engine_with_fallback(
+        mode, lambda: run_windows(jobs, compute, window_bytes=window_bytes, recompute=recompute, reuse=not recompute)
+    )
     return result
 
 
@@ -368,3 +352,15 @@ def _dynamic_chunk(
     if bias is not None:
         y = y + bias
     return y.t()  # [O, P]
+
+
+def _engine_with_fallback(mode: dict, run: Callable[[], None]) -> None:
+    """``run()`` (an engine pass whose computes read ``mode["compiled"]``); when a compiled compute falls back part-way
+    (:class:`CompileFallback`), the pass is run again eagerly: the engine rewrites every in-mask position."""
+    if mode["compiled"]:
+        try:
+            run()
+            return
+        except CompileFallback:
+            mode["compiled"] = False
+    run()

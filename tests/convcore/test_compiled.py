@@ -306,3 +306,24 @@ def test_fullgraph_model_equals_eager(inductor, device, assert_close):
     ref.sum().backward()
     assert_close(net.w.grad, ref_net.w.grad)
     assert_close(net.adder.weight.grad, ref_net.adder.weight.grad)
+
+
+def test_a_compiled_pass_that_falls_back_is_rerun_eagerly(monkeypatch, device, assert_close):
+    """A compiled band compute that falls back (CompileFallback inside the engine pass): the pass runs again eagerly
+    and writes every position."""
+    import convcore.adaptive as adaptive_mod
+
+    if cc.compiler_missing(torch.device(device)) is not None:
+        pytest.fail("needs a compiler so that compile=True takes the compiled route")
+    calls = []
+
+    def fall_back(name, core, key, args, dynamic=()):
+        calls.append(name)
+        raise compiled_mod.CompileFallback(name)
+
+    monkeypatch.setattr(adaptive_mod, "compiled_or_fallback", fall_back)
+    x = torch.randn(1, 2, 30, 40, device=device)
+    sigma = torch.rand(1, 1, 30, 40, device=device) * 2
+    y = adaptive_gaussian_blur2d(x, sigma, 3, "reflect", compile=True)
+    assert calls == ["adaptive_gaussian_blur2d"]  # the compiled route was taken once, then eager
+    assert_close(y, adaptive_gaussian_blur2d(x, sigma, 3, "reflect", compile=False))
