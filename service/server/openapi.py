@@ -25,24 +25,26 @@ ERROR_SCHEMA = {
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 
-FORM_SCHEMA = {
-    "requestBody": {
+
+def _multipart(spec_schema: str, **parts: dict) -> dict:
+    """The requestBody of a multipart ``image`` (+ ``parts``) + JSON ``spec`` (components/schemas/``spec_schema``)."""
+    image = {"type": "string", "format": "binary", "description": "PNG/JPEG/TIFF/BMP/WebP/npy"}
+    properties = {"image": image, **parts, "spec": {"$ref": f"#/components/schemas/{spec_schema}"}}
+    return {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "spec"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "PNG/JPEG/TIFF/BMP/WebP/npy"},
-                        "mask": {"type": "string", "format": "binary", "description": "same size; nonzero = ROI"},
-                        "spec": {"$ref": "#/components/schemas/Spec"},
-                    },
-                },
+                "schema": {"type": "object", "required": ["image", "spec"], "properties": properties},
                 "encoding": {"spec": {"contentType": "application/json"}},
             }
         },
-    },
+    }
+
+
+FORM_SCHEMA = {
+    "requestBody": _multipart(
+        "Spec", mask={"type": "string", "format": "binary", "description": "same size; nonzero = ROI"}
+    ),
     "responses": {
         "200": {"description": "The filtered image", "content": {t: {} for t in sorted(set(CONTENT_TYPES.values()))}},
         **{
@@ -64,22 +66,7 @@ FORM_SCHEMA = {
 
 _POINT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 DETECT_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "spec"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "PNG/JPEG/TIFF/BMP/WebP/npy"},
-                        "spec": {"$ref": "#/components/schemas/Detect"},
-                    },
-                },
-                "encoding": {"spec": {"contentType": "application/json"}},
-            }
-        },
-    },
+    "requestBody": _multipart("Detect"),
     "responses": {
         "200": {
             "description": "The faces found, by decreasing score, and the ROI pieces /convolve would use for them",
