@@ -18,6 +18,7 @@ import torch
 
 from .engine import Rect, TileBatch, TilesCompute, run_tiles_op
 from .engine.compiled import run_compiled
+from .fused_band import fused_band, fused_supported
 from .gather import border_index, pad_input
 from .geometry import ConvGeometry
 
@@ -159,11 +160,40 @@ def compiled_window_op(
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O_flat, h, w]
         g = band.geom
+        needs_grad = torch.is_grad_enabled() and (patch.requires_grad or weight.requires_grad)
+        if fused_supported(reduce, keep_window, g.stride, needs_grad):
+            return _fused(name, patch, weight, fn, statics, bias, reduce, keep_window, g, groups)
         args = (patch, weight, fn, bias, reduce, keep_window, g.stride, g.dilation, groups)
         return compiled_or_fallback(name, window_band, (statics, g.stride, g.dilation), args, [(0, (0, 2, 3))])
 
     position_bytes = (input.shape[1] + 4 * O_flat) * input.element_size()
     run_tiles_op(input, geom, mask, result, compute, position_bytes=position_bytes)
+
+
+def _fused(name, patch, weight, fn, statics, bias, reduce, keep_window, g, groups) -> torch.Tensor:
+    """:func:`convcore.fused_band.fused_band` over the groups, plus the bias: Tensor[B, O_flat, h, w]."""
+    O, Cg, kh, kw = weight.shape
+    Og = O // groups
+    parts = []
+    for k in range(groups):
+        part = fused_band(
+            name,
+            patch[:, k * Cg : (k + 1) * Cg],
+            weight[k * Og : (k + 1) * Og],
+            fn,
+            statics,
+            reduce,
+            keep_window,
+            g.stride,
+            g.dilation,
+        )  # fmt: skip
+        if part is None:
+            raise CompileFallback(name)
+        parts.append(part)  # [B, Og(·kh·kw), h, w]
+    y = parts[0] if groups == 1 else torch.cat(parts, dim=1)
+    if bias is None:
+        return y
+    return y + (bias if not keep_window else bias.repeat_interleave(kh * kw))[:, None, None]
 
 
 def dense_window_op(

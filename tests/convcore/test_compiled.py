@@ -24,6 +24,7 @@ from oracles import windows as _windows
 
 import convcore.compiled as compiled_mod
 import convcore.engine.compiled as cc
+import convcore.fused_band as fused_mod
 from convcore import (
     DistanceConv2d,
     MorphConv2d,
@@ -49,7 +50,9 @@ def _huber(a, c):
 @pytest.fixture
 def direct(monkeypatch):
     """The compiled route with the compute called uncompiled (what the compiler is given, through the engines)."""
-    monkeypatch.setattr(compiled_mod, "run_compiled", lambda name, core, key, args, dynamic=(): core(*args))
+    run = lambda name, core, key, args, dynamic=(): core(*args)  # noqa: E731
+    monkeypatch.setattr(compiled_mod, "run_compiled", run)
+    monkeypatch.setattr(fused_mod, "run_compiled", run)
 
 
 @pytest.fixture
