@@ -166,7 +166,9 @@ def compiled_window_op(
         args = (patch, weight, fn, bias, reduce, keep_window, g.stride, g.dilation, groups)
         return compiled_or_fallback(name, window_band, (statics, g.stride, g.dilation), args, [(0, (0, 2, 3))])
 
-    position_bytes = (input.shape[1] + 4 * O_flat) * input.element_size()
+    # the fused band needs no per-tap temporaries: the patch and the result per position
+    fused = fused_supported(reduce, keep_window, geom.stride, torch.is_grad_enabled() and input.requires_grad)
+    position_bytes = (input.shape[1] + (1 if fused else 4) * O_flat) * input.element_size()
     run_tiles_op(input, geom, mask, result, compute, position_bytes=position_bytes)
 
 

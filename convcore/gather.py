@@ -99,6 +99,9 @@ def gather_tile(image: torch.Tensor, geom: ConvGeometry, y0: int, y1: int, x0: i
     iy0, iy1, ix0, ix1 = geom.input_span(y0, y1, x0, x1)
     if iy0 >= 0 and ix0 >= 0 and iy1 <= H and ix1 <= W:
         return image[:, iy0:iy1, ix0:ix1]
+    if geom.padding_mode == "zeros" and iy0 < H and ix0 < W and iy1 > 0 and ix1 > 0:  # one copy, no index gather
+        inner = image[:, max(iy0, 0) : min(iy1, H), max(ix0, 0) : min(ix1, W)]
+        return torch.nn.functional.pad(inner, (max(-ix0, 0), max(ix1 - W, 0), max(-iy0, 0), max(iy1 - H, 0)))
     rows, valid_r = border_index(torch.arange(iy0, iy1, device=image.device), H, geom.padding_mode)
     cols, valid_c = border_index(torch.arange(ix0, ix1, device=image.device), W, geom.padding_mode)
     patch = image.index_select(1, rows).index_select(2, cols)  # [C, h_in, w_in]
