@@ -80,6 +80,9 @@ def fused_band(
         Tensor[B, O, h, w], or Tensor[B, O·kh·kw, h, w] with ``keep_window`` (no bias).
     """
     statics = (key, reduce, keep_window, stride, dilation)
+    # one memory layout for every band: a band inside the image is a strided view of it, whose other strides would
+    # have Dynamo compile the graph again (and that second graph ran 3x slower per position here)
+    patch = patch.contiguous()
     if torch.is_grad_enabled() and (patch.requires_grad or weight.requires_grad):
         try:
             return _FusedBand.apply(patch, weight, name, fn, statics)

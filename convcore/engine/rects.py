@@ -62,12 +62,13 @@ def rects_from_mask(mask: np.ndarray, tile: int) -> list[Rect]:
     padded = np.zeros((N, Ty * tile, Tx * tile), dtype=bool)
     padded[:, :H, :W] = mask
     active = padded.reshape(N, Ty, tile, Tx, tile).any(axis=(2, 4))  # [N, Ty, Tx]
+    row_runs = _row_runs(active)
     rects: list[Rect] = []
     for n in range(N):
         open_runs: dict[tuple[int, int], int] = {}  # (tx0, tx1) → first tile row
         boxes: list[tuple[int, int, int, int]] = []
         for ty in range(Ty + 1):
-            runs = _runs(active[n, ty]) if ty < Ty else []
+            runs = row_runs.get((n, ty), [])
             for run in list(open_runs):
                 if run not in runs:
                     boxes.append((open_runs.pop(run), ty, *run))
@@ -83,12 +84,16 @@ def rects_from_mask(mask: np.ndarray, tile: int) -> list[Rect]:
     return rects
 
 
-def _runs(row: np.ndarray) -> list[tuple[int, int]]:
-    """Runs [a, b) of True in a 1-D bool array."""
-    if not row.any():
-        return []
-    d = np.diff(np.concatenate(([0], row.astype(np.int8), [0])))
-    return list(zip(np.nonzero(d == 1)[0].tolist(), np.nonzero(d == -1)[0].tolist()))
+def _row_runs(active: np.ndarray) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Runs [a, b) of True along the last axis of a bool array (N, Ty, Tx), by row (n, ty): one numpy pass."""
+    N, Ty, Tx = active.shape
+    edges = np.diff(np.pad(active.astype(np.int8), ((0, 0), (0, 0), (1, 1))), axis=2)  # [N, Ty, Tx + 1]
+    sn, sy, sx = np.nonzero(edges == 1)  # run starts, in (n, ty, tx) order
+    ex = np.nonzero(edges == -1)[2]  # run ends, in the same order: one per start
+    runs: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for n, ty, a, b in zip(sn.tolist(), sy.tolist(), sx.tolist(), ex.tolist()):
+        runs.setdefault((n, ty), []).append((a, b))
+    return runs
 
 
 def plan_bands(
