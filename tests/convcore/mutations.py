@@ -88,14 +88,35 @@ MUTATIONS = [
         "convcore/compiled.py",
         "taps = [(m, q) for m in range(kh) for q in range(kw)]",
         "taps = [(m, q) for m in range(kh) for q in range(kw)][:-1]",
-        ["tests/convcore/test_compiled.py", "-k", "compiled_form"],
+        ["tests/convcore/test_compiled.py", "tests/convcore/test_fused_band.py", "-k", "compiled_form or oracle"],
     ),
     (
         "compiled band: stride ignored along the width",
         "convcore/compiled.py",
         "xs = x[..., m * dh : m * dh + (h - 1) * sh + 1 : sh, q * dw : q * dw + (w - 1) * sw + 1 : sw]",
         "xs = x[..., m * dh : m * dh + (h - 1) * sh + 1 : sh, q * dw : q * dw + w]",
-        ["tests/convcore/test_compiled.py", "-k", "compiled_form"],
+        ["tests/convcore/test_compiled.py", "tests/convcore/test_fused_band.py", "-k", "compiled_form or oracle"],
+    ),
+    (
+        "fused band: the patch gradient reads the output gradient's windows unflipped",
+        "convcore/fused_band.py",
+        "gwin = window_view(gp, kh, kw, (1, 1), dilation).flip(2, 3)[:, 0, :, :, None]",
+        "gwin = window_view(gp, kh, kw, (1, 1), dilation)[:, 0, :, :, None]",
+        ["tests/convcore/test_fused_band.py", "-k", "not inductor"],
+    ),
+    (
+        "fused band: max/min route the gradient to the last of tied winners",
+        "convcore/fused_band.py",
+        "index = torch.where(hit, flat, C * kh * kw).amin((2, 3, 4)).to(torch.int32)",
+        "index = torch.where(hit, flat, -1).amax((2, 3, 4)).to(torch.int32)",
+        ["tests/convcore/test_fused_band.py", "-k", "not inductor"],
+    ),
+    (
+        "fused band: the window view ignores the stride along the width",
+        "convcore/fused_band.py",
+        "v = v.unfold(3, dw * (kw - 1) + 1, sw)[..., ::dw]  # [B, C, h, w, kh, kw]",
+        "v = v.unfold(3, dw * (kw - 1) + 1, 1)[..., ::dw]  # [B, C, h, w, kh, kw]",
+        ["tests/convcore/test_compiled.py", "tests/convcore/test_fused_band.py", "-k", "compiled_form or oracle"],
     ),
 ]
 
