@@ -37,10 +37,9 @@ __all__ = ["FUSED_REDUCTIONS", "fused_band", "fused_supported", "window_view"]
 
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-FUSED_REDUCTIONS = ("sum", "mean", "max", "min")
 # logsumexp runs tap by tap: its two-pass fused form hit an Inductor range-analysis error with dynamic band sizes
 # ("ValueRangeError: Invalid ranges", torch 2.13).
-
+FUSED_REDUCTIONS = ("sum", "mean", "max", "min")
 
 
 def fused_supported(reduce: str, keep_window: bool, stride: tuple[int, int], needs_grad: bool) -> bool:

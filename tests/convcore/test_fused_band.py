@@ -2,8 +2,8 @@
 
 The oracle is written from the definition: F.unfold of the numpy-padded input, ``fn`` on the (N, O, kh·kw·C, L)
 broadcast, then sum / mean / ``max(dim)`` / ``min(dim)`` — whose gradient goes to the *first* winner in (kh, kw, C)
-order, the rule the fused backward keeps (the eager morph's). The cores run uncompiled here (what the compiler is given, with
-``torch.func.vjp`` evaluated eagerly); one Inductor case compiles the max path's three kernels.
+order, the rule the fused backward keeps (the eager morph's). The cores run uncompiled here (what the compiler is
+given, with ``torch.func.vjp`` evaluated eagerly); one Inductor case compiles the max path's three kernels.
 """
 
 from __future__ import annotations
