@@ -178,6 +178,10 @@ def _band_forward(patch, wf, fn, reduce, keep_window, stride, dilation, want_ind
     xs = window_view(patch, kh, kw, stride, dilation)  # [B, 1, kh, kw, C, h, w]
     ws = wf[None, :, :, :, :, None, None]  # [1, O, kh, kw, C, 1, 1]
     dims = (4,) if keep_window else (2, 3, 4)
+    if reduce in ("max", "min") and want_index and not keep_window:
+        v = fn(xs, ws)
+        if v.dtype == torch.float32:  # one pass: the winner's value and position packed in one int64 key
+            return _packed_extremum(v, reduce, _flat_index(kh, kw, C, patch.device).view(1, 1, kh, kw, C, 1, 1))
     if reduce in ("max", "min"):
         y = fn(xs, ws).amax(dims) if reduce == "max" else fn(xs, ws).amin(dims)
     else:
@@ -190,6 +194,28 @@ def _band_forward(patch, wf, fn, reduce, keep_window, stride, dilation, want_ind
     hit = fn(xs, ws) == y[:, :, None, None, None]
     index = torch.where(hit, flat, C * kh * kw).amin((2, 3, 4)).to(torch.int32)  # [B, O, h, w]
     return y, index
+
+
+def _packed_extremum(v: torch.Tensor, reduce: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """max/min of float32 ``v`` (Tensor[B, O, kh, kw, C, h, w]) over the window and the first winner's position, in
+    one reduction: each value's bits, mapped to an int32 of the same order, fill a key's high half and the position
+    its low half (complemented for max, so that ties keep the first). NaN wins, as in torch.amax/amin.
+
+    Returns (Tensor[B, O, h, w], int32 Tensor[B, O, h, w]).
+    """
+    bits = v.view(torch.int32)
+    order = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as int32 order (−0 just below +0)
+    nan = torch.iinfo(torch.int32).max if reduce == "max" else torch.iinfo(torch.int32).min
+    order = torch.where(v != v, nan, order)  # NaN (v != v: a vectorized compare, where isnan is not)
+    if reduce == "max":
+        key = ((order.to(torch.int64) << 32) | (0xFFFFFFFF - flat)).amax((2, 3, 4))
+        index = 0xFFFFFFFF - (key & 0xFFFFFFFF)
+    else:
+        key = ((order.to(torch.int64) << 32) | flat).amin((2, 3, 4))
+        index = key & 0xFFFFFFFF
+    top = (key >> 32).to(torch.int32)
+    y = (top ^ ((top >> 31) & 0x7FFFFFFF)).view(torch.float32)  # the winner's bits back
+    return y, index.to(torch.int32)
 
 
 def _band_grad_patch(gp, patch, wx, fn, index_padded, dilation):

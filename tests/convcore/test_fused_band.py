@@ -83,11 +83,12 @@ def test_fused_gradients_equal_the_unfold_oracle(geometry, mask_kind, reduce, co
         assert "window_band" in cores
 
 
-def test_ties_take_the_gradient_at_the_first_winner(cores, device, assert_close):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: value and position packed in one key
+def test_ties_take_the_gradient_at_the_first_winner(dtype, cores, device, assert_close):
     """Integer images and a flat structuring element tie everywhere: each output's gradient goes to one input, the
     first of its window in (kh, kw, C) order, as the eager morph and torch.max(dim) give it."""
-    x = torch.randint(0, 3, (2, 3, 9, 8), device=device).double().requires_grad_()
-    se = torch.zeros(2, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randint(-2, 3, (2, 3, 9, 8), device=device).to(dtype).requires_grad_()
+    se = torch.zeros(2, 3, 3, 3, dtype=dtype, device=device, requires_grad=True)
     for mode, reduce in (("dilation", "max"), ("erosion", "min")):
         y = morph_conv2d(x, se, mode, padding=1, compile=True)
         g = torch.rand_like(y)
@@ -98,6 +99,22 @@ def test_ties_take_the_gradient_at_the_first_winner(cores, device, assert_close)
         for a, e, q in zip(got, want, eager):
             assert_close(a, e)
             assert_close(a, q)
+    assert "_band_grad_patch" in cores
+
+
+def test_float32_extremum_keeps_nan_and_signed_values(cores, device, assert_close):
+    """The packed float32 max/min: negative, zero and NaN values come back exactly; a NaN in a window wins."""
+    x = torch.randn(1, 2, 7, 6, device=device) * 1e3
+    x[0, 0, 3, 3] = float("nan")
+    x[0, 1, 0, :] = -0.0
+    x.requires_grad_()
+    se = torch.randn(3, 2, 3, 3, device=device, requires_grad=True)
+    for mode in ("dilation", "erosion"):
+        y = morph_conv2d(x, se, mode, padding=1, compile=True)
+        ye = morph_conv2d(x.detach(), se.detach(), mode, padding=1, compile=False)
+        assert torch.equal(y.isnan(), ye.isnan()) and y.isnan()[0, :, 2:5, 2:5].all()
+        assert torch.equal(torch.nan_to_num(y.detach()), torch.nan_to_num(ye))
+        y.nan_to_num().sum().backward()
     assert "_band_grad_patch" in cores
 
 
@@ -136,13 +153,15 @@ def test_backward_saves_nothing_of_the_window_product(cores, device):
     assert x.grad is not None and w.grad is not None
 
 
-def test_inductor_max_path_float64_equals_the_oracle(device, assert_close):
-    """The three compiled kernels of a max reduction (forward with winners, patch and weight gradients)."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_inductor_max_path_equals_the_oracle(dtype, device, assert_close):
+    """The three compiled kernels of a max reduction (forward with winners — two passes in float64, one packed pass
+    in float32 —, patch and weight gradients)."""
     if cc.compiler_missing(torch.device(device)) is not None:
         pytest.fail(f"needs a compiler: {cc.compiler_missing(torch.device(device))}")
     try:
-        x = torch.randn(2, 3, 12, 11, dtype=torch.float64, device=device, requires_grad=True)
-        se = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+        x = torch.randn(2, 3, 12, 11, dtype=dtype, device=device, requires_grad=True)
+        se = torch.randn(4, 3, 3, 3, dtype=dtype, device=device, requires_grad=True)
         ref = _oracle(x, se, _plus, "max", (3, 1, 1, (1, 2)), "reflect")
         mask = masks("box", 2, ref.shape[-2:], device)
         ref = ref * mask[:, None]
