@@ -71,24 +71,9 @@ def window_band(
     (sh, sw), (dh, dw) = stride, dilation
     h, w = (h_in - dh * (kh - 1) - 1) // sh + 1, (w_in - dw * (kw - 1) - 1) // sw + 1
     if groups > 1:  # one group at a time (a 6-D grouped layout tripped Inductor's range analysis, torch 2.13)
-        Og = O // groups
-        parts = [
-            window_band(
-                patch[:, g * Cg : (g + 1) * Cg],
-                weight[g * Og : (g + 1) * Og],
-                fn,
-                None,
-                reduce,
-                keep_window,
-                stride,
-                dilation,
-            )  # fmt: skip
-            for g in range(groups)
-        ]  # each [B, O/G(·kh·kw), h, w]
-        y = torch.cat(parts, dim=1)  # [B, O(·kh·kw), h, w]
-        if bias is None:
-            return y
-        return y + (bias if not keep_window else bias.repeat_interleave(kh * kw))[:, None, None]
+        y = _by_group(patch, weight, groups, lambda p, w: window_band(p, w, fn, None, reduce, keep_window, stride,
+                                                                      dilation))  # fmt: skip
+        return _plus_bias(y, bias, keep_window, kh * kw)
     x = patch.unsqueeze(1)  # [B, 1, C, h_in, w_in]
     wt = weight[None, :, :, :, :, None, None]  # [1, O, C, kh, kw, 1, 1]
 
@@ -174,28 +159,31 @@ def compiled_window_op(
 
 def _fused(name, patch, weight, fn, statics, bias, reduce, keep_window, g, groups) -> torch.Tensor:
     """:func:`convcore.fused_band.fused_band` over the groups, plus the bias: Tensor[B, O_flat, h, w]."""
-    O, Cg, kh, kw = weight.shape
-    Og = O // groups
-    parts = []
-    for k in range(groups):
-        part = fused_band(
-            name,
-            patch[:, k * Cg : (k + 1) * Cg],
-            weight[k * Og : (k + 1) * Og],
-            fn,
-            statics,
-            reduce,
-            keep_window,
-            g.stride,
-            g.dilation,
-        )  # fmt: skip
-        if part is None:
+
+    def run(p: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        y = fused_band(name, p, w, fn, statics, reduce, keep_window, g.stride, g.dilation)
+        if y is None:
             raise CompileFallback(name)
-        parts.append(part)  # [B, Og(·kh·kw), h, w]
-    y = parts[0] if groups == 1 else torch.cat(parts, dim=1)
+        return y
+
+    return _plus_bias(_by_group(patch, weight, groups, run), bias, keep_window, weight.shape[2] * weight.shape[3])
+
+
+def _by_group(patch: torch.Tensor, weight: torch.Tensor, groups: int, run: Callable) -> torch.Tensor:
+    """``run(patch_g, weight_g)`` per group, concatenated over channels: Tensor[B, O(·kh·kw), h, w]."""
+    if groups == 1:
+        return run(patch, weight)
+    O, Cg = weight.shape[:2]
+    Og = O // groups
+    parts = [run(patch[:, k * Cg : (k + 1) * Cg], weight[k * Og : (k + 1) * Og]) for k in range(groups)]
+    return torch.cat(parts, dim=1)  # each part [B, O/G(·kh·kw), h, w]
+
+
+def _plus_bias(y: torch.Tensor, bias: torch.Tensor | None, keep_window: bool, taps: int) -> torch.Tensor:
+    """y (Tensor[B, O, h, w], or Tensor[B, O·taps, h, w] with ``keep_window``) plus the bias per output channel."""
     if bias is None:
         return y
-    return y + (bias if not keep_window else bias.repeat_interleave(kh * kw))[:, None, None]
+    return y + (bias if not keep_window else bias.repeat_interleave(taps))[:, None, None]
 
 
 def dense_window_op(
