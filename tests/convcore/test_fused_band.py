@@ -175,3 +175,21 @@ def test_inductor_max_path_equals_the_oracle(dtype, device, assert_close):
         assert len(stats) == 3 and not any(s["failed"] for s in stats), stats
     finally:
         cc._reset()
+
+
+def test_a_backward_that_cannot_compile_runs_eagerly(monkeypatch, device, assert_close):
+    """The forward compiled, its backward kernels unavailable (run_compiled returns None for them): the gradients come
+    from eager autograd of the tap-by-tap form, equal to the eager op's."""
+
+    def run(name, core, key, args, dynamic=()):
+        return None if core.__name__ in ("_band_grad_patch", "_band_grad_weight") else core(*args)
+
+    monkeypatch.setattr(compiled_mod, "run_compiled", run)
+    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    for reduce in ("mean", "max"):
+        ys = [window_op2d(x, w, _huber, padding=1, reduce=reduce, compile=c) for c in (True, False)]
+        g = torch.randn_like(ys[0])
+        for a, e in zip(*(torch.autograd.grad(y, (x, w), g) for y in ys)):
+            assert_close(a, e)
