@@ -15,7 +15,7 @@ import torch
 from .checks import check_bias, check_mask, check_out, check_same, check_tensor
 from .compiled import CompileFallback, compiled_window_op, dense_window_op
 from .engine import drop_full, run_windows, window_jobs, zeros
-from .engine.compiled import check_compile, function_key, tracing, use_compiled
+from .engine.compiled import check_compile, function_key, remember, tracing, use_compiled
 from .geometry import conv_geometry
 
 __all__ = ["window_op2d"]
@@ -116,9 +116,11 @@ def window_op2d(
     result = out if out is not None else (input.new_empty(out_shape) if mask is None else zeros(out_shape, input))
     flat = result.view(N, -1, Ho, Wo)
     positions = N * Ho * Wo if covered < 0 else covered
-    if covered != 0 and use_compiled(compile, input.device, positions * O * C * kh * kw):
+    key = function_key(fn)
+    if covered != 0 and use_compiled(compile, input.device, positions * O * C * kh * kw, key=key):
         try:
-            compiled_window_op("window_op2d", input, weight, fn, function_key(fn), flat, mask, geom, **reduction)
+            compiled_window_op("window_op2d", input, weight, fn, key, flat, mask, geom, **reduction)
+            remember(key)
             return result
         except CompileFallback:
             pass

@@ -36,6 +36,7 @@ __all__ = [
     "compile_stats",
     "compiler_missing",
     "function_key",
+    "remember",
     "run_compiled",
     "tracing",
     "use_compiled",
@@ -65,6 +66,7 @@ class _Entry:
 class _Cache:
     entries: dict[Hashable, _Entry] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
+    warm: set[Hashable] = field(default_factory=set)  # functions "auto" compiled once: it compiles all their calls
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -101,15 +103,30 @@ def _missing(kind: str, cxx: str) -> str | None:
     return None
 
 
-def use_compiled(compile: bool | str, device: torch.device, work: int, *, generic: bool = True) -> bool:
+def use_compiled(
+    compile: bool | str, device: torch.device, work: int, *, generic: bool = True, key: Hashable | None = None
+) -> bool:
     """The one rule for the compiled path: True forces it, False forbids it, "auto" compiles a ``generic`` window
-    function (the user's ``fn``/``kernel_fn``, whose eager form is 10-140× a convolution) when one call does at
-    least :data:`AUTO_MIN_WORK` evaluations and the device can compile. Ops with a hand-written eager loop
-    (``generic=False``) compile only when asked."""
+    function (the user's ``fn``, whose eager form is 10-140× a convolution) when one call does at least
+    :data:`AUTO_MIN_WORK` evaluations and the device can compile — and, once it has (:func:`remember` ``key``), every
+    later call of that function in the process, however small (a 10% ROI must not fall back to eager chunks that
+    are slower than the compiled whole image). Ops with a hand-written eager loop (``generic=False``) compile only
+    when asked."""
     check_compile(compile)
     if compile is True or compile is False:
         return compile
-    return generic and work >= AUTO_MIN_WORK and compiler_missing(device) is None
+    if not generic or compiler_missing(device) is not None:
+        return False
+    if work >= AUTO_MIN_WORK:
+        return True
+    with _cache.lock:
+        return key is not None and key in _cache.warm
+
+
+def remember(key: Hashable) -> None:
+    """Note that "auto" compiled the function ``key`` (:func:`function_key`): its later calls stay compiled."""
+    with _cache.lock:
+        _cache.warm.add(key)
 
 
 def function_key(fn: Callable) -> Hashable:
@@ -245,3 +262,4 @@ def _reset() -> None:
     with _cache.lock:
         _cache.entries.clear()
         _cache.warned.clear()
+        _cache.warm.clear()

@@ -185,6 +185,39 @@ def test_use_compiled_rule_and_bad_values():
         MorphConv2d(2, 2, 3, compile="on")
 
 
+def test_auto_keeps_a_function_compiled_once_it_was(monkeypatch, device, assert_close):
+    """compile="auto": a small call runs eagerly until the same function was compiled by a large one; from then on
+    its small calls (a 10% ROI) take the compiled path too."""
+    if cc.compiler_missing(torch.device(device)) is not None:
+        pytest.fail("needs a compiler so that compile='auto' may take the compiled route")
+    ran = []
+
+    def run(name, core, key, args, dynamic=()):
+        ran.append(name)
+        return core(*args)
+
+    monkeypatch.setattr(compiled_mod, "run_compiled", run)
+    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    monkeypatch.setattr(cc, "AUTO_MIN_WORK", 2 * 3 * 16 * 16 * 3 * 9)  # the large call below, not the small one
+    try:
+        x, w = torch.randn(2, 3, 16, 16, device=device), torch.randn(3, 3, 3, 3, device=device)
+        small = masks("box", 2, (16, 16), device)
+
+        def fn(a, c):  # a fresh function: nothing in the process compiled it before
+            return (a - c).abs()
+
+        window_op2d(x, w, fn, padding=1, mask=small)
+        assert ran == []
+        window_op2d(x, w, fn, padding=1)
+        assert ran and set(ran) == {"window_op2d"}
+        ran.clear()
+        y = window_op2d(x, w, fn, padding=1, mask=small)
+        assert ran
+        assert_close(y, window_op2d(x, w, fn, padding=1, mask=small, compile=False))
+    finally:
+        cc._reset()
+
+
 def test_function_key_follows_code_and_closure():
     s1, s2 = torch.ones(3), torch.zeros(3)
     make = lambda t, p: lambda a, c: (a - c * t).abs() ** p  # noqa: E731
