@@ -71,9 +71,11 @@ def window_band(
     (sh, sw), (dh, dw) = stride, dilation
     h, w = (h_in - dh * (kh - 1) - 1) // sh + 1, (w_in - dw * (kw - 1) - 1) // sw + 1
     if groups > 1:  # one group at a time (a 6-D grouped layout tripped Inductor's range analysis, torch 2.13)
-        y = _by_group(patch, weight, groups, lambda p, w: window_band(p, w, fn, None, reduce, keep_window, stride,
-                                                                      dilation))  # fmt: skip
-        return _plus_bias(y, bias, keep_window, kh * kw)
+
+        def one_group(p: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return window_band(p, w, fn, None, reduce, keep_window, stride, dilation)
+
+        return _plus_bias(_by_group(patch, weight, groups, one_group), bias, keep_window, kh * kw)
     x = patch.unsqueeze(1)  # [B, 1, C, h_in, w_in]
     wt = weight[None, :, :, :, :, None, None]  # [1, O, C, kh, kw, 1, 1]
 
@@ -152,7 +154,8 @@ def compiled_window_op(
         return compiled_or_fallback(name, window_band, (statics, g.stride, g.dilation), args, [(0, (0, 2, 3))])
 
     # the fused band needs no per-tap temporaries: the patch and the result per position
-    fused = fused_supported(reduce, keep_window, geom.stride, torch.is_grad_enabled() and input.requires_grad)
+    needs_grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
+    fused = fused_supported(reduce, keep_window, geom.stride, needs_grad)
     position_bytes = (input.shape[1] + (1 if fused else 4) * O_flat) * input.element_size()
     run_tiles_op(input, geom, mask, result, compute, position_bytes=position_bytes)
 
