@@ -86,7 +86,6 @@ def rects_from_mask(mask: np.ndarray, tile: int) -> list[Rect]:
 
 def _row_runs(active: np.ndarray) -> dict[tuple[int, int], list[tuple[int, int]]]:
     """Runs [a, b) of True along the last axis of a bool array (N, Ty, Tx), by row (n, ty): one numpy pass."""
-    N, Ty, Tx = active.shape
     edges = np.diff(np.pad(active.astype(np.int8), ((0, 0), (0, 0), (1, 1))), axis=2)  # [N, Ty, Tx + 1]
     sn, sy, sx = np.nonzero(edges == 1)  # run starts, in (n, ty, tx) order
     ex = np.nonzero(edges == -1)[2]  # run ends, in the same order: one per start
