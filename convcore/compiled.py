@@ -18,7 +18,7 @@ import torch
 
 from .engine import Rect, TileBatch, TilesCompute, run_tiles_op
 from .engine.compiled import run_compiled
-from .fused_band import fused_band, fused_supported
+from .fused_band import fused_band, fused_supported, reaches_other_tensors
 from .gather import border_index, pad_input
 from .geometry import ConvGeometry
 
@@ -145,18 +145,23 @@ def compiled_window_op(
     O_flat = O * kh * kw if keep_window else O
     statics = (key, reduce, keep_window, groups, bias is not None)
 
+    # an fn with parameters of its own (a closure's, a module's) needs the tap form: only its backward reaches them
+    reaching = torch.is_grad_enabled() and reaches_other_tensors(fn, input)
+
+    def fused(stride: tuple[int, int], needs_grad: bool) -> bool:
+        return not reaching and fused_supported(reduce, keep_window, stride, needs_grad)
+
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O_flat, h, w]
         g = band.geom
-        needs_grad = torch.is_grad_enabled() and (patch.requires_grad or weight.requires_grad)
-        if fused_supported(reduce, keep_window, g.stride, needs_grad):
+        if fused(g.stride, torch.is_grad_enabled() and (patch.requires_grad or weight.requires_grad)):
             return _fused(name, patch, weight, fn, statics, bias, reduce, keep_window, g, groups)
         args = (patch, weight, fn, bias, reduce, keep_window, g.stride, g.dilation, groups)
         return compiled_or_fallback(name, window_band, (statics, g.stride, g.dilation), args, [(0, (0, 2, 3))])
 
     # the fused band needs no per-tap temporaries: the patch and the result per position
     needs_grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-    fused = fused_supported(reduce, keep_window, geom.stride, needs_grad)
-    position_bytes = (input.shape[1] + (1 if fused else 4) * O_flat) * input.element_size()
+    per_tap = 1 if fused(geom.stride, needs_grad) else 4
+    position_bytes = (input.shape[1] + per_tap * O_flat) * input.element_size()
     run_tiles_op(input, geom, mask, result, compute, position_bytes=position_bytes)
 
 

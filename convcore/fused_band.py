@@ -22,7 +22,8 @@ winning element per output, in (kh, kw, C) order as the eager morph's running ma
 alone.
 
 What this form takes: stride 1 for gradients of the patch (a strided op's patch gradient uses the tap-by-tap form),
-``reduce`` in sum, mean, max, min (``keep_window`` forward only), one group per call.
+``reduce`` in sum, mean, max, min (``keep_window`` forward only), one group per call; under autograd, an ``fn`` that
+uses no other tensor needing a gradient (:func:`reaches_other_tensors`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from .engine.compiled import run_compiled
 
-__all__ = ["FUSED_REDUCTIONS", "fused_band", "fused_supported", "window_view"]
+__all__ = ["FUSED_REDUCTIONS", "fused_band", "fused_supported", "reaches_other_tensors", "window_view"]
 
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,6 +49,20 @@ def fused_supported(reduce: str, keep_window: bool, stride: tuple[int, int], nee
     if not needs_grad:
         return reduce in FUSED_REDUCTIONS
     return reduce in FUSED_REDUCTIONS and not keep_window and stride == (1, 1)
+
+
+def reaches_other_tensors(fn: Fn, like: torch.Tensor) -> bool:
+    """Whether ``fn`` draws on a tensor that needs a gradient other than its two arguments (a closure's parameter,
+    a module attribute, a global): the fused backward returns gradients for ``x`` and ``w`` only, so such a function
+    takes the tap-by-tap form, whose AOTAutograd backward reaches every input. Probed with two 0-d tensors; a
+    function that cannot take them counts as reaching."""
+    try:
+        with torch.enable_grad():
+            zero = torch.zeros((), dtype=like.dtype, device=like.device)
+            y = fn(zero, zero)
+    except Exception:  # noqa: BLE001 - shape-dependent code: do not guess, take the form that is always right
+        return True
+    return not isinstance(y, torch.Tensor) or y.requires_grad
 
 
 def window_view(p: torch.Tensor, kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:

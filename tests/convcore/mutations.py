@@ -118,6 +118,13 @@ MUTATIONS = [
         "v = v.unfold(3, dw * (kw - 1) + 1, 1)[..., ::dw]  # [B, C, h, w, kh, kw]",
         ["tests/convcore/test_compiled.py", "tests/convcore/test_fused_band.py", "-k", "compiled_form or oracle"],
     ),
+    (
+        "fused band: a function's own parameters ignored (their gradients lost)",
+        "convcore/compiled.py",
+        "return not reaching and fused_supported(reduce, keep_window, stride, needs_grad)",
+        "return fused_supported(reduce, keep_window, stride, needs_grad)",
+        ["tests/convcore/test_fused_band.py", "tests/convcore/test_compiled.py", "-k", "not inductor"],
+    ),
 ]
 
 

@@ -193,3 +193,24 @@ def test_a_backward_that_cannot_compile_runs_eagerly(monkeypatch, device, assert
         g = torch.randn_like(ys[0])
         for a, e in zip(*(torch.autograd.grad(y, (x, w), g) for y in ys)):
             assert_close(a, e)
+
+
+def test_a_function_with_its_own_parameter_gets_its_gradient(cores, device, assert_close):
+    """fn closing over a tensor that needs a gradient: the fused backward would return gradients for x and w only,
+    so the call takes the tap-by-tap form, and the parameter's gradient equals eager's — with and without x and w
+    needing gradients."""
+    scale = torch.tensor(1.5, dtype=torch.float64, device=device, requires_grad=True)
+
+    def fn(a, c):
+        return (a - c).abs() * scale
+
+    for needs in (True, False):
+        x = torch.randn(2, 3, 8, 7, dtype=torch.float64, device=device, requires_grad=needs)
+        w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=needs)
+        grads = []
+        for c in (True, False):
+            y = window_op2d(x, w, fn, padding=1, compile=c)
+            grads.append(torch.autograd.grad(y.square().sum(), [scale, *((x, w) if needs else ())]))
+        for a, e in zip(*grads):
+            assert_close(a, e)
+    assert "window_band" in cores and "_band_grad_patch" not in cores
