@@ -98,12 +98,13 @@ def fused_band(
     # one memory layout for every band: a band inside the image is a strided view of it, whose other strides would
     # have Dynamo compile the graph again (and that second graph ran 3x slower per position here)
     patch = patch.contiguous()
+    wf = weight.permute(0, 2, 3, 1).contiguous()  # [O, kh, kw, C]: channels innermost, as the kernels read them
     if torch.is_grad_enabled() and (patch.requires_grad or weight.requires_grad):
         try:
-            return _FusedBand.apply(patch, weight, name, fn, statics)
+            return _FusedBand.apply(patch, wf, name, fn, statics)
         except _Unavailable:
             return None
-    y = _forward(name, patch, weight.permute(0, 2, 3, 1).contiguous(), fn, statics, want_index=False)
+    y = _forward(name, patch, wf, fn, statics, want_index=False)
     if y is None:
         return None
     # keep_window: [B, O, kh, kw, h, w] -> [B, O·kh·kw, h, w] here, outside the graph (inside it, the reshape
@@ -118,27 +119,27 @@ def _forward(name, patch, wf, fn, statics, want_index):
 
 
 class _FusedBand(torch.autograd.Function):
-    """The fused band with the backward the module docstring derives (patch and weight gradients)."""
+    """The fused band with the backward the module docstring derives: gradients of the patch and of the weight in
+    its channels-last layout ``wf`` (Tensor[O, kh, kw, C]; autograd carries them back through the permute)."""
 
     @staticmethod
-    def forward(ctx, patch, weight, name, fn, statics):
+    def forward(ctx, patch, wf, name, fn, statics):
         _, reduce, _, _, _ = statics
-        wf = weight.permute(0, 2, 3, 1).contiguous()  # [O, kh, kw, C]
         out = _forward(name, patch, wf, fn, statics, want_index=reduce in ("max", "min"))
         if out is None:
             raise _Unavailable
         y, index = out if len(out) == 2 else (out[0], None)
-        ctx.save_for_backward(patch, weight, index)
+        ctx.save_for_backward(patch, wf, index)
         ctx.name, ctx.fn, ctx.statics = name, fn, statics
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        patch, weight, index = ctx.saved_tensors
+        patch, wf, index = ctx.saved_tensors
         name, fn, statics = ctx.name, ctx.fn, ctx.statics
         _, reduce, _, stride, dilation = statics
-        O, C, kh, kw = weight.shape
+        O, kh, kw, C = wf.shape
         g = g.contiguous()
         if reduce == "mean":
             g = g / (C * kh * kw)
@@ -148,20 +149,18 @@ class _FusedBand(torch.autograd.Function):
             ph, pw = dh * (kh - 1), dw * (kw - 1)
             gp = F.pad(g, (pw, pw, ph, ph))  # [B, O, h_in + ph, w_in + pw]: every window that reads an input
             ip = None if index is None else F.pad(index, (pw, pw, ph, ph), value=-1)
-            wx = weight.permute(2, 3, 1, 0).contiguous()  # [kh, kw, C, O]
+            wx = wf.permute(1, 2, 3, 0).contiguous()  # [kh, kw, C, O]
             args = (gp, patch, wx, fn, ip, dilation)
             grad_patch = run_compiled(
                 name, _band_grad_patch, ("fused-dx", statics), args, dynamic=[(0, (0, 2, 3)), (1, (0, 2, 3))]
             )
         if ctx.needs_input_grad[1]:
-            wf = weight.permute(0, 2, 3, 1).contiguous()  # [O, kh, kw, C]
             args = (g, patch, wf, fn, index, stride, dilation)
-            gw = run_compiled(
+            grad_weight = run_compiled(
                 name, _band_grad_weight, ("fused-dw", statics), args, dynamic=[(0, (0, 2, 3)), (1, (0, 2, 3))]
-            )
-            grad_weight = None if gw is None else gw.permute(0, 3, 1, 2)  # [O, C, kh, kw]
+            )  # [O, kh, kw, C]
         if (ctx.needs_input_grad[0] and grad_patch is None) or (ctx.needs_input_grad[1] and grad_weight is None):
-            grad_patch, grad_weight = _eager_backward(ctx, patch, weight, g)
+            grad_patch, grad_weight = _eager_backward(ctx, patch, wf, g)
         return grad_patch, grad_weight, None, None, None
 
 
@@ -169,16 +168,17 @@ class _Unavailable(Exception):
     """The compiled forward is not available (the reason was warned about)."""
 
 
-def _eager_backward(ctx, patch, weight, g):
-    """The backward by eager autograd of the tap-by-tap form: a compile failure in backward never breaks training."""
+def _eager_backward(ctx, patch, wf, g):
+    """The backward by eager autograd of the tap-by-tap form: a compile failure in backward never breaks training.
+    Returns the gradients of the patch and of ``wf`` (Tensor[O, kh, kw, C])."""
     from .compiled import window_band
 
     _, reduce, keep_window, stride, dilation = ctx.statics
     if reduce == "mean":  # g arrives divided already; the tap-by-tap form divides again
-        g = g * (weight.shape[1] * weight.shape[2] * weight.shape[3])
+        g = g * wf[0].numel()
     with torch.enable_grad():
-        p, w = patch.detach().requires_grad_(), weight.detach().requires_grad_()
-        y = window_band(p, w, ctx.fn, None, reduce, keep_window, stride, dilation)
+        p, w = patch.detach().requires_grad_(), wf.detach().requires_grad_()
+        y = window_band(p, w.permute(0, 3, 1, 2), ctx.fn, None, reduce, keep_window, stride, dilation)
         return torch.autograd.grad(y, (p, w), g)
 
 
