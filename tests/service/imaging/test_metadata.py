@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from crafted import exif_app1, icc_app2, jpeg_with_orientation, png_with_orientation
+from crafted import jpeg_with_orientation, png_with_orientation
 
 from service.imaging import metadata
 
