@@ -205,6 +205,8 @@ def png_with_orientation(png: bytes, orientation: int) -> bytes:
 SECRETS = (b"Jane Doe", b"SN-0042-XYZ", b"MAKERNOTE", b"Rue de Rivoli")
 """Identifying text planted in every camera-like file: name (Artist, XMP, IPTC, comments), body serial number,
 maker note, a place name; none may reach a default output."""
+
+
 def dummy_icc() -> bytes:
     """A colour profile that libpng accepts (a 128-byte header with its size, 'acsp' and the D50 illuminant, no
     tags): distinctive bytes to find in the output, not a profile to render with."""
