@@ -59,9 +59,8 @@ def _need_browser() -> None:
         pytest.skip(message)
 
 
-@pytest.fixture
-def browser(tmp_path):
-    _need_browser()
+def chromium_driver(profile):
+    """A headless Chromium driven by selenium, its profile in the folder ``profile``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -78,11 +77,18 @@ def browser(tmp_path):
         "--disable-sync",
         "--disable-dev-shm-usage",
         "--window-size=1400,800",
-        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    _need_browser()
+    driver = chromium_driver(tmp_path / "profile")
     try:
         yield driver
     finally:

@@ -3,8 +3,9 @@ same script measures a branch and its base): ``python tests/service/privacy_audi
 
 For camera-like files (tests/service/crafted.py) through the server's path (``pipeline.process``) and ``roiconv
 apply`` in process: which identifying pieces survive, read back by tests/service/metadata_oracle.py; for each
-orientation case, whether Pillow and cv2 show the output alike with the whole box filtered; how long apply takes to
-refuse (or get through) two decode bombs. Not a test: it prints a table."""
+orientation case, whether Pillow, cv2 and headless Chromium show the output as Pillow shows the input, with the
+whole box filtered; how long apply takes to refuse (or get through) two decode bombs. Not a test: it prints a
+table."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from crafted import (  # noqa: E402
     png_trailing_bomb,
     scan_bomb,
 )
-from metadata_oracle import cv2_view, exif_blocks, ifds, pillow_view  # noqa: E402
+from metadata_oracle import chromium_view, cv2_view, exif_blocks, ifds, pillow_view  # noqa: E402
 from service_support import smooth  # noqa: E402
 
 from service.cli import main  # noqa: E402
@@ -94,25 +95,38 @@ ORIENTATION_CASES = {
 }
 
 
-def agreement(body: bytes | None) -> str:
-    """ "agree" when Pillow and cv2 show the same picture with the whole box filled, else what differs."""
+MEDIA = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+def agreement(body: bytes | None, data: bytes, fmt: str, driver) -> str:
+    """ "agree" when Pillow, cv2 (and Chromium, but for TIFF) show the output as the input is shown (by Pillow) with
+    the whole box filled, else what differs."""
     if body is None:
         return "no output"
-    a, b = pillow_view(body), cv2_view(body)
-    if a.shape != b.shape:
-        return f"differ: Pillow {a.shape[1]}x{a.shape[0]}, cv2 {b.shape[1]}x{b.shape[0]}"
+    views = {"Pillow": pillow_view(body), "cv2": cv2_view(body)}
+    if driver is not None and fmt in MEDIA:
+        views["Chromium"] = chromium_view(driver, body, MEDIA[fmt])
+    shown = pillow_view(data)
     x0, y0, x1, y1 = BOX[0] + 2, BOX[1] + 2, BOX[2] - 2, BOX[3] - 2  # JPEG: chroma upsampling blends the edge
-    missed = [int((np.abs(v[y0:y1, x0:x1].astype(int) - [0, 0, 255]).max(2) > 24).sum()) for v in (a, b)]
-    return "agree" if missed == [0, 0] else f"{missed[0]} / {missed[1]} box pixels unfilled (Pillow / cv2)"
+    problems = []
+    for viewer, view in views.items():
+        if view.shape != shown.shape:
+            problems.append(f"{viewer} shows {view.shape[1]}x{view.shape[0]}")
+            continue
+        missed = int((np.abs(view[y0:y1, x0:x1].astype(int) - [0, 0, 255]).max(2) > 24).sum())
+        if missed:
+            problems.append(f"{viewer}: {missed}/{(x1 - x0) * (y1 - y0)} box pixels unfilled")
+    return "agree" if not problems else "; ".join(problems)
 
 
-def orientation_rows() -> None:
+def orientation_rows(driver) -> None:
     print("| orientation case | server | apply |")
     print("|---|---|---|")
     for name, (make, options) in ORIENTATION_CASES.items():
         data, _ = make(smooth(96, 128, seed=4), **options)
         fmt = name.split()[0]
-        print(f"| {name} | {agreement(served(data))} | {agreement(applied(data, fmt)[0])} |")
+        server, local = served(data), applied(data, fmt)[0]
+        print(f"| {name} | {agreement(server, data, fmt, driver)} | {agreement(local, data, fmt, driver)} |")
 
 
 def bomb_rows() -> None:
@@ -134,5 +148,15 @@ if __name__ == "__main__":
     logging.disable(logging.WARNING)
     sys.stderr = io.StringIO()  # apply's progress lines
     leak_rows()
-    orientation_rows()
+    driver = None
+    try:
+        from conftest import chromium_driver
+
+        driver = chromium_driver(tempfile.mkdtemp())
+        driver.get("about:blank")
+    except Exception as exc:  # no browser here: Pillow and cv2 only
+        print(f"(no Chromium: {type(exc).__name__})")
+    orientation_rows(driver)
+    if driver is not None:
+        driver.quit()
     bomb_rows()

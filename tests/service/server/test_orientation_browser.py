@@ -4,13 +4,10 @@ where it was drawn on the displayed photo."""
 
 from __future__ import annotations
 
-import base64
-
-import cv2
 import numpy as np
 import pytest
 from crafted import camera_jpeg, camera_png, camera_webp
-from metadata_oracle import cv2_view, pillow_view
+from metadata_oracle import chromium_view, cv2_view, pillow_view
 from service_support import smooth
 
 from service.imaging import jpeg_roi
@@ -28,26 +25,6 @@ CASES = {
     "png long": (camera_png, "image/png", {"typ": 4}),
     "webp short": (camera_webp, "image/webp", {}),
 }
-
-DRAW = """
-const [url, done] = arguments;
-const img = new Image();
-img.onload = () => {
-  const c = document.createElement('canvas');
-  c.width = img.naturalWidth; c.height = img.naturalHeight;  // as displayed: EXIF orientation applied
-  c.getContext('2d').drawImage(img, 0, 0);
-  done(c.toDataURL('image/png'));
-};
-img.onerror = () => done(null);
-img.src = url;
-"""
-
-
-def chromium_view(browser, data: bytes, media: str) -> np.ndarray:
-    url = browser.execute_async_script(DRAW, f"data:{media};base64," + base64.b64encode(data).decode())
-    assert url is not None, "Chromium could not decode the output"
-    png = base64.b64decode(url.split(",", 1)[1])
-    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
 
 
 @pytest.mark.skipif(not jpeg_roi.available(), reason="libturbojpeg is not installed")
