@@ -241,6 +241,7 @@ def test_write_pixels_maps_the_upright_frame_back_to_the_stored_blocks(orientati
     assert not changed[far].any()
 
 
+@pytest.mark.parametrize("size", [(1, 1), (9, 7), (8, 17), (23, 16)])
 def test_images_smaller_than_their_mcu_padding(size):
     """libjpeg hands over only a component's own blocks, not the MCU padding beyond them (found by fuzzing)."""
     w, h = size
