@@ -349,6 +349,8 @@ def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
     if upload is not None and upload.format == prepared.format and _untouched(pixels, prepared):
         kept = scrub.rewrap(prepared.upload_bytes, upload.format, found, prepared.metadata)
         if kept is not None:  # nothing was filtered: the coded pixels are kept as they are
+            if upload.format == "jpeg":
+                prepared.headers["X-JPEG"] = "blocks"
             return kept
     keeps_frame = prepared.stored  # the pixels as stored: the file's orientation still applies to them
     if prepared.jpeg is not None and pixels.shape == prepared.source.shape and pixels.dtype == np.uint8:
