@@ -15,7 +15,8 @@ input changed, and its whole output counts as changed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -77,10 +78,27 @@ class NodeGeometry:
     call_seconds: float
 
 
-def geometry(cap: Capture, device: torch.device) -> dict[fx.Node, NodeGeometry]:
-    """The :class:`NodeGeometry` of every local map op of ``cap`` whose map inputs it can follow."""
+@dataclass
+class Geometry:
+    """The cone geometry of a captured graph.
+
+    Attributes:
+        nodes: every local map op whose map inputs the cone can follow → its :class:`NodeGeometry`.
+        chains: a pointwise op → the ops it absorbs and itself, in order: an op whose only reader is a pointwise op
+            of the same size (a conv before its ReLU) is computed with that reader, on its rectangles, and its
+            output is not kept between calls.
+        absorbed: the ops some chain absorbs.
+    """
+
+    nodes: dict[fx.Node, NodeGeometry]
+    chains: dict[fx.Node, tuple[fx.Node, ...]]
+    absorbed: set[fx.Node]
+
+
+def geometry(cap: Capture, device: torch.device) -> Geometry:
+    """The :class:`Geometry` of ``cap``'s graph for computing on ``device``."""
     k = device_costs(device)
-    out: dict[fx.Node, NodeGeometry] = {}
+    nodes: dict[fx.Node, NodeGeometry] = {}
     for node in cap.nodes:
         if cap.kinds.get(node) not in LOCAL or node not in cap.maps:
             continue
@@ -96,8 +114,19 @@ def geometry(cap: Capture, device: torch.device) -> dict[fx.Node, NodeGeometry]:
                 reach[a] = tuple(_reach(taps[i], sizes[0][i], sizes[1][i]) for i in (0, 1))
         else:
             flops, copies = _position_work(cap, node)
-            out[node] = NodeGeometry(reach, flops * k.conv_flop, copies * k.copy_elem, k.call)
-    return out
+            nodes[node] = NodeGeometry(reach, flops * k.conv_flop, copies * k.copy_elem, k.call)
+    outputs = {o for o in cap.outputs if isinstance(o, fx.Node)}
+    chains: dict[fx.Node, tuple[fx.Node, ...]] = {}
+    for node in cap.nodes:
+        if cap.kinds.get(node) != "crop" or node not in nodes:
+            continue
+        ins = [a for a in node.all_input_nodes if a in cap.derived]
+        v = ins[0] if len(ins) == 1 else None
+        if v is None or v not in nodes or v in outputs or len(v.users) != 1 or cap.shapes[v] != cap.shapes[node]:
+            continue
+        chains[node] = chains.pop(v, (v,)) + (node,)
+    absorbed = {m for chain in chains.values() for m in chain[:-1]}
+    return Geometry(nodes, chains, absorbed)
 
 
 def _taps(cap: Capture, node: fx.Node, a: fx.Node) -> tuple[list, list] | None:
@@ -190,24 +219,24 @@ class Step:
     """One layer's work in an incremental call.
 
     Attributes:
-        node: the layer.
-        action: "rects" (compute ``rects`` and write them into the kept output), "dense" (compute all of it),
-            "alias" (an eval BatchNorm folded into the conv before it: that conv's output).
-        rects: the rectangles of its output that changed (for a map); its work in "rects".
+        node: the layer whose output is kept.
+        action: "rects" (compute ``rects`` and write them into the kept output) or "dense" (compute all of it).
+        rects: the rectangles of its output that changed (``ALL`` for a value that is not a map).
+        chain: the ops computed in this step, in order, ending with ``node`` (see :class:`Geometry`).
+        seconds: the cost model's estimate of the step (infinite when it has none).
     """
 
     node: fx.Node
     action: str
-    rects: list[Rect6] | str = field(default_factory=list)
+    rects: list[Rect6] | str
+    chain: tuple[fx.Node, ...]
+    seconds: float = math.inf
 
 
-def schedule(
-    cap: Capture, geo: dict[fx.Node, NodeGeometry], changed: list[Rect6], batch: int
-) -> tuple[list[Step], list[fx.Node]]:
-    """The steps of one incremental call for an input change ``changed``, in graph order, and the nodes recomputed
+def schedule(cap: Capture, geo: Geometry, changed: list[Rect6]) -> tuple[list[Step], list[fx.Node]]:
+    """The steps of one incremental call for an input change ``changed``, in graph order, and the ops recomputed
     in full because they depend on the whole map (for a warning)."""
     changes: dict[fx.Node, list[Rect6] | str] = {cap.input_node: changed}
-    folded = {bn: conv for conv, bn in cap.folds.items()}
     steps: list[Step] = []
     whole: list[fx.Node] = []
     for node in cap.nodes:
@@ -216,17 +245,13 @@ def schedule(
         srcs = [a for a in node.all_input_nodes if changes.get(a)]
         if not srcs:
             continue
-        if node in folded:
-            changes[node] = changes.get(folded[node], [])
-            steps.append(Step(node, "alias", changes[node]))
-            continue
-        g = geo.get(node)
-        full = _full(cap, node, batch)
+        g = geo.nodes.get(node)
+        chain = geo.chains.get(node, (node,))
         if g is None or any(changes[a] == ALL for a in srcs):
             if cap.kinds.get(node) not in LOCAL:
                 whole.append(node)
-            changes[node] = full
-            steps.append(Step(node, "dense", full))
+            changes[node] = _full(cap, node)
+            steps.append(Step(node, "dense", changes[node], chain))
             continue
         rects = []
         for a in srcs:
@@ -235,18 +260,24 @@ def schedule(
                 sy, sx = ry.span(y0, y1), rx.span(x0, x1)
                 if sy is not None and sx is not None:
                     rects.append((n0, n1, *sy, *sx))
-        per = g.position_seconds + g.copy_seconds
-        rects = merge(rects, g.call_seconds / per if per > 0 else 0.0)
+        members = [geo.nodes[m] for m in chain]
+        per = sum(m.position_seconds for m in members) + members[0].copy_seconds
+        call = sum(m.call_seconds for m in members)
+        rects = merge(rects, call / per if per > 0 else 0.0)
         if not rects:
             continue
         changes[node] = rects
-        on_rects = sum(rect_count(r) for r in rects) * per + len(rects) * g.call_seconds
-        dense = rect_count(full[0]) * (g.position_seconds + g.copy_seconds / 4) + g.call_seconds
-        steps.append(Step(node, "dense" if dense <= on_rects else "rects", rects))
+        if node in geo.absorbed:
+            continue  # computed with the op that absorbs it
+        on_rects = sum(rect_count(r) for r in rects) * per + len(rects) * call
+        full = rect_count(_full(cap, node)[0])
+        dense = full * (per - members[0].copy_seconds / 2) + call
+        action = "dense" if dense <= on_rects else "rects"
+        steps.append(Step(node, action, rects, chain, min(dense, on_rects)))
     return steps, whole
 
 
-def _full(cap: Capture, node: fx.Node, batch: int) -> list[Rect6] | str:
+def _full(cap: Capture, node: fx.Node) -> list[Rect6] | str:
     if node not in cap.maps:
         return ALL
     N, _, h, w = cap.shapes[node]

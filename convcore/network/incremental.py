@@ -20,9 +20,9 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_unflatten
 
-from ..engine import rects_from_mask, tile_size
+from ..engine import SERIAL_SECONDS, rects_from_mask, single_thread, tile_size
 from .capture import Capture, layer_name
-from .cone import ALL, NodeGeometry, Step, geometry, merge, rect_count, schedule
+from .cone import ALL, Geometry, Step, geometry, merge, rect_count, schedule
 from .engine import Runner
 from .module import LayerRegion, NetworkPlan, RoiNetwork, _check_input, _check_mask, layer_macs
 from .regions import Part, whole
@@ -35,71 +35,76 @@ log = logging.getLogger("convcore.network")
 class _Stream(Runner):
     """The kept activations of one input shape and the ops that update them.
 
-    ``env`` maps every node to its value: a whole-map :class:`Part` for a map, the tensor or object otherwise.
+    ``env`` maps every kept node to its value: a whole-map :class:`Part` for a map, the tensor or object otherwise.
+    Ops a chain absorbs (:class:`.cone.Geometry`) are not kept: they live in ``env`` only while their step runs.
     """
 
-    def __init__(self, cap: Capture, params: dict, folded: dict, geo: dict[fx.Node, NodeGeometry], key) -> None:
+    def __init__(self, cap: Capture, params: dict, folded: dict, geo: Geometry, key) -> None:
         super().__init__(cap, params, None, "exact", None, folded)
         self.geo, self.key, self.calls = geo, key, 0
         self.env.update(params)
+        self.bn_of = {bn: conv for conv, bn in cap.folds.items()}
 
     def _conv_mask(self, node, rect, roi):
         return None  # a changed rectangle is computed in full
 
     def start(self, input: torch.Tensor) -> None:
-        """Run the graph densely on ``input`` (Tensor[N, C, H, W]) and keep every value."""
+        """Run the graph densely on ``input`` (Tensor[N, C, H, W]) and keep every value a later call reads."""
         cap = self.cap
         self.like = input
-        folded = {bn: conv for conv, bn in cap.folds.items()}
         for node in cap.nodes:
             if node.op == "placeholder":
                 if node is cap.input_node:
                     self.env[node] = whole(input.clone())
             elif cap.kinds[node] == "plain":
                 self.env[node] = self._call(node, full=True)
-            elif cap.kinds[node] == "noop":
-                continue
-            elif node in folded:
-                self.env[node] = self.env[folded[node]]
-            else:
+            elif cap.kinds[node] != "noop":
                 self._dense(node)
+                for m in self.geo.chains.get(node, (node,))[:-1]:
+                    self.env.pop(m, None)
 
     def update(self, steps: list[Step]) -> None:
         """Apply one call's steps (graph order): recompute each layer where it changed, in place."""
-        folded = {bn: conv for conv, bn in self.cap.folds.items()}
+        cpu = self.like.device.type == "cpu"
         for step in steps:
-            if step.action == "alias":
-                self.env[step.node] = self.env[folded[step.node]]
-            elif step.action == "dense":
-                self._dense(step.node)
-            else:
-                for rect in step.rects:
-                    self._rect(step.node, rect)
+            with single_thread(cpu and step.seconds < SERIAL_SECONDS):  # small work: one thread (see the policy)
+                if step.action == "dense":
+                    for m in step.chain:
+                        self._dense(m)
+                else:
+                    kept = self.env[step.node]
+                    for rect in step.rects:
+                        self._rect(step.chain, rect, kept.data)
+                    self.env[step.node] = kept
+            for m in step.chain[:-1]:
+                self.env.pop(m, None)
 
     def _dense(self, node: fx.Node) -> None:
         cap = self.cap
-        if cap.kinds[node] == "conv":  # through the crop path: the eval BatchNorm after it folded in
+        if node in self.bn_of:  # an eval BatchNorm folded into its conv: the conv's output
+            self.env[node] = self.env[self.bn_of[node]]
+        elif cap.kinds[node] == "conv":  # through the crop path, with the BatchNorm after it folded in
             _, _, h, w = cap.shapes[node]
             self.env[node] = self._local(node, (0, h, 0, w))
-            return
-        value = self._call(node, full=True)
-        self.env[node] = whole(value) if node in cap.maps and isinstance(value, torch.Tensor) else value
+        else:
+            value = self._call(node, full=True)
+            self.env[node] = whole(value) if node in cap.maps and isinstance(value, torch.Tensor) else value
 
-    def _rect(self, node: fx.Node, rect) -> None:
-        """Recompute ``node`` over ``rect`` = (n0, n1, y0, y1, x0, x1) and write it into its kept output."""
+    def _rect(self, chain: tuple[fx.Node, ...], rect, kept: torch.Tensor) -> None:
+        """Compute ``chain`` over ``rect`` = (n0, n1, y0, y1, x0, x1); write its last op's values into ``kept``."""
         n0, n1, y0, y1, x0, x1 = rect
-        N = self.cap.shapes[node][0]
         saved = {}
-        if (n0, n1) != (0, N):  # the images n0..n1-1 only: batch views of the map inputs
-            for a in node.all_input_nodes:
+        if (n0, n1) != (0, kept.shape[0]):  # the images n0..n1-1 only: batch views of the map inputs
+            for a in chain[0].all_input_nodes:
                 if a in self.cap.maps:
                     saved[a] = part = self.env[a]
                     self.env[a] = Part(part.data[n0:n1], part.rect, part.size)
         try:
-            data = self._local(node, (y0, y1, x0, x1)).data  # [n1 - n0, C, y1 - y0, x1 - x0]
+            for m in chain:
+                self.env[m] = self._local(m, (y0, y1, x0, x1))  # Part [n1 - n0, C, y1 - y0, x1 - x0]
+            kept[n0:n1, :, y0:y1, x0:x1].copy_(self.env[chain[-1]].data)
         finally:
             self.env.update(saved)
-        self.env[node].data[n0:n1, :, y0:y1, x0:x1].copy_(data)
 
     def outputs(self):
         """What the model returns, as fresh tensors (the kept ones change in place on the next call)."""
@@ -175,13 +180,18 @@ class IncrementalNetwork(RoiNetwork):
         self._stream: _Stream | None = None
         self._lock = threading.Lock()
         self._warned = _Warned()
-        self.last_plan: NetworkPlan | None = None
+        self._last: tuple | None = None
+
+    @property
+    def last_plan(self) -> NetworkPlan | None:
+        """What the last call recomputed, as :meth:`plan` gives it (None after a dense call)."""
+        return _plan(*self._last) if self._last is not None else None
 
     def reset(self) -> None:
         """Forget the kept activations: the next call runs densely."""
         with self._lock:
             self._stream = None
-            self.last_plan = None
+            self._last = None
 
     @property
     def kept_bytes(self) -> int:
@@ -203,17 +213,17 @@ class IncrementalNetwork(RoiNetwork):
             st = self._stream
             if st is None or st.key != key or (self.refresh_every is not None and st.calls >= self.refresh_every):
                 st = self._start(input, key)
-                self.last_plan = None
+                self._last = None
                 return st.outputs()
             rects = self._input_rects(st, input, changed, shared)
-            steps, whole_nodes = schedule(st.cap, st.geo, rects, input.shape[0])
+            steps, whole_nodes = schedule(st.cap, st.geo, rects)
             self._warn(whole_nodes)
             kept_input = st.env[st.cap.input_node].data
             for n0, n1, y0, y1, x0, x1 in rects:
                 kept_input[n0:n1, :, y0:y1, x0:x1] = input[n0:n1, :, y0:y1, x0:x1]
             st.update(steps)
             st.calls += 1
-            self.last_plan = _plan(st.cap, steps, rects)
+            self._last = (st.cap, steps)
             return st.outputs()
 
     def plan(self, changed: torch.Tensor, input_shape: tuple[int, ...]) -> NetworkPlan:
@@ -228,8 +238,8 @@ class IncrementalNetwork(RoiNetwork):
         changed = _check_mask(changed, tuple(input_shape), device, name="changed")
         cap = self._capture(tuple(input_shape), dtype, device)
         rects = _mask_rects(changed, shared)
-        steps, _ = schedule(cap, geometry(cap, device), rects, input_shape[0])
-        return _plan(cap, steps, rects)
+        steps, _ = schedule(cap, geometry(cap, device), rects)
+        return _plan(cap, steps)
 
     def _start(self, input: torch.Tensor, key) -> _Stream:
         self._stream = None  # drop the old activations before making new ones
@@ -271,9 +281,9 @@ def _mask_rects(changed: torch.Tensor, shared: bool) -> list[tuple[int, int, int
     return merge([(*n, r.y0, r.y1, r.x0, r.x1) for n, r in zip(rects, found)], 0.0)
 
 
-def _plan(cap: Capture, steps: list[Step], rects) -> NetworkPlan:
+def _plan(cap: Capture, steps: list[Step]) -> NetworkPlan:
     """The per-layer regions of one call's steps (every map layer; an unchanged one with an empty region)."""
-    by_node = {s.node: s for s in steps}
+    by_node = {m: s for s in steps for m in s.chain}
     layers = []
     for node in cap.nodes:
         if node not in cap.maps or node is cap.input_node or cap.kinds.get(node) in ("noop", "plain"):
@@ -281,12 +291,11 @@ def _plan(cap: Capture, steps: list[Step], rects) -> NetworkPlan:
         N, _, h, w = cap.shapes[node]
         step = by_node.get(node)
         region = torch.zeros(N, h, w, dtype=torch.bool)
+        count = 0
         if step is not None and step.rects != ALL:
-            for n0, n1, y0, y1, x0, x1 in step.rects:
-                region[n0:n1, y0:y1, x0:x1] = True
-        count = 0 if step is None or step.action == "alias" else N * h * w if step.action == "dense" else None
-        if count is None:
-            count = sum(rect_count(r) for r in step.rects)
+            for r in step.rects:
+                region[r[0] : r[1], r[2] : r[3], r[4] : r[5]] = True
+            count = N * h * w if step.action == "dense" else sum(rect_count(r) for r in step.rects)
         macs, dense = layer_macs(cap, node, count)
         ys, xs = region.any(0).any(1).nonzero(), region.any(0).any(0).nonzero()
         rect = (int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1) if ys.numel() else (0, 0, 0, 0)
