@@ -137,10 +137,10 @@ class IncrementalNetwork(RoiNetwork):
     ``roi_network(model, mode="incremental")``.
 
     ``forward(input, changed=None)`` returns what ``model(input)`` returns (a tensor, tuple, list or dict; fresh
-    tensors each call). The first call, the first after :meth:`reset`, after a change of the input's shape, dtype or
-    device (or of inference mode), and every ``refresh_every``-th call run densely; each keeps every layer's output
-    (:attr:`kept_bytes`). A later call recomputes only the forward cone of the change and writes it into the kept
-    outputs in place:
+    tensors each call). The first call, the first after :meth:`reset` or after a change of the input's shape, dtype,
+    device (or of inference mode), and the call after ``refresh_every`` incremental ones run densely; each keeps
+    every layer's output (:attr:`kept_bytes`). A later call recomputes only the forward cone of the change and writes
+    it into the kept outputs in place:
 
     * ``changed=None``: an input position changed when any channel differs from the kept input by more than
       ``tol`` (NaN always counts as changed).
@@ -151,11 +151,12 @@ class IncrementalNetwork(RoiNetwork):
     BatchNorm folded into its conv). With ``tol > 0`` it is exactly the dense result for an input that differs from
     ``input`` by at most ``tol`` in every element: each element is compared with the value the kept activations were
     computed from (not with the previous frame), so small changes never add up to more than ``tol``; a dense run
-    every ``refresh_every`` calls brings the kept input back to the true one.
+    after every ``refresh_every`` incremental calls brings the kept input back to the true one.
 
     Each image of the batch is its own stream (its own change). State lives in this module: calls on one instance
     are serialized by a lock; keep one instance per independent stream (instances share the model's parameters).
-    Inference only: no autograd through this mode.
+    The first call of a shape captures the graph with ``torch.export``, which must not run while another thread
+    runs the same model: make it (or :meth:`plan`) before starting threads. Inference only: no autograd.
 
     Example:
         >>> import convcore

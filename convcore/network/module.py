@@ -216,7 +216,7 @@ def roi_network(
         model: an ``nn.Module`` taking one Tensor[N, C, H, W], or a ``torch.export.ExportedProgram``.
         mode: "exact", "masked" or "incremental".
         tol: incremental mode: an input element counts as changed when it differs from the previous one by more.
-        refresh_every: incremental mode: run densely every this many calls (None: only when needed).
+        refresh_every: incremental mode: after this many incremental calls the next runs densely (None: never).
 
     Example:
         >>> import torch, convcore

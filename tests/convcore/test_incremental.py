@@ -240,7 +240,7 @@ def test_tol_ignores_small_changes_and_refresh_brings_them_back(tolerances):
         inside = torch.zeros_like(x3, dtype=torch.bool)
         inside[:, :, 4:8, 4:9] = True
         _check(net(x3), model(torch.where(inside, x3, x2)), tolerances)
-        _check(net(x3), model(x3), tolerances)  # the 3rd call since the dense one: a dense refresh
+        _check(net(x3), model(x3), tolerances)  # after 3 incremental calls: a dense refresh
 
 
 def test_streams_in_threads(tolerances):
