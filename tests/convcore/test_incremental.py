@@ -281,3 +281,16 @@ def test_a_cone_one_pixel_short_is_caught(monkeypatch, tolerances):
     with torch.inference_mode(), pytest.raises(AssertionError, match="max error"):
         for x in _frames():
             _check(net(x), model(x), tolerances)
+
+
+def test_the_benchmark_runs_and_its_ideal_is_the_dense_models():
+    from convcore.bench.incremental import frames, ideal_mac_fraction, run_case
+
+    model = _model(UNet)
+    seq = frames(32, 48, (8, 1), torch.device("cpu"))
+    with torch.inference_mode():
+        assert ideal_mac_fraction(model, seq[0], seq[0]) == 0.0
+        assert 0.0 < ideal_mac_fraction(model, seq[0], seq[1]) < 1.0
+        row = run_case(model, 32, 48, (8, 1), rounds=1, device=torch.device("cpu"))
+    assert row["speedup"] > 0 and 0 < row["measured"] <= 1 and row["changed"] > 0
+    assert row["measured"] >= row["ideal"]  # the rectangles hold every position that really changed
