@@ -28,7 +28,19 @@ from .crops import conv_t_args, conv_window, pad_args, pad_taps_2d, pool_window
 from .engine import LOCAL, node_upsample_axes
 from .regions import transposed_taps
 
-__all__ = ["ALL", "NodeGeometry", "Reach", "Step", "geometry", "merge", "rect_count", "schedule"]
+__all__ = [
+    "ALL",
+    "Geometry",
+    "NodeGeometry",
+    "Reach",
+    "Step",
+    "dense_seconds",
+    "geometry",
+    "incremental_seconds",
+    "merge",
+    "rect_count",
+    "schedule",
+]
 
 Rect6 = tuple[int, int, int, int, int, int]  # (n0, n1, y0, y1, x0, x1), half-open
 ALL = "all"  # the change of a value that is not a map: all of it
@@ -275,6 +287,20 @@ def schedule(cap: Capture, geo: Geometry, changed: list[Rect6]) -> tuple[list[St
         action = "dense" if dense <= on_rects else "rects"
         steps.append(Step(node, action, rects, chain, min(dense, on_rects)))
     return steps, whole
+
+
+def dense_seconds(cap: Capture, geo: Geometry) -> float:
+    """The cost model's time of a dense run over the layers it has estimates for (those :func:`schedule` estimates)."""
+    total = 0.0
+    for node, chain in [(n, geo.chains.get(n, (n,))) for n in geo.nodes if n not in geo.absorbed]:
+        members = [geo.nodes[m] for m in chain]
+        total += rect_count(_full(cap, node)[0]) * sum(m.position_seconds for m in members) + members[0].call_seconds
+    return total
+
+
+def incremental_seconds(steps: list[Step]) -> float:
+    """The cost model's time of ``steps`` (those it has estimates for)."""
+    return sum(s.seconds for s in steps if math.isfinite(s.seconds))
 
 
 def _full(cap: Capture, node: fx.Node) -> list[Rect6] | str:

@@ -22,7 +22,17 @@ from torch.utils._pytree import tree_unflatten
 
 from ..engine import SERIAL_SECONDS, rects_from_mask, single_thread, tile_size
 from .capture import Capture, layer_name
-from .cone import ALL, Geometry, Step, geometry, merge, rect_count, schedule
+from .cone import (
+    ALL,
+    Geometry,
+    Step,
+    dense_seconds,
+    geometry,
+    incremental_seconds,
+    merge,
+    rect_count,
+    schedule,
+)
 from .engine import Runner
 from .module import LayerRegion, NetworkPlan, RoiNetwork, _check_input, _check_mask, layer_macs
 from .regions import Part, whole
@@ -30,6 +40,9 @@ from .regions import Part, whole
 __all__ = ["IncrementalNetwork"]
 
 log = logging.getLogger("convcore.network")
+
+# A change whose steps the cost model puts at this share of a dense run or more runs the model itself instead.
+DENSE_SHARE = 0.8
 
 
 class _Stream(Runner):
@@ -42,6 +55,8 @@ class _Stream(Runner):
     def __init__(self, cap: Capture, params: dict, folded: dict, geo: Geometry, key) -> None:
         super().__init__(cap, params, None, "exact", None, folded)
         self.geo, self.key, self.calls = geo, key, 0
+        self.dense_seconds = dense_seconds(cap, geo)
+        self.stale = False  # the kept input is current but the other kept values are not (the model ran itself)
         self.env.update(params)
         self.bn_of = {bn: conv for conv, bn in cap.folds.items()}
 
@@ -220,6 +235,13 @@ class IncrementalNetwork(RoiNetwork):
             rects = self._input_rects(st, input, changed, shared)
             steps, whole_nodes = schedule(st.cap, st.geo, rects)
             self._warn(whole_nodes)
+            if incremental_seconds(steps) >= DENSE_SHARE * st.dense_seconds:  # most of it changed: the model itself
+                st.env[st.cap.input_node].data.copy_(input)
+                st.stale, self._last = True, None
+                return self.model(input)
+            if st.stale:  # a small change after the model ran itself: dense once, keeping everything again
+                self._last = None
+                return self._start(input, key).outputs()
             kept_input = st.env[st.cap.input_node].data
             for n0, n1, y0, y1, x0, x1 in rects:
                 kept_input[n0:n1, :, y0:y1, x0:x1] = input[n0:n1, :, y0:y1, x0:x1]
@@ -244,10 +266,12 @@ class IncrementalNetwork(RoiNetwork):
         return _plan(cap, steps)
 
     def _start(self, input: torch.Tensor, key) -> _Stream:
-        self._stream = None  # drop the old activations before making new ones
+        old, self._stream = self._stream, None  # drop the old activations before making new ones
         cap = self._capture(input.shape, input.dtype, input.device)
+        geo = old.geo if old is not None and old.cap is cap else geometry(cap, input.device)
+        del old
         params = self._params(cap)
-        st = _Stream(cap, params, self._fold(cap, params), geometry(cap, input.device), key)
+        st = _Stream(cap, params, self._fold(cap, params), geo, key)
         st.start(input)
         self._stream = st
         return st

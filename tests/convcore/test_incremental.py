@@ -14,9 +14,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import convcore
-from convcore.network import cone
+from convcore.network import cone, incremental
 
 H, W = 33, 47
+DENSE_SHARE = incremental.DENSE_SHARE
+
+
+@pytest.fixture(autouse=True)
+def _never_the_model_itself(monkeypatch):
+    """On images this small a change reaches most of every layer, and the cost model would let the model run itself:
+    the tests want the incremental path (the test of that choice sets the share back)."""
+    monkeypatch.setattr(incremental, "DENSE_SHARE", float("inf"))
 
 
 def _model(cls) -> nn.Module:
@@ -294,3 +302,21 @@ def test_the_benchmark_runs_and_its_ideal_is_the_dense_models():
         row = run_case(model, 32, 48, (8, 1), rounds=1, device=torch.device("cpu"))
     assert row["speedup"] > 0 and 0 < row["measured"] <= 1 and row["changed"] > 0
     assert row["measured"] >= row["ideal"]  # the rectangles hold every position that really changed
+
+
+def test_a_change_of_everything_runs_the_model_itself_then_small_changes_are_incremental_again(tolerances, monkeypatch):
+    monkeypatch.setattr(incremental, "DENSE_SHARE", DENSE_SHARE)
+    model = _model(ResNetish)
+    net = convcore.roi_network(model, mode="incremental")
+    seq = _frames(h=256, w=320)  # large enough that a small patch is worth computing apart
+    noise = [torch.randn(seq[0].shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(2)]
+    with torch.inference_mode():
+        net(seq[0])
+        for x in noise:  # every pixel changes: the model runs itself, nothing is recomputed piecewise
+            _check(net(x), model(x), tolerances)
+            assert net.last_plan is None
+        # back to the sequence (all changed again: the model itself), a small change (one dense call keeping
+        # everything), then incremental calls
+        for i, x in enumerate(seq[1:5]):
+            _check(net(x), model(x), tolerances)
+            assert (net.last_plan is None) == (i < 2)
