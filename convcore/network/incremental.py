@@ -162,6 +162,9 @@ class IncrementalNetwork(RoiNetwork):
     * ``changed`` (bool Tensor[N, H, W] or [H, W]): the caller says where; the input outside it is taken to be the
       kept one (only the positions inside it are read).
 
+    When the cost model puts the call at ``DENSE_SHARE`` (80%) of a dense run or more, ``model(input)`` runs itself
+    instead and the kept activations go stale: the next call with a small change runs densely once, keeping them.
+
     With ``tol=0`` the result equals ``model(input)`` up to float reassociation (a layer computed on a crop, a
     BatchNorm folded into its conv). With ``tol > 0`` it is exactly the dense result for an input that differs from
     ``input`` by at most ``tol`` in every element: each element is compared with the value the kept activations were
