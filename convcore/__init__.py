@@ -7,7 +7,7 @@ from .functional import conv2d_reference, roi_conv2d, roi_conv2d_batch
 from .geometry import ConvGeometry, conv_geometry, conv_output_size, resolve_padding
 from .layers import DistanceConv2d, DynamicConv2d, MorphConv2d, OffsetConv2d, QuadraticConv2d
 from .morph import morph_conv2d
-from .network import LayerRegion, NetworkPlan, RoiNetwork, roi_network
+from .network import IncrementalNetwork, LayerRegion, NetworkPlan, RoiNetwork, roi_network
 from .nn import RoIConv2d
 from .plan import RoIPlan, RoiPlan, plan_roi
 from .window import window_op2d
@@ -18,6 +18,7 @@ __all__ = [
     "ConvGeometry",
     "DistanceConv2d",
     "DynamicConv2d",
+    "IncrementalNetwork",
     "LayerRegion",
     "MorphConv2d",
     "NetworkPlan",

@@ -125,6 +125,13 @@ MUTATIONS = [
         "return fused_supported(reduce, keep_window, stride, needs_grad)",
         ["tests/convcore/test_fused_band.py", "tests/convcore/test_compiled.py", "-k", "not inductor"],
     ),
+    (
+        "incremental: every layer's changed range one position short at its end",
+        "convcore/network/cone.py",
+        "return (c, d) if d > c else None",
+        "return (c, d - 1) if d - 1 > c else None",
+        ["tests/convcore/test_incremental.py", "-k", "not cone_one_pixel"],
+    ),
 ]
 
 
