@@ -36,8 +36,8 @@ INSTALL_HINT = "install the detect extra: pip install 'roiconv[detect]' (the mod
 # MobileNetV2's inverted-residual settings: (expansion t, output channels c, repeats n, first stride s).
 _STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 _TAPS = (3, 6, 13)  # backbone blocks whose outputs feed the neck besides the last: strides 4, 8 and 16
-_STEM_BLOCKS = _TAPS[0] + 1  # the stem: the blocks through the first tap (stride 4)
-_STEM_REACH = 9  # input pixels the stem's output sees on each side: (receptive field 19 - 1) / 2
+_STEM_BLOCKS = _TAPS[1] + 1  # the stem: the blocks through the second tap (stride 8)
+_STEM_REACH = 29  # input rows the stem's outputs see on each side: (receptive field 59 - 1) / 2
 _NECK = 24
 
 
@@ -93,19 +93,24 @@ class CenterFace(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(_NECK, c, 1) for c in (1, 2, 2, 10))  # heatmap, scale, offset, marks
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.tail(self.stem(image))
+        return self.tail(*self.stem(image))
 
-    def stem(self, image: torch.Tensor) -> torch.Tensor:
-        """The backbone through stride 4: image [N, 3, H, W] → [N, 24, H/4, W/4]. Each output pixel sees only
-        ``_STEM_REACH`` input pixels around it, so the stem can run in row strips (see :func:`fast_centerface`)."""
+    def stem(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone through stride 8: image [N, 3, H, W] → its taps at strides 4 and 8, ([N, 24, H/4, W/4],
+        [N, 32, H/8, W/8]). Each output pixel sees only ``_STEM_REACH`` input rows above and below it, so the stem
+        can run in row strips (see :func:`fast_centerface`)."""
+        taps = []
         x = image
-        for block in self.features[:_STEM_BLOCKS]:
+        for i, block in enumerate(self.features[:_STEM_BLOCKS]):
             x = block(x)
-        return x
+            if i in _TAPS:
+                taps.append(x)
+        return taps[0], taps[1]
 
-    def tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The rest of the backbone, the neck and the heads, from the stem's output [N, 24, H/4, W/4]."""
-        taps = [x]
+    def tail(self, x4: torch.Tensor, x8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rest of the backbone, the neck and the heads, from the stem's taps (stride 4 and 8)."""
+        taps = [x4, x8]
+        x = x8
         for i, block in enumerate(self.features[_STEM_BLOCKS:], _STEM_BLOCKS):
             x = block(x)
             if i in _TAPS:
@@ -176,19 +181,19 @@ def fast_centerface() -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
         ):
             warnings.simplefilter("ignore")  # TorchScript's freeze is deprecated in favour of torch.compile
             stem = _optimized(_Method(fused, "stem"), torch.zeros(1, 3, 64, 64))  # tests compare them to eager
-            tail = _optimized(_Method(fused, "tail"), torch.zeros(1, _NECK, 16, 16))
+            tail = _optimized(_Method(fused, "tail"), (torch.zeros(1, _NECK, 16, 16), torch.zeros(1, 32, 8, 8)))
         return _Striped(stem, tail)
     except Exception as exc:  # any failure of the fast path: the eager module still gives the same maps
         log.warning("CenterFace runs eager: the optimized module could not be built (%s: %s)", type(exc).__name__, exc)
         return net
 
 
-_STRIP_PIXELS = 160 * 1024  # input pixels per stem strip (rows = this / width, a multiple of 32)
-_STRIP_HALO = 16  # context rows above and below each strip: ≥ _STEM_REACH, a multiple of the stem's stride (4)
+_STRIP_PIXELS = 256 * 1024  # input pixels per stem strip (rows = this / width, a multiple of 32)
+_STRIP_HALO = 32  # context rows above and below each strip: ≥ _STEM_REACH, a multiple of the stem's stride (8)
 
 
 class _Striped:
-    """The optimized stem run in row strips into one stride-4 map, then the optimized tail on that map."""
+    """The optimized stem run in row strips into its two maps (strides 4 and 8), then the optimized tail on them."""
 
     def __init__(self, stem: Callable, tail: Callable) -> None:
         self.stem, self.tail = stem, tail
@@ -196,16 +201,18 @@ class _Striped:
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         N, _, H, W = image.shape
         rows = max(32, _STRIP_PIXELS // max(W, 1) // 32 * 32)
-        if H <= rows + 2 * _STRIP_HALO or H % 4 or W % 4:
-            return self.tail(self.stem(image))
-        out = torch.empty(N, _NECK, H // 4, W // 4, dtype=image.dtype, memory_format=torch.channels_last)
+        if H <= rows + 2 * _STRIP_HALO or H % 32 or W % 32:
+            return self.tail(*self.stem(image))
+        maps = [
+            torch.empty(N, c, H // s, W // s, dtype=image.dtype, memory_format=torch.channels_last)
+            for c, s in ((_NECK, 4), (32, 8))
+        ]  # [N, 24, H/4, W/4], [N, 32, H/8, W/8]
         for y0 in range(0, H, rows):
             y1 = min(H, y0 + rows)
             a, b = max(0, y0 - _STRIP_HALO), min(H, y1 + _STRIP_HALO)
-            part = self.stem(image[:, :, a:b])  # [N, 24, (b - a) / 4, W / 4]
-            out[:, :, y0 // 4 : y1 // 4] = part[:, :, (y0 - a) // 4 : (y1 - a) // 4]
-            del part
-        return self.tail(out)
+            for out, part, s in zip(maps, self.stem(image[:, :, a:b]), (4, 8)):  # part [N, c, (b - a) / s, W / s]
+                out[:, :, y0 // s : y1 // s] = part[:, :, (y0 - a) // s : (y1 - a) // s]
+        return self.tail(*maps)
 
 
 class _Method(nn.Module):
@@ -215,11 +222,11 @@ class _Method(nn.Module):
         super().__init__()
         self.net, self.name = net, name
 
-    def forward(self, x: torch.Tensor):
-        return getattr(self.net, self.name)(x)
+    def forward(self, *x: torch.Tensor):
+        return getattr(self.net, self.name)(*x)
 
 
-def _optimized(module: nn.Module, example: torch.Tensor):
+def _optimized(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]):
     traced = torch.jit.trace(module.eval(), example, check_trace=False)
     return torch.jit.optimize_for_inference(traced)
 
