@@ -9,10 +9,11 @@ __all__ = ["DEFAULT_MAX_SIDE", "DETECT_BYTES_FIXED", "DETECT_BYTES_PER_PIXEL", "
 DEFAULT_MAX_SIDE = 2048
 # The peak memory one detect_faces call adds, per pixel of the network's input (the resized copy, its float32 tensor,
 # the network's maps; the stem runs in row strips) and once per call (oneDNN's working buffers, the allocator).
-# Measured as the rise of the peak RSS over the first call at each size in a fresh process (torch 2.13 CPU, the
-# 2-core dev machine): 58-66 B per pixel at 1920x1088 to 3008x2016 plus about 40 MB, one outlier of 78 B (2048²),
-# 93 B at 1280x736 (the fixed part weighs more). Counted with a margin; tests check the bound in a subprocess.
-DETECT_BYTES_PER_PIXEL = 80
+# Measured as the rise of the peak RSS over the first call at each size in a fresh process (torch 2.13 CPU, glibc,
+# the 2-core dev machine; the same call varies by up to 40% from run to run, with where the allocator puts things):
+# 58-83 B per pixel at 2048x1536 (185-261 MB), 55-70 B at 2048² (230-292 MB), 95-100 MB at 1280x736. Counted with a
+# margin; a test checks the bound in a subprocess.
+DETECT_BYTES_PER_PIXEL = 96
 DETECT_BYTES_FIXED = 64 * 2**20
 _GRID = 32  # the network's total stride
 
