@@ -119,7 +119,11 @@ def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 def hwm():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-open("/proc/self/clear_refs", "w").write("5")  # the peak RSS restarts from the current RSS
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # the peak RSS restarts from the current RSS
+except OSError:
+    print("no-reset")
+    sys.exit(0)
 before = rss()
 assert hwm() <= before + 2**20, "the peak RSS was not reset"
 detect_faces(image, max_side=max_side, within=mask, color="bgr")
@@ -138,6 +142,8 @@ def test_admission_estimate_bounds_the_measured_peak(width, height, max_side, wi
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", _PROBE, args], capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
+    if done.stdout.strip() == "no-reset":
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
     measured = int(done.stdout.split()[-1])
     estimate = detect_bytes(width, height, max_side, within=within)
     assert 0 < measured <= estimate, (measured, estimate)
