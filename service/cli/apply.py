@@ -304,7 +304,8 @@ def _run_local(tasks: list[Task], workers: int, progress: Progress, max_pixels: 
     # forkserver: workers fork from a fresh single-threaded process that imported the pipeline once (forking a
     # parent whose OpenMP threads already ran can hang or crash the child)
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["service.imaging.pipeline"])
+    detects = any(t.spec is not None and "detect" in t.spec["roi"] for t in tasks)  # workers fork with the network
+    context.set_forkserver_preload(["service.imaging.pipeline"] + (["service.imaging.faces.warm"] if detects else []))
     with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_worker_init) as pool:
         futures = {pool.submit(process_file, t, max_pixels): t for t in tasks}
         for future in as_completed(futures):

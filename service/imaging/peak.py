@@ -78,7 +78,7 @@ def request_peak(spec: Spec, image: bytes, mask: bytes | None, budget: int, max_
     peak = estimate_peak(width, height, channels, itemsize, kind, budget)
     extra = 0 if mask is None else _mask_peak(mask, width * height)
     if spec.roi.detect is not None:
-        extra += detect_bytes(width, height, spec.roi.detect.max_side)
+        extra += detect_bytes(width, height, spec.roi.detect.max_side, within=spec.roi.detect.within is not None)
     return Peak(peak.bytes + extra + len(image), peak.bands)
 
 

@@ -83,7 +83,7 @@ def detect_faces(
         if not within.any():
             return []
     net = fast_centerface()
-    pixels = rgb if (h, w) == (H, W) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)  # [h, w, 3]
+    pixels = _resized(rgb, h, w)  # [h, w, 3]
     keep = None if within is None else _cells(within, h, w)  # bool [h/4, w/4]
     rects = [(0, h, 0, w)] if keep is None else crop_rects(keep, h, w)
     boxes, marks = [], []
@@ -164,6 +164,16 @@ def grown_box(box: tuple[float, float, float, float], scale: float, size: tuple[
         min(W, math.ceil(x1 + dx)),
         min(H, math.ceil(y1 + dy)),
     ]
+
+
+def _resized(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``rgb`` resized (bilinear) to h × w. A channel-reversed view (BGR input) is resized as the array it views and
+    reversed after: resizing works per channel, and OpenCV would first copy the whole photo out of the view."""
+    if rgb.shape[:2] == (h, w):
+        return rgb
+    if rgb.strides[2] < 0:
+        return cv2.resize(rgb[:, :, ::-1], (w, h), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _face(b: np.ndarray, lm: np.ndarray, sx: float, sy: float) -> Face:

@@ -20,9 +20,9 @@ from service.imaging.faces import detect_faces, face_pieces  # noqa: E402
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _apply(*args: str) -> subprocess.CompletedProcess:
+def _apply(*args: str, workers: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "service", "apply", *args, "--workers", "1"]
+    cmd = [sys.executable, "-m", "service", "apply", *args, "--workers", str(workers)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -50,6 +50,25 @@ def test_apply_detect_faces_alone_and_with_roi(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "done 2" in r.stderr  # the box is filtered although no face is found there
     assert (tmp_path / "o2" / "empty.jpg").read_bytes() != (src / "empty.jpg").read_bytes()
+
+
+def test_workers_forked_with_the_network_write_what_one_process_writes(tmp_path):
+    """Worker processes fork from a server that built the network first: the files equal those written in process
+    (the faces filtered where the in-process detector finds them, the empty photo copied)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), skdata.astronaut()[:, :, ::-1])
+    cv2.imwrite(str(src / "b.jpg"), skdata.coffee()[:, :, ::-1])
+    cv2.imwrite(str(src / "c.png"), np.ascontiguousarray(skdata.astronaut()[:, ::-1, ::-1]))
+    outs = {}
+    for workers in (1, 2):
+        outs[workers] = tmp_path / f"out{workers}"
+        r = _apply(str(src), "--out", str(outs[workers]), "--filter", "pixelate", "--detect", "faces", workers=workers)
+        assert r.returncode == 0, r.stderr
+        assert "done 2" in r.stderr and "written unchanged (nothing detected) 1" in r.stderr
+    for name in ("a.png", "b.jpg", "c.png"):
+        assert (outs[2] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    assert (outs[2] / "a.png").read_bytes() != (src / "a.png").read_bytes()
 
 
 def test_apply_detect_bad_arguments(tmp_path, capsys):
