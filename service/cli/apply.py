@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imaging.metadata import copy_metadata, format_of
+from . import video
 from .sources import RoiSource, check_entry, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
@@ -77,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--follow-symlinks", action="store_true", help="read links in input folders that lead outside them")
     p.add_argument("--dry-run", action="store_true", help="list what would be done, write nothing")
+    video.add_arguments(p)
 
 
 DEFAULT_FILTER = "gaussian"  # ksize "auto": anonymizing is apply's job, so its default hides a face of any size
@@ -439,11 +441,14 @@ def run(args: argparse.Namespace) -> int:
     max_pixels = load_settings().max_pixels
     t0 = time.monotonic()
     progress = Progress(len(plan.tasks))
+    videos = [t for t in plan.tasks if video.is_video_task(t)]  # in this process, frame by frame
+    images = [t for t in plan.tasks if not video.is_video_task(t)]
     try:
         if args.server is not None:
-            results = asyncio.run(_run_server(plan.tasks, args, progress, max_pixels))
+            results = asyncio.run(_run_server(images, args, progress, max_pixels))
         else:
-            results = _run_local(plan.tasks, args.workers, progress, max_pixels)
+            results = _run_local(images, args.workers, progress, max_pixels)
+        results.update(video.run_videos(videos, args, progress, max_pixels))
     finally:
         progress.close()
     print(_summary(results, plan, time.monotonic() - t0), file=sys.stderr)

@@ -235,7 +235,9 @@ def _pump(inp, v, mapping: dict, out, anonymizer: Anonymizer, writer: _Writer, p
             continue
         for frame in v.decode(packet):
             if (frame.width, frame.height) != (p.width, p.height):
-                raise VideoError(f"the frame size changes mid-stream ({p.width}x{p.height} → {frame.width}x{frame.height})")
+                raise VideoError(
+                    f"the frame size changes mid-stream ({p.width}x{p.height} → {frame.width}x{frame.height})"
+                )
             pixels = frame.to_ndarray(format="bgr24", src_colorspace=space, src_color_range=rng)  # [H, W, 3]
             if k:
                 pixels = np.ascontiguousarray(np.rot90(pixels, k))  # as displayed

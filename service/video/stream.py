@@ -166,7 +166,9 @@ class Anonymizer:
                 self.tracks.check_frame(size[1], size[0])
             self._size = size
         elif size != self._size:
-            raise ValueError(f"frame {self.count} is {size[1]}x{size[0]}, the first was {self._size[1]}x{self._size[0]}")
+            raise ValueError(
+                f"frame {self.count} is {size[1]}x{size[0]}, the first was {self._size[1]}x{self._size[0]}"
+            )
 
     def _is_cut(self, frame: np.ndarray) -> bool:
         if self.cut is None:
