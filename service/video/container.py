@@ -194,23 +194,36 @@ def anonymize_file(
 
 
 class _Writer:
-    """Encodes filtered frames with the timestamps of the input frames they came from (a FIFO: frames come back
-    in order)."""
+    """Encodes filtered frames with the timestamps of the decoded frames they came from (a FIFO: frames come back
+    in order). A yuv420p frame keeps its decoded pixels outside the rectangles the anonymizer changed (only those
+    are converted back from BGR), so the rest of the picture is not shifted by a colour round trip."""
 
     def __init__(self, out, stream, v, p: Probe, progress) -> None:
         self.out, self.stream, self.v, self.p, self.progress = out, stream, v, p, progress
         self.colors = _colors(p)
-        self.pts: deque[int | None] = deque()
+        self.decoded: deque = deque()
         self.count = 0
 
-    def write(self, pixels: np.ndarray) -> None:
+    def write(self, pixels: np.ndarray, rects: list[tuple[int, int, int, int]]) -> None:
         import av
 
+        decoded = self.decoded.popleft()
         k = self.p.rotation // 90
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(pixels, -k)) if k else pixels, "bgr24")
         space, rng = self.colors
-        frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace=space, dst_color_range=rng)
-        frame.pts, frame.time_base = self.pts.popleft(), self.v.time_base
+        if decoded.format.name == self.stream.pix_fmt == "yuv420p":
+            frame = decoded
+            if rects:
+                frame.make_writable()
+                stored = np.rot90(pixels, -k) if k else pixels  # [Hs, Ws, 3] view
+                for rect in rects:
+                    _paste(frame, stored, _stored_rect(rect, k, self.p.width, self.p.height), space, rng)
+            frame.pict_type = av.video.frame.PictureType.NONE
+        else:
+            bgr = np.ascontiguousarray(np.rot90(pixels, -k)) if k else pixels
+            frame = av.VideoFrame.from_ndarray(bgr, "bgr24")
+            frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace=space, dst_color_range=rng)
+        frame.pts = decoded.pts if decoded.pts is not None else decoded.dts
+        frame.time_base = self.v.time_base
         for packet in self.stream.encode(frame):
             self.out.mux(packet)
         self.count += 1
@@ -220,6 +233,41 @@ class _Writer:
     def close(self) -> None:
         for packet in self.stream.encode(None):
             self.out.mux(packet)
+
+
+def _stored_rect(rect: tuple[int, int, int, int], k: int, Ws: int, Hs: int) -> tuple[int, int, int, int]:
+    """A displayed rectangle (x0, y0, x1, y1) in the stored frame (Ws × Hs), displayed = ``np.rot90(stored, k)``."""
+    x0, y0, x1, y1 = rect
+    if k == 1:
+        return Ws - y1, x0, Ws - y0, x1
+    if k == 2:
+        return Ws - x1, Hs - y1, Ws - x0, Hs - y0
+    if k == 3:
+        return y0, Hs - x1, y1, Hs - x0
+    return rect
+
+
+def _plane(frame, i: int) -> np.ndarray:
+    p = frame.planes[i]
+    return np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: p.height, : p.width]  # [h, w] view
+
+
+def _paste(frame, stored: np.ndarray, rect: tuple[int, int, int, int], space: str, rng: str) -> None:
+    """The BGR pixels of ``rect`` (grown to even corners: whole chroma samples) converted to YUV and written into
+    ``frame``'s planes."""
+    import av
+
+    Hs, Ws = stored.shape[:2]
+    x0, y0 = rect[0] & ~1, rect[1] & ~1
+    x1, y1 = min(Ws, rect[2] + (rect[2] & 1)), min(Hs, rect[3] + (rect[3] & 1))
+    if x1 <= x0 or y1 <= y0:
+        return
+    crop = av.VideoFrame.from_ndarray(np.ascontiguousarray(stored[y0:y1, x0:x1]), "bgr24")
+    crop = crop.reformat(format="yuv420p", dst_colorspace=space, dst_color_range=rng)
+    for i, (sx, sy) in enumerate(((x0, y0), (x0 // 2, y0 // 2), (x0 // 2, y0 // 2))):
+        src, dst = _plane(crop, i), _plane(frame, i)
+        h, w = min(src.shape[0], dst.shape[0] - sy), min(src.shape[1], dst.shape[1] - sx)
+        dst[sy : sy + h, sx : sx + w] = src[:h, :w]
 
 
 def _pump(inp, v, mapping: dict, out, anonymizer: Anonymizer, writer: _Writer, p: Probe) -> None:
@@ -241,14 +289,13 @@ def _pump(inp, v, mapping: dict, out, anonymizer: Anonymizer, writer: _Writer, p
             pixels = frame.to_ndarray(format="bgr24", src_colorspace=space, src_color_range=rng)  # [H, W, 3]
             if k:
                 pixels = np.ascontiguousarray(np.rot90(pixels, k))  # as displayed
-            pts = frame.pts if frame.pts is not None else frame.dts
-            writer.pts.append(pts)
+            writer.decoded.append(frame)
             t = None if frame.time is None else float(frame.time)
             start = t if start is None else start
             for done in anonymizer.push(pixels, None if t is None else t - start, 1.0 / rate):
-                writer.write(done)
+                writer.write(done, anonymizer.changed.popleft())
     for done in anonymizer.flush():
-        writer.write(done)
+        writer.write(done, anonymizer.changed.popleft())
     writer.close()
 
 

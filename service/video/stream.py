@@ -75,6 +75,7 @@ class _Frame:
     pixels: np.ndarray  # [H, W, 3] BGR uint8
     time: float
     duration: float
+    rects: list[tuple[int, int, int, int]] | None = None
 
 
 class Anonymizer:
@@ -119,6 +120,9 @@ class Anonymizer:
         self.buffer: deque[_Frame] = deque()
         self.count, self.last_key, self.keyframes, self.cuts = 0, -1, 0, 0
         self.covered = 0  # frames in which at least one face was filtered
+        # for each frame returned, in order: the rectangles (x0, y0, x1, y1) outside which its pixels are unchanged
+        # (the caller pops them: a container writer keeps the decoded pixels elsewhere)
+        self.changed: deque[list[tuple[int, int, int, int]]] = deque()
         self._thumb: np.ndarray | None = None
         self._size: tuple[int, int] | None = None
 
@@ -199,6 +203,7 @@ class Anonymizer:
             f = self.buffer.popleft()
             self._filter(f)
             out.append(f.pixels)
+            self.changed.append(f.rects or [])
         if self.buffer:
             self.timeline.forget(self.buffer[0].index)
         return out
@@ -221,6 +226,7 @@ class Anonymizer:
         if not any(roi.get(k) for k in ("boxes", "polygons", "circles", "ellipses")) and not roi.get("invert"):
             return  # nothing to hide in this frame (an empty ROI would mean the whole frame)
         spec = {"filter": self.filter, "roi": roi, "outside": self.outside, "border": self.border}
+        f.rects = [(0, 0, W, H)] if roi.get("invert") or self.outside != "keep" else _bounds(roi, W, H)
         f.pixels = process_pixels(Spec.model_validate(spec), f.pixels, max_pixels=self.max_pixels, inplace=True)
 
 
@@ -237,6 +243,24 @@ def _face_pieces(boxes: list[np.ndarray], scale: float, shape: str) -> dict[str,
     if "boxes" in pieces:
         return {"boxes": [[x0 - far, y0 - far, x1 - far, y1 - far] for x0, y0, x1, y1 in pieces["boxes"]]}
     return {"ellipses": [[cx - far, cy - far, ax, ay, a] for cx, cy, ax, ay, a in pieces["ellipses"]]}
+
+
+def _bounds(roi: dict, W: int, H: int) -> list[tuple[int, int, int, int]]:
+    """One rectangle (x0, y0, x1, y1) around each shape of ``roi``, clipped to the frame (a rotated ellipse: the
+    square around its longer axis)."""
+    rects = [tuple(b) for b in roi.get("boxes", [])]
+    rects += [(cx - r, cy - r, cx + r + 1, cy + r + 1) for cx, cy, r in roi.get("circles", [])]
+    for cx, cy, ax, ay, angle in roi.get("ellipses", []):
+        rx, ry = (ax, ay) if angle % 180 == 0 else (max(ax, ay),) * 2
+        rects.append((cx - rx - 1, cy - ry - 1, cx + rx + 2, cy + ry + 2))
+    rects += [(min(p[0] for p in q), min(p[1] for p in q), max(p[0] for p in q) + 1, max(p[1] for p in q) + 1)
+              for q in roi.get("polygons", [])]  # fmt: skip
+    out = []
+    for x0, y0, x1, y1 in rects:
+        x0, y0, x1, y1 = max(0, int(x0)), max(0, int(y0)), min(W, int(np.ceil(x1))), min(H, int(np.ceil(y1)))
+        if x1 > x0 and y1 > y0:
+            out.append((x0, y0, x1, y1))
+    return out
 
 
 def _inside(piece: list, kind: str, W: int, H: int) -> bool:
