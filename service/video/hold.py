@@ -29,7 +29,7 @@ __all__ = ["Timeline", "Track"]
 
 Local = Callable[[int, np.ndarray], list[np.ndarray]]  # (frame index, search box) → boxes found inside it
 
-_MOVED = 0.2  # centre displacement, as a share of the face's size, that asks for a detection in between
+_MOVED = 0.5  # centre displacement, as a share of the face's size, that asks for a detection in between
 _RESIZED = 1.25  # size ratio that asks for one too
 _SEARCH = 0.5  # a local search looks this share of a face's size around where the face was
 
