@@ -32,7 +32,16 @@ from .checks import check_groups, check_mask
 from .engine import Band, Rect, chunk_bytes, drop_full, plan_bands, positions, single_thread, tile_size
 from .geometry import ConvGeometry, conv_geometry
 
-__all__ = ["STRATEGIES", "RoIPlan", "RoiPlan", "estimate_costs", "plan_roi", "tile_position_bytes", "window_bytes"]
+__all__ = [
+    "STRATEGIES",
+    "RoIPlan",
+    "RoiPlan",
+    "device_costs",
+    "estimate_costs",
+    "plan_roi",
+    "tile_position_bytes",
+    "window_bytes",
+]
 
 STRATEGIES = ("auto", "windows", "tiles", "dense", "fused")
 
@@ -68,6 +77,11 @@ _CUDA = _Costs(
     where_elem=2e-12,
     call=15e-6,
 )
+
+
+def device_costs(device: torch.device | str) -> _Costs:
+    """The cost model's throughput constants (seconds per FLOP, per copied element, per call) for ``device``."""
+    return _CUDA if torch.device(device).type == "cuda" else _CPU
 
 
 def window_bytes(C: int, O: int, K: int, element_size: int) -> int:
@@ -224,7 +238,7 @@ def plan_roi(
 
 def estimate_costs(plan: RoIPlan, *, fresh_output: bool = True) -> dict[str, float]:
     """Estimated seconds of each strategy for this plan (see the module docstring)."""
-    k = _CUDA if plan.device.type == "cuda" else _CPU
+    k = device_costs(plan.device)
     N, C, H, W = plan.input_shape
     O, Cg, kh, kw = plan.weight_shape
     H_out, W_out = plan.geometry.out_hw

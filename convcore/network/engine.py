@@ -116,14 +116,15 @@ def input_needs(cap: Capture, node: fx.Node, r: Region) -> list:
         a, k = conv_t_args(node), cap.shapes[node.args[1]][2:]
         taps = [transposed_taps(out_hw[i], in_hw[i], k[i], a["s"][i], a["d"][i], a["p"][i], dev) for i in (0, 1)]
     elif kind == "upsample":
-        taps = upsample_taps(_upsample(cap, node), dev)
+        taps = upsample_taps(node_upsample_axes(cap, node), dev)
     else:
         pad, mode, _ = pad_args(node)
         taps = pad_taps_2d(pad, mode, in_hw, dev)
     return [(x, fold(r, taps[0], taps[1], in_hw))]
 
 
-def _upsample(cap: Capture, node: fx.Node):
+def node_upsample_axes(cap: Capture, node: fx.Node):
+    """Per axis (idx0, idx1, lam0, lam1) of the upsampling node ``node`` of ``cap``."""
     from .capture import UPSAMPLE
 
     double = node.meta["val"].dtype == torch.float64
@@ -225,12 +226,7 @@ class Runner:
         if kind == "conv":
             weight, bias = self._conv_params(node)
             win, groups = conv_window(node, weight.shape)
-            if self.mode == "exact":
-                region = self.need[node]
-                mask = None if region.filled else region.crop.contiguous()
-            else:
-                mask = None if self.box(roi)[1] else roi[:, y0:y1, x0:x1].contiguous()
-            data = conv_crop(x, weight, bias, win, groups, rect, mask)
+            data = conv_crop(x, weight, bias, win, groups, rect, self._conv_mask(node, rect, roi))
         elif kind == "conv_t":
             bias = self._value(node.args[2]) if len(node.args) > 2 else node.kwargs.get("bias")
             data = conv_t_crop(x, self.env[node.args[1]], self._value(bias), conv_t_args(node), rect)
@@ -239,7 +235,7 @@ class Runner:
         elif kind == "avg_pool":
             data = avg_pool_crop(node, x, pool_window(node), rect, (H, W))
         elif kind == "upsample":
-            data = upsample_crop(x, _upsample(cap, node), rect)
+            data = upsample_crop(x, node_upsample_axes(cap, node), rect)
             if data is None:
                 data = self._call(node, full=True)
         elif kind == "pad":
@@ -248,6 +244,14 @@ class Runner:
         else:
             data = self._on_crops(node, rect, (H, W))
         return Part(data, rect, (H, W))
+
+    def _conv_mask(self, node: fx.Node, rect, roi: torch.Tensor | None) -> torch.Tensor | None:
+        """The positions of ``rect`` a conv computes (bool Tensor[N, h, w]), or None for all of them."""
+        if self.mode == "exact":
+            region = self.need[node]
+            return None if region.filled else region.crop.contiguous()
+        y0, y1, x0, x1 = rect
+        return None if self.box(roi)[1] else roi[:, y0:y1, x0:x1].contiguous()
 
     def _on_crops(self, node: fx.Node, rect, hw) -> torch.Tensor:
         y0, y1, x0, x1 = rect

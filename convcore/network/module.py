@@ -15,7 +15,7 @@ from .crops import conv_window
 from .engine import Regions, Runner, fold_bn, needed_regions
 from .regions import Region
 
-__all__ = ["LayerRegion", "NetworkPlan", "RoiNetwork", "roi_network"]
+__all__ = ["LayerRegion", "NetworkPlan", "RoiNetwork", "layer_macs", "roi_network"]
 
 MODES = ("exact", "masked")
 _CACHE = 8  # captured graphs kept per RoiNetwork (one per input shape, dtype and device)
@@ -86,7 +86,10 @@ class RoiNetwork(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module or a torch.export.ExportedProgram, got {type(model).__name__}")
         if mode not in MODES:
-            raise ValueError(f'mode must be "exact" or "masked", got {mode!r}')
+            raise ValueError(
+                f'mode must be "exact" or "masked" (for "incremental" use roi_network(model, mode="incremental")), '
+                f"got {mode!r}"
+            )
         self.model = model
         self.mode = mode
         self._captures: OrderedDict[tuple, Capture] = OrderedDict()
@@ -128,7 +131,7 @@ class RoiNetwork(nn.Module):
                 continue
             h, w = cap.shapes[node][2:]
             region = need[node] if need is not None else Region.of(regions.at(h, w))
-            macs, dense = _macs(cap, node, region.count())
+            macs, dense = layer_macs(cap, node, region.count())
             layers.append(LayerRegion(layer_name(node), (h, w), region.full(), region.rect, macs, dense))
         return NetworkPlan(self.mode, layers)
 
@@ -177,8 +180,10 @@ class RoiNetwork(nn.Module):
         return out
 
 
-def roi_network(model: nn.Module, *, mode: str = "exact") -> RoiNetwork:
-    """Wrap ``model`` so that it runs only inside a region of interest of its input.
+def roi_network(
+    model: nn.Module, *, mode: str = "exact", tol: float = 0.0, refresh_every: int | None = None
+) -> RoiNetwork:
+    """Wrap ``model`` so that it runs only inside a region of interest of its input, or only where it changed.
 
     The model is captured with ``torch.export`` (one capture per input shape, cached) and its graph is run op by op:
     each convolution goes through :func:`convcore.roi_conv2d` over its region, every other spatial op is computed on
@@ -193,6 +198,10 @@ def roi_network(model: nn.Module, *, mode: str = "exact") -> RoiNetwork:
       at its size, so everything outside the ROI is zero, and each layer computes only inside its ROI. Ops that
       depend on the whole map (squeeze-excitation, instance/group norm) run on the whole (masked) map.
 
+    * ``mode="incremental"``: ``forward(input, changed=None)`` re-runs the model only on the forward cone of what
+      changed since the previous call and returns what ``model(input)`` returns; see
+      :class:`convcore.network.incremental.IncrementalNetwork` (``tol`` and ``refresh_every`` belong to this mode).
+
     The ROI of a map of size (h, w) is ``F.adaptive_max_pool2d(mask[:, None].float(), (h, w))[:, 0] > 0``.
 
     Supported: Conv2d (any stride/padding/dilation/groups; other padding modes come as a pad op), ConvTranspose2d,
@@ -205,7 +214,9 @@ def roi_network(model: nn.Module, *, mode: str = "exact") -> RoiNetwork:
 
     Args:
         model: an ``nn.Module`` taking one Tensor[N, C, H, W], or a ``torch.export.ExportedProgram``.
-        mode: "exact" or "masked".
+        mode: "exact", "masked" or "incremental".
+        tol: incremental mode: an input element counts as changed when it differs from the previous one by more.
+        refresh_every: incremental mode: run densely every this many calls (None: only when needed).
 
     Example:
         >>> import torch, convcore
@@ -217,10 +228,17 @@ def roi_network(model: nn.Module, *, mode: str = "exact") -> RoiNetwork:
         >>> bool(torch.allclose(y[0, :, 8:16, 8:20], net(x)[0, :, 8:16, 8:20], atol=1e-5))
         True
     """
+    if mode == "incremental":
+        from .incremental import IncrementalNetwork
+
+        return IncrementalNetwork(model, tol=tol, refresh_every=refresh_every)
+    if tol != 0.0 or refresh_every is not None:
+        raise ValueError(f'tol and refresh_every belong to mode="incremental", not mode={mode!r}')
     return RoiNetwork(model, mode)
 
 
-def _macs(cap: Capture, node: fx.Node, count: int) -> tuple[int, int]:
+def layer_macs(cap: Capture, node: fx.Node, count: int) -> tuple[int, int]:
+    """(MACs of ``node`` computing ``count`` output positions, MACs of the dense layer); (0, 0) for a non-conv."""
     kind = cap.kinds[node]
     N, O, h, w = cap.shapes[node]
     if kind == "conv":
@@ -243,20 +261,20 @@ def _check_input(input: object) -> None:
         raise ValueError(f"input must be a floating-point (N, C, H, W) tensor, got {input.dtype} {tuple(input.shape)}")
 
 
-def _check_mask(mask: object, shape, device) -> torch.Tensor:
+def _check_mask(mask: object, shape, device, name: str = "mask") -> torch.Tensor:
     """bool Tensor[N, H, W] on ``device`` from a (N, H, W) or (H, W) mask over input pixels."""
     N, _, H, W = shape
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a bool torch.Tensor of shape (N, H, W) or (H, W), got {type(mask).__name__}")
+        raise TypeError(f"{name} must be a bool torch.Tensor of shape (N, H, W) or (H, W), got {type(mask).__name__}")
     if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}; use mask > 0")
-    if mask.dim() == 2:
+        raise TypeError(f"{name} must be a bool tensor, got {mask.dtype}; use {name} > 0")
+    if mask.dim() == 2 and tuple(mask.shape) == (H, W):
         mask = mask.expand(N, H, W)
     if tuple(mask.shape) != (N, H, W):
         raise ValueError(
-            f"mask must have shape (N, H, W) = ({N}, {H}, {W}) or (H, W) = ({H}, {W}), got {tuple(mask.shape)}; "
-            "the mask is over input pixels"
+            f"{name} must have shape (N, H, W) = ({N}, {H}, {W}) or (H, W) = ({H}, {W}), got {tuple(mask.shape)}; "
+            f"{name} is over input pixels"
         )
     if mask.device != torch.device(device):
-        raise ValueError(f"mask is on {mask.device} but input is on {device}")
+        raise ValueError(f"{name} is on {mask.device} but input is on {device}")
     return mask.contiguous()
