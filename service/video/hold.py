@@ -103,6 +103,14 @@ def _held(box: np.ndarray, velocity: np.ndarray, dt: int) -> np.ndarray:
     return _grow(_union(box, box + velocity * dt), s, s)
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 def _moved(a: np.ndarray, b: np.ndarray) -> bool:
     size_a, size_b = _size(a), _size(b)
     far = np.linalg.norm(_centre(b) - _centre(a)) > _MOVED * max(size_a, size_b)
@@ -153,6 +161,9 @@ class Timeline:
         for tr in open_tracks:
             if id(tr) not in matched_tracks:
                 self._walk(tr, range(max(tr.frames[-1] + 1, lo), index + 1), local)
+                if tr.frames[-1] == index:  # followed up to the keyframe: the new box it lands on is this face
+                    same = [b for b in boxes if id(b) not in matched_boxes and _iou(b, tr.boxes[-1]) > 0.5]
+                    matched_boxes |= {id(b) for b in same}
         for box in boxes:
             if id(box) not in matched_boxes:
                 tr = Track(shot=(self.shot_start, None))
@@ -172,7 +183,7 @@ class Timeline:
 
     def _match(self, tracks: list[Track], boxes: list[np.ndarray], index: int) -> list[tuple[Track, np.ndarray]]:
         """Greedy nearest pairs (track, box) whose distance, from the track's last box or from where its velocity
-        carries it, is within the face's size × (0.5 + 0.1 per frame since), at most 2.5 sizes."""
+        carries it, is within the face's size × (0.5 + 0.15 per frame since), at most 3 sizes."""
         pairs = []
         for tr in tracks:
             last, gap = tr.boxes[-1], index - tr.frames[-1]
@@ -180,7 +191,7 @@ class Timeline:
             for box in boxes:
                 size = max(_size(last), _size(box))
                 d = min(np.linalg.norm(_centre(box) - _centre(c)) for c in (last, predicted))
-                if d <= size * min(2.5, 0.5 + 0.1 * gap):
+                if d <= size * min(3.0, 0.5 + 0.15 * gap):
                     pairs.append((float(d), tr, box))
         pairs.sort(key=lambda p: p[0])
         out, used_t, used_b = [], set(), set()
