@@ -40,7 +40,7 @@ __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_fil
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``apply`` subcommand's arguments."""
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (recursive) or globs")
     p.add_argument("--out", required=True, type=Path, help="output folder (created); names and layout are kept")
     p.add_argument(
         "--filter",

@@ -13,6 +13,7 @@ fewer frames than its header declares (a truncated file) raises :class:`VideoErr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -26,10 +27,11 @@ import numpy as np
 from .formats import output_format
 from .stream import Anonymizer
 
-__all__ = ["VideoError", "VideoResult", "anonymize_file", "probe"]
+__all__ = ["INSTALL_HINT", "VideoError", "VideoResult", "anonymize_file", "probe"]
 
 log = logging.getLogger("roiconv.video")
 
+INSTALL_HINT = "install the video extra: pip install 'roiconv[video]'"
 DEFAULT_CRF = 18  # x264 and VP9: visually lossless for most footage
 DEFAULT_PRESET = "faster"  # x264's speed / size trade-off (quality is set by the CRF)
 
@@ -168,6 +170,8 @@ def anonymize_file(
 
     ``progress(frames done, frames declared or 0)`` is called after each written frame.
     """
+    if importlib.util.find_spec("av") is None:
+        raise ImportError(f"videos need PyAV: {INSTALL_HINT}")
     import av
 
     t0 = time.perf_counter()

@@ -56,7 +56,9 @@ def _red(frame: np.ndarray, box) -> bool:
 
 
 @pytest.mark.parametrize(
-    "suffix, codec, audio", [(".mp4", "libx264", "aac"), (".webm", "libvpx-vp9", "libopus")], ids=["h264-aac", "vp9-opus"]
+    "suffix, codec, audio",
+    [(".mp4", "libx264", "aac"), (".webm", "libvpx-vp9", "libopus")],
+    ids=["h264-aac", "vp9-opus"],
 )
 def test_tracks_filtered_timestamps_size_and_audio_kept(tmp_path, suffix, codec, audio):
     src = tmp_path / "in"
@@ -103,7 +105,9 @@ def test_rotation_boxes_are_in_the_displayed_frame(tmp_path):
     box = [20, 30, 70, 80]
     rois = tmp_path / "rois.json"
     rois.write_text(json.dumps({"turned.mp4": {"boxes": [box]}}))
-    r = _apply(str(src), "--out", str(tmp_path / "out"), "--roi", str(rois), "--filter", '{"name":"fill","color":[0,0,255]}')
+    r = _apply(
+        str(src), "--out", str(tmp_path / "out"), "--roi", str(rois), "--filter", '{"name":"fill","color":[0,0,255]}'
+    )
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out" / "turned.mp4"
     _, _, stored, rotation = _video(out)

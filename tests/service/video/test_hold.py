@@ -18,8 +18,8 @@ RED = [0, 0, 255]
 
 def _moving_face(frames: int, start: int = 0, speed: float = 4.0, size: int = 40, y: int = 90):
     """Per frame: the true box of one face moving right (None before ``start``)."""
-    return [None if t < start else (10 + round(speed * (t - start)), y, 10 + round(speed * (t - start)) + size, y + size)
-            for t in range(frames)]  # fmt: skip
+    xs = [10 + round(speed * (t - start)) for t in range(frames)]
+    return [None if t < start else (xs[t], y, xs[t] + size, y + size) for t in range(frames)]
 
 
 class Scripted:
