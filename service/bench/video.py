@@ -111,9 +111,9 @@ def bench_clip(name: str, clip: Clip, tmp: Path, target: float) -> list[tuple]:
     deface = shutil.which("deface") or "deface"
     t_deface = _run([deface, str(clip.path), "-o", str(deface_out), "--thresh", "0.2", "--keep-audio"])
     t_ours = _run(_ours(folder, tmp / f"{name}-ours"))
-    t_gauss = _run(_ours(folder, tmp / f"{name}-gauss", "--filter", "gaussian"))  # the photos' default filter
+    t_box = _run(_ours(folder, tmp / f"{name}-box", "--filter", "box"))  # deface's kind of blur (a box filter)
     print(
-        f"{name}: deface {t_deface:.1f} s, ours {t_ours:.1f} s (gaussian {t_gauss:.1f} s), {clip.frames} frames",
+        f"{name}: deface {t_deface:.1f} s, ours {t_ours:.1f} s (box {t_box:.1f} s), {clip.frames} frames",
         file=sys.stderr,
     )
     ours_out = tmp / f"{name}-ours" / clip.path.name
@@ -125,8 +125,8 @@ def bench_clip(name: str, clip: Clip, tmp: Path, target: float) -> list[tuple]:
     return [
         (f"{label}: frames/s", f"{fps_ours:.2f} vs {fps_deface:.2f}", f"{ratio:.2f}x", f"≥ {target:g}x",
          ratio >= target),
-        (f"{label}: frames/s with --filter gaussian", f"{clip.frames / t_gauss:.2f} vs {fps_deface:.2f}",
-         f"{clip.frames / t_gauss / fps_deface:.2f}x", "", True),
+        (f"{label}: frames/s with --filter box", f"{clip.frames / t_box:.2f} vs {fps_deface:.2f}",
+         f"{clip.frames / t_box / fps_deface:.2f}x", "", True),
         (f"{label}: leaked face-frames", f"{j_ours['leaks']} vs {j_deface['leaks']} of {j_ours['face_frames']}", "",
          "0", j_ours["leaks"] == 0),
         (f"{label}: frames, size, audio out (input {clip.frames}, {w}x{h}, aac)",

@@ -44,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created); names and layout are kept")
     p.add_argument(
         "--filter",
-        default=None,
+        default=DEFAULT_FILTER,
         help='a filter name ("pixelate") or a JSON filter ({"name": "gaussian", "ksize": 31}); default: gaussian with '
-        'ksize "auto", sized to each ROI shape (docs/anonymization.md); videos: box, ksize "auto" (docs/video.md)',
+        'ksize "auto", sized to each ROI shape (docs/anonymization.md)',
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--roi", type=Path, help="JSON file: {file name: ROI object}; default: NAME.json sidecars")
@@ -124,7 +124,7 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
     """Everything a run will do, decided before any work. ValueError (exit 2) for a bad filter, a bad ROI entry
     anywhere (every entry of the mapping, every sidecar found: checked with the server's own spec model), an output
     that would replace its input, and a run where no input has a ROI source."""
-    filt = _filter(args.filter or DEFAULT_FILTER)
+    filt = _filter(args.filter)
     check = lambda where, roi: check_entry(where, roi, filt, args.outside, args.border)  # noqa: E731
     error = check("--filter", {})
     if error is not None:

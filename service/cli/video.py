@@ -85,7 +85,7 @@ def _one(task, args: argparse.Namespace, max_pixels: int) -> str:
     spec, roi = task.spec, task.spec["roi"]
     detect = Detect.model_validate(roi["detect"]) if roi.get("detect") else None
     anonymizer = Anonymizer(
-        filter=spec["filter"] if getattr(args, "filter", None) else None,  # None: the video default
+        filter=spec["filter"],
         detect=False if detect is None else FaceDetector(detect.threshold, detect.max_side),
         scale=1.3 if detect is None else detect.scale,
         shape="ellipse" if detect is None else detect.shape,

@@ -2,7 +2,7 @@
 
 :class:`Anonymizer` is the library entry point under ``roiconv apply`` for videos (no container, no PyAV)::
 
-    anon = Anonymizer(detect=True)            # faces, box "auto" as roiconv apply
+    anon = Anonymizer(detect=True)            # faces, gaussian "auto" as roiconv apply
     for frame in frames:                      # BGR uint8 [H, W, 3], as displayed
         for out in anon.push(frame):          # the same arrays, filtered in place, in order, some frames later
             write(out)
@@ -30,16 +30,12 @@ import numpy as np
 from .hold import Timeline
 from .tracks import RoiTracks
 
-__all__ = ["DEFAULT_FILTER", "Anonymizer", "Detector", "FaceDetector"]
+__all__ = ["Anonymizer", "Detector", "FaceDetector"]
 
 log = logging.getLogger("roiconv.video")
 
 Detector = Callable[[np.ndarray, np.ndarray | None], list[np.ndarray]]  # (BGR frame, search box | None) → boxes
 
-# box with ksize "auto": it hides a face at least as well as gaussian "auto" (docs/anonymization.md's strength
-# table: residual face scores 0.087 / 0.054 / 0.035 against 0.125 / 0.079 / 0.035) at a cost that does not grow
-# with the kernel (running sums), which matters 25 times a second; photos keep gaussian.
-DEFAULT_FILTER = {"name": "box"}
 DEFAULT_INTERVAL = 8
 DEFAULT_HOLD = 12
 DEFAULT_CUT = 40.0
@@ -86,8 +82,8 @@ class Anonymizer:
     """Filters faces (and given shapes and tracks) in a stream of frames; see the module's docstring.
 
     Args:
-        filter: the filter spec (``{"name": "gaussian"}`` etc., as ``roiconv apply --filter``); default
-            :data:`DEFAULT_FILTER`, box with ksize "auto".
+        filter: the filter spec (``{"name": "gaussian"}`` etc., as ``roiconv apply --filter``); default gaussian
+            with ksize "auto".
         detect: find faces; a :data:`Detector` to use another one (tests), True for :class:`FaceDetector`.
         scale, shape: how a face's box becomes a piece (docs/faces.md: grown as deface's --mask-scale, an ellipse).
         roi: image shapes filtered in every frame (boxes, polygons, circles, ellipses); ``tracks``: :class:`RoiTracks`.
@@ -116,7 +112,7 @@ class Anonymizer:
         if interval < 1:
             raise ValueError(f"interval must be >= 1 frame, got {interval}")
         self.detector: Detector | None = FaceDetector(threshold) if detect is True else (detect or None)
-        self.filter = filter or dict(DEFAULT_FILTER)
+        self.filter = filter or {"name": "gaussian"}
         self.scale, self.shape, self.roi, self.tracks = scale, shape, dict(roi or {}), tracks
         self.interval, self.hold, self.cut = interval, hold, cut
         self.outside, self.border, self.max_pixels = outside, border, max_pixels
