@@ -44,8 +44,9 @@ def scene_frames(
 
     The background (scikit-image's coffee photo, rocket when panning) is still, or panned ``pan`` pixels per frame
     to the left (a moving camera). Each face is the astronaut's head, its side a share of the height drawn from
-    ``face``, moving on its own straight path that bounces off the edges plus a vertical wave; the third face, when
-    there is one, appears after a third of the clip.
+    ``face`` (at most its band: each face keeps to its own band of rows, so none hides another and every true box
+    is a whole face), moving on its own straight path that bounces off the edges plus a vertical wave; the third
+    face, when there is one, appears after a third of the clip.
     """
     from skimage import data
 
@@ -56,13 +57,15 @@ def scene_frames(
     head = np.ascontiguousarray(data.astronaut()[r0:r1, c0:c1, ::-1])
     movers = []
     for i in range(faces):
-        size = int(rng.uniform(*face) * height)
+        band = height // faces  # each face keeps to its own band of rows: faces never hide each other
+        size = min(int(rng.uniform(*face) * height), band)
         movers.append(
             {
                 "size": size,
                 "head": cv2.resize(head, (size, size), interpolation=cv2.INTER_AREA),
                 "x": float(rng.uniform(0, width - size)),
-                "y": float(rng.uniform(0, height - size)),
+                "y": float(i * band + rng.uniform(0, band - size)),
+                "band": (i * band, (i + 1) * band - size),
                 "vx": float(rng.choice([-1, 1]) * rng.uniform(0.004, 0.008) * width),
                 "wave": float(rng.uniform(0.02, 0.06) * height),
                 "start": frames // 3 if i == 2 else 0,
@@ -79,7 +82,7 @@ def scene_frames(
             x = m["x"] + m["vx"] * (t - m["start"])
             span = width - s
             x = abs((x % (2 * span)) - span) if span > 0 else 0.0  # bounce
-            y = min(max(m["y"] + m["wave"] * math.sin(t / 6.0), 0), height - s)
+            y = min(max(m["y"] + m["wave"] * math.sin(t / 6.0), m["band"][0]), m["band"][1])
             xi, yi = int(round(x)), int(round(y))
             frame[yi : yi + s, xi : xi + s] = m["head"]
             f = s / 200.0
