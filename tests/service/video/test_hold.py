@@ -141,3 +141,12 @@ def test_bad_frames_are_refused():
     anon.push(np.zeros((10, 10, 3), np.uint8))
     with pytest.raises(ValueError, match="the first was 10x10"):
         anon.push(np.zeros((12, 10, 3), np.uint8))
+
+
+def test_held_after_the_detector_loses_it():
+    """The detector stops finding a face that is still there (turned away, blurred by motion): the hold keeps it
+    covered for its window after the last detection."""
+    faces = _moving_face(40)
+    truth = [[b] for b in faces]
+    out, _ = _run(truth, miss=set(range(27, 40)), interval=8, hold=12)
+    assert _leaks(out[:39], truth[:39]) == []  # 26 + 12 = 38: the last frame found plus the hold
