@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..imaging.metadata import format_of
+from . import video
 from .sources import RoiSource, check_entry, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_file", "copy_file", "plan_tasks", "process_file", "run"]
@@ -37,7 +38,7 @@ __all__ = ["Task", "add_arguments", "convolve_file", "copy_file", "plan_tasks", 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``apply`` subcommand's arguments."""
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (recursive) or globs")
     p.add_argument("--out", required=True, type=Path, help="output folder (created); names and layout are kept")
     p.add_argument(
         "--filter",
@@ -81,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--follow-symlinks", action="store_true", help="read links in input folders that lead outside them")
     p.add_argument("--dry-run", action="store_true", help="list what would be done, write nothing")
+    video.add_arguments(p)
 
 
 DEFAULT_FILTER = "gaussian"  # ksize "auto": anonymizing is apply's job, so its default hides a face of any size
@@ -406,11 +408,14 @@ def run(args: argparse.Namespace) -> int:
     max_pixels = load_settings().max_pixels
     t0 = time.monotonic()
     progress = Progress(len(plan.tasks))
+    videos = [t for t in plan.tasks if video.is_video_task(t)]  # in this process, frame by frame
+    images = [t for t in plan.tasks if not video.is_video_task(t)]
     try:
         if args.server is not None:
-            results = asyncio.run(_run_server(plan.tasks, args, progress, max_pixels))
+            results = asyncio.run(_run_server(images, args, progress, max_pixels))
         else:
-            results = _run_local(plan.tasks, args.workers, progress, max_pixels)
+            results = _run_local(images, args.workers, progress, max_pixels)
+        results.update(video.run_videos(videos, args, progress, max_pixels))
     finally:
         progress.close()
     print(_summary(results, plan, time.monotonic() - t0), file=sys.stderr)

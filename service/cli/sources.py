@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..imaging.metadata import format_of
+from ..video.formats import is_video
 
 __all__ = [
     "RoiSource",
@@ -26,7 +27,7 @@ __all__ = [
     "load_mapping",
 ]
 
-_SHAPES = ("boxes", "polygons", "circles", "ellipses")
+_SHAPES = ("boxes", "polygons", "circles", "ellipses", "tracks")  # tracks: videos only (service.video.tracks)
 
 
 def expand_inputs(
@@ -48,7 +49,7 @@ def expand_inputs(
             found.append((path, Path(path.name)))
         elif glob.has_magic(item):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            found += [(p, Path(p.name)) for p in matches if p.is_file() and format_of(p) and not _under(p, exclude)]
+            found += [(p, Path(p.name)) for p in matches if p.is_file() and _wanted(p) and not _under(p, exclude)]
         else:
             raise ValueError(f"input {item!r} is not a file, a folder or a glob that matches anything")
     seen: dict[Path, Path] = {}
@@ -57,6 +58,11 @@ def expand_inputs(
             raise ValueError(f"{seen[rel]} and {src} would both be written to {rel}; give their folder instead")
         seen[rel] = src
     return list({rel: (src, rel) for src, rel in found}.values())
+
+
+def _wanted(path: Path) -> bool:
+    """An input ``roiconv apply`` reads: an image format it knows, or a video (:func:`service.video.is_video`)."""
+    return bool(format_of(path)) or is_video(path)
 
 
 def _under(path: Path, folder: Path | None) -> bool:
@@ -84,7 +90,7 @@ def _walk(folder: Path, exclude: Path | None, follow_symlinks: bool) -> list[Pat
                     "pass --follow-symlinks to read what it leads to"
                 )
         dirs[:] = sorted(d for d in dirs if not _under(Path(here) / d, exclude))
-        files += [Path(here) / n for n in names if format_of(Path(n))]
+        files += [Path(here) / n for n in names if _wanted(Path(n))]
     return sorted(p for p in files if p.is_file())
 
 
@@ -96,12 +102,18 @@ def _check_roi(roi: object, where: str) -> dict:
 
 
 def check_entry(where: str, roi: dict, filt: dict, outside: str, border: str) -> str | None:
-    """None when the request this ROI entry makes is valid for the server's own spec model; else a message naming
-    ``where`` (the file and entry), the key at fault and the reason, with the closest valid key for an unknown one."""
+    """None when the request this ROI entry makes is valid for the server's own spec model (a video's ``tracks``
+    checked by :func:`service.video.check_tracks`); else a message naming ``where`` (the file and entry), the key at
+    fault and the reason, with the closest valid key for an unknown one."""
     from pydantic import ValidationError
 
     from ..imaging.spec import Spec, field_errors
+    from ..video.tracks import check_tracks
 
+    if "tracks" in roi:  # a video's tracks; the rest of the entry is checked as an image's
+        if (error := check_tracks(roi["tracks"])) is not None:
+            return f"{where}: roi.{error}"
+        roi = {k: v for k, v in roi.items() if k != "tracks"}
     try:
         Spec.model_validate({"filter": filt, "roi": roi, "outside": outside, "border": border})
     except ValidationError as exc:

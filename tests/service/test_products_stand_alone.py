@@ -31,6 +31,11 @@ CASES = [
     (["service.server.devices", "service.server.batching"], TORCH),
     # roiconv apply in process: neither the server's framework nor torch
     (["service.cli.main", "service.cli.apply", "service.cli.sources"], ["fastapi", "starlette", "uvicorn", *TORCH]),
+    # videos: no web framework, torch only where the detector runs, PyAV only where files are read and written
+    (
+        ["service.video", "service.video.stream", "service.video.hold", "service.video.container", "service.cli.video"],
+        [*WEB, *TORCH, "av"],
+    ),
 ]
 
 
