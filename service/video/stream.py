@@ -221,7 +221,7 @@ class Anonymizer:
         boxes = [b for b in self.timeline.cover(f.index) if b[2] > 0 and b[3] > 0 and b[0] < W and b[1] < H]
         if boxes:
             self.covered += 1
-            for k, v in _face_pieces(boxes, self.scale, self.shape).items():
+            for k, v in _face_pieces(boxes, self.scale, self.shape, (H, W)).items():
                 roi[k] = roi.get(k, []) + v
         if not any(roi.get(k) for k in ("boxes", "polygons", "circles", "ellipses")) and not roi.get("invert"):
             return  # nothing to hide in this frame (an empty ROI would mean the whole frame)
@@ -230,19 +230,11 @@ class Anonymizer:
         f.pixels = process_pixels(Spec.model_validate(spec), f.pixels, max_pixels=self.max_pixels, inplace=True)
 
 
-def _face_pieces(boxes: list[np.ndarray], scale: float, shape: str) -> dict[str, list]:
-    """The faces' pieces as :func:`service.imaging.faces.face_pieces` makes them (grown by ``scale``, the inscribed
-    ellipse or the box), but not clipped to the frame first: the ellipse of a face cut by the frame's edge still
-    reaches the edge (the pipeline clips the piece itself). The boxes are moved away from the origin while grown so
-    that the growth's own clipping at 0 never applies."""
+def _face_pieces(boxes: list[np.ndarray], scale: float, shape: str, size: tuple[int, int]) -> dict[str, list]:
+    """The faces' pieces as :func:`service.imaging.faces.face_pieces` makes them for a frame of ``size`` (H, W)."""
     from ..imaging.faces import Face, face_pieces
 
-    far = 1 << 16
-    faces = [Face((b[0] + far, b[1] + far, b[2] + far, b[3] + far), 1.0, ()) for b in boxes]
-    pieces = face_pieces(faces, (3 * far, 3 * far), scale=scale, shape=shape)
-    if "boxes" in pieces:
-        return {"boxes": [[x0 - far, y0 - far, x1 - far, y1 - far] for x0, y0, x1, y1 in pieces["boxes"]]}
-    return {"ellipses": [[cx - far, cy - far, ax, ay, a] for cx, cy, ax, ay, a in pieces["ellipses"]]}
+    return face_pieces([Face(tuple(float(v) for v in b[:4]), 1.0, ()) for b in boxes], size, scale=scale, shape=shape)
 
 
 def _bounds(roi: dict, W: int, H: int) -> list[tuple[int, int, int, int]]:

