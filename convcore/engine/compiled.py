@@ -225,27 +225,9 @@ def _entry(name: str, core: Callable, key: Hashable) -> _Entry:
             # a fresh code object: Dynamo keeps its cache (and recompile limit) per code object
             code = core.__code__.replace(co_name=f"{core.__name__}_{n}")
             copy = types.FunctionType(code, core.__globals__, code.co_name, core.__defaults__, core.__closure__)
-            if n == 0 and _BACKEND == "inductor":
-                _probe_cpu_early()
             entry = _Entry(torch.compile(copy, fullgraph=True, backend=_BACKEND), f"{name}#{n}")
             _cache.entries[key] = entry
         return entry
-
-
-def _probe_cpu_early() -> None:
-    """Start Inductor's once-per-process CPU vector-ISA probe (it builds and loads a test library in child processes,
-    about 1.5 s here) on a thread, so that it overlaps Dynamo's tracing of the first compile instead of following
-    it. Only a head start: Inductor probes on its own when it needs the answer (cached per process)."""
-
-    def probe() -> None:
-        try:
-            from torch._inductor import cpu_vec_isa
-
-            cpu_vec_isa.pick_vec_isa()
-        except Exception:  # noqa: BLE001 - an internal of Inductor's that may move: the head start is optional
-            pass
-
-    threading.Thread(target=probe, name="convcore-isa-probe", daemon=True).start()
 
 
 def _warn_once(slot: str, message: str) -> None:
