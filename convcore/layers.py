@@ -12,7 +12,7 @@ from torch import nn
 
 from .adaptive import dynamic_conv2d
 from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
-from .engine.compiled import check_compile
+from .compile import check_compile
 from .geometry import PADDING_MODES, pair
 from .morph import MODES as MORPH_MODES
 from .morph import morph_conv2d

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import check_groups, check_mask, check_same, check_tensor
-from .compiled import CompileFallback, compiled_window_op, dense_window_op
-from .engine import needs_grad, prepare_op, run_tiles_op, shifted_views
-from .engine.compiled import check_compile, tracing, use_compiled
-from .geometry import ConvGeometry, conv_geometry
+from .checks import check_groups, check_same, check_tensor
+from .compile import check_compile, compiled_window_op, dense_window_op, run_op
+from .engine import needs_grad, run_tiles_op, shifted_views
+from .geometry import ConvGeometry
 
 __all__ = ["morph_conv2d"]
 
@@ -78,32 +77,27 @@ def morph_conv2d(
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
     reduction = dict(reduce="max" if mode == "dilation" else "min", groups=groups)
     signed = weight if mode == "dilation" else -weight  # erosion: min(x − w) = min(x + (−w))
-    if tracing():  # inside an outer torch.compile: one traceable expression
-        N, _, H, W = input.shape
-        geom = conv_geometry((H, W), (kh, kw), **geometry)
-        out_shape = (N, O, *geom.out_hw)
-        mask = check_mask(mask, N, geom.out_hw)
-        return dense_window_op(input, signed, _plus, geom, mask, out, out_shape, **reduction)
-    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
-    if done:
-        return result
-    if use_compiled(compile, input.device, 0, generic=False):
-        try:
-            compiled_window_op("morph_conv2d", input, signed, _plus, "plus", result, mask, geom, **reduction)
-            return result
-        except CompileFallback:
-            pass
     G = groups
     wg = signed.reshape(G, O // G, Cg, kh, kw)  # [G, O/G, Cg, kh, kw]
     track = needs_grad(input, weight)
+
+    def dense(geom, mask, out):
+        return dense_window_op(input, signed, _plus, geom, mask, out, (input.shape[0], O, *geom.out_hw), **reduction)
+
+    def compiled(s):
+        compiled_window_op("morph_conv2d", input, signed, _plus, "plus", s.out, s.mask, s.geom, **reduction)
+        return s.out
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
         if track:
             return _MorphBand.apply(patch, wg, band.geom, band.shape, mode)
         return _morph_band(patch, wg, band.geom, band.shape, mode, track=False)[0]
 
-    run_tiles_op(input, geom, mask, result, compute, position_bytes=3 * O * input.element_size())
-    return result
+    def eager(s):
+        run_tiles_op(input, s.geom, s.mask, s.out, compute, position_bytes=3 * O * input.element_size())
+        return s.out
+
+    return run_op(input, (kh, kw), mask, out, O, geometry, compile=compile, dense=dense, eager=eager, compiled=compiled)
 
 
 def _plus(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

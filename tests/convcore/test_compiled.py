@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from oracles import GEOMETRIES, MODES, geometry_id, masks
 from oracles import pair as _pair
 from oracles import windows as _windows
+from support import patch_run_compiled
 
-import convcore.compiled as compiled_mod
-import convcore.engine.compiled as cc
-import convcore.fused_band as fused_mod
+import convcore.compile.cache as cc
 from convcore import (
     DistanceConv2d,
     MorphConv2d,
@@ -51,8 +50,7 @@ def _huber(a, c):
 def direct(monkeypatch):
     """The compiled route with the compute called uncompiled (what the compiler is given, through the engines)."""
     run = lambda name, core, key, args, dynamic=(): core(*args)  # noqa: E731
-    monkeypatch.setattr(compiled_mod, "run_compiled", run)
-    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    patch_run_compiled(monkeypatch, run)
 
 
 @pytest.fixture
@@ -196,8 +194,7 @@ def test_auto_keeps_a_function_compiled_once_it_was(monkeypatch, device, assert_
         ran.append(name)
         return core(*args)
 
-    monkeypatch.setattr(compiled_mod, "run_compiled", run)
-    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    patch_run_compiled(monkeypatch, run)
     monkeypatch.setattr(cc, "AUTO_MIN_WORK", 2 * 3 * 16 * 16 * 3 * 9)  # the large call below, not the small one
     try:
         x, w = torch.randn(2, 3, 16, 16, device=device), torch.randn(3, 3, 3, 3, device=device)
@@ -345,7 +342,7 @@ def test_fullgraph_model_equals_eager(inductor, device, assert_close):
 
 
 def test_a_compiled_pass_that_falls_back_is_rerun_eagerly(monkeypatch, device, assert_close):
-    """A compiled band compute that falls back (CompileFallback inside the engine pass): the pass runs again eagerly
+    """A compiled band compute that falls back (CannotCompile inside the engine pass): the pass runs again eagerly
     and writes every position."""
     import convcore.adaptive as adaptive_mod
 
@@ -355,9 +352,9 @@ def test_a_compiled_pass_that_falls_back_is_rerun_eagerly(monkeypatch, device, a
 
     def fall_back(name, core, key, args, dynamic=()):
         calls.append(name)
-        raise compiled_mod.CompileFallback(name)
+        raise cc.CannotCompile(name, "a test")
 
-    monkeypatch.setattr(adaptive_mod, "compiled_or_fallback", fall_back)
+    monkeypatch.setattr(adaptive_mod, "run_compiled", fall_back)
     x = torch.randn(1, 2, 30, 40, device=device)
     sigma = torch.rand(1, 1, 30, 40, device=device) * 2
     y = adaptive_gaussian_blur2d(x, sigma, 3, "reflect", compile=True)

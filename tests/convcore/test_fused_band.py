@@ -13,10 +13,9 @@ import torch
 from oracles import GEOMETRIES, geometry_id, masks
 from oracles import pair as _pair
 from oracles import windows as _windows
+from support import patch_run_compiled
 
-import convcore.compiled as compiled_mod
-import convcore.engine.compiled as cc
-import convcore.fused_band as fused_mod
+import convcore.compile.cache as cc
 from convcore import morph_conv2d, window_op2d
 
 
@@ -38,8 +37,7 @@ def cores(monkeypatch):
         ran.append(core.__name__)
         return core(*args)
 
-    monkeypatch.setattr(compiled_mod, "run_compiled", run)
-    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    patch_run_compiled(monkeypatch, run)
     return ran
 
 
@@ -184,8 +182,7 @@ def test_a_backward_that_cannot_compile_runs_eagerly(monkeypatch, device, assert
     def run(name, core, key, args, dynamic=()):
         return None if core.__name__ in ("_band_grad_patch", "_band_grad_weight") else core(*args)
 
-    monkeypatch.setattr(compiled_mod, "run_compiled", run)
-    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    patch_run_compiled(monkeypatch, run)
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     for reduce in ("mean", "max"):

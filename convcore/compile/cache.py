@@ -1,4 +1,4 @@
-"""Compiled computes: an op's per-band (or per-chunk) compute traced and compiled by ``torch.compile`` (Inductor:
+"""The compile cache: an op's per-band (or per-chunk) compute traced and compiled by ``torch.compile`` (Inductor:
 C++/OpenMP on the CPU, Triton on CUDA), cached, with the eager compute as the fallback.
 
 An op hands :func:`run_compiled` a module-level ``core`` function (pure torch, traceable) and the arguments of one
@@ -9,8 +9,9 @@ one entry, never to the whole grid of geometries a program uses. Band and chunk 
 (``maybe_mark_dynamic``): changing them does not recompile (a size of 1 is specialized once).
 
 Fallback: when the device cannot compile (no C++ compiler for the CPU, no Triton for CUDA), when Dynamo cannot trace
-the function, or when compiling fails, :func:`run_compiled` returns None and the op runs its eager compute; one
-warning per reason names it. Tracing is ``fullgraph=True``: a function that would graph-break falls back instead of
+the function, or when compiling fails, :func:`run_compiled` raises :class:`CannotCompile` — the one way the compiled
+path says no — and the op runs its eager compute (:func:`convcore.compile.dispatch.run_op`); one warning per reason
+names it. Tracing is ``fullgraph=True``: a function that would graph-break falls back instead of
 running half compiled.
 """
 
@@ -30,8 +31,9 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = [
-    "COMPILE_CHOICES",
     "AUTO_MIN_WORK",
+    "COMPILE_CHOICES",
+    "CannotCompile",
     "check_compile",
     "compile_stats",
     "compiler_missing",
@@ -51,6 +53,15 @@ AUTO_MIN_WORK = 2**28
 # torch.compile's backend: Inductor. Tests set "aot_eager" to check tracing, autograd and the engines over a whole
 # grid of geometries without paying for code generation each time.
 _BACKEND = "inductor"
+
+
+class CannotCompile(Exception):
+    """The compiled path is not available for this call; ``reason`` says why (it was warned about once). The op
+    runs its eager path instead."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.reason = reason
 
 
 @dataclass
@@ -160,8 +171,8 @@ def function_key(fn: Callable) -> Hashable:
 
 def run_compiled(
     name: str, core: Callable, key: Hashable, args: Sequence, dynamic: Sequence[tuple[int, Sequence[int]]] = ()
-) -> torch.Tensor | None:
-    """``core(*args)`` compiled (cached under ``key``), or None when the compiled path is not available.
+) -> torch.Tensor:
+    """``core(*args)`` compiled (cached under ``key``); raises :class:`CannotCompile` where that is not available.
 
     Args:
         name: the op, for messages ("window_op2d").
@@ -174,7 +185,7 @@ def run_compiled(
     reason = compiler_missing(device)
     if reason is not None:
         _warn_once(reason, f"{name}: {reason}; running the eager path")
-        return None
+        raise CannotCompile(name, reason)
     full_key = (
         name,
         key,
@@ -185,7 +196,7 @@ def run_compiled(
     )
     entry = _entry(name, core, full_key)
     if entry.failed is not None:
-        return None
+        raise CannotCompile(name, entry.failed)
     for i, dims in dynamic:
         for d in dims:
             torch._dynamo.maybe_mark_dynamic(args[i], d)
@@ -200,7 +211,7 @@ def run_compiled(
         _warn_once(
             f"{name}:{id(entry)}", f"{name}: {kind} ({entry.failed[:300]}); running the eager path for this function"
         )
-        return None
+        raise CannotCompile(name, entry.failed) from None
     if entry.calls == 0:
         entry.compile_seconds = time.perf_counter() - t0
         log.info("%s: compiled %s in %.1f s", name, entry.name, entry.compile_seconds)
