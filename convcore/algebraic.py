@@ -21,7 +21,20 @@ from .gather import gather_tile
 from .geometry import ConvGeometry
 from .window import window_op2d
 
-__all__ = ["distance_conv2d", "offset_conv2d", "quadratic_conv2d"]
+__all__ = ["ADDERNET_GRAD", "distance_conv2d", "offset_conv2d", "quadratic_conv2d"]
+
+
+def _adder_dx(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.hardtanh(w - x)  # AdderNet's input gradient: HardTanh of the full-precision one
+
+
+def _adder_dw(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x - w  # AdderNet's weight gradient: the full-precision difference, not its sign
+
+
+# AdderNet's gradient for y = −Σ|x − w| (Chen et al., CVPR 2020): ``grad=ADDERNET_GRAD`` on distance_conv2d (p = 1),
+# DistanceConv2d or window_op2d
+ADDERNET_GRAD = (_adder_dx, _adder_dw)
 
 
 def offset_conv2d(

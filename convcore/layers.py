@@ -5,14 +5,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .adaptive import dynamic_conv2d
 from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
-from .compile import check_compile
+from .compile import check_compile, check_grad
 from .geometry import PADDING_MODES, pair
 from .morph import MODES as MORPH_MODES
 from .morph import morph_conv2d
@@ -186,10 +186,13 @@ class QuadraticConv2d(_WindowConv):
 class DistanceConv2d(_WindowConv):
     """y = −Σ |x − w|^p (+ bias): AdderNet's adder layer for p = 1.
 
-    See :func:`distance_conv2d`. ``weight`` starts as ``nn.Conv2d``'s; no bias by default (AdderNet follows the
-    layer with batch norm).
+    See :func:`distance_conv2d`. ``weight`` (Tensor[O, C/groups, kh, kw]) starts as ``nn.Conv2d``'s; no bias by
+    default (AdderNet follows the layer with batch norm). ``grad=convcore.ADDERNET_GRAD`` trains with AdderNet's
+    gradient (HardTanh(w − x) for the input, x − w for the weight) instead of the exact one; ``groups`` as
+    ``nn.Conv2d``.
 
     Example:
+        >>> adder = DistanceConv2d(16, 32, 3, padding=1, bias=False, grad=ADDERNET_GRAD)  # AdderNet's adder2d
         >>> layer = DistanceConv2d(2, 3, 3, padding=1)
         >>> bool((layer(torch.randn(1, 2, 8, 8)) <= 0).all())  # −Σ|x − w| is never positive
         True
@@ -209,13 +212,16 @@ class DistanceConv2d(_WindowConv):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         compile: bool | str = "auto",
+        groups: int = 1,
+        grad: tuple[Callable, Callable] | None = None,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
         check_compile(compile)
         self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
             raise ValueError(f"p must be a number > 0, got {p!r}")
         self.p = p
+        self.grad = check_grad(grad)
         kw = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(self._weight_shape(), **kw))
         self.bias = nn.Parameter(torch.empty(out_channels, **kw)) if bias else None
@@ -226,7 +232,15 @@ class DistanceConv2d(_WindowConv):
 
     def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return distance_conv2d(
-            input, self.weight, self.p, self.bias, mask=mask, compile=self.compile_mode, **self._geometry()
+            input,
+            self.weight,
+            self.p,
+            self.bias,
+            mask=mask,
+            groups=self.groups,
+            grad=self.grad,
+            compile=self.compile_mode,
+            **self._geometry(),
         )
 
     def extra_repr(self) -> str:

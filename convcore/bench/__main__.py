@@ -1,4 +1,4 @@
-"""``python -m convcore.bench [conv|ops|network|fused] [options]``: "conv" when no subcommand is given."""
+"""``python -m convcore.bench [conv|ops|network|fused|peers] [options]``: "conv" when no subcommand is given."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "ops": ("convcore.bench.ops", "the generalized window ops vs the recipes they replace"),
     "network": ("convcore.bench.network", "whole-network ROI execution"),
     "fused": ("convcore.bench.fused", "the fused GPU kernel"),
+    "peers": ("convcore.bench.peers", "AdderNet, Kervolution, kornia-style morphology: the unfold layers vs convcore"),
 }
 
 

@@ -176,11 +176,13 @@ def test_inductor_max_path_equals_the_oracle(dtype, device, assert_close):
 
 
 def test_a_backward_that_cannot_compile_runs_eagerly(monkeypatch, device, assert_close):
-    """The forward compiled, its backward kernels unavailable (run_compiled returns None for them): the gradients come
-    from eager autograd of the tap-by-tap form, equal to the eager op's."""
+    """The forward compiled, its backward kernels unavailable (run_compiled raises CannotCompile for them): the
+    gradients come from eager autograd of the tap-by-tap form, equal to the eager op's."""
 
     def run(name, core, key, args, dynamic=()):
-        return None if core.__name__ in ("_band_grad_patch", "_band_grad_weight") else core(*args)
+        if core.__name__ in ("_band_grad_patch", "_band_grad_weight"):
+            raise cc.CannotCompile(name, "a test")
+        return core(*args)
 
     patch_run_compiled(monkeypatch, run)
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
