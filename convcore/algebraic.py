@@ -182,9 +182,10 @@ def distance_conv2d(
         p: the exponent, > 0.
         bias (Tensor[O], optional): added at every computed position.
         mask, stride, padding, dilation, groups, padding_mode, out: as in :func:`window_op2d`.
-        compile: p = 1: True compiles the running sum into one kernel per band (eager with one warning where
-            impossible), False and "auto" run the eager loop; p = 2 is lowered (nothing to compile); other p: as
-            in :func:`window_op2d` (see docs/compile.md).
+        compile: p = 1: True compiles the sum into one kernel per band (eager with one warning where
+            impossible), False runs the eager loop, "auto" compiles as :func:`window_op2d` does (a large call, or a
+            layer whose eager calls have spent :data:`convcore.compile.AUTO_EAGER_SECONDS`); p = 2 is lowered
+            (nothing to compile); other p: as in :func:`window_op2d` (see docs/compile.md).
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -228,7 +229,22 @@ def distance_conv2d(
         _eager_adder(input, weight, bias, groups, s.out, s.mask, s.geom)
         return s.out
 
-    return run_op(input, (kh, kw), mask, out, O, geometry, compile=compile, dense=None, eager=eager, compiled=compiled)
+    return run_op(
+        input,
+        (kh, kw),
+        mask,
+        out,
+        O,
+        geometry,
+        compile=compile,
+        dense=None,
+        eager=eager,
+        compiled=compiled,
+        work=lambda s: s.positions * O * Cg * kh * kw,
+        generic=True,
+        key="distance_conv2d p=1",
+        params=(weight,) if bias is None else (weight, bias),
+    )
 
 
 def _eager_adder(input, weight, bias, groups, result, mask, geom) -> None:

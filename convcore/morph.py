@@ -53,9 +53,10 @@ def morph_conv2d(
         stride, padding, dilation, groups: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric" (edge repeated).
         out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
-        compile: True compiles the running max/min into one kernel per band (``torch.compile``; eager with one
-            warning where impossible); False and "auto" run the eager loop (see docs/compile.md). Ties between taps
-            share the compiled gradient (``torch.maximum``'s rule); the eager backward gives it to the first winner.
+        compile: True compiles the max/min into one kernel per band, every group in it (``torch.compile``; eager
+            with one warning where impossible); False runs the eager loop; "auto" compiles a large call, or a layer
+            whose eager calls have spent :data:`convcore.compile.AUTO_EAGER_SECONDS` (see docs/compile.md). Both
+            give the gradient of a tie to the first winner in (kh, kw, C) order.
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -97,7 +98,22 @@ def morph_conv2d(
         run_tiles_op(input, s.geom, s.mask, s.out, compute, position_bytes=3 * O * input.element_size())
         return s.out
 
-    return run_op(input, (kh, kw), mask, out, O, geometry, compile=compile, dense=dense, eager=eager, compiled=compiled)
+    return run_op(
+        input,
+        (kh, kw),
+        mask,
+        out,
+        O,
+        geometry,
+        compile=compile,
+        dense=dense,
+        eager=eager,
+        compiled=compiled,
+        work=lambda s: s.positions * O * Cg * kh * kw,
+        generic=True,
+        key="morph_conv2d",
+        params=(weight,),
+    )
 
 
 def _plus(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -90,8 +90,9 @@ def window_op2d(
         out (Tensor, optional): the output, written only inside the mask; returned.
         compile: True | False | "auto". True traces ``fn`` and the reduction into one compiled kernel per band
             (``torch.compile``; falls back to the eager chunks, with one warning, where that is impossible); False
-            runs the eager chunks; "auto" compiles when one call evaluates ``fn`` at least
-            :data:`convcore.compile.AUTO_MIN_WORK` times and a compiler is present (see docs/compile.md). On the
+            runs the eager chunks; "auto" compiles where a compiler is present and one call evaluates
+            ``fn`` at least :data:`convcore.compile.AUTO_MIN_WORK` times, or the eager calls of this layer have
+            spent :data:`convcore.compile.AUTO_EAGER_SECONDS` (see docs/compile.md). On the
             compiled path ``fn`` sees other broadcast layouts of the same operands (whole windows as strided views,
             or one tap at a time), so it must be elementwise.
         grad: (dfn_dx, dfn_dw), the partial derivatives of ``fn`` to use in the backward, or None (autograd's).
@@ -155,6 +156,7 @@ def window_op2d(
         work=lambda s: s.positions * O * Cg * kh * kw,
         generic=True,
         key=key,
+        params=(weight,) if bias is None else (weight, bias),
     )
 
 

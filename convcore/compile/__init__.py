@@ -13,6 +13,7 @@ See docs/compile.md.
 
 from .bands import compiled_window_op
 from .cache import (
+    AUTO_EAGER_SECONDS,
     AUTO_MIN_WORK,
     COMPILE_CHOICES,
     CannotCompile,
@@ -32,6 +33,7 @@ from .grad import Grad, check_grad, grad_fn
 from .taps import window_band
 
 __all__ = [
+    "AUTO_EAGER_SECONDS",
     "AUTO_MIN_WORK",
     "COMPILE_CHOICES",
     "CannotCompile",

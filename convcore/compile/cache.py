@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = [
+    "AUTO_EAGER_SECONDS",
     "AUTO_MIN_WORK",
     "COMPILE_CHOICES",
     "CannotCompile",
@@ -40,6 +41,7 @@ __all__ = [
     "function_key",
     "remember",
     "run_compiled",
+    "spent_eager",
     "tracing",
     "use_compiled",
 ]
@@ -47,6 +49,12 @@ __all__ = [
 log = logging.getLogger("convcore.compile")
 
 COMPILE_CHOICES = (True, False, "auto")
+# compile="auto" also compiles a layer (function, channels, kernel, dtype, device) once its eager calls have spent this
+# many seconds: compiling one function took 5-40 s on the 2-core build machine, so from then on the compile has paid
+# for itself against staying eager (the rent-or-buy rule), and a training loop or a service compiles its hot layers
+# after a few steps while a one-off call stays eager. Calls under autograd count three times their forward (the
+# backward of the eager ops costs about twice their forward).
+AUTO_EAGER_SECONDS = 20.0
 # compile="auto" compiles a generic window function when one call evaluates it at least this many times (positions ×
 # O × C·kh·kw): N=2, 16→16, 3×3, 256×256 is 3.0e8. Below it the eager chunks finish before the compiler would.
 AUTO_MIN_WORK = 2**28
@@ -78,6 +86,7 @@ class _Cache:
     entries: dict[Hashable, _Entry] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
     warm: set[Hashable] = field(default_factory=set)  # functions "auto" compiled once: it compiles all their calls
+    eager_seconds: dict[Hashable, float] = field(default_factory=dict)  # per layer, what "auto" spent eagerly
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -115,14 +124,25 @@ def _missing(kind: str, cxx: str) -> str | None:
 
 
 def use_compiled(
-    compile: bool | str, device: torch.device, work: int, *, generic: bool = True, key: Hashable | None = None
+    compile: bool | str,
+    device: torch.device,
+    work: int,
+    *,
+    generic: bool = True,
+    key: Hashable | None = None,
+    layer: Hashable | None = None,
 ) -> bool:
-    """The one rule for the compiled path: True forces it, False forbids it, "auto" compiles a ``generic`` window
-    function (the user's ``fn``, whose eager form is 10-140× a convolution) when one call does at least
-    :data:`AUTO_MIN_WORK` evaluations and the device can compile — and, once it has (:func:`remember` ``key``), every
-    later call of that function in the process, however small (a 10% ROI must not fall back to eager chunks that
-    are slower than the compiled whole image). Ops with a hand-written eager loop (``generic=False``) compile only
-    when asked."""
+    """The one rule for the compiled path: True forces it, False forbids it. "auto" compiles a ``generic`` window
+    function (the user's ``fn``, distance p = 1, morphology: eager 10-140× a convolution, compiled 1-18×) where the
+    device can compile and
+
+    * one call does at least :data:`AUTO_MIN_WORK` evaluations (it pays for the compile by itself), or
+    * the function was compiled before in this process (:func:`remember` ``key``): a 10% ROI must not fall back to
+      eager chunks slower than the compiled whole image, or
+    * the eager calls of this ``layer`` have spent :data:`AUTO_EAGER_SECONDS` (:func:`spent_eager`): a training
+      loop's or a service's hot layer.
+
+    Ops whose compiled form measured no faster than their eager loop (``generic=False``) compile only when asked."""
     check_compile(compile)
     if compile is True or compile is False:
         return compile
@@ -131,7 +151,15 @@ def use_compiled(
     if work >= AUTO_MIN_WORK:
         return True
     with _cache.lock:
-        return key is not None and key in _cache.warm
+        if key is not None and key in _cache.warm:
+            return True
+        return layer is not None and _cache.eager_seconds.get(layer, 0.0) >= AUTO_EAGER_SECONDS
+
+
+def spent_eager(layer: Hashable, seconds: float) -> None:
+    """Count ``seconds`` of an eager call of ``layer`` under compile="auto" (see :func:`use_compiled`)."""
+    with _cache.lock:
+        _cache.eager_seconds[layer] = _cache.eager_seconds.get(layer, 0.0) + seconds
 
 
 def remember(key: Hashable) -> None:
@@ -256,3 +284,4 @@ def _reset() -> None:
         _cache.entries.clear()
         _cache.warned.clear()
         _cache.warm.clear()
+        _cache.eager_seconds.clear()

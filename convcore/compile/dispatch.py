@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from ..checks import check_mask
 from ..engine import OpSetup, prepare_op
 from ..geometry import ConvGeometry, conv_geometry
-from .cache import CannotCompile, remember, tracing, use_compiled
+from .cache import CannotCompile, compiler_missing, remember, spent_eager, tracing, use_compiled
 
 __all__ = ["run_op"]
 
@@ -40,6 +41,7 @@ def run_op(
     work: Callable[[OpSetup], int] | None = None,
     generic: bool = False,
     key: Hashable | None = None,
+    params: Sequence[torch.Tensor] = (),
     allocate: bool = True,
 ) -> torch.Tensor:
     """An op's result by the first path of the ladder that applies (see the module docstring).
@@ -52,9 +54,11 @@ def run_op(
         eager: ``eager(setup)`` — the reference path; returns the result.
         compiled: ``compiled(setup)`` — the compiled path (raises ``CannotCompile`` where unavailable); returns the
             result. None: the op has none.
+        params: the op's weights (a call under autograd whose input or weights need a gradient is training).
         work: ``work(setup)`` — how many times one call evaluates the op's elementwise function, for "auto".
         generic, key: as :func:`convcore.compile.cache.use_compiled` takes them; a generic function that ran
-            compiled is remembered under ``key``.
+            compiled is remembered under ``key``. Under compile="auto" the eager calls of a generic op are timed
+            and counted per layer (``key``, channels, kernel, dtype, device) until it compiles.
     """
     if tracing():
         N, _, H, W = input.shape
@@ -64,7 +68,8 @@ def run_op(
     if setup.done:
         return setup.out
     amount = 0 if work is None else work(setup)
-    if compiled is not None and use_compiled(compile, input.device, amount, generic=generic, key=key):
+    layer = (key, input.shape[1], tuple(kernel_hw), out_channels, input.dtype, input.device.type)
+    if compiled is not None and use_compiled(compile, input.device, amount, generic=generic, key=key, layer=layer):
         try:
             result = compiled(setup)
             if generic and key is not None:
@@ -72,4 +77,10 @@ def run_op(
             return result
         except CannotCompile:
             pass
-    return eager(setup)
+    timed = compile == "auto" and generic and compiled is not None and compiler_missing(input.device) is None
+    t0 = time.perf_counter()
+    result = eager(setup)
+    if timed:
+        training = torch.is_grad_enabled() and (input.requires_grad or any(p.requires_grad for p in params))
+        spent_eager(layer, (time.perf_counter() - t0) * (3 if training else 1))
+    return result

@@ -24,6 +24,7 @@ from oracles import windows as _windows
 from support import patch_run_compiled
 
 import convcore.compile.cache as cc
+import convcore.compile.dispatch as dispatch_mod
 from convcore import (
     DistanceConv2d,
     MorphConv2d,
@@ -360,3 +361,45 @@ def test_a_compiled_pass_that_falls_back_is_rerun_eagerly(monkeypatch, device, a
     y = adaptive_gaussian_blur2d(x, sigma, 3, "reflect", compile=True)
     assert calls == ["adaptive_gaussian_blur2d"]  # the compiled route was taken once, then eager
     assert_close(y, adaptive_gaussian_blur2d(x, sigma, 3, "reflect", compile=False))
+
+
+def test_auto_compiles_a_layer_once_its_eager_calls_paid_for_a_compile(monkeypatch, device, assert_close):
+    """compile="auto" (the default) on a training layer of distance p=1 and of morphology: eager while the layer's
+    eager time is below AUTO_EAGER_SECONDS (counted three times under autograd), compiled from then on; a layer of
+    another shape keeps its own count."""
+    if cc.compiler_missing(torch.device(device)) is not None:
+        pytest.fail("needs a compiler so that compile='auto' may take the compiled route")
+    ran = []
+
+    def run(name, core, key, args, dynamic=()):
+        ran.append(name)
+        return core(*args)
+
+    patch_run_compiled(monkeypatch, run)
+    spent = {}
+
+    def count(layer, seconds):
+        spent[layer] = seconds
+        cc.spent_eager(layer, seconds)
+
+    monkeypatch.setattr(cc, "AUTO_EAGER_SECONDS", 1e-9)  # any eager call pays for the compile
+    monkeypatch.setattr(dispatch_mod, "spent_eager", count)
+    try:
+        for layer, name in (
+            (DistanceConv2d(3, 4, 3, padding=1).to(device), "distance_conv2d"),
+            (MorphConv2d(3, 3, 3, padding=1, groups=3).to(device), "morph_conv2d"),
+        ):
+            x = torch.randn(1, 3, 8, 8, device=device)
+            eager = layer(x)  # eager, and counted
+            assert name not in ran and len(spent) == 1
+            compiled = layer(x)
+            assert ran and ran[-1] == name  # the same layer now compiled
+            assert_close(compiled, eager)
+            compiled.sum().backward()
+            ran.clear()
+            spent.clear()
+            layer(torch.randn(1, 3, 9, 9, device=device))  # other spatial size: the same layer, still compiled
+            assert ran
+            ran.clear()
+    finally:
+        cc._reset()
