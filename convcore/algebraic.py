@@ -14,7 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_bias, check_groups, check_same, check_tensor
-from .compile import check_compile, check_grad, compiled_window_op, masked_result, run_op, traced_pad, tracing
+from .compile import (
+    check_compile,
+    check_grad,
+    compiled_window_op,
+    function_key,
+    masked_result,
+    run_op,
+    traced_pad,
+    tracing,
+)
 from .engine import needs_grad, run_tiles_op, shifted_views
 from .functional import roi_conv2d
 from .gather import gather_tile
@@ -213,7 +222,7 @@ def distance_conv2d(
         else:  # Σ over each group's channels of x²
             terms = [(None, 2 * weight), (torch.square, -torch.ones_like(weight))]
         return _lowered(input, terms, norm if bias is None else norm + bias, mask, out, groups=groups, **geometry)
-    if p != 1 or grad is not None or tracing():
+    if p != 1 or tracing():
         fn = _neg_abs if p == 1 else (lambda x, w: -((x - w).abs() ** p))
         return window_op2d(
             input, weight, fn, bias=bias, mask=mask, out=out, compile=compile, groups=groups, grad=grad, **geometry
@@ -221,13 +230,15 @@ def distance_conv2d(
 
     def compiled(s):
         compiled_window_op(
-            "distance_conv2d", input, weight, _neg_abs, "neg_abs", s.out, s.mask, s.geom, bias=bias, groups=groups
+            "distance_conv2d", input, weight, _neg_abs, key, s.out, s.mask, s.geom, bias=bias, groups=groups, grad=grad
         )
         return s.out
 
     def eager(s):
-        _eager_adder(input, weight, bias, groups, s.out, s.mask, s.geom)
+        _eager_adder(input, weight, bias, groups, grad, s.out, s.mask, s.geom)
         return s.out
+
+    key = ("neg_abs",) if grad is None else ("neg_abs", function_key(grad[0]), function_key(grad[1]))
 
     return run_op(
         input,
@@ -242,20 +253,23 @@ def distance_conv2d(
         compiled=compiled,
         work=lambda s: s.positions * O * Cg * kh * kw,
         generic=True,
-        key="distance_conv2d p=1",
+        key=("distance_conv2d p=1", key),
         params=(weight,) if bias is None else (weight, bias),
     )
 
 
-def _eager_adder(input, weight, bias, groups, result, mask, geom) -> None:
-    """−Σ|x − w| (+ bias) by the running sums of :func:`_adder_band`, group by group, on the tiles engine."""
+def _eager_adder(input, weight, bias, groups, grad, result, mask, geom) -> None:
+    """−Σ|x − w| (+ bias) by the running sums of :func:`_adder_band`, group by group, on the tiles engine; ``grad``:
+    the partial derivatives its backward uses (None: those of −|x − w|)."""
     track = needs_grad(input, weight)
     O, Cg = weight.shape[:2]
     Og = O // groups
 
     def group(patch: torch.Tensor, band, k: int) -> torch.Tensor:  # [B, C/G, h_in, w_in] -> [B, O/G, h, w]
         p, w = patch[:, k * Cg : (k + 1) * Cg], weight[k * Og : (k + 1) * Og]
-        return _AdderBand.apply(p, w, band.geom, band.shape) if track else _adder_band(p, w, band.geom, band.shape)
+        return (
+            _AdderBand.apply(p, w, band.geom, band.shape, grad) if track else _adder_band(p, w, band.geom, band.shape)
+        )
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
         y = group(patch, band, 0) if groups == 1 else torch.cat([group(patch, band, k) for k in range(groups)], 1)
@@ -281,15 +295,16 @@ def _adder_band(patch: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, h
 
 
 class _AdderBand(torch.autograd.Function):
-    """One band of distance_conv2d(p=1) whose backward recomputes sign(x − w) tap by tap instead of saving it.
+    """One band of distance_conv2d(p=1) whose backward recomputes sign(x − w) — or the caller's partial derivatives
+    ``grad`` — tap by tap instead of saving them.
 
     Saves only the band's input patch (a view of the input inside the image).
     """
 
     @staticmethod
-    def forward(ctx, patch, weight, geom: ConvGeometry, hw: tuple[int, int]):
+    def forward(ctx, patch, weight, geom: ConvGeometry, hw: tuple[int, int], grad):
         ctx.save_for_backward(patch, weight)
-        ctx.geom, ctx.hw = geom, hw
+        ctx.geom, ctx.hw, ctx.grad = geom, hw, grad
         return _adder_band(patch.detach(), weight.detach(), geom, hw)
 
     @staticmethod
@@ -303,12 +318,18 @@ class _AdderBand(torch.autograd.Function):
         for m, q, xs in shifted_views(patch, ctx.geom, h, w):  # xs [B, C, h, w]
             gxs = next(views)[2] if views is not None else None  # [B, C, h, w] view of grad_patch
             for c in range(xs.shape[1]):
-                gs = grad * torch.sign(xs[:, c, None] - weight[:, c, m, q, None, None])  # [B, O, h, w]
+                xc, wc = xs[:, c, None], weight[:, c, m, q, None, None]  # [B, 1, h, w], [O, 1, 1]
+                if ctx.grad is None:
+                    gs = grad * torch.sign(xc - wc)  # [B, O, h, w]: d/dw −|x − w| = sign(x − w) = −d/dx
+                    gw, gx = gs, -gs
+                else:
+                    gw = grad * ctx.grad[1](xc, wc) if grad_w is not None else None  # [B, O, h, w]
+                    gx = grad * ctx.grad[0](xc, wc) if gxs is not None else None  # [B, O, h, w]
                 if grad_w is not None:
-                    grad_w[:, c, m, q] += gs.sum((0, 2, 3))  # d/dw −|x − w| = sign(x − w)
+                    grad_w[:, c, m, q] += gw.sum((0, 2, 3))
                 if gxs is not None:
-                    gxs[:, c] -= gs.sum(1)  # d/dx −|x − w| = −sign(x − w)
-        return grad_patch, grad_w, None, None
+                    gxs[:, c] += gx.sum(1)
+        return grad_patch, grad_w, None, None, None
 
 
 def _lowered(

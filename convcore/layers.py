@@ -15,13 +15,15 @@ from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
 from .compile import check_compile, check_grad
 from .geometry import PADDING_MODES, pair
 from .morph import MODES as MORPH_MODES
-from .morph import morph_conv2d
+from .morph import MORPH_PADDING_MODES, morph_conv2d
 
 __all__ = ["DistanceConv2d", "DynamicConv2d", "MorphConv2d", "OffsetConv2d", "QuadraticConv2d"]
 
 
 class _WindowConv(nn.Module):
     """Shared constructor arguments (as ``nn.Conv2d``) and their validation."""
+
+    _padding_modes = PADDING_MODES
 
     def __init__(
         self,
@@ -43,8 +45,8 @@ class _WindowConv(nn.Module):
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be divisible by groups "
                 f"({groups})"
             )
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if padding_mode not in self._padding_modes:
+            raise ValueError(f"padding_mode must be one of {self._padding_modes}, got {padding_mode!r}")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
@@ -259,6 +261,8 @@ class MorphConv2d(_WindowConv):
         >>> y.shape, bool(y[..., 4:, :].any())
         (torch.Size([1, 2, 8, 8]), False)
     """
+
+    _padding_modes = MORPH_PADDING_MODES
 
     def __init__(
         self,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .checks import check_groups, check_same, check_tensor
 from .compile import check_compile, compiled_window_op, dense_window_op, run_op
 from .engine import needs_grad, run_tiles_op, shifted_views
-from .geometry import ConvGeometry
+from .geometry import PADDING_MODES, ConvGeometry, resolve_padding
 
-__all__ = ["morph_conv2d"]
+__all__ = ["MORPH_PADDING_MODES", "morph_conv2d"]
 
 MODES = ("dilation", "erosion")
+MORPH_PADDING_MODES = (*PADDING_MODES, "geodesic")
 
 
 def morph_conv2d(
@@ -37,7 +40,8 @@ def morph_conv2d(
         dilation: y[n, o, i, j] = max_{c, m, q} x[n, c, i·s + m·d, j·s + q·d] + w[o, c, m, q]
         erosion:  y[n, o, i, j] = min_{c, m, q} x[n, c, i·s + m·d, j·s + q·d] − w[o, c, m, q]
 
-    (coordinates in the padded input; c runs over the input channels of o's group). A flat structuring element is
+    (coordinates in the padded input; c runs over the input channels of o's group) — the element is not reflected:
+    kornia's dilation, which reflects it, is ``morph_conv2d(x, se.flip(-2, -1), ...)``. A flat structuring element is
     ``w = 0`` on its taps and ``-inf`` elsewhere; with ``groups=C`` and weight (C, 1, kh, kw) every channel is
     dilated/eroded on its own, like ``cv2.dilate`` / ``cv2.erode`` (use ``padding="same"`` and a non-zero
     ``padding_mode``: zero padding reads 0, it is not OpenCV's "ignore the border").
@@ -47,11 +51,13 @@ def morph_conv2d(
 
     Args:
         input (Tensor[N, C, H, W]): the input batch.
-        weight (Tensor[O, C/groups, kh, kw]): the structuring elements.
+        weight (Tensor[O, C/groups, kh, kw]): the structuring elements; or Tensor[kh, kw], one element for every
+            channel on its own (as weight (C, 1, kh, kw) with ``groups=C``; ``groups`` must then be 1 or C).
         mode: "dilation" or "erosion".
         mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over output positions.
         stride, padding, dilation, groups: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
-        padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric" (edge repeated).
+        padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric" (edge repeated), or
+            "geodesic": the border never wins (−inf around a dilation, +inf around an erosion), kornia's default.
         out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
         compile: True compiles the max/min into one kernel per band, every group in it (``torch.compile``; eager
             with one warning where impossible); False runs the eager loop; "auto" compiles a large call, or a layer
@@ -68,6 +74,11 @@ def morph_conv2d(
         tensor([[[[0., 5., 5., 5., 0.]]]])
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:  # one element for every channel
+        C = input.shape[1]
+        if groups not in (1, C):
+            raise ValueError(f"a 2-D weight (one element for all channels) takes groups 1 or C = {C}, got {groups}")
+        weight, groups = weight.expand(C, 1, *weight.shape), C
     check_tensor("weight", weight, ["O", "C/groups", "kh", "kw"])
     check_same("weight", weight, input)
     if mode not in MODES:
@@ -75,6 +86,11 @@ def morph_conv2d(
     O, Cg, kh, kw = weight.shape
     check_groups(input.shape[1], O, Cg, groups)
     check_compile(compile)
+    if padding_mode == "geodesic":  # a border that never wins: the input padded once with ∓inf, then no padding
+        top, bottom, left, right = resolve_padding(padding, (kh, kw), stride=stride, dilation=dilation)
+        fill = -math.inf if mode == "dilation" else math.inf
+        input = F.pad(input, (left, right, top, bottom), value=fill)  # [N, C, H + top + bottom, W + left + right]
+        padding, padding_mode = 0, "zeros"
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
     reduction = dict(reduce="max" if mode == "dilation" else "min", groups=groups)
     signed = weight if mode == "dilation" else -weight  # erosion: min(x − w) = min(x + (−w))
