@@ -220,3 +220,69 @@ def test_grad_must_be_a_pair_of_callables():
             window_op2d(x, w, _neg_abs, grad=bad)
     with pytest.raises(ValueError, match="divisible by groups"):
         window_op2d(torch.randn(1, 3, 5, 5), torch.randn(4, 1, 3, 3), _neg_abs, groups=2)
+
+
+def _kornia_style(x, se, mode, border):
+    """kornia's morphology by its definition, per channel with explicit loops over the element: dilation max over
+    the window of x + se reflected, erosion min of x − se; the border ``geodesic`` (never wins) or replicated."""
+    N, C, H, W = x.shape
+    kh, kw = se.shape
+    top, left = kh // 2, kw // 2
+    fill = -torch.inf if mode == "dilation" else torch.inf
+    if border == "geodesic":
+        xp = F.pad(x, (left, kw - 1 - left, top, kh - 1 - top), value=fill)
+    else:
+        xp = F.pad(x, (left, kw - 1 - left, top, kh - 1 - top), mode="replicate")
+    best = torch.full_like(x, fill)
+    for m in range(kh):
+        for q in range(kw):
+            view = xp[:, :, m : m + H, q : q + W]
+            if mode == "dilation":
+                best = torch.maximum(best, view + se[kh - 1 - m, kw - 1 - q])
+            else:
+                best = torch.minimum(best, view - se[m, q])
+    return best
+
+
+@pytest.mark.parametrize("route", ["eager", "compiled"])
+@pytest.mark.parametrize("border", ["geodesic", "replicate"])
+@pytest.mark.parametrize("mode", ["dilation", "erosion"])
+def test_kornia_style_morphology(mode, border, route, device, assert_close, request):
+    """One element for all channels (a 2-D weight), kornia's reflected element for dilation (se.flip), and the
+    geodesic border, against the definition with explicit loops; gradients reach the input and the element."""
+    from convcore import morph_conv2d
+
+    if route == "compiled":
+        request.getfixturevalue("direct")
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, device=device, requires_grad=True)
+    se = torch.rand(3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    ref = _kornia_style(x, se, mode, border)
+    element = se.flip(0, 1) if mode == "dilation" else se
+    y = morph_conv2d(x, element, mode, padding="same", padding_mode=border, compile=route == "compiled")
+    assert_close(y, ref)
+    g = torch.randn_like(ref)
+    _close_all(assert_close, torch.autograd.grad(y, (x, se), g), torch.autograd.grad(ref, (x, se), g))
+
+
+def test_morph_2d_weight_takes_groups_1_or_c():
+    from convcore import morph_conv2d
+
+    with pytest.raises(ValueError, match="2-D weight"):
+        morph_conv2d(torch.randn(1, 4, 5, 5), torch.zeros(3, 3), groups=2)
+
+
+def test_kervolution_recipes_equal_the_unfold_definition(device, assert_close):
+    """Kervolution's polynomial (xᵀw + c)^d and Gaussian exp(−γ‖x − w‖²) kernels over each window, as the
+    documented convcore one-liners, against F.unfold columns; with a mask, inside it."""
+    from convcore import roi_conv2d
+
+    x = torch.randn(2, 3, 8, 9, dtype=torch.float64, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)
+    cols = F.unfold(x, 3, padding=1)  # [N, C*9, L]
+    wf = w.reshape(4, -1)
+    poly = ((wf @ cols + 1.0) ** 3).view(2, 4, 8, 9)
+    gauss = torch.exp(-0.5 * (cols[:, None] - wf[None, :, :, None]).square().sum(2)).view(2, 4, 8, 9)
+    mask = masks("box", 2, (8, 9), device)
+    assert_close((roi_conv2d(x, w, padding=1) + 1.0) ** 3, poly)
+    assert_close(torch.exp(0.5 * distance_conv2d(x, w, 2, padding=1)), gauss)
+    assert_close(torch.exp(0.5 * distance_conv2d(x, w, 2, padding=1, mask=mask)) * mask[:, None], gauss * mask[:, None])
