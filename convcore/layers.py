@@ -194,7 +194,10 @@ class DistanceConv2d(_WindowConv):
     ``nn.Conv2d``.
 
     Example:
-        >>> adder = DistanceConv2d(16, 32, 3, padding=1, bias=False, grad=ADDERNET_GRAD)  # AdderNet's adder2d
+        >>> from convcore import ADDERNET_GRAD
+        >>> adder = DistanceConv2d(16, 32, 3, padding=1, grad=ADDERNET_GRAD)  # AdderNet's adder2d, its gradient
+        >>> adder(torch.randn(1, 16, 8, 8)).shape
+        torch.Size([1, 32, 8, 8])
         >>> layer = DistanceConv2d(2, 3, 3, padding=1)
         >>> bool((layer(torch.randn(1, 2, 8, 8)) <= 0).all())  # −Σ|x − w| is never positive
         True
