@@ -119,7 +119,9 @@ def _layer_cases(N: int, C: int, S: int) -> dict[str, tuple[Callable, ...]]:
     }
 
 
-def run_layers(rounds: int, only: str | None = None, shapes=SHAPES, stat: str = "median") -> list[dict]:
+def run_layers(
+    rounds: int, only: str | None = None, shapes=SHAPES, stat: str = "median", clock: str = "wall"
+) -> list[dict]:
     rows = []
     for N, C, S in shapes:
         x = torch.randn(N, C, S, S, generator=torch.Generator().manual_seed(1))
@@ -132,7 +134,7 @@ def run_layers(rounds: int, only: str | None = None, shapes=SHAPES, stat: str = 
                     fns = {k: (lambda f=f, x=x: _no_grad(f, x)) for k, f in impls}
                 else:
                     fns = {k: (lambda f=f, xg=xg: f(xg).sum().backward()) for k, f in impls}
-                times = measure(fns, rounds=rounds, stat=stat)
+                times = measure(fns, rounds=rounds, stat=stat, clock=clock)
                 base = times[impls[0][0]]
                 rows.append(
                     dict(layer=name, shape=f"{N}x{C}x{S}^2", mode=mode, baseline=impls[0][0], base_ms=base * 1e3)
@@ -206,7 +208,7 @@ def _convcore_adder(compile: bool | str) -> Callable[[int, int, int], nn.Module]
     return make
 
 
-def run_resnet(rounds: int, batch: int = 32, stat: str = "median") -> dict:
+def run_resnet(rounds: int, batch: int = 32, stat: str = "median", clock: str = "wall") -> dict:
     g = torch.Generator().manual_seed(2)
     x, labels = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
     nets = {
@@ -221,7 +223,7 @@ def run_resnet(rounds: int, batch: int = 32, stat: str = "median") -> dict:
         opt.step()
 
     opts = {k: torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9) for k, n in nets.items()}
-    times = measure({k: (lambda k=k: step(nets[k], opts[k])) for k in nets}, rounds=rounds, stat=stat)
+    times = measure({k: (lambda k=k: step(nets[k], opts[k])) for k in nets}, rounds=rounds, stat=stat, clock=clock)
     r = dict(layer="ResNet-20 step", shape=f"{batch}x3x32^2", mode="train step", baseline="unfold")
     r |= dict(base_ms=times["unfold"] * 1e3) | {k: times["unfold"] / t for k, t in times.items() if k != "unfold"}
     print(f"ResNet-20 train step, batch {batch}: " + "  ".join(f"{k} {t * 1e3:.0f} ms" for k, t in times.items()))
@@ -236,15 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="run the layers whose name contains this (or 'resnet')")
     parser.add_argument("--shapes", default=None, help="N×C×S shapes to run, e.g. 32x16x32,2x16x256 (default: all)")
     parser.add_argument("--stat", choices=("median", "min"), default="median", help="per-call statistic")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: CPU seconds (use --threads 1)")
     args = parser.parse_args(argv)
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {args.threads} threads, {args.stat} of {args.rounds} interleaved rounds; "
+        f"torch {torch.__version__}, {args.threads} threads, {args.stat} {args.clock} time of {args.rounds} "
+        "interleaved rounds; "
         "ratios to the baseline measured in the same rounds"
     )
     if args.only != "resnet":
-        run_layers(args.rounds, args.only, shapes, args.stat)
+        run_layers(args.rounds, args.only, shapes, args.stat, args.clock)
     if args.only in (None, "resnet"):
-        run_resnet(max(2, args.rounds // 2), stat=args.stat)
+        run_resnet(max(2, args.rounds // 2), stat=args.stat, clock=args.clock)
     return 0
