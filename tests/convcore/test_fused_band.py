@@ -1,4 +1,4 @@
-"""The fused band form (convcore.fused_band): its hand-derived backward against autograd of the unfold oracle.
+"""The fused band form (convcore.compile.fused): its hand-derived backward against autograd of the unfold oracle.
 
 The oracle is written from the definition: F.unfold of the numpy-padded input, ``fn`` on the (N, O, kh·kw·C, L)
 broadcast, then sum / mean / ``max(dim)`` / ``min(dim)`` — whose gradient goes to the *first* winner in (kh, kw, C)
