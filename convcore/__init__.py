@@ -1,7 +1,7 @@
 """convcore: convolutions computed only inside a region of interest, and window ops conv2d cannot express."""
 
 from .adaptive import adaptive_conv2d, adaptive_gaussian_blur2d, dynamic_conv2d
-from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
+from .algebraic import ADDERNET_GRAD, distance_conv2d, offset_conv2d, quadratic_conv2d
 from .engine import set_workspace_limit, workspace_limit
 from .functional import conv2d_reference, roi_conv2d, roi_conv2d_batch
 from .geometry import ConvGeometry, conv_geometry, conv_output_size, resolve_padding
@@ -15,6 +15,7 @@ from .window import window_op2d
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADDERNET_GRAD",
     "ConvGeometry",
     "DistanceConv2d",
     "DynamicConv2d",

@@ -8,10 +8,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checks import check_bias, check_mask, check_same, check_tensor, pair
-from .compiled import CompileFallback, compiled_or_fallback, dense_tiles_op, masked_result, traced_pad
-from .engine import TileBatch, needs_grad, prepare_op, run_tiles_op, run_windows, tap_views, window_jobs
-from .engine.compiled import check_compile, function_key, tracing, use_compiled
+from .checks import check_bias, check_same, check_tensor, pair
+from .compile import check_compile, dense_tiles_op, function_key, masked_result, run_compiled, run_op, traced_pad
+from .engine import OpSetup, TileBatch, needs_grad, run_tiles_op, run_windows, tap_views, window_jobs
 from .geometry import conv_geometry
 
 __all__ = ["adaptive_conv2d", "adaptive_gaussian_blur2d", "dynamic_conv2d"]
@@ -103,25 +102,22 @@ def adaptive_conv2d(
             f"{geom.out_hw}, got {tuple(kernel.shape[4:])}"
         )
     statics = (G, weight is not None, bias is not None)
-    mode = {"compiled": False}  # read by compute; _engine_with_fallback turns it off on a fallback
+    mode = {"compiled": False}  # read by compute; set by the path run_op takes (_engine_paths)
 
     def compute(patch: torch.Tensor, band: TileBatch) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
         g = band.geom
         args = (patch, band.rows(kernel), weight, bias, g.kernel, g.stride, g.dilation, G)  # rows [B, G, kh, kw, h, w]
         if mode["compiled"]:
             dynamic = [(0, (0, 2, 3)), (1, (0, 4, 5))]
-            return compiled_or_fallback("adaptive_conv2d", _adaptive_band, (statics, *args[4:]), args, dynamic)
+            return run_compiled("adaptive_conv2d", _adaptive_band, (statics, *args[4:]), args, dynamic)
         return _adaptive_band(*args, in_place=not needs_grad(input, kernel, weight))
 
-    if tracing():
-        return dense_tiles_op(input, geom, check_mask(mask, N, geom.out_hw), out, compute)
-    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
-    if done:
-        return result
-    mode["compiled"] = use_compiled(compile, input.device, 0, generic=False)
     position = (2 * C + (2 * O if weight is not None else C) + G * kh * kw) * input.element_size()
-    _engine_with_fallback(mode, lambda: run_tiles_op(input, geom, mask, result, compute, position_bytes=position))
-    return result
+    compiled, eager = _engine_paths(
+        mode, lambda s: run_tiles_op(input, s.geom, s.mask, s.out, compute, position_bytes=position)
+    )
+    dense = lambda geom, mask, out: dense_tiles_op(input, geom, mask, out, compute)  # noqa: E731
+    return run_op(input, (kh, kw), mask, out, O, geometry, compile=compile, dense=dense, eager=eager, compiled=compiled)
 
 
 def _adaptive_band(
@@ -211,25 +207,21 @@ def adaptive_gaussian_blur2d(
     geometry = dict(stride=1, padding="same", dilation=1, padding_mode=border_type)
     dy = (torch.arange(kh, device=input.device, dtype=input.dtype) - (kh - 1) / 2).square()  # [kh]
     dx = (torch.arange(kw, device=input.device, dtype=input.dtype) - (kw - 1) / 2).square()  # [kw]
-    mode = {"compiled": False}  # read by compute; _engine_with_fallback turns it off on a fallback
+    mode = {"compiled": False}  # read by compute; set by the path run_op takes (_engine_paths)
 
     def compute(patch: torch.Tensor, band: TileBatch) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, C, h, w]
         args = (patch, band.rows(sigma), dy, dx, band.geom.stride)  # sigma rows [B, 1, h, w]
         if mode["compiled"]:
             dynamic = [(0, (0, 2, 3)), (1, (0, 2, 3))]
-            return compiled_or_fallback("adaptive_gaussian_blur2d", _blur_band, (kh, kw, args[4]), args, dynamic)
+            return run_compiled("adaptive_gaussian_blur2d", _blur_band, (kh, kw, args[4]), args, dynamic)
         return _blur_band(*args)
 
-    if tracing():
-        geom = conv_geometry((H, W), (kh, kw), **geometry)
-        return dense_tiles_op(input, geom, check_mask(mask, N, geom.out_hw), out, compute)
-    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, C, **geometry)
-    if done:
-        return result
-    mode["compiled"] = use_compiled(compile, input.device, 0, generic=False)
     position = (3 * C + kh + kw + 4) * input.element_size()
-    _engine_with_fallback(mode, lambda: run_tiles_op(input, geom, mask, result, compute, position_bytes=position))
-    return result
+    compiled, eager = _engine_paths(
+        mode, lambda s: run_tiles_op(input, s.geom, s.mask, s.out, compute, position_bytes=position)
+    )
+    dense = lambda geom, mask, out: dense_tiles_op(input, geom, mask, out, compute)  # noqa: E731
+    return run_op(input, (kh, kw), mask, out, C, geometry, compile=compile, dense=dense, eager=eager, compiled=compiled)
 
 
 def _blur_band(
@@ -306,34 +298,32 @@ def dynamic_conv2d(
     check_bias(bias, O, input)
     check_compile(compile)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
-    if tracing():  # inside an outer torch.compile: every window at once (the outer graph owns the memory)
-        N, _, H, W = input.shape
-        geom = conv_geometry((H, W), (kh, kw), **geometry)
+    key = (function_key(kernel_fn), O, bias is not None)
+    mode = {"compiled": False}  # read by compute; set by the path run_op takes (_engine_paths)
+
+    def dense(geom, mask, out):  # inside an outer torch.compile: every window at once (the outer graph owns it)
+        N = input.shape[0]
         cols = F.unfold(traced_pad(input, geom), (kh, kw), geom.dilation, 0, geom.stride)  # [N, C*K, L]
         cols = cols.permute(1, 0, 2).reshape(C, kh * kw, -1)  # [C, K, N*L]
         y = _dynamic_chunk(cols, kernel_fn, bias, O).view(O, N, *geom.out_hw).transpose(0, 1)  # [N, O, H_out, W_out]
-        return masked_result(y, check_mask(mask, N, geom.out_hw), out)
-    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
-    if done:
-        return result
-    positions = int(mask.count_nonzero()) if mask is not None else result.shape[0] * geom.out_hw[0] * geom.out_hw[1]
-    # "auto" leaves it eager: the per-window weights are kernel_fn's own output (a matmul already), and compiling the
-    # chunk measured 0.73-0.95x of the eager chunks in python -m convcore.bench ops (2-core machine)
-    mode = {"compiled": use_compiled(compile, input.device, positions * O * CK, generic=False)}
-    key = (function_key(kernel_fn), O, bias is not None)
+        return masked_result(y, mask, out)
 
     def compute(cols: torch.Tensor) -> torch.Tensor:  # cols [C, K, P] -> [O, P]
         if mode["compiled"]:
-            return compiled_or_fallback("dynamic_conv2d", _dynamic_chunk, key, (cols, kernel_fn, bias, O), [(0, (2,))])
+            return run_compiled("dynamic_conv2d", _dynamic_chunk, key, (cols, kernel_fn, bias, O), [(0, (2,))])
         return _dynamic_chunk(cols, kernel_fn, bias, O)
 
     recompute = torch.is_grad_enabled()  # kernel_fn may hold parameters: checkpoint each chunk
-    jobs = window_jobs(input, result, mask, geom)
     window_bytes = (3 * CK + 2 * O * CK) * input.element_size()
-    _engine_with_fallback(
-        mode, lambda: run_windows(jobs, compute, window_bytes=window_bytes, recompute=recompute, reuse=not recompute)
-    )
-    return result
+
+    def run(s: OpSetup) -> None:
+        jobs = window_jobs(input, s.out, s.mask, s.geom)
+        run_windows(jobs, compute, window_bytes=window_bytes, recompute=recompute, reuse=not recompute)
+
+    compiled, eager = _engine_paths(mode, run)
+    # "auto" leaves it eager: the per-window weights are kernel_fn's own output (a matmul already), and compiling the
+    # chunk measured 0.73-0.95x of the eager chunks in python -m convcore.bench ops (2-core machine)
+    return run_op(input, (kh, kw), mask, out, O, geometry, compile=compile, dense=dense, eager=eager, compiled=compiled)
 
 
 def _dynamic_chunk(
@@ -356,13 +346,17 @@ def _dynamic_chunk(
     return y.t()  # [O, P]
 
 
-def _engine_with_fallback(mode: dict, run: Callable[[], None]) -> None:
-    """``run()`` (an engine pass whose computes read ``mode["compiled"]``); when a compiled compute falls back part-way
-    (:class:`CompileFallback`), the pass is run again eagerly: the engine rewrites every in-mask position."""
-    if mode["compiled"]:
-        try:
-            run()
-            return
-        except CompileFallback:
-            mode["compiled"] = False
-    run()
+def _engine_paths(mode: dict, run: Callable[[OpSetup], None]) -> tuple[Callable, Callable]:
+    """The compiled and the eager path of an op whose one engine pass (``run(setup)``) has computes that read
+    ``mode["compiled"]``. A compiled pass that cannot compile part-way is rerun whole eagerly by :func:`run_op`: the
+    engine rewrites every in-mask position."""
+
+    def path(compiled: bool) -> Callable[[OpSetup], torch.Tensor]:
+        def go(s: OpSetup) -> torch.Tensor:
+            mode["compiled"] = compiled
+            run(s)
+            return s.out
+
+        return go
+
+    return path(True), path(False)

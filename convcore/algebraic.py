@@ -13,16 +13,37 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checks import check_bias, check_mask, check_same, check_tensor
-from .compiled import CompileFallback, compiled_window_op, masked_result, traced_pad
-from .engine import needs_grad, prepare_op, run_tiles_op, shifted_views
-from .engine.compiled import check_compile, tracing, use_compiled
+from .checks import check_bias, check_groups, check_same, check_tensor
+from .compile import (
+    check_compile,
+    check_grad,
+    compiled_window_op,
+    function_key,
+    masked_result,
+    run_op,
+    traced_pad,
+    tracing,
+)
+from .engine import needs_grad, run_tiles_op, shifted_views
 from .functional import roi_conv2d
 from .gather import gather_tile
-from .geometry import ConvGeometry, conv_geometry
+from .geometry import ConvGeometry
 from .window import window_op2d
 
-__all__ = ["distance_conv2d", "offset_conv2d", "quadratic_conv2d"]
+__all__ = ["ADDERNET_GRAD", "distance_conv2d", "offset_conv2d", "quadratic_conv2d"]
+
+
+def _adder_dx(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.hardtanh(w - x)  # AdderNet's input gradient: HardTanh of the full-precision one
+
+
+def _adder_dw(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x - w  # AdderNet's weight gradient: the full-precision difference, not its sign
+
+
+# AdderNet's gradient for y = −Σ|x − w| (Chen et al., CVPR 2020): ``grad=ADDERNET_GRAD`` on distance_conv2d (p = 1),
+# DistanceConv2d or window_op2d
+ADDERNET_GRAD = (_adder_dx, _adder_dw)
 
 
 def offset_conv2d(
@@ -146,9 +167,11 @@ def distance_conv2d(
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] | str = 0,
     dilation: int | Sequence[int] = 1,
+    groups: int = 1,
     padding_mode: str = "zeros",
     out: torch.Tensor | None = None,
     compile: bool | str = "auto",
+    grad: tuple[Callable, Callable] | None = None,
 ) -> torch.Tensor:
     """y = −Σ_{c, m, q} |x_window − w|^p  (+ bias): a negative p-distance between each window and each filter.
 
@@ -158,15 +181,20 @@ def distance_conv2d(
       2·conv(x, w) − conv(Σ_c x², ones(kh, kw)) − ‖w‖² (the second one has a single input channel).
     * any other p > 0 runs :func:`window_op2d` with ``fn=lambda x, w: -(x - w).abs() ** p``.
 
+    ``grad=(dfn_dx, dfn_dw)`` trains with other partial derivatives than those of −|x − w|^p (see
+    :func:`window_op2d`); AdderNet's are ``(lambda x, w: F.hardtanh(w - x), lambda x, w: x - w)`` for p = 1. The
+    op then runs as :func:`window_op2d` with that gradient.
+
     Args:
         input (Tensor[N, C, H, W]): the input batch.
-        weight (Tensor[O, C, kh, kw]): the filters.
+        weight (Tensor[O, C/groups, kh, kw]): the filters.
         p: the exponent, > 0.
         bias (Tensor[O], optional): added at every computed position.
-        mask, stride, padding, dilation, padding_mode, out: as in :func:`window_op2d`.
-        compile: p = 1: True compiles the running sum into one kernel per band (eager with one warning where
-            impossible), False and "auto" run the eager loop; p = 2 is lowered (nothing to compile); other p: as
-            in :func:`window_op2d` (see docs/compile.md).
+        mask, stride, padding, dilation, groups, padding_mode, out: as in :func:`window_op2d`.
+        compile: p = 1: True compiles the sum into one kernel per band (eager with one warning where
+            impossible), False runs the eager loop, "auto" compiles as :func:`window_op2d` does (a large call, or a
+            layer whose eager calls have spent :data:`convcore.compile.AUTO_EAGER_SECONDS`); p = 2 is lowered
+            (nothing to compile); other p: as in :func:`window_op2d` (see docs/compile.md).
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -177,44 +205,77 @@ def distance_conv2d(
         tensor([[[[-9.]]]])
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
-    check_tensor("weight", weight, ["O", "C", "kh", "kw"])
+    check_tensor("weight", weight, ["O", "C/groups", "kh", "kw"])
     check_same("weight", weight, input)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
         raise ValueError(f"p must be a number > 0, got {p!r}")
-    O, C, kh, kw = weight.shape
-    if C != input.shape[1]:
-        raise ValueError(f"weight must have shape (O, C, kh, kw) with C = {input.shape[1]}, got {tuple(weight.shape)}")
+    O, Cg, kh, kw = weight.shape
+    check_groups(input.shape[1], O, Cg, groups)
     check_bias(bias, O, input)
     check_compile(compile)
+    grad = check_grad(grad)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
-    if p == 2:
+    if p == 2 and grad is None:
         norm = -weight.square().sum((1, 2, 3))  # [O]
-        terms = [(None, 2 * weight), (_channel_square_sum, -weight.new_ones(O, 1, kh, kw))]
-        return _lowered(input, terms, norm if bias is None else norm + bias, mask, out, **geometry)
+        if groups == 1:  # Σ_c x² once, through a single-channel convolution
+            terms = [(None, 2 * weight), (_channel_square_sum, -weight.new_ones(O, 1, kh, kw))]
+        else:  # Σ over each group's channels of x²
+            terms = [(None, 2 * weight), (torch.square, -torch.ones_like(weight))]
+        return _lowered(input, terms, norm if bias is None else norm + bias, mask, out, groups=groups, **geometry)
     if p != 1 or tracing():
         fn = _neg_abs if p == 1 else (lambda x, w: -((x - w).abs() ** p))
-        return window_op2d(input, weight, fn, bias=bias, mask=mask, out=out, compile=compile, **geometry)
-    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, **geometry)
-    if done:
-        return result
-    if use_compiled(compile, input.device, 0, generic=False):
-        try:
-            compiled_window_op("distance_conv2d", input, weight, _neg_abs, "neg_abs", result, mask, geom, bias=bias)
-            return result
-        except CompileFallback:
-            pass
+        return window_op2d(
+            input, weight, fn, bias=bias, mask=mask, out=out, compile=compile, groups=groups, grad=grad, **geometry
+        )
+
+    def compiled(s):
+        compiled_window_op(
+            "distance_conv2d", input, weight, _neg_abs, key, s.out, s.mask, s.geom, bias=bias, groups=groups, grad=grad
+        )
+        return s.out
+
+    def eager(s):
+        _eager_adder(input, weight, bias, groups, grad, s.out, s.mask, s.geom)
+        return s.out
+
+    key = ("neg_abs",) if grad is None else ("neg_abs", function_key(grad[0]), function_key(grad[1]))
+
+    return run_op(
+        input,
+        (kh, kw),
+        mask,
+        out,
+        O,
+        geometry,
+        compile=compile,
+        dense=None,
+        eager=eager,
+        compiled=compiled,
+        work=lambda s: s.positions * O * Cg * kh * kw,
+        generic=True,
+        key=("distance_conv2d p=1", key),
+        params=(weight,) if bias is None else (weight, bias),
+    )
+
+
+def _eager_adder(input, weight, bias, groups, grad, result, mask, geom) -> None:
+    """−Σ|x − w| (+ bias) by the running sums of :func:`_adder_band`, group by group, on the tiles engine; ``grad``:
+    the partial derivatives its backward uses (None: those of −|x − w|)."""
     track = needs_grad(input, weight)
+    O, Cg = weight.shape[:2]
+    Og = O // groups
+
+    def group(patch: torch.Tensor, band, k: int) -> torch.Tensor:  # [B, C/G, h_in, w_in] -> [B, O/G, h, w]
+        p, w = patch[:, k * Cg : (k + 1) * Cg], weight[k * Og : (k + 1) * Og]
+        return (
+            _AdderBand.apply(p, w, band.geom, band.shape, grad) if track else _adder_band(p, w, band.geom, band.shape)
+        )
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
-        y = (
-            _AdderBand.apply(patch, weight, band.geom, band.shape)
-            if track
-            else _adder_band(patch, weight, band.geom, band.shape)
-        )
+        y = group(patch, band, 0) if groups == 1 else torch.cat([group(patch, band, k) for k in range(groups)], 1)
         return y if bias is None else y + bias[:, None, None]
 
     run_tiles_op(input, geom, mask, result, compute, position_bytes=3 * O * input.element_size())
-    return result
 
 
 def _neg_abs(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -234,15 +295,16 @@ def _adder_band(patch: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, h
 
 
 class _AdderBand(torch.autograd.Function):
-    """One band of distance_conv2d(p=1) whose backward recomputes sign(x − w) tap by tap instead of saving it.
+    """One band of distance_conv2d(p=1) whose backward recomputes sign(x − w) — or the caller's partial derivatives
+    ``grad`` — tap by tap instead of saving them.
 
     Saves only the band's input patch (a view of the input inside the image).
     """
 
     @staticmethod
-    def forward(ctx, patch, weight, geom: ConvGeometry, hw: tuple[int, int]):
+    def forward(ctx, patch, weight, geom: ConvGeometry, hw: tuple[int, int], grad):
         ctx.save_for_backward(patch, weight)
-        ctx.geom, ctx.hw = geom, hw
+        ctx.geom, ctx.hw, ctx.grad = geom, hw, grad
         return _adder_band(patch.detach(), weight.detach(), geom, hw)
 
     @staticmethod
@@ -256,12 +318,18 @@ class _AdderBand(torch.autograd.Function):
         for m, q, xs in shifted_views(patch, ctx.geom, h, w):  # xs [B, C, h, w]
             gxs = next(views)[2] if views is not None else None  # [B, C, h, w] view of grad_patch
             for c in range(xs.shape[1]):
-                gs = grad * torch.sign(xs[:, c, None] - weight[:, c, m, q, None, None])  # [B, O, h, w]
+                xc, wc = xs[:, c, None], weight[:, c, m, q, None, None]  # [B, 1, h, w], [O, 1, 1]
+                if ctx.grad is None:
+                    gs = grad * torch.sign(xc - wc)  # [B, O, h, w]: d/dw −|x − w| = sign(x − w) = −d/dx
+                    gw, gx = gs, -gs
+                else:
+                    gw = grad * ctx.grad[1](xc, wc) if grad_w is not None else None  # [B, O, h, w]
+                    gx = grad * ctx.grad[0](xc, wc) if gxs is not None else None  # [B, O, h, w]
                 if grad_w is not None:
-                    grad_w[:, c, m, q] += gs.sum((0, 2, 3))  # d/dw −|x − w| = sign(x − w)
+                    grad_w[:, c, m, q] += gw.sum((0, 2, 3))
                 if gxs is not None:
-                    gxs[:, c] -= gs.sum(1)  # d/dx −|x − w| = −sign(x − w)
-        return grad_patch, grad_w, None, None
+                    gxs[:, c] += gx.sum(1)
+        return grad_patch, grad_w, None, None, None
 
 
 def _lowered(
@@ -282,11 +350,21 @@ def _lowered(
     input into a stacked tensor; with several terms, each adds into the first one's result.
     """
     O, _, kh, kw = terms[0][1].shape
-    if tracing():
-        return _lowered_dense(input, terms, bias, mask, out, groups, geometry)
-    geom, mask, result, done = prepare_op(input, (kh, kw), mask, out, O, allocate=mask is not None, **geometry)
-    if done:
-        return result
+
+    def dense(geom, mask, out):
+        return _lowered_dense(input, terms, bias, geom, mask, out, groups)
+
+    def eager(s):
+        return _lowered_eager(input, terms, bias, s, out, groups, geometry)
+
+    return run_op(
+        input, (kh, kw), mask, out, O, geometry, compile=False, dense=dense, eager=eager, allocate=mask is not None
+    )
+
+
+def _lowered_eager(input, terms, bias, setup, out, groups: int, geometry: dict) -> torch.Tensor:
+    """:func:`_lowered` on the convolutions of :func:`roi_conv2d`, over the mask's bounding box."""
+    geom, mask, result = setup.geom, setup.mask, setup.out
     if mask is None:
         x, sub_mask, conv_args, dst = input, None, dict(geometry, groups=groups), out
     else:
@@ -311,18 +389,16 @@ def _lowered(
     return result if mask is not None else dst
 
 
-def _lowered_dense(input, terms, bias, mask, out, groups: int, geometry: dict) -> torch.Tensor:
+def _lowered_dense(input, terms, bias, geom, mask, out, groups: int) -> torch.Tensor:
     """:func:`_lowered` as one traceable expression (for an outer ``torch.compile``): F.conv2d over the padded
     input, the mask applied by ``torch.where``."""
-    N, _, H, W = input.shape
-    geom = conv_geometry((H, W), terms[0][1].shape[2:], **geometry)
     x = traced_pad(input, geom)  # [N, C, H_pad, W_pad]
     y = None
     for transform, weight in terms:
         t = F.conv2d(transform(x) if transform else x, weight, None, geom.stride, 0, geom.dilation, groups)
         y = t if y is None else y + t
     y = y if bias is None else y + bias[:, None, None]
-    return masked_result(y, check_mask(mask, N, geom.out_hw), out)
+    return masked_result(y, mask, out)
 
 
 def _channel_square_sum(x: torch.Tensor) -> torch.Tensor:

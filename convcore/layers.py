@@ -5,23 +5,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .adaptive import dynamic_conv2d
 from .algebraic import distance_conv2d, offset_conv2d, quadratic_conv2d
-from .engine.compiled import check_compile
+from .compile import check_compile, check_grad
 from .geometry import PADDING_MODES, pair
 from .morph import MODES as MORPH_MODES
-from .morph import morph_conv2d
+from .morph import MORPH_PADDING_MODES, morph_conv2d
 
 __all__ = ["DistanceConv2d", "DynamicConv2d", "MorphConv2d", "OffsetConv2d", "QuadraticConv2d"]
 
 
 class _WindowConv(nn.Module):
     """Shared constructor arguments (as ``nn.Conv2d``) and their validation."""
+
+    _padding_modes = PADDING_MODES
 
     def __init__(
         self,
@@ -43,8 +45,8 @@ class _WindowConv(nn.Module):
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be divisible by groups "
                 f"({groups})"
             )
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if padding_mode not in self._padding_modes:
+            raise ValueError(f"padding_mode must be one of {self._padding_modes}, got {padding_mode!r}")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
@@ -186,10 +188,16 @@ class QuadraticConv2d(_WindowConv):
 class DistanceConv2d(_WindowConv):
     """y = −Σ |x − w|^p (+ bias): AdderNet's adder layer for p = 1.
 
-    See :func:`distance_conv2d`. ``weight`` starts as ``nn.Conv2d``'s; no bias by default (AdderNet follows the
-    layer with batch norm).
+    See :func:`distance_conv2d`. ``weight`` (Tensor[O, C/groups, kh, kw]) starts as ``nn.Conv2d``'s; no bias by
+    default (AdderNet follows the layer with batch norm). ``grad=convcore.ADDERNET_GRAD`` trains with AdderNet's
+    gradient (HardTanh(w − x) for the input, x − w for the weight) instead of the exact one; ``groups`` as
+    ``nn.Conv2d``.
 
     Example:
+        >>> from convcore import ADDERNET_GRAD
+        >>> adder = DistanceConv2d(16, 32, 3, padding=1, grad=ADDERNET_GRAD)  # AdderNet's adder2d, its gradient
+        >>> adder(torch.randn(1, 16, 8, 8)).shape
+        torch.Size([1, 32, 8, 8])
         >>> layer = DistanceConv2d(2, 3, 3, padding=1)
         >>> bool((layer(torch.randn(1, 2, 8, 8)) <= 0).all())  # −Σ|x − w| is never positive
         True
@@ -209,13 +217,16 @@ class DistanceConv2d(_WindowConv):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         compile: bool | str = "auto",
+        groups: int = 1,
+        grad: tuple[Callable, Callable] | None = None,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
         check_compile(compile)
         self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
             raise ValueError(f"p must be a number > 0, got {p!r}")
         self.p = p
+        self.grad = check_grad(grad)
         kw = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(self._weight_shape(), **kw))
         self.bias = nn.Parameter(torch.empty(out_channels, **kw)) if bias else None
@@ -226,7 +237,15 @@ class DistanceConv2d(_WindowConv):
 
     def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return distance_conv2d(
-            input, self.weight, self.p, self.bias, mask=mask, compile=self.compile_mode, **self._geometry()
+            input,
+            self.weight,
+            self.p,
+            self.bias,
+            mask=mask,
+            groups=self.groups,
+            grad=self.grad,
+            compile=self.compile_mode,
+            **self._geometry(),
         )
 
     def extra_repr(self) -> str:
@@ -245,6 +264,8 @@ class MorphConv2d(_WindowConv):
         >>> y.shape, bool(y[..., 4:, :].any())
         (torch.Size([1, 2, 8, 8]), False)
     """
+
+    _padding_modes = MORPH_PADDING_MODES
 
     def __init__(
         self,

@@ -12,11 +12,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .checks import check_bias, check_mask, check_out, check_same, check_tensor
-from .compiled import CompileFallback, compiled_window_op, dense_window_op
-from .engine import drop_full, run_windows, window_jobs, zeros
-from .engine.compiled import check_compile, function_key, remember, tracing, use_compiled
-from .geometry import conv_geometry
+from .checks import check_bias, check_groups, check_same, check_tensor
+from .compile import (
+    check_compile,
+    check_grad,
+    compiled_window_op,
+    dense_window_op,
+    function_key,
+    grad_fn,
+    run_op,
+)
+from .engine import run_windows, window_jobs
 
 __all__ = ["window_op2d"]
 
@@ -37,8 +43,10 @@ def window_op2d(
     padding: int | Sequence[int] | str = 0,
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "zeros",
+    groups: int = 1,
     out: torch.Tensor | None = None,
     compile: bool | str = "auto",
+    grad: tuple[Fn, Fn] | None = None,
 ) -> torch.Tensor:
     """A sliding-window op with any elementwise ``fn`` in place of the product of a convolution.
 
@@ -58,24 +66,36 @@ def window_op2d(
     and must return a tensor broadcastable to (P, O, C, kh, kw) — any elementwise torch expression of the two
     broadcasts like that (``(x - w).abs()``, ``torch.exp(-(x - w) ** 2)``, …). The result is reduced over
     (C, kh, kw) — or over C only with ``keep_window=True`` — with ``reduce`` in sum | mean | max | min | logsumexp.
+    With ``groups`` = G > 1 (as ``nn.Conv2d``: output channel o reads the C/G input channels of its group) ``x`` is
+    Tensor[P, G, 1, C/G, kh, kw] and ``w`` Tensor[G, O/G, C/G, kh, kw].
+
+    ``grad=(dfn_dx, dfn_dw)`` replaces autograd's partial derivatives of ``fn`` in the backward: two functions of
+    the same broadcast (x, w), each returning a tensor broadcastable like ``fn``'s result; the gradient reaching x
+    is Σ ∂L/∂fn · dfn_dx(x, w), the one reaching w is Σ ∂L/∂fn · dfn_dw(x, w) — in the eager, compiled and dense
+    forms alike. AdderNet's adder layer with the gradient of its paper (full-precision for the weight, HardTanh for
+    the input) is::
+
+        window_op2d(x, w, lambda x, w: -(x - w).abs(), grad=(lambda x, w: F.hardtanh(w - x), lambda x, w: x - w))
 
     Args:
         input (Tensor[N, C, H, W]): the input batch.
-        weight (Tensor[O, C, kh, kw]): the second operand of ``fn``; its shape sets the kernel size.
+        weight (Tensor[O, C/groups, kh, kw]): the second operand of ``fn``; its shape sets the kernel size.
         fn: the elementwise window function (see above).
         reduce: "sum" | "mean" | "max" | "min" | "logsumexp".
         keep_window: reduce over channels only and keep the window: the channel-only sum of the forum recipe.
         bias (Tensor[O], optional): added after the reduction.
         mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over output positions.
-        stride, padding, dilation: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
+        stride, padding, dilation, groups: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric".
         out (Tensor, optional): the output, written only inside the mask; returned.
         compile: True | False | "auto". True traces ``fn`` and the reduction into one compiled kernel per band
             (``torch.compile``; falls back to the eager chunks, with one warning, where that is impossible); False
-            runs the eager chunks; "auto" compiles when one call evaluates ``fn`` at least
-            :data:`convcore.engine.compiled.AUTO_MIN_WORK` times and a compiler is present (see docs/compile.md).
-            On the compiled path ``fn`` sees one tap at a time (x: Tensor[B, 1, C, h, w], w: Tensor[1, O, C, 1, 1]),
-            so it must be elementwise.
+            runs the eager chunks; "auto" compiles where a compiler is present and one call evaluates
+            ``fn`` at least :data:`convcore.compile.AUTO_MIN_WORK` times, or the eager calls of this layer have
+            spent :data:`convcore.compile.AUTO_EAGER_SECONDS` (see docs/compile.md). On the
+            compiled path ``fn`` sees other broadcast layouts of the same operands (whole windows as strided views,
+            or one tap at a time), so it must be elementwise.
+        grad: (dfn_dx, dfn_dw), the partial derivatives of ``fn`` to use in the backward, or None (autograd's).
 
     Returns:
         Tensor[N, O, H_out, W_out], or Tensor[N, O, kh, kw, H_out, W_out] with ``keep_window=True``.
@@ -89,7 +109,7 @@ def window_op2d(
         torch.Size([1, 3, 4, 4])
     """
     check_tensor("input", input, ["N", "C", "H", "W"])
-    check_tensor("weight", weight, ["O", "C", "kh", "kw"])
+    check_tensor("weight", weight, ["O", "C/groups", "kh", "kw"])
     check_same("weight", weight, input)
     if not callable(fn):
         raise TypeError(f"fn must be a callable fn(x, w) -> Tensor, got {type(fn).__name__}")
@@ -97,61 +117,85 @@ def window_op2d(
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     if not isinstance(keep_window, bool):
         raise TypeError(f"keep_window must be a bool, got {type(keep_window).__name__}")
-    N, C, H, W = input.shape
-    O, Cw, kh, kw = weight.shape
-    if Cw != C:
-        raise ValueError(f"weight must have shape (O, C, kh, kw) with C = {C} (the input's channels), got {Cw}")
+    O, Cg, kh, kw = weight.shape
+    check_groups(input.shape[1], O, Cg, groups)
     check_bias(bias, O, input)
     check_compile(compile)
-    geom = conv_geometry((H, W), (kh, kw), stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
-    Ho, Wo = geom.out_hw
-    out_shape = (N, O, kh, kw, Ho, Wo) if keep_window else (N, O, Ho, Wo)
-    out = check_out(out, out_shape, input)
+    grad = check_grad(grad)
     if keep_window and out is not None and not out.is_contiguous():
         raise ValueError("out must be contiguous with keep_window=True (it is written as (N, O*kh*kw, H_out, W_out))")
-    reduction = dict(bias=bias, reduce=reduce, keep_window=keep_window)
-    if tracing():  # inside an outer torch.compile: one traceable expression, no engine loop
-        return dense_window_op(input, weight, fn, geom, check_mask(mask, N, geom.out_hw), out, out_shape, **reduction)
-    mask, covered = drop_full(check_mask(mask, N, geom.out_hw, input.device))
-    result = out if out is not None else (input.new_empty(out_shape) if mask is None else zeros(out_shape, input))
-    flat = result.view(N, -1, Ho, Wo)
-    positions = N * Ho * Wo if covered < 0 else covered
-    key = function_key(fn)
-    if covered != 0 and use_compiled(compile, input.device, positions * O * C * kh * kw, key=key):
-        try:
-            compiled_window_op("window_op2d", input, weight, fn, key, flat, mask, geom, **reduction)
-            remember(key)
-            return result
-        except CompileFallback:
-            pass
-    dims = (2,) if keep_window else (2, 3, 4)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    reduction = dict(bias=bias, reduce=reduce, keep_window=keep_window, groups=groups)
+    channels = (O, kh, kw) if keep_window else (O,)
+    key = function_key(fn) if grad is None else (function_key(fn), function_key(grad[0]), function_key(grad[1]))
+
+    def dense(geom, mask, out):
+        out_shape = (input.shape[0], *channels, *geom.out_hw)
+        return dense_window_op(input, weight, fn, geom, mask, out, out_shape, grad=grad, **reduction)
+
+    def compiled(s):
+        flat = s.out.flatten(1, -3)  # [N, O_flat, H_out, W_out]
+        compiled_window_op("window_op2d", input, weight, fn, key, flat, s.mask, s.geom, grad=grad, **reduction)
+        return s.out
+
+    def eager(s):
+        _eager_window_op(input, weight, grad_fn(fn, grad, input), s.out.flatten(1, -3), s.mask, s.geom, **reduction)
+        return s.out
+
+    return run_op(
+        input,
+        (kh, kw),
+        mask,
+        out,
+        channels,
+        geometry,
+        compile=compile,
+        dense=dense,
+        eager=eager,
+        compiled=compiled,
+        work=lambda s: s.positions * O * Cg * kh * kw,
+        generic=True,
+        key=key,
+        params=(weight,) if bias is None else (weight, bias),
+    )
+
+
+def _eager_window_op(input, weight, fn, flat, mask, geom, *, bias, reduce, keep_window, groups) -> None:
+    """The reference path on the windows engine: ``fn`` on each chunk's windows, reduced; writes ``flat``
+    (Tensor[N, O_flat, H_out, W_out]) inside ``mask``."""
+    C = input.shape[1]
+    O, Cg, kh, kw = weight.shape
+    G = groups
     O_flat = O * kh * kw if keep_window else O
+    dims = (-3,) if keep_window else (-3, -2, -1)
+    w = weight if G == 1 else weight.view(G, O // G, Cg, kh, kw)  # [O, C, kh, kw] or [G, O/G, C/G, kh, kw]
 
     def compute(cols: torch.Tensor) -> torch.Tensor:  # cols [C, K, P] -> [O_flat, P]
         P = cols.shape[2]
         x = cols.permute(2, 0, 1).reshape(P, 1, C, kh, kw)  # [P, 1, C, kh, kw]
-        v = fn(x, weight)
+        if G > 1:
+            x = x.view(P, 1, G, Cg, kh, kw).transpose(1, 2)  # [P, G, 1, C/G, kh, kw]
+        v = fn(x, w)
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"fn must return a torch.Tensor, got {type(v).__name__}")
-        full = (P, O, C, kh, kw)
+        full = (P, O, C, kh, kw) if G == 1 else (P, G, O // G, Cg, kh, kw)
         if tuple(v.shape) != full:
             try:
-                v = v.broadcast_to(full)  # [P, O, C, kh, kw]
+                v = v.broadcast_to(full)  # [P, O, C, kh, kw] or [P, G, O/G, C/G, kh, kw]
             except RuntimeError:
                 raise ValueError(
-                    f"fn(x, w) must return a tensor broadcastable to (P, O, C, kh, kw) = {full} for x of shape "
-                    f"{tuple(x.shape)} and w of shape {tuple(weight.shape)}; got {tuple(v.shape)}"
+                    f"fn(x, w) must return a tensor broadcastable to {full} for x of shape {tuple(x.shape)} and w "
+                    f"of shape {tuple(w.shape)}; got {tuple(v.shape)}"
                 ) from None
-        r = _reduce(v, reduce, dims)  # [P, O] or [P, O, kh, kw]
+        r = _reduce(v, reduce, dims).reshape(P, O, *((kh, kw) if keep_window else ()))  # [P, O(, kh, kw)]
         if bias is not None:
             r = r + (bias if not keep_window else bias[:, None, None])
         return r.reshape(P, O_flat).t()  # [O_flat, P]
 
-    per_window = (2 * C * kh * kw + 3 * O * C * kh * kw + 2 * O_flat) * input.element_size()
+    per_window = (2 * C * kh * kw + 3 * O * Cg * kh * kw + 2 * O_flat) * input.element_size()
     recompute = torch.is_grad_enabled()
     jobs = window_jobs(input, flat, mask, geom)
     run_windows(jobs, compute, window_bytes=per_window, recompute=recompute, reuse=not recompute)
-    return result
 
 
 def _reduce(v: torch.Tensor, reduce: str, dims: tuple[int, ...]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``python -m convcore.bench [conv|ops|network|fused|incremental] [options]``: "conv" when no subcommand is given."""
+"""``python -m convcore.bench [conv|ops|network|fused|incremental|peers] [options]``: "conv" by default."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "network": ("convcore.bench.network", "whole-network ROI execution"),
     "fused": ("convcore.bench.fused", "the fused GPU kernel"),
     "incremental": ("convcore.bench.incremental", "re-running a network only where its input changed"),
+    "peers": ("convcore.bench.peers", "AdderNet, Kervolution, kornia-style morphology: the unfold layers vs convcore"),
 }
 
 

@@ -2,7 +2,7 @@
 ``F.conv2d`` of the same shape and ``torch.compile`` of the forum's unfold recipe, forward and forward+backward.
 
 N=2, 16→16 channels, 3×3, 256×256, padding 1, in one process, calls of a case interleaved round by round. Targets
-(issue #16), reported PASS/MISS:
+reported PASS/MISS:
 
 * forward, arithmetic functions (|x−w|, (x−w)², x·w, Huber, max(x+w); distance p=1, morph, keep_window; the lowered
   offset/quadratic/distance p=2): <= 4× one F.conv2d; transcendental (exp, sigmoid): <= 10×; dynamic_conv2d (MLP):

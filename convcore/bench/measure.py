@@ -17,9 +17,17 @@ __all__ = ["box_mask", "busy_cpu", "measure", "peak_extra_bytes", "pixel_mask"]
 
 
 def measure(
-    fns: Callable[[], object] | dict[str, Callable[[], object]], *, rounds: int, device: torch.device | None = None
+    fns: Callable[[], object] | dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    device: torch.device | None = None,
+    stat: str = "median",
+    clock: str = "wall",
 ) -> float | dict[str, float]:
-    """Median seconds of one call of ``fns`` (a callable), or of each (a dict), after one warm-up call each.
+    """Median (or with ``stat="min"`` the fastest) seconds of one call of ``fns`` (a callable), or of each (a
+    dict), after one warm-up call each. The minimum is the cost a call has when the machine lets it run: on a
+    machine shared with other jobs it moves less than the median. ``clock="cpu"`` times the process's CPU seconds
+    instead of the wall clock: with one thread, the work a call does, whatever else the machine runs.
 
     With a dict the calls are interleaved round by round, so on a shared, noisy machine the ratios between them hold
     even where absolute times drift. CUDA work is synchronized before and after each call.
@@ -29,17 +37,19 @@ def measure(
     cuda = device is not None and torch.device(device).type == "cuda"
     for fn in table.values():
         fn()
+    now = time.process_time if clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {k: [] for k in table}
     for _ in range(max(1, rounds)):
         for name, fn in table.items():
             if cuda:
                 torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
             if cuda:
                 torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - t0)
-    medians = {k: statistics.median(v) for k, v in times.items()}
+            times[name].append(now() - t0)
+    pick = min if stat == "min" else statistics.median
+    medians = {k: pick(v) for k, v in times.items()}
     return medians["fn"] if single else medians
 
 

@@ -21,6 +21,7 @@ class OpSetup(NamedTuple):
     mask: torch.Tensor | None  # None when the mask covers every position
     out: torch.Tensor | None
     done: bool  # the mask is empty: nothing to compute
+    positions: int  # output positions to compute, over the batch
 
 
 def prepare_op(
@@ -28,7 +29,7 @@ def prepare_op(
     kernel_hw: Sequence[int],
     mask: torch.Tensor | None,
     out: torch.Tensor | None,
-    out_channels: int,
+    out_channels: int | Sequence[int],
     *,
     stride,
     padding,
@@ -40,20 +41,23 @@ def prepare_op(
 
     A mask that covers everything is returned as None (the whole-image path). The output is ``out`` when given,
     else new (zeros where a mask leaves positions unwritten, uninitialized when every position gets written), or
-    None with ``allocate=False``.
+    None with ``allocate=False``. ``out_channels`` is O, or the dims between N and (H_out, W_out) of the output
+    (``(O, kh, kw)`` for a window op that keeps the window).
     """
     N, _, H, W = input.shape
     geom = conv_geometry(
         (H, W), kernel_hw, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
     )
     mask, covered = drop_full(check_mask(mask, N, geom.out_hw, input.device))
-    out_shape = (N, out_channels, *geom.out_hw)
+    channels = (out_channels,) if isinstance(out_channels, int) else tuple(out_channels)
+    out_shape = (N, *channels, *geom.out_hw)
     out = check_out(out, out_shape, input)
     done = covered == 0
+    positions = N * geom.out_hw[0] * geom.out_hw[1] if covered < 0 else covered
     if out is not None or not allocate:
-        return OpSetup(geom, mask, out, done)
+        return OpSetup(geom, mask, out, done, positions)
     result = zeros(out_shape, input) if mask is not None or done else input.new_empty(out_shape)
-    return OpSetup(geom, mask, result, done)
+    return OpSetup(geom, mask, result, done, positions)
 
 
 def window_jobs(

@@ -134,6 +134,7 @@ def _run_morph(op, work, x, m, device) -> torch.Tensor:
         padding_mode=mode,
         groups=C,
         out=out,
+        compile=False,  # a request never waits for a compile: "auto" would compile a hot or a large morph call
     )
     return out[0]
 

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from oracles import GEOMETRIES, MODES, geometry_id, masks
 from oracles import pair as _pair
 from oracles import windows as _windows
+from support import patch_run_compiled
 
-import convcore.compiled as compiled_mod
-import convcore.engine.compiled as cc
-import convcore.fused_band as fused_mod
+import convcore.compile.cache as cc
+import convcore.compile.dispatch as dispatch_mod
 from convcore import (
     DistanceConv2d,
     MorphConv2d,
@@ -51,8 +51,7 @@ def _huber(a, c):
 def direct(monkeypatch):
     """The compiled route with the compute called uncompiled (what the compiler is given, through the engines)."""
     run = lambda name, core, key, args, dynamic=(): core(*args)  # noqa: E731
-    monkeypatch.setattr(compiled_mod, "run_compiled", run)
-    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    patch_run_compiled(monkeypatch, run)
 
 
 @pytest.fixture
@@ -196,8 +195,7 @@ def test_auto_keeps_a_function_compiled_once_it_was(monkeypatch, device, assert_
         ran.append(name)
         return core(*args)
 
-    monkeypatch.setattr(compiled_mod, "run_compiled", run)
-    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    patch_run_compiled(monkeypatch, run)
     monkeypatch.setattr(cc, "AUTO_MIN_WORK", 2 * 3 * 16 * 16 * 3 * 9)  # the large call below, not the small one
     try:
         x, w = torch.randn(2, 3, 16, 16, device=device), torch.randn(3, 3, 3, 3, device=device)
@@ -345,7 +343,7 @@ def test_fullgraph_model_equals_eager(inductor, device, assert_close):
 
 
 def test_a_compiled_pass_that_falls_back_is_rerun_eagerly(monkeypatch, device, assert_close):
-    """A compiled band compute that falls back (CompileFallback inside the engine pass): the pass runs again eagerly
+    """A compiled band compute that falls back (CannotCompile inside the engine pass): the pass runs again eagerly
     and writes every position."""
     import convcore.adaptive as adaptive_mod
 
@@ -355,11 +353,54 @@ def test_a_compiled_pass_that_falls_back_is_rerun_eagerly(monkeypatch, device, a
 
     def fall_back(name, core, key, args, dynamic=()):
         calls.append(name)
-        raise compiled_mod.CompileFallback(name)
+        raise cc.CannotCompile(name, "a test")
 
-    monkeypatch.setattr(adaptive_mod, "compiled_or_fallback", fall_back)
+    monkeypatch.setattr(adaptive_mod, "run_compiled", fall_back)
     x = torch.randn(1, 2, 30, 40, device=device)
     sigma = torch.rand(1, 1, 30, 40, device=device) * 2
     y = adaptive_gaussian_blur2d(x, sigma, 3, "reflect", compile=True)
     assert calls == ["adaptive_gaussian_blur2d"]  # the compiled route was taken once, then eager
     assert_close(y, adaptive_gaussian_blur2d(x, sigma, 3, "reflect", compile=False))
+
+
+def test_auto_compiles_a_layer_once_its_eager_calls_paid_for_a_compile(monkeypatch, device, assert_close):
+    """compile="auto" (the default) on a training layer of distance p=1: eager while the layer's eager time is below
+    AUTO_EAGER_SECONDS (counted three times under autograd), compiled from then on, at any spatial size; morphology,
+    whose compiled form measured slower, stays eager."""
+    if cc.compiler_missing(torch.device(device)) is not None:
+        pytest.fail("needs a compiler so that compile='auto' may take the compiled route")
+    ran = []
+
+    def run(name, core, key, args, dynamic=()):
+        ran.append(name)
+        return core(*args)
+
+    patch_run_compiled(monkeypatch, run)
+    spent = {}
+
+    def count(layer, seconds):
+        spent[layer] = seconds
+        cc.spent_eager(layer, seconds)
+
+    monkeypatch.setattr(cc, "AUTO_EAGER_SECONDS", 1e-9)  # any eager call pays for the compile
+    monkeypatch.setattr(dispatch_mod, "spent_eager", count)
+    try:
+        morph = MorphConv2d(3, 3, 3, padding=1, groups=3).to(device)
+        for _ in range(2):
+            morph(torch.randn(1, 3, 8, 8, device=device)).sum().backward()
+        assert not ran and not spent
+        for layer, name in ((DistanceConv2d(3, 4, 3, padding=1).to(device), "distance_conv2d"),):
+            x = torch.randn(1, 3, 8, 8, device=device)
+            eager = layer(x)  # eager, and counted
+            assert name not in ran and len(spent) == 1
+            compiled = layer(x)
+            assert ran and ran[-1] == name  # the same layer now compiled
+            assert_close(compiled, eager)
+            compiled.sum().backward()
+            ran.clear()
+            spent.clear()
+            layer(torch.randn(1, 3, 9, 9, device=device))  # other spatial size: the same layer, still compiled
+            assert ran
+            ran.clear()
+    finally:
+        cc._reset()

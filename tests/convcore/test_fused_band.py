@@ -1,4 +1,4 @@
-"""The fused band form (convcore.fused_band): its hand-derived backward against autograd of the unfold oracle.
+"""The fused band form (convcore.compile.fused): its hand-derived backward against autograd of the unfold oracle.
 
 The oracle is written from the definition: F.unfold of the numpy-padded input, ``fn`` on the (N, O, kh·kw·C, L)
 broadcast, then sum / mean / ``max(dim)`` / ``min(dim)`` — whose gradient goes to the *first* winner in (kh, kw, C)
@@ -13,10 +13,9 @@ import torch
 from oracles import GEOMETRIES, geometry_id, masks
 from oracles import pair as _pair
 from oracles import windows as _windows
+from support import patch_run_compiled
 
-import convcore.compiled as compiled_mod
-import convcore.engine.compiled as cc
-import convcore.fused_band as fused_mod
+import convcore.compile.cache as cc
 from convcore import morph_conv2d, window_op2d
 
 
@@ -38,8 +37,7 @@ def cores(monkeypatch):
         ran.append(core.__name__)
         return core(*args)
 
-    monkeypatch.setattr(compiled_mod, "run_compiled", run)
-    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    patch_run_compiled(monkeypatch, run)
     return ran
 
 
@@ -178,14 +176,15 @@ def test_inductor_max_path_equals_the_oracle(dtype, device, assert_close):
 
 
 def test_a_backward_that_cannot_compile_runs_eagerly(monkeypatch, device, assert_close):
-    """The forward compiled, its backward kernels unavailable (run_compiled returns None for them): the gradients come
-    from eager autograd of the tap-by-tap form, equal to the eager op's."""
+    """The forward compiled, its backward kernels unavailable (run_compiled raises CannotCompile for them): the
+    gradients come from eager autograd of the tap-by-tap form, equal to the eager op's."""
 
     def run(name, core, key, args, dynamic=()):
-        return None if core.__name__ in ("_band_grad_patch", "_band_grad_weight") else core(*args)
+        if core.__name__ in ("_band_grad_patch", "_band_grad_weight"):
+            raise cc.CannotCompile(name, "a test")
+        return core(*args)
 
-    monkeypatch.setattr(compiled_mod, "run_compiled", run)
-    monkeypatch.setattr(fused_mod, "run_compiled", run)
+    patch_run_compiled(monkeypatch, run)
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     for reduce in ("mean", "max"):

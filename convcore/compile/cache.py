@@ -1,4 +1,4 @@
-"""Compiled computes: an op's per-band (or per-chunk) compute traced and compiled by ``torch.compile`` (Inductor:
+"""The compile cache: an op's per-band (or per-chunk) compute traced and compiled by ``torch.compile`` (Inductor:
 C++/OpenMP on the CPU, Triton on CUDA), cached, with the eager compute as the fallback.
 
 An op hands :func:`run_compiled` a module-level ``core`` function (pure torch, traceable) and the arguments of one
@@ -9,8 +9,9 @@ one entry, never to the whole grid of geometries a program uses. Band and chunk 
 (``maybe_mark_dynamic``): changing them does not recompile (a size of 1 is specialized once).
 
 Fallback: when the device cannot compile (no C++ compiler for the CPU, no Triton for CUDA), when Dynamo cannot trace
-the function, or when compiling fails, :func:`run_compiled` returns None and the op runs its eager compute; one
-warning per reason names it. Tracing is ``fullgraph=True``: a function that would graph-break falls back instead of
+the function, or when compiling fails, :func:`run_compiled` raises :class:`CannotCompile` — the one way the compiled
+path says no — and the op runs its eager compute (:func:`convcore.compile.dispatch.run_op`); one warning per reason
+names it. Tracing is ``fullgraph=True``: a function that would graph-break falls back instead of
 running half compiled.
 """
 
@@ -30,14 +31,17 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = [
-    "COMPILE_CHOICES",
+    "AUTO_EAGER_SECONDS",
     "AUTO_MIN_WORK",
+    "COMPILE_CHOICES",
+    "CannotCompile",
     "check_compile",
     "compile_stats",
     "compiler_missing",
     "function_key",
     "remember",
     "run_compiled",
+    "spent_eager",
     "tracing",
     "use_compiled",
 ]
@@ -45,12 +49,27 @@ __all__ = [
 log = logging.getLogger("convcore.compile")
 
 COMPILE_CHOICES = (True, False, "auto")
+# compile="auto" also compiles a layer (function, channels, kernel, dtype, device) once its eager calls have spent this
+# many seconds: compiling one function took 5-40 s on the 2-core build machine, so from then on the compile has paid
+# for itself against staying eager (the rent-or-buy rule), and a training loop or a service compiles its hot layers
+# after a few steps while a one-off call stays eager. Calls under autograd count three times their forward (the
+# backward of the eager ops costs about twice their forward).
+AUTO_EAGER_SECONDS = 20.0
 # compile="auto" compiles a generic window function when one call evaluates it at least this many times (positions ×
 # O × C·kh·kw): N=2, 16→16, 3×3, 256×256 is 3.0e8. Below it the eager chunks finish before the compiler would.
 AUTO_MIN_WORK = 2**28
 # torch.compile's backend: Inductor. Tests set "aot_eager" to check tracing, autograd and the engines over a whole
 # grid of geometries without paying for code generation each time.
 _BACKEND = "inductor"
+
+
+class CannotCompile(Exception):
+    """The compiled path is not available for this call; ``reason`` says why (it was warned about once). The op
+    runs its eager path instead."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.reason = reason
 
 
 @dataclass
@@ -67,6 +86,7 @@ class _Cache:
     entries: dict[Hashable, _Entry] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
     warm: set[Hashable] = field(default_factory=set)  # functions "auto" compiled once: it compiles all their calls
+    eager_seconds: dict[Hashable, float] = field(default_factory=dict)  # per layer, what "auto" spent eagerly
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -104,14 +124,25 @@ def _missing(kind: str, cxx: str) -> str | None:
 
 
 def use_compiled(
-    compile: bool | str, device: torch.device, work: int, *, generic: bool = True, key: Hashable | None = None
+    compile: bool | str,
+    device: torch.device,
+    work: int,
+    *,
+    generic: bool = True,
+    key: Hashable | None = None,
+    layer: Hashable | None = None,
 ) -> bool:
-    """The one rule for the compiled path: True forces it, False forbids it, "auto" compiles a ``generic`` window
-    function (the user's ``fn``, whose eager form is 10-140× a convolution) when one call does at least
-    :data:`AUTO_MIN_WORK` evaluations and the device can compile — and, once it has (:func:`remember` ``key``), every
-    later call of that function in the process, however small (a 10% ROI must not fall back to eager chunks that
-    are slower than the compiled whole image). Ops with a hand-written eager loop (``generic=False``) compile only
-    when asked."""
+    """The one rule for the compiled path: True forces it, False forbids it. "auto" compiles a ``generic`` window
+    function (the user's ``fn``, distance p = 1, morphology: eager 10-140× a convolution, compiled 1-18×) where the
+    device can compile and
+
+    * one call does at least :data:`AUTO_MIN_WORK` evaluations (it pays for the compile by itself), or
+    * the function was compiled before in this process (:func:`remember` ``key``): a 10% ROI must not fall back to
+      eager chunks slower than the compiled whole image, or
+    * the eager calls of this ``layer`` have spent :data:`AUTO_EAGER_SECONDS` (:func:`spent_eager`): a training
+      loop's or a service's hot layer.
+
+    Ops whose compiled form measured no faster than their eager loop (``generic=False``) compile only when asked."""
     check_compile(compile)
     if compile is True or compile is False:
         return compile
@@ -120,7 +151,15 @@ def use_compiled(
     if work >= AUTO_MIN_WORK:
         return True
     with _cache.lock:
-        return key is not None and key in _cache.warm
+        if key is not None and key in _cache.warm:
+            return True
+        return layer is not None and _cache.eager_seconds.get(layer, 0.0) >= AUTO_EAGER_SECONDS
+
+
+def spent_eager(layer: Hashable, seconds: float) -> None:
+    """Count ``seconds`` of an eager call of ``layer`` under compile="auto" (see :func:`use_compiled`)."""
+    with _cache.lock:
+        _cache.eager_seconds[layer] = _cache.eager_seconds.get(layer, 0.0) + seconds
 
 
 def remember(key: Hashable) -> None:
@@ -160,8 +199,8 @@ def function_key(fn: Callable) -> Hashable:
 
 def run_compiled(
     name: str, core: Callable, key: Hashable, args: Sequence, dynamic: Sequence[tuple[int, Sequence[int]]] = ()
-) -> torch.Tensor | None:
-    """``core(*args)`` compiled (cached under ``key``), or None when the compiled path is not available.
+) -> torch.Tensor:
+    """``core(*args)`` compiled (cached under ``key``); raises :class:`CannotCompile` where that is not available.
 
     Args:
         name: the op, for messages ("window_op2d").
@@ -174,7 +213,7 @@ def run_compiled(
     reason = compiler_missing(device)
     if reason is not None:
         _warn_once(reason, f"{name}: {reason}; running the eager path")
-        return None
+        raise CannotCompile(name, reason)
     full_key = (
         name,
         key,
@@ -185,7 +224,7 @@ def run_compiled(
     )
     entry = _entry(name, core, full_key)
     if entry.failed is not None:
-        return None
+        raise CannotCompile(name, entry.failed)
     for i, dims in dynamic:
         for d in dims:
             torch._dynamo.maybe_mark_dynamic(args[i], d)
@@ -200,7 +239,7 @@ def run_compiled(
         _warn_once(
             f"{name}:{id(entry)}", f"{name}: {kind} ({entry.failed[:300]}); running the eager path for this function"
         )
-        return None
+        raise CannotCompile(name, entry.failed) from None
     if entry.calls == 0:
         entry.compile_seconds = time.perf_counter() - t0
         log.info("%s: compiled %s in %.1f s", name, entry.name, entry.compile_seconds)
@@ -225,27 +264,9 @@ def _entry(name: str, core: Callable, key: Hashable) -> _Entry:
             # a fresh code object: Dynamo keeps its cache (and recompile limit) per code object
             code = core.__code__.replace(co_name=f"{core.__name__}_{n}")
             copy = types.FunctionType(code, core.__globals__, code.co_name, core.__defaults__, core.__closure__)
-            if n == 0 and _BACKEND == "inductor":
-                _probe_cpu_early()
             entry = _Entry(torch.compile(copy, fullgraph=True, backend=_BACKEND), f"{name}#{n}")
             _cache.entries[key] = entry
         return entry
-
-
-def _probe_cpu_early() -> None:
-    """Start Inductor's once-per-process CPU vector-ISA probe (it builds and loads a test library in child processes,
-    about 1.5 s here) on a thread, so that it overlaps Dynamo's tracing of the first compile instead of following
-    it. Only a head start: Inductor probes on its own when it needs the answer (cached per process)."""
-
-    def probe() -> None:
-        try:
-            from torch._inductor import cpu_vec_isa
-
-            cpu_vec_isa.pick_vec_isa()
-        except Exception:  # noqa: BLE001 - an internal of Inductor's that may move: the head start is optional
-            pass
-
-    threading.Thread(target=probe, name="convcore-isa-probe", daemon=True).start()
 
 
 def _warn_once(slot: str, message: str) -> None:
@@ -263,3 +284,4 @@ def _reset() -> None:
         _cache.entries.clear()
         _cache.warned.clear()
         _cache.warm.clear()
+        _cache.eager_seconds.clear()
