@@ -136,3 +136,24 @@ def test_a_good_answer_from_the_same_server_is_read():
     with fake_server(ANSWERS["a good answer"]) as url, Client(url, timeout=2) as client:
         out = client.convolve(b"an encoded image", SPEC)
     assert out.shape == (2, 2, 3) and out.dtype == np.uint8 and (out == 1).all()
+
+
+@pytest.mark.parametrize("status", ["302 Found", "307 Temporary Redirect", "308 Permanent Redirect"])
+def test_a_redirect_is_an_error_with_its_status_and_is_not_followed(status):
+    served: list[bytes] = []
+    answer = [(_head(status, 0, "Location: http://127.0.0.1:9/convolve\r\n"), 0)]
+    with fake_server(answer, served) as url:
+        with Client(url, timeout=5, api_key="secret") as client, pytest.raises(RoiconvError) as err:
+            client.convolve(b"an encoded image", SPEC)
+
+        async def call():
+            async with AsyncClient(url, timeout=5) as client:
+                return await client.convolve(b"an encoded image", SPEC)
+
+        with pytest.raises(RoiconvError) as async_err:
+            asyncio.run(call())
+    code = int(status.split()[0])
+    for e in (err.value, async_err.value):
+        assert e.status == code and e.code == "redirect", e
+        assert "redirects are not followed" in e.reason and "127.0.0.1:9" in e.reason, e.reason
+    assert len(served) == 2  # one request each: nothing was sent to the Location
