@@ -18,20 +18,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..imaging.metadata import copy_metadata, format_of
+from .interrupts import CancellableCalls, ClosingGate, Interrupted, interrupts, loop_interrupts
 from .sources import RoiSource, check_entry, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
@@ -269,31 +273,52 @@ class Progress:
 
 
 def _run_local(tasks: list[Task], workers: int, progress: Progress, max_pixels: int) -> dict[Path, str]:
+    """Each task in process, on ``workers`` worker processes; raises :class:`Interrupted` after a Ctrl-C."""
     results: dict[Path, str] = {}
 
     def record(task: Task, status: str) -> None:
         results[task.src] = status
         progress.step(str(task.src), status)
 
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            try:
-                record(task, process_file(task, max_pixels))
-            except Exception as exc:
-                record(task, f"failed: {_reason(exc)}")
-        return results
+    with interrupts() as stop:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                if stop.is_set():
+                    break
+                try:
+                    record(task, process_file(task, max_pixels))
+                except Exception as exc:
+                    record(task, f"failed: {_reason(exc)}")
+        else:
+            _run_pool(tasks, min(workers, len(tasks)), max_pixels, record, stop)
+        if stop.is_set():
+            raise Interrupted(results)
+    return results
+
+
+def _run_pool(tasks: list[Task], workers: int, max_pixels: int, record, stop: threading.Event) -> None:
+    """The tasks on a process pool, never more submitted than there are workers (a submitted file starts at once),
+    and none after ``stop`` is set."""
     # forkserver: workers fork from a fresh single-threaded process that imported the pipeline once (forking a
     # parent whose OpenMP threads already ran can hang or crash the child)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["service.imaging.pipeline"])
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_worker_init) as pool:
-        futures = {pool.submit(process_file, t, max_pixels): t for t in tasks}
-        for future in as_completed(futures):
-            try:
-                record(futures[future], future.result())
-            except Exception as exc:
-                record(futures[future], f"failed: {_reason(exc)}")
-    return results
+    queue = iter(tasks)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        running = {}
+        while True:
+            if not stop.is_set():
+                for task in itertools.islice(queue, workers - len(running)):
+                    running[pool.submit(process_file, task, max_pixels)] = task
+            if not running:
+                return
+            done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)  # wakes to see a Ctrl-C
+            for future in done:
+                task = running.pop(future)
+                try:
+                    record(task, future.result())
+                except Exception as exc:
+                    record(task, f"failed: {_reason(exc)}")
 
 
 def _worker_init() -> None:
@@ -301,6 +326,7 @@ def _worker_init() -> None:
     OMP_NUM_THREADS when it loads)."""
     import cv2
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it lets running files finish
     os.environ["OMP_NUM_THREADS"] = "1"
     cv2.setNumThreads(1)
     if "torch" in sys.modules:
@@ -362,7 +388,7 @@ async def _run_server(
     from ..client import AsyncClient
 
     results: dict[Path, str] = {}
-    gate = asyncio.Semaphore(max(1, args.concurrency))
+    gate = ClosingGate(max(1, args.concurrency))
 
     async def one(client: AsyncClient, task: Task) -> None:
         async with gate:
@@ -384,8 +410,13 @@ async def _run_server(
         results[task.src] = status
         progress.step(str(task.src), status)
 
-    async with AsyncClient(args.server, api_key=args.api_key) as client:
-        await asyncio.gather(*(one(client, t) for t in tasks))
+    async with AsyncClient(args.server, api_key=args.api_key) as http:
+        client = CancellableCalls(http)
+        runs = [asyncio.ensure_future(one(client, t)) for t in tasks]
+        with loop_interrupts(gate, client, runs):
+            await asyncio.gather(*runs, return_exceptions=True)
+    if gate.closed:
+        raise Interrupted(results)
     return results
 
 
@@ -439,12 +470,18 @@ def run(args: argparse.Namespace) -> int:
     max_pixels = load_settings().max_pixels
     t0 = time.monotonic()
     progress = Progress(len(plan.tasks))
+    interrupted = False
     try:
         if args.server is not None:
             results = asyncio.run(_run_server(plan.tasks, args, progress, max_pixels))
         else:
             results = _run_local(plan.tasks, args.workers, progress, max_pixels)
+    except Interrupted as stop:
+        results, interrupted = stop.results, True
     finally:
         progress.close()
     print(_summary(results, plan, time.monotonic() - t0), file=sys.stderr)
+    if interrupted:
+        print(f"interrupted (Ctrl-C): {len(plan.tasks) - len(results)} files not started", file=sys.stderr)
+        return 130
     return _status(results, plan)
