@@ -83,6 +83,7 @@ class Prepared:
     window: tuple[int, int, int, int] | None = None
     jpeg: tuple[bytes, int] | None = None  # JPEG in and out, outside kept: (the upload, the orientation applied)
     quality: int | None = None
+    lossless: bool = True  # the input's kind (a JPEG, a lossy WebP: False): a WebP output keeps it
 
 
 def _bad(reason: str, field: str) -> Refused:
@@ -227,7 +228,7 @@ def prepare(
     image, mask = decode(spec, image_bytes, mask_bytes, max_pixels, deadline)
     options = {"prefer_torch": prefer_torch, "deadline": deadline, "bands": bands}
     prepared = plan(spec, image.pixels, mask, max_pixels, fmt=image.format, **options)
-    prepared.quality = spec.quality
+    prepared.quality, prepared.lossless = spec.quality, codec.lossless(image_bytes, image.format)
     if image.format == prepared.format == "jpeg" and spec.outside == "keep" and spec.output_region == "image":
         orientation = metadata.orientation(image_bytes, "jpeg") if spec.exif == "upright" else 1
         prepared.jpeg = (image_bytes, orientation)  # the blocks outside the ROI are kept (:func:`_encode`)
@@ -421,7 +422,7 @@ def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
             return body
         except jpeg_roi.Unsupported as exc:
             prepared.headers["X-JPEG"] = "re-encoded: " + str(exc).encode("ascii", "replace").decode()
-    return codec.encode(pixels, prepared.format, quality=prepared.quality)
+    return codec.encode(pixels, prepared.format, quality=prepared.quality, lossless=prepared.lossless)
 
 
 def _paste(window: np.ndarray, prepared: Prepared) -> np.ndarray:
