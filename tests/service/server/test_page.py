@@ -143,3 +143,23 @@ def test_draw_a_box_run_and_only_the_box_changes(server, browser, tmp_path):
     browser.find_element(By.ID, "run").click()
     error = wait_for(browser, "return document.getElementById('error').textContent")
     assert "422" in error and "spec.filter.ksize" in error and "odd" in error
+
+
+@pytest.mark.parametrize("suffix, magic", [(".jpg", b"\xff\xd8\xff"), (".webp", b"RIFF"), (".png", b"\x89PNG")])
+def test_the_result_keeps_the_input_format_and_downloads_with_its_suffix(server, browser, tmp_path, suffix, magic):
+    from selenium.webdriver.common.by import By
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / f"holiday{suffix}"
+    cv2.imwrite(str(path), cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (5, 5), 0))
+    browser.get(server.url + "/")
+    wait_for(browser, "return document.getElementById('filter').options.length > 0")
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    wait_for(browser, "return window.roiconvState.image !== null")
+    _drag(browser, browser.find_element(By.ID, "before"), (20, 20, 100, 90))
+    browser.find_element(By.ID, "run").click()
+    wait_for(browser, "return window.roiconvState.done > 0")
+    body = base64.b64decode(browser.execute_script("return window.roiconvState.resultBase64"))
+    assert body.startswith(magic), body[:8]
+    name = browser.find_element(By.ID, "download").get_attribute("download")
+    assert name == f"holiday-roiconv{suffix}", name
