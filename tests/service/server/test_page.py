@@ -9,6 +9,7 @@ except under CI=true, where it fails.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import time
@@ -163,3 +164,23 @@ def test_the_result_keeps_the_input_format_and_downloads_with_its_suffix(server,
     assert body.startswith(magic), body[:8]
     name = browser.find_element(By.ID, "download").get_attribute("download")
     assert name == f"holiday-roiconv{suffix}", name
+
+
+def test_the_docs_page_renders_code_and_its_form_defaults_to_a_filter_that_anonymizes(server, browser):
+    from selenium.webdriver.common.by import By
+
+    assert "``" not in httpx.get(server.url + "/openapi.json", timeout=10).text
+    browser.get(server.url + "/docs")
+    wait_for(browser, "return document.querySelectorAll('#ops .op').length > 0")
+    text = browser.execute_script("return document.body.innerText")
+    assert "``" not in text and "`" not in text.split("Schemas")[0], text[:2000]
+    assert browser.execute_script("return document.querySelectorAll('#ops code').length") > 5
+    spec = json.loads(browser.find_element(By.NAME, "spec").get_attribute("value"))
+    assert spec["filter"] == {"name": "gaussian"}  # ksize "auto": sized to the box, as the page's default
+    r = httpx.post(
+        server.url + "/convolve",
+        files={"image": ("i.png", cv2.imencode(".png", np.zeros((100, 130, 3), np.uint8))[1].tobytes())},
+        data={"spec": json.dumps(spec)},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
