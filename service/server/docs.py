@@ -37,7 +37,8 @@ function el(tag, cls, text){
 }
 // a description's `code` spans (CommonMark) as <code>; the rest stays text
 function prose(tag, text){
-  const e=el(tag); text.split('`').forEach((part,i)=>e.appendChild(i%2?el('code','',part):document.createTextNode(part)));
+  const e=el(tag);
+  text.split('`').forEach((part,i)=>e.appendChild(i%2?el('code','',part):document.createTextNode(part)));
   return e;
 }
 fetch('/openapi.json').then(r=>r.json()).then(api=>{
