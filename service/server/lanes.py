@@ -67,7 +67,7 @@ class Lane:
 
     def submit(self, call: Callable[[], T], deadline: float) -> Future:
         """Queue ``call`` on the lane; it is skipped (504, at no cost) if ``deadline`` passes before a thread is
-        free. The future is cancelled by :meth:`run` when it has not started by the deadline."""
+        free; :meth:`run` cancels it when it has not started by the deadline."""
         self._moved(+1, 0)
         future = self.executor.submit(self._on_thread, call, deadline)
         future.add_done_callback(self._left_queue_if_cancelled)
@@ -81,7 +81,7 @@ class Lane:
             return await asyncio.wait_for(asyncio.wrap_future(work), max(0.0, deadline - time.perf_counter()))
         except asyncio.TimeoutError:
             reason = "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
-            if not work.cancelled():  # started: it stops at its next check of the deadline, or when done
+            if not work.cancel():  # started: it stops at its next check of the deadline, or when done
                 if ticket is not None:
                     ticket.outlived_by(work)
                 reason += "; the work already started holds its queue place and memory until it stops"
