@@ -11,7 +11,7 @@ did not change, see :func:`_output`), written atomically; a file whose output ex
 It fails closed (docs/anonymization.md): every ROI entry is checked with the server's spec model before any work;
 a file that no ROI source covers is left out unless ``--copy-unmatched`` (one whose entry has no shapes is copied
 unchanged). Exit status: 0 when everything was done, 1 when a file failed or was left out or a ROI entry matched no
-file, 2 for bad arguments or ROI entries (nothing written).
+file, 2 for bad arguments or ROI entries (nothing written), 130 after Ctrl-C (:mod:`.interrupts`).
 """
 
 from __future__ import annotations
@@ -467,7 +467,7 @@ def _status(results: dict[Path, str], plan: Plan) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``roiconv apply``; returns the exit status (0 all done, 1 something failed or was left out, 2 bad
-    arguments or ROI entries: nothing written)."""
+    arguments or ROI entries: nothing written, 130 interrupted by Ctrl-C)."""
     try:
         plan = plan_tasks(args)
     except (ValueError, OSError, KeyError, TypeError) as exc:  # bad inputs, ROI files or filter JSON
