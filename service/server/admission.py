@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..imaging.spec import Spec
 from .devices import DevicePool
-from .errors import ApiError
+from .errors import RETRY, ApiError
 from .lanes import Lane
 from .metrics import Metrics
 from .settings import Settings
@@ -181,9 +181,6 @@ class AppState:
             yield ticket
         finally:
             ticket.finish()
-
-
-RETRY = {"Retry-After": "1"}
 
 
 class NeverFits(Exception):

@@ -20,9 +20,9 @@ import numpy as np
 from ..imaging import pipeline
 from ..imaging.pipeline import Prepared, Refused
 from ..imaging.spec import Spec
-from .admission import RETRY, AppState, Ticket
+from .admission import AppState, Ticket
 from .devices import ComputeError, Job
-from .errors import ApiError
+from .errors import RETRY, ApiError
 
 __all__ = ["Outcome", "execute", "run"]
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
-from .errors import ApiError
+from .errors import RETRY, ApiError
 
 if TYPE_CHECKING:
     from prometheus_client import Gauge
@@ -32,8 +32,6 @@ __all__ = ["Lane"]
 log = logging.getLogger("roiconv.lanes")
 
 T = TypeVar("T")
-
-RETRY = {"Retry-After": "1"}
 
 
 class Lane:
