@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import httpx
 import pytest
-from service_support import encode, post, rand_image, run, running
+from service_support import ROOT, encode, post, rand_image, run, running
 
 from service.bench.harness import photo
 from service.server.routes import detect as detect_route
@@ -36,17 +37,46 @@ def _detect(url: str, image: bytes) -> httpx.Response:
     return httpx.post(url + "/detect", files={"image": ("p.jpg", image)}, data={"spec": FACES}, timeout=600)
 
 
-def test_a_small_request_is_served_while_detections_wait_in_their_lane(server_process):
-    # the memory budget set wide: what holds the detections back here must be the lane's one thread, not memory
-    env = {"ROICONV_DETECT_THREADS": "1", "ROICONV_REQUEST_TIMEOUT_S": "600", "ROICONV_MAX_INFLIGHT_BYTES": str(2**36)}
-    server = server_process(env)
-    image = cv2.imencode(".jpg", photo(1920, 1080))[1].tobytes()
-    with ThreadPoolExecutor(8) as clients:
-        detections = [clients.submit(_detect, server.url, image) for _ in range(8)]
-        while _metric(server.url, "roiconv_lane_queue_depth", "detect") < 3:  # ends: 8 detections on one thread
-            done = [d.result() for d in detections if d.done()]
-            assert len(done) < 8, ["no 3 detections ever waited in the detect lane", *(r.text[:200] for r in done)]
-            time.sleep(0.05)  # a pause between polls, not a timing: the loop waits for a state
+_HOLD = """
+import os
+import time
+from pathlib import Path
+
+import service.server.routes.detect as detect
+
+_real = detect._find
+
+
+def _held(*args):  # a detection that runs until the test says so: the lane's one thread stays taken
+    while not Path(os.environ["LANES_RELEASE"]).exists():
+        time.sleep(0.01)
+    return _real(*args)
+
+
+detect._find = _held
+"""
+
+
+def test_a_small_request_is_served_while_detections_wait_in_their_lane(server_process, tmp_path):
+    # the server's detections are held (a sitecustomize hook) until the small request has been answered: were it
+    # queued behind them, it could only get its deadline's 504
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_HOLD)
+    release = tmp_path / "release"
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "LANES_RELEASE": str(release)}
+    server = server_process({**env, "ROICONV_DETECT_THREADS": "1", "ROICONV_REQUEST_TIMEOUT_S": "120"})
+    image = cv2.imencode(".jpg", photo(320, 240))[1].tobytes()
+    with ThreadPoolExecutor(6) as clients:
+        detections = [clients.submit(_detect, server.url, image) for _ in range(6)]
+        for _ in range(600):  # a state to wait for (polled; a guard against a hang, not a timing)
+            if _metric(server.url, "roiconv_lane_queue_depth", "detect") == 5:
+                break
+            time.sleep(0.05)
+        else:
+            release.touch()
+            raise AssertionError("never saw 5 detections waiting for the detect lane's one thread")
+        running_now = _metric(server.url, "roiconv_lane_running", "detect")
         small = httpx.post(
             server.url + "/convolve",
             files={"image": ("s.png", encode(rand_image(64, 64)))},
@@ -54,14 +84,13 @@ def test_a_small_request_is_served_while_detections_wait_in_their_lane(server_pr
             timeout=600,
         )
         waiting = _metric(server.url, "roiconv_lane_queue_depth", "detect")
-        running_now = _metric(server.url, "roiconv_lane_running", "detect")
+        release.touch()
         statuses = [d.result().status_code for d in detections]
+    assert running_now == 1 and waiting == 5, (running_now, waiting)  # ROICONV_DETECT_THREADS, the rest queued
     assert small.status_code == 200, small.text
-    assert waiting >= 1, "the small request waited until every detection had a thread"
-    assert running_now <= 1  # ROICONV_DETECT_THREADS
-    assert statuses == [200] * 8
+    assert statuses == [200] * 6
     assert _metric(server.url, "roiconv_lane_queue_depth", "detect") == 0
-    assert 'roiconv_requests_total{filter="detect",status="200"} 8.0' in httpx.get(server.url + "/metrics").text
+    assert 'roiconv_requests_total{filter="detect",status="200"} 6.0' in httpx.get(server.url + "/metrics").text
 
 
 def _blocked_detection(monkeypatch) -> threading.Event:
