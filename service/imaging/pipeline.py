@@ -84,6 +84,7 @@ class Prepared:
     upload_bytes: bytes | None = None
     metadata: str = "strip"  # the output's metadata policy (:mod:`.scrub`)
     stored: bool = False  # the pixels are in the file's stored frame (``exif: "ignore"``), not upright
+    lossless: bool = True  # the input's kind (a JPEG, a lossy WebP: False): a WebP output keeps it
 
 
 def _check_deadline(deadline: float | None, step: str) -> None:
@@ -231,6 +232,7 @@ def prepare(
     prepared = plan(spec, image.pixels, mask, max_pixels, fmt=image.format, **options)
     prepared.quality, prepared.metadata, prepared.stored = spec.quality, spec.metadata, spec.exif == "ignore"
     prepared.upload, prepared.upload_bytes = image, image_bytes
+    prepared.lossless = codec.lossless(image_bytes, image.format)
     if image.format == prepared.format == "jpeg" and spec.outside == "keep" and spec.output_region == "image":
         found = image.orientation
         if prepared.stored or found.clean or found.value == 1:
@@ -362,7 +364,7 @@ def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
         except jpeg_roi.Unsupported as exc:
             prepared.headers["X-JPEG"] = "re-encoded: " + str(exc).encode("ascii", "replace").decode()
     if body is None:
-        body = codec.encode(pixels, prepared.format, quality=prepared.quality)
+        body = codec.encode(pixels, prepared.format, quality=prepared.quality, lossless=prepared.lossless)
     written = found.value if keeps_frame and found.clean else 1
     source = (prepared.upload_bytes, upload.format) if upload is not None else (None, None)
     return scrub.write(body, prepared.format, *source, prepared.metadata, written)
@@ -386,7 +388,8 @@ def unfiltered(data: bytes, policy: str, *, max_pixels: int) -> bytes:
     kept = scrub.rewrap(data, image.format, image.orientation, policy)
     if kept is not None:
         return kept
-    return scrub.write(codec.encode(image.pixels, image.format), image.format, data, image.format, policy, 1)
+    body = codec.encode(image.pixels, image.format, lossless=codec.lossless(data, image.format))
+    return scrub.write(body, image.format, data, image.format, policy, 1)
 
 
 def _paste(window: np.ndarray, prepared: Prepared) -> np.ndarray:

@@ -499,6 +499,16 @@ def unknown_field(loc: tuple) -> str:
     return f"{key}: unknown field; valid fields: {', '.join(valid)}" if valid else f"{key}: unknown field"
 
 
+def unknown_filter(value: Any) -> str:
+    """The reason for a filter whose name is not in the catalog, listing the names and the closest one:
+    ``"unknown filter name 'pixellate' (did you mean pixelate?); the filters: box, ..."``."""
+    name = value.get("name") if isinstance(value, dict) else value
+    names = sorted(FILTER_MODELS)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5) if isinstance(name, str) else []
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown filter name {name!r}{hint}; the filters: {', '.join(names)}, model:<name> (GET /filters)"
+
+
 _PART = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -516,6 +526,8 @@ def field_errors(exc: ValidationError, prefix: str) -> list[dict]:
         reason = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             reason = unknown_field(tuple(e["loc"]))
+        if e["type"] == "unknown_filter":
+            reason = unknown_filter(e.get("input"))
         if e["type"] == "json_invalid":
             reason = f"not valid JSON: {e.get('ctx', {}).get('error', reason)}"
         if (field, reason) not in seen:

@@ -1,4 +1,4 @@
-"""Request accounting: every /convolve request counted exactly once, whatever happened to it.
+"""Request accounting: every /convolve and /detect request counted exactly once, whatever happened to it.
 
 An ASGI middleware around the app: it gives each request a :class:`~service.server.admission.Record` (the route
 fills in the filter label), counts a request whose client went away before any answer was decided as "499" (nginx's
@@ -22,13 +22,13 @@ log = logging.getLogger("roiconv.requests")
 
 
 class RequestAccounting:
-    """Counts each request to ``path`` once, by filter and final status (see the module docstring)."""
+    """Counts each request to one of ``paths`` once, by filter and final status (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, state: AppState, path: str = "/convolve") -> None:
-        self.app, self.state, self.path = app, state, path
+    def __init__(self, app: ASGIApp, state: AppState, paths: tuple[str, ...] = ("/convolve", "/detect")) -> None:
+        self.app, self.state, self.paths = app, state, paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
         record = Record()
         scope["roiconv.record"] = record
@@ -52,7 +52,7 @@ class RequestAccounting:
             await self.app(scope, watch_receive, watch_send)
         except Exception:
             if not gone:
-                log.exception("unexpected error in %s (filter %s)", self.path, record.filter)
+                log.exception("unexpected error in %s (filter %s)", scope["path"], record.filter)
                 if status is None:
                     await error_response(ApiError(500, "internal_error", "unexpected server error"))(
                         scope, receive, send
@@ -62,6 +62,6 @@ class RequestAccounting:
             self.state.requests.discard(record)
             label = "499" if status is None else str(status)  # an answer decided before the client left counts
             if label == "499":
-                log.info("client closed the connection before the answer (%s)", self.path)
+                log.info("client closed the connection before the answer (%s)", scope["path"])
             self.state.metrics.requests.labels(filter=record.filter, status=label).inc()
             self.state.metrics.request_duration.observe(time.perf_counter() - record.started)

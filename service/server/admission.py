@@ -15,13 +15,15 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..imaging.spec import Spec
 from .devices import DevicePool
-from .errors import ApiError
+from .errors import RETRY, ApiError
+from .lanes import Lane
 from .metrics import Metrics
 from .settings import Settings
 from .uploads import Upload, UploadSlots
@@ -100,7 +102,7 @@ class AppState:
     budget: MemoryBudget
     model_paths: dict[str, Path] = field(default_factory=dict)
     pool: DevicePool | None = None
-    cpu_pool: ThreadPoolExecutor | None = None  # the OpenCV engine's requests: one thread per core, no batching
+    lanes: dict[str, Lane] = field(default_factory=dict)  # "cpu" and "detect": see :mod:`.lanes`
     draining: bool = False
     slots: UploadSlots | None = None
     preparing: int = 0
@@ -112,6 +114,12 @@ class AppState:
     def prefer_torch(self) -> bool:
         """A server with a CUDA device runs the classic filters on convcore (batched there), not on OpenCV."""
         return any(d.startswith("cuda") for d in self.devices)
+
+    def lane_for(self, spec: Spec | None) -> Lane:
+        """The lane a request's CPU work runs on: ``detect`` for /detect (``spec`` None) and for a spec whose ROI
+        detects faces, ``cpu`` for the rest."""
+        detects = spec is None or spec.roi.detect is not None
+        return self.lanes["detect" if detects else "cpu"]
 
     @property
     def ready(self) -> bool:
@@ -153,9 +161,11 @@ class AppState:
         return 0 if self.slots is None else len(self.slots)
 
     @asynccontextmanager
-    async def admit(self, peak_bytes: int, timeout: float) -> AsyncIterator[Ticket]:
-        """The second gate, once the body has arrived: a queue place (else 429) and ``peak_bytes`` of the budget
-        (waiting up to ``timeout`` seconds, then 504; 413 when it could never fit)."""
+    async def admit(self, peak_bytes: int, timeout: float, lane: Lane | None = None) -> AsyncIterator[Ticket]:
+        """The second gate, once the body has arrived: a queue place (else 429; also when ``lane``'s queue is full)
+        and ``peak_bytes`` of the budget (waiting up to ``timeout`` seconds, then 504; 413 when it could never fit)."""
+        if lane is not None:
+            lane.check()
         if self.preparing + self.pool.queue.qsize() >= self.settings.max_queue:
             raise ApiError(429, "queue_full", "too many requests are waiting; retry later", headers=RETRY)
         self.preparing += 1
@@ -171,9 +181,6 @@ class AppState:
             yield ticket
         finally:
             ticket.finish()
-
-
-RETRY = {"Retry-After": "1"}
 
 
 class NeverFits(Exception):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -31,6 +30,7 @@ from .accounting import RequestAccounting
 from .admission import AppState, MemoryBudget, default_budget
 from .devices import DevicePool, Warmup
 from .errors import ApiError, BodyTooLarge, error_response, from_http_error
+from .lanes import Lane
 from .metrics import Metrics
 from .openapi import install_openapi
 from .page import page_router
@@ -39,7 +39,7 @@ from .security import SecurityHeaders, host_name
 from .settings import Settings, SettingsError, load_settings, parse_devices
 from .uploads import RECEIVED
 
-__all__ = ["AppState", "BodyLimitMiddleware", "create_app", "set_cpu_threads", "warmup_batch"]
+__all__ = ["AppState", "BodyLimitMiddleware", "cpu_lanes", "create_app", "set_cpu_threads", "warmup_batch"]
 
 log = logging.getLogger("roiconv.app")
 
@@ -110,6 +110,16 @@ def warmup_batch() -> Warmup:
     return op, [work, work]
 
 
+def cpu_lanes(s: Settings, metrics: Metrics) -> dict[str, Lane]:
+    """The CPU lanes (:mod:`.lanes`): ``cpu`` with one thread per core, ``detect`` with ROICONV_DETECT_THREADS."""
+    cores = os.cpu_count() or 1
+    depth, running = metrics.lane_queue_depth, metrics.lane_running
+    return {
+        "cpu": Lane("cpu", cores, s.max_queue, depth, running),
+        "detect": Lane("detect", s.detect_threads or max(1, cores // 2), s.detect_queue, depth, running),
+    }
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     state: AppState = app.state.roiconv
@@ -129,7 +139,7 @@ async def lifespan(app: FastAPI):
         incoming=lambda: state.preparing,
     )
     state.pool = pool
-    state.cpu_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="roiconv-cpu")
+    state.lanes = cpu_lanes(s, state.metrics)
     state.draining = False
     set_cpu_threads(state.devices, s.workers_per_device)
     pool.start()
@@ -142,7 +152,8 @@ async def lifespan(app: FastAPI):
         if not drained:
             log.warning("drain timeout (%.1f s) passed with work left; cancelling it", s.drain_timeout_s)
         await pool.stop(timeout=5.0)
-        state.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        for lane in state.lanes.values():
+            lane.shutdown()
         log.info("roiconv stopped")
 
 
@@ -176,7 +187,7 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
         max_bytes=settings.max_body_bytes,
         on_reject=lambda: state.metrics.rejected.labels(reason="body_too_large").inc(),
     )
-    app.add_middleware(RequestAccounting, state=state)  # counts every /convolve request once
+    app.add_middleware(RequestAccounting, state=state)  # counts every /convolve and /detect request once
     hosts = frozenset(host_name(h) for h in settings.allowed_hosts.split(",") if h.strip())
     app.add_middleware(SecurityHeaders, allowed=hosts)  # outermost: on every response, the Host checked first
     return app

@@ -21,8 +21,10 @@ form label{display:block;margin:.3em 0}
 <form id="try">
 <label>image <input type="file" name="image" required></label>
 <label>mask (optional) <input type="file" name="mask"></label>
-<label>spec <textarea name="spec" rows="4" cols="70">{"filter": {"name": "gaussian", "ksize": 9, "sigma": 2},
+<label>spec <textarea name="spec" rows="4" cols="70">{"filter": {"name": "gaussian"},
  "roi": {"boxes": [[10, 10, 120, 90]]}}</textarea></label>
+<p>The gaussian's <code>ksize</code> defaults to <code>"auto"</code>: sized to each ROI shape, enough to hide a face
+of that size. Draw the regions on an image at <a href="/">the page</a>.</p>
 <label>X-API-Key (if the server needs one) <input name="key"></label>
 <button>Send</button>
 </form>
@@ -33,6 +35,12 @@ form label{display:block;margin:.3em 0}
 function el(tag, cls, text){
   const e=document.createElement(tag); if(cls)e.className=cls; if(text!==undefined)e.textContent=text; return e;
 }
+// a description's `code` spans (CommonMark) as <code>; the rest stays text
+function prose(tag, text){
+  const e=el(tag);
+  text.split('`').forEach((part,i)=>e.appendChild(i%2?el('code','',part):document.createTextNode(part)));
+  return e;
+}
 fetch('/openapi.json').then(r=>r.json()).then(api=>{
   const ops=document.getElementById('ops'); ops.textContent='';
   for(const [path, methods] of Object.entries(api.paths||{})){
@@ -40,8 +48,8 @@ fetch('/openapi.json').then(r=>r.json()).then(api=>{
       const box=el('div','op'); const head=el('div');
       head.appendChild(el('span','m '+method, method.toUpperCase())); head.appendChild(el('code','',path));
       box.appendChild(head);
-      if(op.summary) box.appendChild(el('p','',op.summary));
-      if(op.description) box.appendChild(el('p','',op.description));
+      if(op.summary) box.appendChild(prose('p',op.summary));
+      if(op.description) box.appendChild(prose('p',op.description));
       if(op.requestBody) box.appendChild(el('pre','',JSON.stringify(op.requestBody.content,null,1)));
       const codes=Object.entries(op.responses||{}).map(([c,r])=>c+': '+(r.description||''));
       box.appendChild(el('pre','',codes.join('\\n')));

@@ -10,7 +10,9 @@ from starlette.exceptions import HTTPException
 
 from ..imaging.spec import field_errors
 
-__all__ = ["ApiError", "BodyTooLarge", "error_response", "from_http_error", "from_validation"]
+__all__ = ["RETRY", "ApiError", "BodyTooLarge", "error_response", "from_http_error", "from_validation"]
+
+RETRY = {"Retry-After": "1"}  # the header of an answer that asks the client to come back (429, 503)
 
 
 class BodyTooLarge(Exception):

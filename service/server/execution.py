@@ -1,9 +1,10 @@
 """The compute step behind one seam: :func:`run` takes a request's bytes to its encoded result.
 
-On the state's CPU pool (one thread per core) the pipeline decodes and plans the request
-(:func:`service.imaging.pipeline.prepare`); the OpenCV engine (the classic filters on a CPU server) also filters and
-encodes in that same hop, no batching. The torch engine (convcore: 4-D kernels, the adaptive gaussian, models, and
-every filter on a CUDA server) is then batched on the device pool (:func:`execute`) and encoded on a thread.
+On a CPU lane (:mod:`.lanes`: ``cpu``, one thread per core, or ``detect`` for a request whose ROI detects faces)
+the pipeline decodes and plans the request (:func:`service.imaging.pipeline.prepare`); the OpenCV engine (the
+classic filters on a CPU server) also filters and encodes in that same hop, no batching. The torch engine (convcore:
+4-D kernels, the adaptive gaussian, models, and every filter on a CUDA server) is then batched on the device pool
+(:func:`execute`) and encoded on a thread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,9 +20,9 @@ import numpy as np
 from ..imaging import pipeline
 from ..imaging.pipeline import Prepared, Refused
 from ..imaging.spec import Spec
-from .admission import RETRY, AppState, Ticket
+from .admission import AppState, Ticket
 from .devices import ComputeError, Job
-from .errors import ApiError
+from .errors import RETRY, ApiError
 
 __all__ = ["Outcome", "execute", "run"]
 
@@ -43,22 +43,14 @@ class Outcome:
 async def run(
     state: AppState, spec: Spec, image: bytes, mask: bytes | None, deadline: float, bands: int, ticket: Ticket
 ) -> tuple[Prepared, Outcome, bytes]:
-    """Prepare the request on the CPU pool (the OpenCV engine also filters and encodes there), else compute it on
+    """Prepare the request on its CPU lane (the OpenCV engine also filters and encodes there), else compute it on
     the device pool and encode; all by ``deadline`` (504 past it)."""
     s = state.settings
     call = functools.partial(_on_cpu, spec, image, mask, s.max_pixels, deadline, bands, state.prefer_torch)
-    work = state.cpu_pool.submit(_unless_late, call, deadline)
     gauge = state.metrics.inflight.labels(device="cpu")
     gauge.inc()
-    try:
-        hop = asyncio.wrap_future(work)  # cancelling it at the deadline cancels the work if it has not started
-        prepared, body, compute_s = await asyncio.wait_for(hop, max(0.0, deadline - time.perf_counter()))
-    except asyncio.TimeoutError:
-        reason = "no result before the deadline (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)"
-        if not work.cancelled():  # started: it stops at its next check of the deadline, holding its place till then
-            ticket.outlived_by(work)
-            reason += "; the work already started holds its queue place and memory until it stops"
-        raise ApiError(504, "timeout", reason) from None
+    try:  # detection runs on its own lane: a small request never waits behind one
+        prepared, body, compute_s = await state.lane_for(spec).run(call, deadline, ticket)
     finally:
         gauge.dec()
     if body is not None:
@@ -75,13 +67,6 @@ async def run(
 
 def _api_error(exc: Refused) -> ApiError:
     return ApiError(exc.status, exc.code, exc.reason, exc.field)
-
-
-def _unless_late(call: Callable[[], tuple], deadline: float) -> tuple:
-    """Run ``call`` unless the deadline passed while it waited for a thread (504 then, at no cost)."""
-    if time.perf_counter() > deadline:
-        raise ApiError(504, "timeout", "the deadline passed while waiting for a CPU thread")
-    return call()
 
 
 def _on_cpu(

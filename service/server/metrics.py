@@ -18,7 +18,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "roiconv_requests", "Finished /convolve requests.", ["filter", "status"], registry=r
+            "roiconv_requests", "Finished /convolve and /detect requests.", ["filter", "status"], registry=r
         )  # exposed as roiconv_requests_total
         self.request_duration = Histogram(
             "roiconv_request_duration_seconds", "Time from arrival to response.", buckets=_LATENCY_BUCKETS, registry=r
@@ -44,5 +44,11 @@ class Metrics:
             "roiconv_windows_skipped", "Output positions skipped because they lie outside the ROI.", registry=r
         )
         self.queue_depth = Gauge("roiconv_queue_depth", "Requests waiting for a worker.", registry=r)
+        self.lane_queue_depth = Gauge(
+            "roiconv_lane_queue_depth", "Requests waiting for a thread of their CPU lane.", ["lane"], registry=r
+        )
+        self.lane_running = Gauge(
+            "roiconv_lane_running", "Requests on a thread of their CPU lane.", ["lane"], registry=r
+        )
         self.inflight = Gauge("roiconv_inflight_requests", "Requests being computed.", ["device"], registry=r)
         self.rejected = Counter("roiconv_rejected", "Requests refused, by reason.", ["reason"], registry=r)

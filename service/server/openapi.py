@@ -120,7 +120,19 @@ def install_openapi(app: FastAPI) -> None:
             components.update(spec.pop("$defs", {}))
             components["Spec"] = spec
             components["Error"] = ERROR_SCHEMA
-            app.openapi_schema = schema
+            app.openapi_schema = _markdown(schema)
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _markdown(node):
+    """Descriptions as OpenAPI reads them (CommonMark): the docstrings' ``code`` becomes `code`."""
+    if isinstance(node, dict):
+        return {k: v.replace("``", "`") if k in _TEXT and isinstance(v, str) else _markdown(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_markdown(v) for v in node]
+    return node
+
+
+_TEXT = ("description", "summary", "title")

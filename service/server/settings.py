@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         64, ge=1, description="Requests waiting for a worker (being decoded or queued) before new ones get 429."
     )
+    detect_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Threads finding faces (/detect, and /convolve with `roi.detect`) apart from the threads of the "
+        "other requests, so that detections never hold small requests up (unset: half the cores, at least 1).",
+    )
+    detect_queue: int = Field(16, ge=1, description="Detections waiting for a detect thread before new ones get 429.")
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request (caps `timeout_ms`); then 504.")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body; larger gets 413.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest image (width × height); larger gets 413.")

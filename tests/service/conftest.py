@@ -12,7 +12,7 @@ from service_support import ServerProcess
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith("ROICONV_") and name != "ROICONV_TEST_DEVICE":
+        if name.startswith("ROICONV_") and name not in ("ROICONV_TEST_DEVICE", "ROICONV_SCREENSHOT"):
             monkeypatch.delenv(name)
 
 

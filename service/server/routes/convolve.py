@@ -77,7 +77,7 @@ async def convolve(request: Request, state: StateDep, form: FormDep) -> Response
     spec, peak = await asyncio.to_thread(_read_spec, form, state, record)
     timeout = min(state.settings.request_timeout_s, (spec.timeout_ms or float("inf")) / 1000)
     deadline = record.started + timeout
-    async with state.admit(peak.bytes, deadline - time.perf_counter()) as ticket:
+    async with state.admit(peak.bytes, deadline - time.perf_counter(), state.lane_for(spec)) as ticket:
         prepared, outcome, body = await run(state, spec, form.image, form.mask, deadline, peak.bands, ticket)
     return _respond(state.metrics, prepared, outcome, body)
 

@@ -30,13 +30,10 @@ async def detect(request: Request, state: StateDep, form: FormDep) -> dict:
     record.filter = "detect"
     spec, peak = await asyncio.to_thread(_read, form.spec, form.image, state.settings.max_pixels)
     deadline = record.started + state.settings.request_timeout_s
-    async with state.admit(peak, deadline - time.perf_counter()):
+    lane = state.lane_for(None)
+    async with state.admit(peak, deadline - time.perf_counter(), lane) as ticket:
         call = functools.partial(_find, spec, form.image, state.settings.max_pixels)
-        hop = asyncio.get_running_loop().run_in_executor(state.cpu_pool, call)
-        try:
-            return await asyncio.wait_for(hop, max(0.0, deadline - time.perf_counter()))
-        except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", "no result before the deadline (ROICONV_REQUEST_TIMEOUT_S)") from None
+        return await lane.run(call, deadline, ticket)  # a 504 whose thread runs on holds its place and memory
 
 
 def _read(text: bytes, image: bytes, max_pixels: int) -> tuple[Detect, int]:

@@ -10,20 +10,28 @@ import pytest
 from service.server.batching import collect_batch, group_batches
 
 
-def test_takes_queued_items_up_to_max_size_without_waiting():
+def _at_once(coro):
+    """The coroutine's result when it finishes without ever suspending (it waited for nothing); else AssertionError."""
+
     async def main():
-        q = asyncio.Queue()
-        for i in range(10):
-            q.put_nowait(i)
-        t = time.perf_counter()
-        batch = await collect_batch(q, 4, max_delay=5.0)
-        return batch, time.perf_counter() - t, q.qsize()
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value
+        coro.close()
+        raise AssertionError("it suspended: it waited for something")
 
-    batch, elapsed, left = asyncio.run(main())
-    assert batch == [0, 1, 2, 3] and left == 6 and elapsed < 1.0
+    return asyncio.run(main())
 
 
-def test_waits_at_most_max_delay_for_more():
+def test_takes_queued_items_up_to_max_size_without_waiting():
+    q = asyncio.Queue()
+    for i in range(10):
+        q.put_nowait(i)
+    assert _at_once(collect_batch(q, 4, max_delay=5.0)) == [0, 1, 2, 3] and q.qsize() == 6
+
+
+def test_waits_at_least_max_delay_for_more():
     async def main():
         q = asyncio.Queue()
         q.put_nowait("a")
@@ -32,7 +40,7 @@ def test_waits_at_most_max_delay_for_more():
         return batch, time.perf_counter() - t
 
     batch, elapsed = asyncio.run(main())
-    assert batch == ["a"] and 0.04 <= elapsed < 2.0
+    assert batch == ["a"] and elapsed >= 0.04  # a lower bound: a busy machine only makes the wait longer
 
 
 def test_items_arriving_within_the_delay_join_the_batch():
@@ -74,13 +82,7 @@ def test_group_by_key_keeps_order_and_respects_budget():
 
 def test_delay_function_is_asked_after_the_first_item():
     asked = []
-
-    async def main():
-        q = asyncio.Queue()
-        q.put_nowait("a")
-        t = time.perf_counter()
-        batch = await collect_batch(q, 8, lambda: asked.append(q.qsize()) or 0.0)
-        return batch, time.perf_counter() - t
-
-    batch, elapsed = asyncio.run(main())
-    assert batch == ["a"] and asked == [0] and elapsed < 0.5
+    q = asyncio.Queue()
+    q.put_nowait("a")
+    batch = _at_once(collect_batch(q, 8, lambda: asked.append(q.qsize()) or 0.0))
+    assert batch == ["a"] and asked == [0]  # a delay of 0: returned without waiting

@@ -9,12 +9,14 @@ except under CI=true, where it fails.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 
 import cv2
 import httpx
 import numpy as np
+import pytest
 
 
 def wait_for(driver, script: str, timeout: float = 30):
@@ -95,3 +97,43 @@ def test_draw_a_box_run_and_only_the_box_changes(server, browser, tmp_path):
     browser.find_element(By.ID, "run").click()
     error = wait_for(browser, "return document.getElementById('error').textContent")
     assert "422" in error and "spec.filter.ksize" in error and "odd" in error
+
+
+@pytest.mark.parametrize("suffix, magic", [(".jpg", b"\xff\xd8\xff"), (".webp", b"RIFF"), (".png", b"\x89PNG")])
+def test_the_result_keeps_the_input_format_and_downloads_with_its_suffix(server, browser, tmp_path, suffix, magic):
+    from selenium.webdriver.common.by import By
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / f"holiday{suffix}"
+    cv2.imwrite(str(path), cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (5, 5), 0))
+    browser.get(server.url + "/")
+    wait_for(browser, "return document.getElementById('filter').options.length > 0")
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    wait_for(browser, "return window.roiconvState.image !== null")
+    _drag(browser, browser.find_element(By.ID, "before"), (20, 20, 100, 90))
+    browser.find_element(By.ID, "run").click()
+    wait_for(browser, "return window.roiconvState.done > 0")
+    body = base64.b64decode(browser.execute_script("return window.roiconvState.resultBase64"))
+    assert body.startswith(magic), body[:8]
+    name = browser.find_element(By.ID, "download").get_attribute("download")
+    assert name == f"holiday-roiconv{suffix}", name
+
+
+def test_the_docs_page_renders_code_and_its_form_defaults_to_a_filter_that_anonymizes(server, browser):
+    from selenium.webdriver.common.by import By
+
+    assert "``" not in httpx.get(server.url + "/openapi.json", timeout=10).text
+    browser.get(server.url + "/docs")
+    wait_for(browser, "return document.querySelectorAll('#ops .op').length > 0")
+    text = browser.execute_script("return document.body.innerText")
+    assert "``" not in text and "`" not in text.split("Schemas")[0], text[:2000]
+    assert browser.execute_script("return document.querySelectorAll('#ops code').length") > 5
+    spec = json.loads(browser.find_element(By.NAME, "spec").get_attribute("value"))
+    assert spec["filter"] == {"name": "gaussian"}  # ksize "auto": sized to the box, as the page's default
+    r = httpx.post(
+        server.url + "/convolve",
+        files={"image": ("i.png", cv2.imencode(".png", np.zeros((100, 130, 3), np.uint8))[1].tobytes())},
+        data={"spec": json.dumps(spec)},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
