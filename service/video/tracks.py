@@ -122,9 +122,8 @@ class RoiTracks:
         for i, tr in enumerate(self.tracks):
             for j, (x0, y0, x1, y1) in enumerate(tr.boxes):
                 if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-                    raise ValueError(
-                        f"tracks[{i}].keys[{j}].box {[x0, y0, x1, y1]} lies outside the {width}x{height} frame"
-                    )
+                    box = [float(v) for v in (x0, y0, x1, y1)]
+                    raise ValueError(f"tracks[{i}].keys[{j}].box {box} lies outside the {width}x{height} frame")
 
     def check_length(self, frames: int, seconds: float) -> None:
         """ValueError when a track's last key lies past the video's end: the tracks are for another video."""
