@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel
 
-from .spec import AUTO, FILTER_MODELS, MAX_BLUR_KSIZE, MAX_KSIZE, ModelFilter
+from .filter_specs import AUTO, FILTER_MODELS, MAX_BLUR_KSIZE, MAX_KSIZE, ModelFilter
 
 __all__ = [
     "BORDERS",
