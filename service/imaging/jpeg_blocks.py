@@ -1,0 +1,209 @@
+"""Edit a JPEG's pixels inside windows: one entropy decode, pixels made from the coefficients of the windows only,
+the blocks under changed pixels forward-transformed and quantized with the file's own tables, one entropy encode.
+
+:func:`edit` runs libjpeg-turbo's lossless transform (``tjTransform``, :mod:`.turbojpeg`) once: its first pass (no
+output) hands over every block row of every component, whose memory stays put for the whole call (libjpeg keeps the
+file's coefficient arrays in memory), and the first call of its second pass does all the work before the file is
+written. Windows are rectangles of the stored image rounded out to whole MCUs (:func:`windows`); each is handled in
+bands of about 256 rows, so temporaries follow a band, not the window:
+
+1. ``decoded(rect, pixels)``: the band's pixels (h, w, C) uint8, BGR or gray, made from its blocks and those of
+   one MCU around it (chroma upsampling reads the neighbouring sample) — :mod:`.jpeg_pixels`;
+2. ``edit()``: once, after every band was decoded (a filter reads across bands);
+3. ``source(rect)`` → (pixels (h, w, C) uint8, changed bool (h, w)): the band's new pixels and where they may
+   differ; a block of a component is re-encoded when a pixel under it changed, every other block keeps its
+   quantized coefficients bit for bit.
+
+``rect`` is (x0, y0, x1, y1) of the stored image, clipped to the image (a band's MCU padding beyond the image's
+right or bottom edge is filled by repeating the last column and row, as libjpeg's encoder pads).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from . import jpeg_pixels as px
+from .jpeg_layout import JpegLayout
+from .turbojpeg import Unsupported, transform
+
+__all__ = ["BAND_ROWS", "Rect", "edit", "windows"]
+
+log = logging.getLogger(__name__)
+
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+BAND_ROWS = 256
+"""A window is decoded and encoded in bands of about this many rows (whole MCUs): the float32 temporaries of a band
+(about 40 bytes a pixel) are freed before the next."""
+
+
+def windows(rects: Sequence[Rect], layout: JpegLayout) -> list[Rect]:
+    """The rectangles (stored image, exclusive ends) rounded out to whole MCUs, clipped to the MCU-padded image,
+    merged until no two overlap. Empty rectangles are dropped."""
+    (mw, mh), (right, bottom) = layout.mcu, layout.padded
+    boxes = []
+    for x0, y0, x1, y1 in rects:
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, layout.width), min(y1, layout.height)
+        if x1 > x0 and y1 > y0:
+            boxes.append((x0 // mw * mw, y0 // mh * mh, min(-(-x1 // mw) * mw, right), min(-(-y1 // mh) * mh, bottom)))
+    merged = True
+    while merged:
+        merged, out = False, []
+        for box in boxes:
+            for i, o in enumerate(out):
+                if box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3]:
+                    out[i] = (min(box[0], o[0]), min(box[1], o[1]), max(box[2], o[2]), max(box[3], o[3]))
+                    merged = True
+                    break
+            else:
+                out.append(box)
+        boxes = out
+    return boxes
+
+
+def _bands(boxes: list[Rect], layout: JpegLayout) -> list[Rect]:
+    mh = layout.mcu[1]
+    step = max(BAND_ROWS // mh, 1) * mh
+    return [(x0, y, x1, min(y + step, y1)) for x0, y0, x1, y1 in boxes for y in range(y0, y1, step)]
+
+
+Decoded = Callable[[Rect, np.ndarray], None]
+Source = Callable[[Rect], tuple[np.ndarray, np.ndarray]]
+
+
+def edit(
+    data: bytes,
+    layout: JpegLayout,
+    boxes: Sequence[Rect],
+    source: Source,
+    *,
+    decoded: Decoded | None = None,
+    then: Callable[[], None] | None = None,
+) -> bytes:
+    """``data`` with the blocks under the pixels that ``source`` changed re-encoded (see the module's docstring).
+
+    ``boxes`` are MCU-aligned windows of the stored image (:func:`windows`); ``decoded`` (None: nothing is decoded)
+    and ``then`` run before ``source`` is asked for anything. Unsupported when libjpeg-turbo cannot transcode the
+    file; an exception raised by a callback reaches the caller.
+    """
+    if not boxes:
+        return data
+    job = _Job(layout, _bands(list(boxes), layout), decoded is not None)
+    done: list[bool] = []
+
+    def write(coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
+        if done:
+            return
+        done.append(True)
+        if decoded is not None:
+            for band in job.bands:
+                decoded(_inside(band, layout), job.decode(band))
+        if then is not None:
+            then()
+        for band in job.bands:
+            inside = _inside(band, layout)
+            pixels, changed = source(inside)
+            job.encode(band, pixels, changed)
+
+    out = transform(data, job.collect, write, layout.progressive)
+    if not done:  # fail closed: never hand back a file whose edit did not run
+        raise Unsupported("libjpeg-turbo passed no coefficients to edit")
+    log.debug("jpeg_blocks: %d band(s), re-encoded blocks per component %s", len(job.bands), job.reencoded)
+    return out
+
+
+def _inside(rect: Rect, layout: JpegLayout) -> Rect:
+    return rect[0], rect[1], min(rect[2], layout.width), min(rect[3], layout.height)
+
+
+class _Job:
+    """The block rows of one edit (addresses in libjpeg's memory, read in the transform's first pass) and the
+    decode and encode of a band from and into them."""
+
+    def __init__(self, layout: JpegLayout, bands: list[Rect], decode: bool) -> None:
+        self.layout, self.bands = layout, bands
+        self.subsampled = any(layout.factors(c) != (1, 1) for c in range(len(layout.sampling)))
+        reads = [self._read_rect(b) if decode else b for b in bands]
+        self.wanted = [set() for _ in layout.sampling]  # per component: the block rows to keep
+        for rect in reads:
+            for c, (_, by0, _, by1) in enumerate(self._block_rects(rect)):
+                self.wanted[c].update(range(by0, by1))
+        self.rows: list[dict[int, np.ndarray]] = [{} for _ in layout.sampling]  # [c][row]: [cols, 64] int16
+        self.reencoded = [0] * len(layout.sampling)
+
+    def collect(self, coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
+        if y // 8 in self.wanted[c]:
+            if x != 0 or h != 8:
+                raise Unsupported(f"libturbojpeg passed a {w}x{h} coefficient region at ({x}, {y}); expected a row")
+            address = ctypes.cast(coeffs, ctypes.c_void_p).value
+            row = (ctypes.c_short * (w * 8)).from_address(address)  # libjpeg's memory, valid until the call returns
+            self.rows[c][y // 8] = np.ctypeslib.as_array(row).reshape(w // 8, 64)
+
+    def _read_rect(self, band: Rect) -> Rect:
+        """The band and one MCU around it (inside the padded image) when chroma is upsampled."""
+        if not self.subsampled:
+            return band
+        (mw, mh), (right, bottom) = self.layout.mcu, self.layout.padded
+        x0, y0, x1, y1 = band
+        return max(x0 - mw, 0), max(y0 - mh, 0), min(x1 + mw, right), min(y1 + mh, bottom)
+
+    def _block_rects(self, rect: Rect) -> list[Rect]:
+        out = []
+        for c in range(len(self.layout.sampling)):
+            fx, fy = self.layout.factors(c)
+            out.append((rect[0] // (8 * fx), rect[1] // (8 * fy), rect[2] // (8 * fx), rect[3] // (8 * fy)))
+        return out
+
+    def _gather(self, c: int, block_rect: Rect) -> np.ndarray:
+        """The blocks (rows, cols, 64) int16 of component ``c`` in ``block_rect``; zeros where libjpeg has none."""
+        bx0, by0, bx1, by1 = block_rect
+        out = np.zeros((by1 - by0, bx1 - bx0, 64), np.int16)
+        for r in range(by0, by1):
+            row = self.rows[c].get(r)
+            if row is not None:
+                part = row[bx0:bx1]  # [cols, 64]
+                out[r - by0, : len(part)] = part
+        return out
+
+    def decode(self, band: Rect) -> np.ndarray:
+        """The band's pixels (inside the image) (h, w, C) uint8."""
+        read = self._read_rect(band)
+        planes = []
+        for c, block_rect in enumerate(self._block_rects(read)):
+            blocks = self._gather(c, block_rect)  # [rows, cols, 64]
+            samples = px.idct(blocks.reshape(-1, 64), self.layout.tables[c]).reshape(blocks.shape)
+            planes.append(px.upsample(px.from_blocks(samples), *self.layout.factors(c)))  # [read h, read w]
+        x0, y0, x1, y1 = _inside(band, self.layout)
+        pixels = px.to_bgr(planes)  # [read h, read w, C]
+        return pixels[y0 - read[1] : y1 - read[1], x0 - read[0] : x1 - read[0]]
+
+    def encode(self, band: Rect, pixels: np.ndarray, changed: np.ndarray) -> None:
+        """Write the blocks of the band that ``changed`` (h, w) bool marks, from ``pixels`` (h, w, C) uint8 (the
+        band inside the image)."""
+        x0, y0, x1, y1 = band
+        h, w = pixels.shape[:2]
+        if (h, w) != (y1 - y0, x1 - x0):  # the MCU padding: the last column and row repeated, as libjpeg pads
+            pixels = np.pad(pixels, ((0, y1 - y0 - h), (0, x1 - x0 - w), (0, 0)), mode="edge")
+            changed = np.pad(changed, ((0, y1 - y0 - h), (0, x1 - x0 - w)))
+        if not changed.any():
+            return
+        planes = px.to_ycc(pixels)
+        for c, (bx0, by0, bx1, by1) in enumerate(self._block_rects(band)):
+            fx, fy = self.layout.factors(c)
+            rows, cols = by1 - by0, bx1 - bx0
+            mask = changed.reshape(rows, 8 * fy, cols, 8 * fx).any(axis=(1, 3))  # [rows, cols]
+            ncols, nrows = self.layout.blocks(c)
+            mask[max(nrows - by0, 0) :] = False  # libjpeg's MCU padding blocks: never shown, not written
+            mask[:, max(ncols - bx0, 0) :] = False
+            if not mask.any():
+                continue
+            blocks = px.to_blocks(px.downsample(planes[c], fx, fy))[mask]  # [K, 64] of the changed blocks
+            coefs = px.fdct(blocks, self.layout.tables[c])  # [K, 64]
+            rr, cc = np.nonzero(mask)
+            for r in np.unique(rr):
+                at = rr == r
+                self.rows[c][by0 + int(r)][bx0 + cc[at]] = coefs[at]
+            self.reencoded[c] += len(coefs)
