@@ -21,6 +21,7 @@ __all__ = [
     "DecodeError",
     "Image",
     "TooLarge",
+    "check",
     "decode",
     "encode",
     "header_size",
@@ -232,8 +233,9 @@ _HEADER_READERS = {
 }
 
 
-def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
-    """Decode ``data`` into (H, W, C) pixels; TooLarge (from the header, before decoding) or DecodeError."""
+def check(data: bytes, max_pixels: int, *, field: str = "image") -> tuple[str, int, int]:
+    """(format, width, height) of ``data`` once everything that can be checked before decoding passed: the format,
+    the header's size against ``max_pixels`` (TooLarge), the file's structure (DecodeError)."""
     if not data:
         raise DecodeError(f"{field} is empty")
     fmt = sniff_format(data)
@@ -244,6 +246,12 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
         structure.check_structure(data, fmt, width, height)
     except ValueError as exc:
         raise DecodeError(f"{field}: {exc}") from None
+    return fmt, width, height
+
+
+def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
+    """Decode ``data`` into (H, W, C) pixels; TooLarge (from the header, before decoding) or DecodeError."""
+    fmt, _, _ = check(data, max_pixels, field=field)
     if fmt == "npy":
         pixels = _decode_npy(data)
     else:

@@ -120,16 +120,15 @@ def _inside(rect: Rect, layout: JpegLayout) -> Rect:
 
 
 class _Job:
-    """The block rows of one edit (addresses in libjpeg's memory, read in the transform's first pass) and the
-    decode and encode of a band from and into them."""
+    """The block rows of one edit (views of libjpeg's memory, taken in the transform's first pass) and the decode
+    and encode of a band from and into them."""
 
     def __init__(self, layout: JpegLayout, bands: list[Rect], decode: bool) -> None:
         self.layout, self.bands = layout, bands
-        self.subsampled = any(layout.factors(c) != (1, 1) for c in range(len(layout.sampling)))
-        reads = [self._read_rect(b) if decode else b for b in bands]
         self.wanted = [set() for _ in layout.sampling]  # per component: the block rows to keep
-        for rect in reads:
-            for c, (_, by0, _, by1) in enumerate(self._block_rects(rect)):
+        for band in bands:
+            for c in range(len(layout.sampling)):
+                _, by0, _, by1 = self._blocks_of(self._read_rect(band, c) if decode else band, c)
                 self.wanted[c].update(range(by0, by1))
         self.rows: list[dict[int, np.ndarray]] = [{} for _ in layout.sampling]  # [c][row]: [cols, 64] int16
         self.reencoded = [0] * len(layout.sampling)
@@ -142,20 +141,19 @@ class _Job:
             row = (ctypes.c_short * (w * 8)).from_address(address)  # libjpeg's memory, valid until the call returns
             self.rows[c][y // 8] = np.ctypeslib.as_array(row).reshape(w // 8, 64)
 
-    def _read_rect(self, band: Rect) -> Rect:
-        """The band and one MCU around it (inside the padded image) when chroma is upsampled."""
-        if not self.subsampled:
+    def _read_rect(self, band: Rect, c: int) -> Rect:
+        """What component ``c`` decodes for a band: the band, and one block of the component around it (inside
+        the padded image) when the component is upsampled (its filter reads the neighbouring sample)."""
+        fx, fy = self.layout.factors(c)
+        if (fx, fy) == (1, 1):
             return band
-        (mw, mh), (right, bottom) = self.layout.mcu, self.layout.padded
-        x0, y0, x1, y1 = band
-        return max(x0 - mw, 0), max(y0 - mh, 0), min(x1 + mw, right), min(y1 + mh, bottom)
+        (right, bottom), (x0, y0, x1, y1) = self.layout.padded, band
+        return max(x0 - 8 * fx, 0), max(y0 - 8 * fy, 0), min(x1 + 8 * fx, right), min(y1 + 8 * fy, bottom)
 
-    def _block_rects(self, rect: Rect) -> list[Rect]:
-        out = []
-        for c in range(len(self.layout.sampling)):
-            fx, fy = self.layout.factors(c)
-            out.append((rect[0] // (8 * fx), rect[1] // (8 * fy), rect[2] // (8 * fx), rect[3] // (8 * fy)))
-        return out
+    def _blocks_of(self, rect: Rect, c: int) -> Rect:
+        """``rect`` (aligned to the component's blocks) in blocks of component ``c``."""
+        fx, fy = self.layout.factors(c)
+        return rect[0] // (8 * fx), rect[1] // (8 * fy), rect[2] // (8 * fx), rect[3] // (8 * fy)
 
     def _gather(self, c: int, block_rect: Rect) -> np.ndarray:
         """The blocks (rows, cols, 64) int16 of component ``c`` in ``block_rect``; zeros where libjpeg has none."""
@@ -170,40 +168,47 @@ class _Job:
 
     def decode(self, band: Rect) -> np.ndarray:
         """The band's pixels (inside the image) (h, w, C) uint8."""
-        read = self._read_rect(band)
-        planes = []
-        for c, block_rect in enumerate(self._block_rects(read)):
-            blocks = self._gather(c, block_rect)  # [rows, cols, 64]
-            samples = px.idct(blocks.reshape(-1, 64), self.layout.tables[c]).reshape(blocks.shape)
-            planes.append(px.upsample(px.from_blocks(samples), *self.layout.factors(c)))  # [read h, read w]
         x0, y0, x1, y1 = _inside(band, self.layout)
-        pixels = px.to_bgr(planes)  # [read h, read w, C]
-        return pixels[y0 - read[1] : y1 - read[1], x0 - read[0] : x1 - read[0]]
+        planes = []
+        for c in range(len(self.layout.sampling)):
+            read = self._read_rect(band, c)
+            blocks = self._gather(c, self._blocks_of(read, c))  # [rows, cols, 64]
+            samples = px.idct(blocks.reshape(-1, 64), self.layout.tables[c]).reshape(blocks.shape)
+            plane = px.upsample(px.from_blocks(samples), *self.layout.factors(c))  # [read h, read w]
+            planes.append(plane[y0 - read[1] : y1 - read[1], x0 - read[0] : x1 - read[0]])
+        return px.to_bgr(planes)  # [h, w, C]
 
     def encode(self, band: Rect, pixels: np.ndarray, changed: np.ndarray) -> None:
         """Write the blocks of the band that ``changed`` (h, w) bool marks, from ``pixels`` (h, w, C) uint8 (the
-        band inside the image)."""
+        band inside the image); only the MCUs around the changed pixels are transformed."""
         x0, y0, x1, y1 = band
         h, w = pixels.shape[:2]
         if (h, w) != (y1 - y0, x1 - x0):  # the MCU padding: the last column and row repeated, as libjpeg pads
             pixels = np.pad(pixels, ((0, y1 - y0 - h), (0, x1 - x0 - w), (0, 0)), mode="edge")
             changed = np.pad(changed, ((0, y1 - y0 - h), (0, x1 - x0 - w)))
-        if not changed.any():
+        mw, mh = self.layout.mcu
+        mcus = changed.reshape((y1 - y0) // mh, mh, (x1 - x0) // mw, mw).any(axis=(1, 3))  # [MCU rows, MCU cols]
+        rows, cols = np.nonzero(mcus.any(1))[0], np.nonzero(mcus.any(0))[0]
+        if len(rows) == 0:
             return
-        planes = px.to_ycc(pixels)
-        for c, (bx0, by0, bx1, by1) in enumerate(self._block_rects(band)):
-            fx, fy = self.layout.factors(c)
-            rows, cols = by1 - by0, bx1 - bx0
-            mask = changed.reshape(rows, 8 * fy, cols, 8 * fx).any(axis=(1, 3))  # [rows, cols]
-            ncols, nrows = self.layout.blocks(c)
-            mask[max(nrows - by0, 0) :] = False  # libjpeg's MCU padding blocks: never shown, not written
-            mask[:, max(ncols - bx0, 0) :] = False
-            if not mask.any():
-                continue
-            blocks = px.to_blocks(px.downsample(planes[c], fx, fy))[mask]  # [K, 64] of the changed blocks
-            coefs = px.fdct(blocks, self.layout.tables[c])  # [K, 64]
-            rr, cc = np.nonzero(mask)
-            for r in np.unique(rr):
-                at = rr == r
-                self.rows[c][by0 + int(r)][bx0 + cc[at]] = coefs[at]
-            self.reencoded[c] += len(coefs)
+        t, b, l, r = rows[0] * mh, (rows[-1] + 1) * mh, cols[0] * mw, (cols[-1] + 1) * mw  # the changed MCUs' box
+        planes = px.to_ycc(pixels[t:b, l:r])
+        for c, plane in enumerate(planes):
+            self._encode_component(c, (x0 + l, y0 + t, x0 + r, y0 + b), plane, changed[t:b, l:r])
+
+    def _encode_component(self, c: int, rect: Rect, plane: np.ndarray, changed: np.ndarray) -> None:
+        fx, fy = self.layout.factors(c)
+        bx0, by0, bx1, by1 = self._blocks_of(rect, c)
+        mask = changed.reshape(by1 - by0, 8 * fy, bx1 - bx0, 8 * fx).any(axis=(1, 3))  # [rows, cols]
+        ncols, nrows = self.layout.blocks(c)
+        mask[max(nrows - by0, 0) :] = False  # libjpeg's MCU padding blocks: never shown, not written
+        mask[:, max(ncols - bx0, 0) :] = False
+        if not mask.any():
+            return
+        blocks = px.to_blocks(px.downsample(plane, fx, fy))[mask]  # [K, 64] of the changed blocks
+        coefs = px.fdct(blocks, self.layout.tables[c])  # [K, 64]
+        rr, cc = np.nonzero(mask)
+        for r in np.unique(rr):
+            at = rr == r
+            self.rows[c][by0 + int(r)][bx0 + cc[at]] = coefs[at]
+        self.reencoded[c] += len(coefs)

@@ -20,12 +20,13 @@ deadline, 422 for the rest.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import codec, jpeg_roi, metadata
+from . import codec, jpeg_frame, jpeg_roi, metadata
 from .filters import FilterOp, build_filter, engine, piece_side, sized_op
 from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside, pieces_mask
 from .spec import Roi, Spec
@@ -41,6 +42,7 @@ __all__ = [
     "prepare",
     "process",
     "process_pixels",
+    "run_and_encode",
     "run_opencv",
     "run_torch",
 ]
@@ -83,6 +85,7 @@ class Prepared:
     window: tuple[int, int, int, int] | None = None
     jpeg: tuple[bytes, int] | None = None  # JPEG in and out, outside kept: (the upload, the orientation applied)
     quality: int | None = None
+    frame: jpeg_frame.Frame | None = None  # JPEG in and out, not decoded whole: ``work`` holds the frame
 
 
 def _bad(reason: str, field: str) -> Refused:
@@ -223,9 +226,16 @@ def prepare(
     deadline: float | None = None,
     bands: int = 1,
 ) -> Prepared:
-    """:func:`decode` then :func:`plan`: a request's bytes to its checked plan."""
-    image, mask = decode(spec, image_bytes, mask_bytes, max_pixels, deadline)
+    """:func:`decode` then :func:`plan`: a request's bytes to its checked plan. A JPEG that stays a JPEG, with
+    nothing that needs every pixel, is not decoded: its plan holds a frame (:mod:`.jpeg_frame`) that
+    :func:`run_and_encode` decodes where the filter reads."""
     options = {"prefer_torch": prefer_torch, "deadline": deadline, "bands": bands}
+    frame = jpeg_frame.open_frame(spec, image_bytes, mask_bytes, max_pixels, prefer_torch)
+    if frame is not None:
+        prepared = plan(spec, frame.pixels, None, max_pixels, fmt="jpeg", **options)
+        prepared.quality, prepared.jpeg, prepared.frame = spec.quality, (image_bytes, frame.orientation), frame
+        return prepared
+    image, mask = decode(spec, image_bytes, mask_bytes, max_pixels, deadline)
     prepared = plan(spec, image.pixels, mask, max_pixels, fmt=image.format, **options)
     prepared.quality = spec.quality
     if image.format == prepared.format == "jpeg" and spec.outside == "keep" and spec.output_region == "image":
@@ -424,6 +434,25 @@ def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
     return codec.encode(pixels, prepared.format, quality=prepared.quality)
 
 
+def run_and_encode(prepared: Prepared) -> bytes:
+    """The OpenCV engine's result encoded: :func:`run_opencv` then :func:`encode_result`, or for a plan with a frame
+    both inside the block edit (``X-JPEG: blocks``); a file the edit cannot keep is decoded whole, filtered and
+    encoded as any other (``X-JPEG: re-encoded: <reason>``)."""
+    frame = prepared.frame
+    if frame is not None:
+        try:
+            run = functools.partial(run_opencv, prepared)
+            body = jpeg_frame.edit(frame, prepared.op, prepared.pieces, prepared.border, prepared.origin, run)
+            prepared.headers["X-JPEG"] = "blocks"
+            return body
+        except jpeg_roi.Unsupported:
+            try:
+                jpeg_frame.decode_whole(frame)
+            except codec.DecodeError as exc:
+                raise _bad(str(exc), "image") from None
+    return encode_result(run_opencv(prepared), prepared)
+
+
 def _paste(window: np.ndarray, prepared: Prepared) -> np.ndarray:
     """The whole output: the input (keep) or zeros (alpha kept), with the window's result written in."""
     src = prepared.source  # [H, W, C]
@@ -453,7 +482,7 @@ def process(
     Returns (body, media type, extra headers). Models (``model:<name>``) are served by the server only (422).
     """
     prepared = prepare(spec, image_bytes, mask_bytes, max_pixels)
-    body = encode_result(_run_here(prepared), prepared)
+    body = run_and_encode(prepared) if prepared.engine == "opencv" else encode_result(_run_here(prepared), prepared)
     return body, codec.CONTENT_TYPES[prepared.format], dict(prepared.headers)
 
 

@@ -106,12 +106,11 @@ def _on_cpu(
     if time.perf_counter() > deadline:  # a checkpoint: the filter is not started for an answer already sent
         raise ApiError(504, "timeout", "the deadline passed before filtering (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)")
     t = time.perf_counter()
-    result = pipeline.run_opencv(prepared)
-    seconds = time.perf_counter() - t
     try:
-        return prepared, pipeline.encode_result(result, prepared), seconds
+        body = pipeline.run_and_encode(prepared)
     except Refused as exc:  # a float result that is not finite
         raise _api_error(exc) from None
+    return prepared, body, time.perf_counter() - t
 
 
 async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: Ticket) -> Outcome:
