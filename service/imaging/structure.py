@@ -21,6 +21,8 @@ from __future__ import annotations
 import struct
 import zlib
 
+import numpy as np
+
 from .metadata import jpeg_segments
 
 __all__ = ["MAX_SCAN_PIXELS", "MAX_TILE_SIDE", "MIN_SCANS", "check_structure", "jpeg_scan_count", "png_data_size"]
@@ -38,7 +40,10 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 def check_structure(data: bytes, fmt: str, width: int, height: int) -> None:
     """Raise ValueError (saying what is wrong) when decoding ``data`` would cost more than its declared size."""
     if fmt == "jpeg":
-        scans, limit = jpeg_scan_count(data), max_scans(width * height)
+        limit = max_scans(width * height)
+        if _marker_bytes(data, 0xDA) <= limit:  # no more scans than that: no need to walk the segments
+            return
+        scans = jpeg_scan_count(data)
         if scans > limit:
             raise ValueError(
                 f"the JPEG has {scans} scans, more than the {limit} allowed for {width}x{height} pixels "
@@ -46,6 +51,14 @@ def check_structure(data: bytes, fmt: str, width: int, height: int) -> None:
             )
     elif fmt == "png":
         _check_png_data(data)
+
+
+def _marker_bytes(data: bytes, code: int) -> int:
+    """How many times the bytes 0xFF ``code`` occur in ``data``: at least the number of such markers (counted in
+    NumPy: bytes.count took 1 ms on a 1 MB JPEG, whose entropy data is full of 0xFF 0x00)."""
+    a = np.frombuffer(data, np.uint8)
+    at = np.flatnonzero(a[1:] == code)  # [n] positions of the code byte, less one
+    return int(np.count_nonzero(a[at] == 0xFF))
 
 
 def max_scans(pixels: int) -> int:
