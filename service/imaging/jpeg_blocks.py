@@ -4,11 +4,12 @@ the blocks under changed pixels forward-transformed and quantized with the file'
 :func:`edit` runs libjpeg-turbo's lossless transform (``tjTransform``, :mod:`.turbojpeg`) once: its callback is
 handed every block row of every component, one component after the other, and that memory stays put for the whole
 call (libjpeg keeps the file's coefficient arrays in memory); at the last row of the last component all the work
-is done, before the file is written. Windows are rectangles of the stored image rounded out to whole MCUs (:func:`windows`); each is handled in
-bands of about 256 rows, so temporaries follow a band, not the window:
+is done, before the file is written. Windows are rectangles of the stored image rounded out to whole MCUs
+(:func:`windows`); each is handled in bands of about 256 rows, so temporaries follow a band, not the window:
 
-1. ``decoded(rect, pixels)``: the band's pixels (h, w, C) uint8, BGR or gray, made from its blocks and those of
-   one MCU around it (chroma upsampling reads the neighbouring sample) — :mod:`.jpeg_pixels`;
+1. ``decoded(rect, pixels)``: the band's pixels (h, w, C) uint8, BGR or gray, made from its blocks (and, for an
+   upsampled component, one block of it around them: the upsampling reads the neighbouring sample) —
+   :mod:`.jpeg_pixels`;
 2. ``edit()``: once, after every band was decoded (a filter reads across bands);
 3. ``source(rect)`` → (pixels (h, w, C) uint8, changed bool (h, w)): the band's new pixels and where they may
    differ; a block of a component is re-encoded when a pixel under it changed, every other block keeps its
