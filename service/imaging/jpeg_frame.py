@@ -47,7 +47,7 @@ def open_frame(spec: Spec, data: bytes, mask: bytes | None, max_pixels: int, pre
     try:
         if engine(build_filter(spec.filter, spec.border).kind, prefer_torch) != "opencv":
             return None
-        fmt, width, height = codec.check(data, max_pixels)
+        fmt, width, height, _ = codec.check(data, max_pixels)
         if fmt != "jpeg" or not jpeg_roi.available():
             return None
         layout = jpeg_roi.read_layout(data)
