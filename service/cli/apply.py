@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import multiprocessing
 import os
 import shutil
@@ -29,12 +28,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from ..imaging.metadata import copy_metadata, format_of
+from ..imaging.metadata import format_of
 from .sources import RoiSource, check_entry, expand_inputs, grow_roi, has_shapes, load_coco, load_mapping
 
-__all__ = ["Task", "add_arguments", "convolve_local", "plan_tasks", "process_file", "run"]
+__all__ = ["Task", "add_arguments", "convolve_file", "copy_file", "plan_tasks", "process_file", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,6 +66,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=os.cpu_count() or 1, help="in process: worker processes (default: the cores)"
     )
     p.add_argument("--concurrency", type=int, default=8, help="with --server: requests in flight (default 8)")
+    p.add_argument(
+        "--keep-metadata",
+        action="store_true",
+        help="keep every input's metadata (EXIF with GPS, names, serial numbers and thumbnails, XMP, IPTC, comments) "
+        "byte for byte: unsafe for anonymization (default: keep only the ICC profile and the orientation)",
+    )
     p.add_argument("--overwrite", action="store_true", help="write outputs that exist already (default: skip them)")
     p.add_argument(
         "--copy-unmatched",
@@ -90,6 +93,7 @@ class Task:
     src: Path
     dst: Path
     spec: dict | None
+    keep_metadata: bool = False
 
 
 @dataclass
@@ -156,7 +160,7 @@ def plan_tasks(args: argparse.Namespace) -> Plan:
         if dst.exists() and not args.overwrite:
             plan.skipped.append((src, "output exists (--overwrite to redo)"))
             continue
-        plan.tasks.append(Task(src, dst, spec))
+        plan.tasks.append(Task(src, dst, spec, getattr(args, "keep_metadata", False)))
     if errors:
         more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise ValueError("bad ROI entries, nothing written:\n  " + "\n  ".join(errors[:20]) + more)
@@ -191,7 +195,8 @@ def _write(dst: Path, data: bytes | None = None, *, copy_of: Path | None = None)
 
 
 def process_file(task: Task, max_pixels: int) -> str:
-    """In process: filter one file and write its output; returns "done", "copied" or "failed: <reason>"."""
+    """In process: filter one file and write its output; returns "done", "copied", "nothing detected" or
+    "failed: <reason>"."""
     try:
         return _process_file(task, max_pixels)
     except Exception as exc:  # as text: not every exception survives the trip back from a worker process
@@ -199,38 +204,51 @@ def process_file(task: Task, max_pixels: int) -> str:
 
 
 def _process_file(task: Task, max_pixels: int) -> str:
+    data = task.src.read_bytes()
     if task.spec is None:
-        _write(task.dst, copy_of=task.src)
+        _write(task.dst, copy_file(data, task.keep_metadata, max_pixels))
         return "copied"
-    data, fmt, pixels = _read(task.src, max_pixels)
-    detect_only = _detect_only(task.spec)
-    before = pixels.copy() if fmt == "jpeg" or detect_only else None
-    result = convolve_local(pixels, task.spec, max_pixels, inplace=True)
-    if detect_only and np.array_equal(result, before):
-        return _unchanged(task)
-    _write(task.dst, _output(data, fmt, task.src.suffix, before, result))
-    return "done"
+    body, headers = convolve_file(data, _file_spec(task), max_pixels)
+    _write(task.dst, body)
+    return _status_of(task, headers)
 
 
-def _detect_only(spec: dict) -> bool:
-    """The ROI is only what a detector finds: a result equal to the input means nothing was found."""
-    return "detect" in spec["roi"] and not has_shapes(spec["roi"])
-
-
-def _unchanged(task: Task) -> str:
-    """Nothing detected and nothing else to filter: the file is written as it was (its bytes copied)."""
-    _write(task.dst, copy_of=task.src)
-    return "nothing detected"
-
-
-def convolve_local(pixels: np.ndarray, spec: dict, max_pixels: int, *, inplace: bool = False) -> np.ndarray:
-    """``pixels`` (H, W[, C]) filtered in this process by the server's own pipeline, pixels in and pixels out
-    (:func:`service.imaging.pipeline.process_pixels`): only the ROI's rectangles are read and written (into ``pixels``
-    itself with ``inplace=True``, else into a copy). torch is imported only for the filters the torch engine runs."""
-    from ..imaging.pipeline import process_pixels
+def convolve_file(data: bytes, spec: dict, max_pixels: int) -> tuple[bytes, dict[str, str]]:
+    """A file's bytes filtered in this process by the server's own per-file path
+    (:func:`service.imaging.pipeline.process`: structure checks, decode, orientation, regions, filter, encode with
+    the metadata policy); returns (output bytes, the headers the server would send). torch is imported only for the
+    filters the torch engine runs."""
+    from ..imaging.pipeline import process
     from ..imaging.spec import Spec
 
-    return process_pixels(Spec.model_validate(spec), pixels, max_pixels=max_pixels, inplace=inplace)
+    body, _, headers = process(Spec.model_validate(spec), data, max_pixels=max_pixels)
+    return body, headers
+
+
+def copy_file(data: bytes, keep_metadata: bool, max_pixels: int) -> bytes:
+    """The bytes written for a file copied unchanged (no ROI to filter): its pixels as they are, its metadata by
+    the policy (:func:`service.imaging.pipeline.unfiltered`)."""
+    from ..imaging.pipeline import unfiltered
+
+    return unfiltered(data, "keep" if keep_metadata else "strip", max_pixels=max_pixels)
+
+
+_SPEC_FORMATS = ("png", "jpeg", "tiff", "webp")
+
+
+def _file_spec(task: Task) -> dict:
+    """The task's spec for its file: the output in the format its suffix names, the metadata policy."""
+    fmt = format_of(task.dst)
+    fmt = fmt if fmt in _SPEC_FORMATS else None  # bmp: the input's own
+    return {**task.spec, "format": fmt, "metadata": "keep" if task.keep_metadata else "strip"}
+
+
+def _status_of(task: Task, headers: dict[str, str]) -> str:
+    """ "nothing detected" when the ROI is only what a detector finds and it found nothing (the file is written
+    with its pixels as they were), else "done"."""
+    detect_only = "detect" in task.spec["roi"] and not has_shapes(task.spec["roi"])
+    found = {k.lower(): v for k, v in headers.items()}.get("x-faces-found")  # HTTP header names: any case
+    return "nothing detected" if detect_only and found == "0" else "done"
 
 
 def _reason(exc: BaseException) -> str:
@@ -307,55 +325,6 @@ def _worker_init() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def _read(src: Path, max_pixels: int) -> tuple[bytes, str, np.ndarray]:
-    """(file bytes, format, pixels): the size read from the header and checked against ``max_pixels`` before
-    anything is decoded."""
-    from ..imaging import codec
-
-    data = src.read_bytes()
-    fmt = format_of(src)
-    width, height = codec.header_size(data, codec.sniff_format(data))
-    if width * height > max_pixels:
-        raise ValueError(f"{width}x{height} pixels (from the header), more than ROICONV_MAX_PIXELS={max_pixels}")
-    return data, fmt, _decode(data, fmt)
-
-
-def _decode(data: bytes, fmt: str) -> np.ndarray:
-    import cv2
-
-    # JPEG: decoded upright by its EXIF orientation, as the server does; others as stored, alpha and depth kept
-    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if fmt == "jpeg" else cv2.IMREAD_UNCHANGED
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if pixels is None:
-        raise ValueError(f"corrupt or unsupported {fmt or 'image'} file: OpenCV could not decode it")
-    return pixels
-
-
-def _encode(pixels: np.ndarray, fmt: str, suffix: str) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(suffix, pixels)
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a {pixels.dtype} {pixels.shape} result as {fmt}")
-    return buf.tobytes()
-
-
-def _output(data: bytes, fmt: str, suffix: str, before: np.ndarray | None, result: np.ndarray) -> bytes:
-    """The bytes to write for ``result``: for a JPEG the input file with only the blocks under changed pixels
-    re-encoded (its tables, sampling and metadata kept: :func:`service.imaging.jpeg_roi.write_pixels`), unless the
-    file cannot keep its blocks (CMYK, 12-bit, no libturbojpeg: re-encoded whole, as every other format, with its
-    EXIF and ICC copied)."""
-    if fmt == "jpeg" and before is not None:
-        from ..imaging import jpeg_roi, metadata
-
-        try:
-            regions = jpeg_roi.changed_regions(before, result)
-            return jpeg_roi.write_pixels(data, result, regions, metadata.orientation(data, "jpeg"))
-        except jpeg_roi.Unsupported as exc:
-            logging.getLogger(__name__).warning("JPEG re-encoded whole: %s", exc)
-    return copy_metadata(data, _encode(result, fmt, suffix), fmt)
-
-
 async def _run_server(
     tasks: list[Task], args: argparse.Namespace, progress: Progress, max_pixels: int
 ) -> dict[Path, str]:
@@ -367,18 +336,14 @@ async def _run_server(
     async def one(client: AsyncClient, task: Task) -> None:
         async with gate:
             try:
+                data = await asyncio.to_thread(task.src.read_bytes)
                 if task.spec is None:
-                    await asyncio.to_thread(_write, task.dst, copy_of=task.src)
+                    body = await asyncio.to_thread(copy_file, data, task.keep_metadata, max_pixels)
                     status = "copied"
-                else:
-                    data, fmt, pixels = await asyncio.to_thread(_read, task.src, max_pixels)
-                    result = await client.convolve(pixels, task.spec)
-                    if _detect_only(task.spec) and np.array_equal(result, pixels):
-                        status = await asyncio.to_thread(_unchanged, task)
-                    else:
-                        body = await asyncio.to_thread(_output, data, fmt, task.src.suffix, pixels, result)
-                        await asyncio.to_thread(_write, task.dst, body)
-                        status = "done"
+                else:  # the server runs the same per-file path on the file's bytes
+                    body, headers = await client.convolve_file(data, _file_spec(task))
+                    status = _status_of(task, headers)
+                await asyncio.to_thread(_write, task.dst, body)
             except Exception as exc:
                 status = f"failed: {_reason(exc)}"
         results[task.src] = status

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from . import structure
-from .metadata import jpeg_segments, suffix_of
+from .metadata import Orientation, jpeg_segments, read_orientation, suffix_of
 
 __all__ = [
     "CONTENT_TYPES",
@@ -54,10 +54,12 @@ class TooLarge(ValueError):
 
 @dataclass
 class Image:
-    """Decoded pixels (H, W, C) and the format they came in."""
+    """Decoded pixels (H, W, C) as the decoder gives them (a TIFF already upright, other formats as stored), the
+    format they came in and the file's EXIF orientation (:func:`.metadata.read_orientation`)."""
 
     pixels: np.ndarray
     format: str
+    orientation: Orientation = Orientation()
 
     @property
     def height(self) -> int:
@@ -266,7 +268,7 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
             raise DecodeError(f"corrupt or unsupported {fmt} image: OpenCV could not decode it")
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise TooLarge(f"{field} has {pixels.shape[0] * pixels.shape[1]} pixels, more than the limit {max_pixels}")
-    return Image(normalize(pixels, fmt), fmt)
+    return Image(normalize(pixels, fmt), fmt, read_orientation(data, fmt))
 
 
 def _decode_npy(data: bytes) -> np.ndarray:

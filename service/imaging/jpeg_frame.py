@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Frame:
-    """The upright image's pixels (H, W, C) uint8, decoded only where :func:`edit` needs them, and the file."""
+    """The upright image's pixels (H, W, C) uint8, decoded only where :func:`edit` needs them, and the file with its
+    EXIF orientation (:func:`.metadata.read_orientation`, the one reader)."""
 
     pixels: np.ndarray
     data: bytes
-    orientation: int
+    orientation: int  # the one applied to the pixels (1 with ``exif: "ignore"``)
+    found: metadata.Orientation  # what the file says
 
 
 def open_frame(spec: Spec, data: bytes, mask: bytes | None, max_pixels: int, prefer_torch: bool) -> Frame | None:
@@ -53,9 +55,12 @@ def open_frame(spec: Spec, data: bytes, mask: bytes | None, max_pixels: int, pre
         layout = jpeg_roi.read_layout(data)
     except (ValueError, TypeError):  # codec.DecodeError, TooLarge, Unsupported, a bad filter: said by the other path
         return None
-    orientation = metadata.orientation(data, "jpeg") if spec.exif == "upright" else 1
+    found = metadata.read_orientation(data, "jpeg")
+    if spec.exif == "upright" and not (found.clean or found.value == 1):
+        return None  # fail closed: viewers could turn kept blocks differently, so the pixels are written upright
+    orientation = found.pending if spec.exif == "upright" else 1
     shape = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
-    return Frame(np.zeros((*shape, len(layout.sampling)), np.uint8), data, orientation)
+    return Frame(np.zeros((*shape, len(layout.sampling)), np.uint8), data, orientation, found)
 
 
 def edit(frame: Frame, op: FilterOp, pieces: list[Piece], border: str, origin, run: Callable[[], None]) -> bytes:

@@ -1,12 +1,15 @@
-"""What image containers hold around the pixels: JPEG marker segments, PNG chunks, RIFF (WebP) chunks, the EXIF
-orientation, ICC profiles, and which file suffix is which format.
+"""What image containers hold around the pixels, read: JPEG marker segments, PNG chunks, RIFF (WebP) chunks, the
+EXIF orientation, ICC profiles, and which file suffix is which format. Writing an output's metadata is
+:mod:`.scrub`'s.
 
-- Reading: :func:`jpeg_segments` and :func:`png_chunks` walk the containers (the codec sizes a JPEG from its
-  segments); :func:`orientation` reads the EXIF orientation (JPEG APP1, TIFF IFD0, WebP EXIF, PNG eXIf) and
-  :func:`upright` applies it as cv2.imread does for IMREAD_COLOR (ApplyExifOrientation): OpenCV's
-  ``IMREAD_UNCHANGED`` (needed for 16-bit and alpha) ignores it, and the ROI refers to the image as viewers show it.
-- Writing: :func:`copy_metadata` puts a JPEG's or PNG's EXIF (orientation reset to 1: the pixels come out upright)
-  and ICC profile into a re-encoded file of the same format.
+- Containers: :func:`jpeg_segments`, :func:`png_chunks` and :func:`riff_chunks` walk them (the codec sizes a JPEG
+  from its segments).
+- Orientation: :func:`read_orientation` is the one reader (JPEG APP1, PNG eXIf, WebP EXIF, TIFF IFD0), saying
+  whether every viewer would read the tag alike (``clean``) and whether the decoder already applied it (OpenCV turns
+  a TIFF upright even with ``IMREAD_UNCHANGED``, which leaves the other formats as stored); :func:`upright` applies
+  an orientation as cv2.imread does for IMREAD_COLOR (ApplyExifOrientation) and :func:`displayed` does both, so the
+  ROI and detected boxes refer to the image as viewers show it.
+- :func:`icc_profile`: the embedded colour profile of any of these formats.
 - Names: :data:`SUFFIXES` (suffix → format), :func:`format_of` and :func:`suffix_of`.
 """
 
@@ -16,17 +19,24 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
     "SUFFIXES",
-    "copy_metadata",
+    "Orientation",
+    "displayed",
     "format_of",
+    "icc_profile",
+    "inverse",
+    "jpeg_end",
     "jpeg_segments",
     "orientation",
     "png_chunks",
+    "read_orientation",
+    "riff_chunks",
     "suffix_of",
     "upright",
 ]
@@ -45,7 +55,6 @@ SUFFIXES = {
 # the end of entropy-coded data: 0xFF followed by neither a stuffed 0x00, a restart marker, nor another fill byte
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tiff", "webp": ".webp", "bmp": ".bmp"}
-_KEPT_PNG_CHUNKS = (b"iCCP", b"eXIf", b"sRGB", b"gAMA", b"cHRM")  # color and EXIF: what the pixels need to look right
 
 
 def format_of(path: str | Path) -> str:
@@ -91,6 +100,19 @@ def jpeg_segments(data: bytes, *, scans: bool = False) -> Iterator[tuple[int, in
             pos = found.start()
 
 
+def jpeg_end(data: bytes) -> int:
+    """The offset just past a JPEG's end-of-image marker, or ``len(data)`` when none is found: what follows it (an
+    MPF second picture, a trailer) is not part of this image."""
+    end = 2
+    try:
+        for _, pos, length in jpeg_segments(data, scans=True):
+            end = pos + 2 + length
+    except ValueError:
+        return len(data)
+    found = _MARKER.search(data, end)
+    return found.start() + 2 if found is not None and data[found.start() + 1] == 0xD9 else len(data)
+
+
 def _jpeg_head(data: bytes) -> Iterator[tuple[int, bytes]]:
     """(marker, whole segment) for each segment before the image data; stops at a bad marker."""
     try:
@@ -125,32 +147,118 @@ def png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         pos += 12 + length
 
 
-def _riff_chunk(data: bytes, tag: bytes) -> bytes | None:
+def riff_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(fourcc, offset of the chunk's header, body size) for each chunk of a RIFF (WebP) file, up to its end or the
+    first chunk that does not fit."""
     pos = 12
     while pos + 8 <= len(data):
         name, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        if name == tag:
-            body = data[pos + 8 : pos + 8 + size]
-            return body[6:] if body.startswith(b"Exif\x00\x00") else body
+        if pos + 8 + size > len(data):
+            return
+        yield name, pos, size
         pos += 8 + size + (size & 1)
+
+
+def _riff_body(data: bytes, pos: int, size: int) -> bytes:
+    return data[pos + 8 : pos + 8 + size]
+
+
+def _is_exif_like(marker: int, segment: bytes) -> bool:
+    """An APP1 that a lenient reader takes for EXIF: ``Exif\\0`` and any sixth byte."""
+    return marker == 0xE1 and segment[4:9] == b"Exif\x00"
+
+
+# --- ICC profile ----------------------------------------------------------------------------------------------------
+
+
+def icc_profile(data: bytes, fmt: str) -> bytes | None:
+    """The ICC profile embedded in ``data`` (JPEG APP2 chunks in sequence order, PNG iCCP, WebP ICCP, TIFF tag
+    34675), or None when there is none or it cannot be read whole."""
+    try:
+        if fmt == "jpeg":
+            parts = sorted((seg[16], seg[18:]) for marker, seg in _jpeg_head(data) if _is_icc(marker, seg))
+            return b"".join(p for _, p in parts) or None
+        if fmt == "png":
+            chunk = next((c for kind, c in png_chunks(data) if kind == b"iCCP"), None)
+            if chunk is None:
+                return None
+            body = chunk[8:-4]
+            return zlib.decompress(body[body.index(b"\x00") + 2 :])  # name, NUL, method 0, zlib data
+        if fmt == "webp":
+            return next((_riff_body(data, p, n) for name, p, n in riff_chunks(data) if name == b"ICCP"), None)
+        if fmt == "tiff":
+            return _tiff_icc(data)
+    except (ValueError, IndexError, struct.error, zlib.error):
+        return None
+    return None
+
+
+def _tiff_icc(data: bytes) -> bytes | None:
+    order = {b"II": "<", b"MM": ">"}[data[:2]]
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    for i in range(min(count, 4096)):
+        tag, typ, n, at = struct.unpack(order + "HHII", data[offset + 2 + 12 * i : offset + 14 + 12 * i])
+        if tag == 34675 and typ in (1, 7) and n > 4:
+            return data[at : at + n] if at + n <= len(data) else None
     return None
 
 
 # --- EXIF orientation -----------------------------------------------------------------------------------------------
 
 
-def orientation(data: bytes, fmt: str) -> int:
-    """The EXIF orientation (1..8) stored in the file, 1 when absent or unreadable."""
+@dataclass(frozen=True)
+class Orientation:
+    """A file's EXIF orientation as this service reads it, once (:func:`read_orientation`).
+
+    ``value`` (1..8) is what the file says, read leniently (a LONG-typed tag, an odd ``Exif`` header, the first of
+    duplicated tags); ``clean`` is True when no viewer could read it otherwise: no tag at all, or one SHORT value
+    1..8 in one EXIF block with a standard header. ``decoded`` is True when the decoder has already turned the
+    pixels upright (OpenCV does for TIFF, even with ``IMREAD_UNCHANGED``).
+    """
+
+    value: int = 1
+    clean: bool = True
+    decoded: bool = False
+
+    @property
+    def pending(self) -> int:
+        """The orientation still to apply to the decoder's pixels to show them as viewers do."""
+        return 1 if self.decoded else self.value
+
+
+def read_orientation(data: bytes, fmt: str) -> Orientation:
+    """The EXIF orientation of ``data`` (JPEG APP1, PNG eXIf, WebP EXIF, TIFF IFD0): the one reader every path
+    uses. An unreadable EXIF block counts as orientation 1, not clean."""
+    decoded = fmt == "tiff"
     try:
-        blob = _exif_blob(data, fmt)
-        found = _orientation_entry(blob) if blob else None
+        blobs = _exif_blobs(data, fmt)
+        entries = [(standard, e) for standard, blob in blobs for e in _orientation_entries(blob)]
     except (struct.error, IndexError, ValueError):
-        return 1
-    if found is None:
-        return 1
-    order, entry, typ = found
-    value = struct.unpack(order + ("H" if typ == 3 else "I"), blob[entry + 8 : entry + (10 if typ == 3 else 12)])[0]
-    return value if 1 <= value <= 8 else 1
+        return Orientation(1, False, decoded)
+    if not entries:
+        return Orientation(1, all(standard for standard, _ in blobs) and len(blobs) <= 1, decoded)
+    values = [v for _, (typ, count, v) in entries if typ in (3, 4) and count >= 1 and 1 <= v <= 8]
+    value = values[0] if values else 1
+    standard, (typ, count, _) = entries[0]
+    clean = len(blobs) == 1 and len(entries) == 1 and standard and typ == 3 and count == 1 and bool(values)
+    return Orientation(value, clean, decoded)
+
+
+def orientation(data: bytes, fmt: str) -> int:
+    """The EXIF orientation (1..8) stored in the file (:func:`read_orientation`'s value)."""
+    return read_orientation(data, fmt).value
+
+
+def displayed(pixels: np.ndarray, data: bytes, fmt: str) -> tuple[np.ndarray, Orientation]:
+    """The decoder's ``pixels`` (H, W, C) of the file ``data`` as viewers show them, and the file's orientation."""
+    found = read_orientation(data, fmt)
+    return upright(pixels, found.pending), found
+
+
+def inverse(value: int) -> int:
+    """The orientation that undoes ``value``: upright(upright(a, v), inverse(v)) is ``a``."""
+    return {6: 8, 8: 6}.get(value, value)
 
 
 def upright(pixels: np.ndarray, value: int) -> np.ndarray:
@@ -166,68 +274,38 @@ def upright(pixels: np.ndarray, value: int) -> np.ndarray:
     return np.ascontiguousarray(pixels) if value != 1 else pixels
 
 
-def _exif_blob(data: bytes, fmt: str) -> bytes | None:
-    """The TIFF structure holding the EXIF tags (from its byte-order mark on), or None."""
+def _exif_blobs(data: bytes, fmt: str) -> list[tuple[bool, bytes]]:
+    """Every TIFF structure holding EXIF tags (from its byte-order mark on), each with whether its container's
+    header is the standard one (JPEG ``Exif\\0\\0``; a WebP EXIF chunk without that prefix)."""
     if fmt == "tiff":
-        return data
+        return [(True, data)]
     if fmt == "jpeg":
-        return next((seg[10:] for marker, seg in _jpeg_head(data) if _is_exif(marker, seg)), None)
+        return [(seg[9] == 0, seg[10:]) for marker, seg in _jpeg_head(data) if _is_exif_like(marker, seg)]
     if fmt == "webp":
-        return _riff_chunk(data, b"EXIF")
+        found = [_riff_body(data, pos, size) for name, pos, size in riff_chunks(data) if name == b"EXIF"]
+        return [(not b.startswith(b"Exif\x00"), b[6:] if b.startswith(b"Exif\x00") else b) for b in found]
     if fmt == "png":
+        found, after_data = [], False
         for kind, chunk in png_chunks(data):
+            after_data |= kind == b"IDAT"
             if kind == b"eXIf":
-                return chunk[8:-4]
-            if kind == b"IDAT":
-                return None
-    return None
+                found.append((not after_data, chunk[8:-4]))
+        return found
+    return []
 
 
-def _orientation_entry(tiff: bytes) -> tuple[str, int, int] | None:
-    """(byte order, offset of the IFD0 entry of tag 0x0112 in ``tiff``, its type), or None when there is none."""
+def _orientation_entries(tiff: bytes) -> list[tuple[int, int, int]]:
+    """(type, count, first value) of every IFD0 entry of tag 0x0112 in ``tiff``."""
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if order is None:
-        return None
+        raise ValueError("no TIFF byte order")
     (offset,) = struct.unpack(order + "I", tiff[4:8])
     (count,) = struct.unpack(order + "H", tiff[offset : offset + 2])
+    found = []
     for i in range(min(count, 4096)):
         entry = offset + 2 + 12 * i
-        tag, typ = struct.unpack(order + "HH", tiff[entry : entry + 4])
+        tag, typ, n = struct.unpack(order + "HHI", tiff[entry : entry + 8])
         if tag == 0x0112:
-            return order, entry, typ
-    return None
-
-
-# --- copying metadata into a re-encoded file ------------------------------------------------------------------------
-
-
-def copy_metadata(source: bytes, encoded: bytes, fmt: str) -> bytes:
-    """``encoded`` with the EXIF and ICC profile of ``source`` put back (JPEG and PNG; others unchanged)."""
-    if fmt == "jpeg" and source.startswith(b"\xff\xd8") and encoded.startswith(b"\xff\xd8"):
-        kept = [
-            _reset_orientation(seg) if _is_exif(marker, seg) else seg
-            for marker, seg in _jpeg_head(source)
-            if _is_exif(marker, seg) or _is_icc(marker, seg)
-        ]
-        return encoded[:2] + b"".join(kept) + encoded[2:] if kept else encoded
-    if fmt == "png" and source.startswith(b"\x89PNG") and encoded.startswith(b"\x89PNG"):
-        chunks = [chunk for kind, chunk in png_chunks(source) if kind in _KEPT_PNG_CHUNKS]
-        if not chunks:
-            return encoded
-        ihdr_end = 8 + 12 + struct.unpack(">I", encoded[8:12])[0]
-        return encoded[:ihdr_end] + b"".join(chunks) + encoded[ihdr_end:]
-    return encoded
-
-
-def _reset_orientation(segment: bytes) -> bytes:
-    """The APP1 Exif segment with its Orientation tag (0x0112, SHORT) set to 1 (upright), when it has one."""
-    tiff = 10  # offset of the TIFF header inside the segment
-    try:
-        found = _orientation_entry(segment[tiff:])
-    except (struct.error, IndexError):
-        return segment
-    if found is None or found[2] != 3:
-        return segment
-    order, entry, _ = found
-    at = tiff + entry + 8
-    return segment[:at] + struct.pack(order + "H", 1) + segment[at + 2 :]
+            fmt = {3: "H", 4: "I", 8: "h", 9: "i"}.get(typ, "H")
+            found.append((typ, n, struct.unpack(order + fmt, tiff[entry + 8 : entry + 8 + struct.calcsize(fmt)])[0]))
+    return found

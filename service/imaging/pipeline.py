@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import codec, jpeg_frame, jpeg_roi, metadata
-from .filters import FilterOp, build_filter, engine, piece_side, sized_op
+from . import codec, jpeg_frame, jpeg_roi, metadata, scrub
+from .checks import Refused, bad, check_encodable, check_filter, place, whole
+from .filters import FilterOp, build_filter, engine
 from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside, pieces_mask
 from .spec import Roi, Spec
-from .work import MAX_VALUE, Work, finish
+from .work import Work, finish
 
 __all__ = [
     "Prepared",
@@ -45,16 +46,8 @@ __all__ = [
     "run_and_encode",
     "run_opencv",
     "run_torch",
+    "unfiltered",
 ]
-
-
-class Refused(Exception):
-    """A request the pipeline refuses: ``status`` (413, 422 or 504, as HTTP), a short ``code``, the ``field`` at
-    fault and a ``reason``."""
-
-    def __init__(self, status: int, code: str, reason: str, field: str | None = None) -> None:
-        super().__init__(reason)
-        self.status, self.code, self.reason, self.field = status, code, reason, field
 
 
 @dataclass
@@ -85,11 +78,11 @@ class Prepared:
     window: tuple[int, int, int, int] | None = None
     jpeg: tuple[bytes, int] | None = None  # JPEG in and out, outside kept: (the upload, the orientation applied)
     quality: int | None = None
+    upload: codec.Image | None = None  # the uploaded file's format and orientation (its bytes: ``upload_bytes``)
+    upload_bytes: bytes | None = None
+    metadata: str = "strip"  # the output's metadata policy (:mod:`.scrub`)
+    stored: bool = False  # the pixels are in the file's stored frame (``exif: "ignore"``), not upright
     frame: jpeg_frame.Frame | None = None  # JPEG in and out, not decoded whole: ``work`` holds the frame
-
-
-def _bad(reason: str, field: str) -> Refused:
-    return Refused(422, "invalid_request", reason, field)
 
 
 def _check_deadline(deadline: float | None, step: str) -> None:
@@ -101,14 +94,19 @@ def _check_deadline(deadline: float | None, step: str) -> None:
 
 
 def _decode_one(data: bytes, max_pixels: int, field: str, orient: bool) -> codec.Image:
+    """The file decoded (structure checks first) and turned upright by its orientation (:func:`.metadata.displayed`
+    applies what the decoder has not); with ``orient`` False, left (or put back) in the stored frame."""
     try:
         image = codec.decode(data, max_pixels, field=field)
     except codec.TooLarge as exc:
         raise Refused(413, "image_too_large", str(exc), field) from None
     except codec.DecodeError as exc:
-        raise _bad(str(exc), field) from None
+        raise bad(str(exc), field) from None
+    found = image.orientation
     if orient:
-        image.pixels = metadata.upright(image.pixels, metadata.orientation(data, image.format))
+        image.pixels = metadata.upright(image.pixels, found.pending)
+    elif found.decoded:  # the decoder turned it upright: back to the stored frame
+        image.pixels = metadata.upright(image.pixels, metadata.inverse(found.value))
     return image
 
 
@@ -121,7 +119,7 @@ def _check_mask_header(image: bytes, mask: bytes, orient: bool) -> None:
         return  # decoding says what is wrong with it
     (iw, ih), (mw, mh) = sizes
     if (mw, mh) != (iw, ih) and not (orient and (mh, mw) == (iw, ih)):
-        raise _bad(f"mask is {mw}x{mh} but the image is {iw}x{ih}; they must have the same width and height", "mask")
+        raise bad(f"mask is {mw}x{mh} but the image is {iw}x{ih}; they must have the same width and height", "mask")
 
 
 def decode(
@@ -160,7 +158,7 @@ def plan(
     to run the convolution in that many row bands (bounded working memory).
     """
     h, w, channels = pixels.shape
-    origin = _place(spec, w, h, max_pixels)
+    origin = place(spec, w, h, max_pixels)
     headers: dict[str, str] = {}
     try:
         full = (spec.crop.width, spec.crop.height) if spec.crop else (w, h)
@@ -170,28 +168,28 @@ def plan(
         empty = roi is not spec.roi and not roi.given and not roi.invert and mask is None  # nothing found, nothing else
         pieces = [] if empty else build_pieces(roi, h, w, mask, origin, full, deadline=deadline)
     except RegionError as exc:
-        raise _bad(str(exc), exc.field) from None
+        raise bad(str(exc), exc.field) from None
     except TimeoutError:
         raise Refused(504, "timeout", "the deadline passed while drawing the ROI") from None
     op = build_filter(spec.filter, spec.border)
     runs_on = engine(op.kind, prefer_torch)
     color = 1 if channels == 1 else 3
-    whole = _whole(pieces, h, w)
-    out_channels = _check_filter(spec, op, pixels, runs_on, color, pieces)
+    covers_all = whole(pieces, h, w)
+    out_channels = check_filter(spec, op, pixels, runs_on, color, pieces)
     out_format = spec.format or fmt
     if out_format is not None:
-        _check_encodable(spec, out_format, pixels, out_channels, pieces)
+        check_encodable(spec, out_format, pixels, out_channels, pieces)
     headers["X-Engine"] = runs_on
     region = (0, 0, w, h)
     if spec.output_region == "roi":
         region = bounding_rect(pieces)
         if region is None:
-            raise _bad("output_region 'roi' needs a non-empty ROI inside the image", "spec.output_region")
+            raise bad("output_region 'roi' needs a non-empty ROI inside the image", "spec.output_region")
         x0, y0, x1, y1 = region
         headers["X-ROI-Rect"] = f"{x0 + origin[0]},{y0 + origin[1]},{x1 + origin[0]},{y1 + origin[1]}"
     coverage = min(1.0, sum(p.positions for p in pieces) / (h * w))  # overlaps count twice (a metric)
     work, window = Work(pixels, None, spec.outside, spec.depth, bands=bands), None
-    if runs_on == "torch" and not whole:
+    if runs_on == "torch" and not covers_all:
         window = _torch_window(op, pieces, spec.border, w, h)
         x0, y0, x1, y1 = window or (0, 0, w, h)
         sub = pixels if window is None else np.ascontiguousarray(pixels[y0:y1, x0:x1])
@@ -232,26 +230,21 @@ def prepare(
     options = {"prefer_torch": prefer_torch, "deadline": deadline, "bands": bands}
     frame = jpeg_frame.open_frame(spec, image_bytes, mask_bytes, max_pixels, prefer_torch)
     if frame is not None:
-        prepared = plan(spec, frame.pixels, None, max_pixels, fmt="jpeg", **options)
-        prepared.quality, prepared.jpeg, prepared.frame = spec.quality, (image_bytes, frame.orientation), frame
-        return prepared
-    image, mask = decode(spec, image_bytes, mask_bytes, max_pixels, deadline)
+        image, mask = codec.Image(frame.pixels, "jpeg", frame.found), None
+    else:
+        image, mask = decode(spec, image_bytes, mask_bytes, max_pixels, deadline)
     prepared = plan(spec, image.pixels, mask, max_pixels, fmt=image.format, **options)
-    prepared.quality = spec.quality
+    prepared.quality, prepared.metadata, prepared.stored = spec.quality, spec.metadata, spec.exif == "ignore"
+    prepared.upload, prepared.upload_bytes, prepared.frame = image, image_bytes, frame
     if image.format == prepared.format == "jpeg" and spec.outside == "keep" and spec.output_region == "image":
-        orientation = metadata.orientation(image_bytes, "jpeg") if spec.exif == "upright" else 1
-        prepared.jpeg = (image_bytes, orientation)  # the blocks outside the ROI are kept (:func:`_encode`)
+        found = image.orientation
+        if prepared.stored or found.clean or found.value == 1:
+            prepared.jpeg = (image_bytes, 1 if prepared.stored else found.value)  # the blocks outside are kept
+        else:  # fail closed: viewers could turn the kept blocks differently, so the pixels are written upright
+            prepared.headers["X-JPEG"] = (
+                "re-encoded: its EXIF orientation is not a single SHORT that every viewer reads"
+            )
     return prepared
-
-
-def _check_encodable(spec: Spec, fmt: str, pixels: np.ndarray, out_channels: int, pieces: list[Piece]) -> None:
-    depth = "float32" if spec.depth == "float32" or pixels.dtype == np.float32 else pixels.dtype.name
-    channels = out_channels + (1 if pixels.shape[2] == 4 and out_channels == 3 else 0)
-    rect = bounding_rect(pieces) if spec.output_region == "roi" else None
-    w, h = (pixels.shape[1], pixels.shape[0]) if rect is None else (rect[2] - rect[0], rect[3] - rect[1])
-    why = codec.check_encodable(fmt, depth, channels, w, h)
-    if why is not None:
-        raise _bad(why, "spec.format" if spec.format else "spec.depth")
 
 
 def _torch_window(op: FilterOp, pieces: list[Piece], border: str, w: int, h: int) -> tuple | None:
@@ -266,75 +259,6 @@ def _torch_window(op: FilterOp, pieces: list[Piece], border: str, w: int, h: int
         return None
     hy, hx = op.ksize[0] // 2, op.ksize[1] // 2
     return max(rect[0] - hx, 0), max(rect[1] - hy, 0), min(rect[2] + hx, w), min(rect[3] + hy, h)
-
-
-def _place(spec: Spec, w: int, h: int, max_pixels: int) -> tuple[int, int]:
-    """Where the upload sits in the full image: (0, 0), or the crop's (x, y) once it fits its stated image (which
-    must itself be within MAX_PIXELS: shapes are drawn where the full image clips them)."""
-    crop = spec.crop
-    if crop is None:
-        return (0, 0)
-    if crop.width * crop.height > max_pixels:
-        raise _bad(
-            f"the stated full image is {crop.width}x{crop.height} = {crop.width * crop.height} pixels, more than "
-            f"the limit {max_pixels}",
-            "spec.crop",
-        )
-    if crop.x + w > crop.width or crop.y + h > crop.height:
-        raise _bad(
-            f"the uploaded {w}x{h} image at ({crop.x}, {crop.y}) does not fit in the stated "
-            f"{crop.width}x{crop.height} image: need x + {w} <= width and y + {h} <= height",
-            "spec.crop",
-        )
-    return (crop.x, crop.y)
-
-
-def _check_filter(spec: Spec, op: FilterOp, pixels: np.ndarray, runs_on: str, color: int, pieces: list) -> int:
-    """Check what depends on the image; returns the output's color channel count."""
-    dtype = pixels.dtype
-    whole = _whole(pieces, *pixels.shape[:2])
-    if op.name == "median" and dtype != np.uint8:
-        sides = [piece_side(p.x0, p.y0, p.x1, p.y1) for p in pieces]
-        ksize = max((sized_op(op, s).extra["ksize"] for s in sides), default=3) if op.auto else op.extra["ksize"]
-        if ksize > 5:
-            given = f"auto gives {ksize} for the largest ROI piece" if op.auto else str(ksize)
-            raise _bad(
-                f"median ksize {given}: that needs an 8-bit image; {dtype.name} allows 3 or 5", "spec.filter.ksize"
-            )
-    if op.name == "fill":
-        values = op.extra["color"]
-        if len(values) not in (1, color):
-            raise _bad(f"color needs 1 or {color} value(s) for this image, got {len(values)}", "spec.filter.color")
-        top = MAX_VALUE.get(dtype)
-        if top is not None and any(v < 0 or v > top or v != int(v) for v in values):
-            raise _bad(
-                f"color values must be integers in 0..{top:.0f} for a {dtype.name} image, got {values}",
-                "spec.filter.color",
-            )
-    if op.kind == "mix":
-        o, c = op.weight.shape[:2]
-        if c != color:
-            raise _bad(f"4-D weights have C={c} but the image has {color} color channel(s)", "spec.filter.weights")
-        if o != color and spec.outside == "keep" and not whole:
-            raise _bad(f"outside='keep' needs O = C ({color}), got O={o}; use outside='zero'", "spec.outside")
-        color = o
-    if runs_on == "torch" and op.kind != "model":
-        from convcore import conv_geometry  # the torch engine's own rule for what fits
-
-        h, w = pixels.shape[:2]
-        try:
-            conv_geometry((h, w), op.ksize, padding="same", padding_mode=op.padding_mode)
-        except ValueError:
-            raise _bad(
-                f"the image ({w}x{h}) is too small for a {op.ksize[1]}x{op.ksize[0]} kernel "
-                f"with border {spec.border!r}; border 'constant' or 'replicate' works at any size",
-                "spec.filter.weights" if op.name == "kernel" else "spec.filter.ksize",
-            ) from None
-    return color
-
-
-def _whole(pieces: list[Piece], h: int, w: int) -> bool:
-    return len(pieces) == 1 and pieces[0].mask is None and pieces[0].area == h * w
 
 
 # --- run ------------------------------------------------------------------------------------------------------------
@@ -372,7 +296,7 @@ def run_torch(prepared: Prepared, device: str = "cpu") -> np.ndarray:
     """The torch engine's float result (h, w, C_out) over ``prepared.window`` on ``device``, one request alone (the
     server batches requests on its device pool instead). Models are served by the server only."""
     if prepared.op.kind == "model":
-        raise _bad("models are served by the server only (ROICONV_MODELS_DIR)", "spec.filter")
+        raise bad("models are served by the server only (ROICONV_MODELS_DIR)", "spec.filter")
     import torch
 
     from .torch_engine import run_batch
@@ -406,7 +330,7 @@ def _finite(pixels: np.ndarray, op: FilterOp) -> np.ndarray:
     fault (422 naming the filter), never inf or NaN pixels in a 200. Integer results saturate, as OpenCV's do."""
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
         bad = int(pixels.size - np.isfinite(pixels).sum())
-        raise _bad(
+        raise bad(
             f"the {op.name} filter's float32 result is infinite or NaN at {bad} value(s): the input's values times the "
             "filter's weights pass 3.4e38; scale the image or the filter's parameters down",
             "spec.filter",
@@ -420,18 +344,60 @@ def encode_result(result: np.ndarray, prepared: Prepared) -> bytes:
 
 
 def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
-    """JPEG in, JPEG out: only the blocks under the ROI re-encoded (:mod:`.jpeg_roi`, header ``X-JPEG: blocks``);
-    a file whose blocks cannot be kept is re-encoded whole and says why (``X-JPEG: re-encoded: <reason>``)."""
+    """The output file: its pixels encoded, then its metadata by the policy (:func:`.scrub.write`).
+
+    JPEG in, JPEG out: only the blocks under the ROI re-encoded (:mod:`.jpeg_roi`, header ``X-JPEG: blocks``), the
+    pixels kept in their stored frame with the orientation tag alone; a file whose blocks cannot be kept is
+    re-encoded whole and says why (``X-JPEG: re-encoded: <reason>``)."""
+    upload, body = prepared.upload, None
+    found = upload.orientation if upload is not None else metadata.Orientation()
+    if upload is not None and upload.format == prepared.format and _untouched(pixels, prepared):
+        kept = scrub.rewrap(prepared.upload_bytes, upload.format, found, prepared.metadata)
+        if kept is not None:  # nothing was filtered: the coded pixels are kept as they are
+            return kept
+    keeps_frame = prepared.stored  # the pixels as stored: the file's orientation still applies to them
     if prepared.jpeg is not None and pixels.shape == prepared.source.shape and pixels.dtype == np.uint8:
         data, orientation = prepared.jpeg
         regions = [((p.x0, p.y0, p.x1, p.y1), p.mask) for p in prepared.pieces]
         try:
             body = jpeg_roi.write_pixels(data, pixels, regions, orientation)
-            prepared.headers["X-JPEG"] = "blocks"
-            return body
+            prepared.headers["X-JPEG"], keeps_frame = "blocks", True
         except jpeg_roi.Unsupported as exc:
             prepared.headers["X-JPEG"] = "re-encoded: " + str(exc).encode("ascii", "replace").decode()
-    return codec.encode(pixels, prepared.format, quality=prepared.quality)
+    if body is None:
+        body = codec.encode(pixels, prepared.format, quality=prepared.quality)
+    return _with_metadata(body, prepared, keeps_frame)
+
+
+def _with_metadata(body: bytes, prepared: Prepared, keeps_frame: bool) -> bytes:
+    """``body`` with the metadata the policy keeps (:func:`.scrub.write`) and the orientation its pixels need:
+    the file's when they are in its stored frame (``keeps_frame``), else none."""
+    upload = prepared.upload
+    found = upload.orientation if upload is not None else metadata.Orientation()
+    written = found.value if keeps_frame and found.clean else 1
+    source = (prepared.upload_bytes, upload.format) if upload is not None else (None, None)
+    return scrub.write(body, prepared.format, *source, prepared.metadata, written)
+
+
+def _untouched(pixels: np.ndarray, prepared: Prepared) -> bool:
+    """Nothing was filtered and the whole image goes out as it came (no ROI piece: a detector found nothing)."""
+    source = prepared.source
+    entire = prepared.region == (0, 0, source.shape[1], source.shape[0])
+    same = pixels.shape == source.shape and pixels.dtype == source.dtype
+    return not prepared.pieces and prepared.work.outside == "keep" and entire and same
+
+
+def unfiltered(data: bytes, policy: str, *, max_pixels: int) -> bytes:
+    """A file written with nothing filtered (``roiconv apply``'s copies): its coded pixels as they are and its
+    metadata by ``policy`` (:func:`.scrub.write`); decoded (structure checks first), upright, and encoded where the
+    container cannot be rewritten around them (:func:`.scrub.rewrap`)."""
+    image = _decode_one(data, max_pixels, "image", True) if policy != "keep" else None
+    if image is None:
+        return data
+    kept = scrub.rewrap(data, image.format, image.orientation, policy)
+    if kept is not None:
+        return kept
+    return scrub.write(codec.encode(image.pixels, image.format), image.format, data, image.format, policy, 1)
 
 
 def run_and_encode(prepared: Prepared) -> bytes:
@@ -439,17 +405,19 @@ def run_and_encode(prepared: Prepared) -> bytes:
     both inside the block edit (``X-JPEG: blocks``); a file the edit cannot keep is decoded whole, filtered and
     encoded as any other (``X-JPEG: re-encoded: <reason>``)."""
     frame = prepared.frame
-    if frame is not None:
+    if frame is not None and prepared.pieces:  # none: written as any untouched file
         try:
             run = functools.partial(run_opencv, prepared)
             body = jpeg_frame.edit(frame, prepared.op, prepared.pieces, prepared.border, prepared.origin, run)
             prepared.headers["X-JPEG"] = "blocks"
-            return body
+            return _with_metadata(body, prepared, True)
         except jpeg_roi.Unsupported:
-            try:
-                jpeg_frame.decode_whole(frame)
-            except codec.DecodeError as exc:
-                raise _bad(str(exc), "image") from None
+            pass
+    if frame is not None:  # never encode a frame that was not decoded
+        try:
+            jpeg_frame.decode_whole(frame)
+        except codec.DecodeError as exc:
+            raise bad(str(exc), "image") from None
     return encode_result(run_opencv(prepared), prepared)
 
 
@@ -496,12 +464,12 @@ def process_pixels(
     itself, only inside the ROI's rectangles; otherwise ``pixels`` is left as it was.
     """
     if pixels.ndim not in (2, 3) or pixels.shape[0] * pixels.shape[1] > max_pixels:
-        raise _bad(f"pixels must be (H, W[, C]) with at most {max_pixels} pixels, got shape {pixels.shape}", "image")
+        raise bad(f"pixels must be (H, W[, C]) with at most {max_pixels} pixels, got shape {pixels.shape}", "image")
     try:
         array = codec.normalize(pixels if inplace else pixels.copy(), "array")  # [H, W, C]
         mask = None if mask is None else codec.normalize(mask, "mask array")
     except codec.DecodeError as exc:
-        raise _bad(str(exc), "image") from None
+        raise bad(str(exc), "image") from None
     prepared = plan(spec, array, mask, max_pixels)
     result = output(_run_here(prepared), prepared)
     return result[:, :, 0] if pixels.ndim == 2 and result.shape[2] == 1 else result

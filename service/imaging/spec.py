@@ -470,6 +470,11 @@ class Spec(_Strict):
     crop: Crop | None = Field(None, description="the upload is a region of a larger image; ROI in full coordinates")
     output_region: Literal["image", "roi"] = Field("image", description="roi: only the ROI's bounding rectangle")
     exif: Literal["upright", "ignore"] = Field("upright", description="upright: apply the EXIF orientation")
+    metadata: Literal["strip", "keep"] = Field(
+        "strip",
+        description="strip: the output keeps only the ICC profile and the orientation; keep: the input's EXIF (GPS, "
+        "names, serial numbers, thumbnails), XMP, IPTC and comments copied byte for byte, unsafe for anonymization",
+    )
 
     @field_validator("filter", mode="before")
     @classmethod

@@ -64,7 +64,7 @@ def _find(spec: Detect, data: bytes, max_pixels: int) -> dict:
         raise ApiError(413, "image_too_large", str(exc), "image") from None
     except codec.DecodeError as exc:
         raise ApiError(422, "invalid_request", str(exc), "image") from None
-    pixels = metadata.upright(image.pixels, metadata.orientation(data, image.format))
+    pixels = metadata.upright(image.pixels, image.orientation.pending)  # boxes in the displayed frame
     try:
         found = faces.find(spec, pixels)
     except ImportError as exc:

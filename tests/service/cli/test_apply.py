@@ -16,7 +16,6 @@ from crafted import exif_app1, icc_app2
 from service_support import ROOT, ServerProcess, smooth
 
 from service.cli import main
-from service.imaging.metadata import copy_metadata
 
 FILTER = '{"name": "gaussian", "ksize": 15}'
 
@@ -116,7 +115,7 @@ def test_coco_boxes_polygons_and_categories(photos, tmp_path, capsys):
     assert "unknown categories" in capsys.readouterr().err
 
 
-def test_jpeg_keeps_exif_and_icc(tmp_path):
+def test_jpeg_keeps_icc_and_drops_exif_unless_asked(tmp_path):
     img = smooth(48, 64, seed=5)
     jpeg = cv2.imencode(".jpg", img)[1].tobytes()
     src = tmp_path / "in" / "p.jpg"
@@ -126,12 +125,12 @@ def test_jpeg_keeps_exif_and_icc(tmp_path):
     out = tmp_path / "out"
     assert main(["apply", str(src), "--out", str(out), "--filter", FILTER, "--workers", "1"]) == 0
     data = (out / "p.jpg").read_bytes()
-    assert exif_app1(1, "<") in data and icc_app2() in data
+    assert b"Exif" not in data and icc_app2() in data  # the profile is what display needs
     assert cv2.imdecode(np.frombuffer(data, np.uint8), 1).shape == img.shape
-    # the orientation is reset to 1 because the pixels come out upright
-    assert exif_app1(1, "<") in copy_metadata(jpeg[:2] + exif_app1(6, "<") + jpeg[2:], jpeg, "jpeg")
-    png = cv2.imencode(".png", img)[1].tobytes()
-    assert copy_metadata(png, png, "png") == png
+    argv = ["apply", str(src), "--out", str(out), "--filter", FILTER, "--workers", "1", "--overwrite"]
+    assert main([*argv, "--keep-metadata"]) == 0
+    data = (out / "p.jpg").read_bytes()
+    assert exif_app1(1, "<") in data and icc_app2() in data
 
 
 def test_server_mode_matches_in_process(photos, tmp_path, capsys):

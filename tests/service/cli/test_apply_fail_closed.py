@@ -86,13 +86,12 @@ def test_no_roi_source_at_all_is_an_error_with_the_fix(photos, tmp_path):
 
 
 INTERRUPT = """
-import shutil, sys
+import pathlib, sys
 from service.cli import main
-def half_then_ctrl_c(src, dst):
-    data = open(src, "rb").read()
-    open(dst, "wb").write(data[: len(data) // 2])
+def half_then_ctrl_c(path, data):
+    open(path, "wb").write(data[: len(data) // 2])
     raise KeyboardInterrupt
-shutil.copyfile = half_then_ctrl_c
+pathlib.Path.write_bytes = half_then_ctrl_c
 try:
     main(sys.argv[1:])
 except KeyboardInterrupt:
@@ -112,7 +111,11 @@ def test_an_interrupted_copy_leaves_nothing_that_a_later_run_skips(photos, tmp_p
 def test_the_size_is_checked_from_the_header_before_decoding(photos, tmp_path):
     rois = write_json(tmp_path / "rois.json", {"a.png": {"boxes": [[0, 0, 9, 9]]}})
     r = apply(photos / "a.png", "--out", tmp_path / "out", "--roi", rois, env={"ROICONV_MAX_PIXELS": "1000"})
-    assert r.returncode == 1 and "60x40 pixels (from the header)" in r.stderr and files(tmp_path / "out") == []
+    assert (
+        r.returncode == 1
+        and "60x40 = 2400 pixels, more than the limit 1000" in r.stderr
+        and files(tmp_path / "out") == []
+    )
 
 
 def test_an_output_folder_inside_the_input_is_never_read_back(photos, tmp_path):

@@ -1,5 +1,5 @@
 """``roiconv apply`` on JPEGs: outside the ROI's blocks the output decodes to the input's pixels exactly (cv2's decode
-of both files is the oracle), EXIF orientation honoured, metadata and file size kept."""
+of both files is the oracle), EXIF orientation honoured, the orientation and file size kept."""
 
 from __future__ import annotations
 
@@ -45,4 +45,5 @@ def test_apply_changes_no_pixel_outside_the_roi_blocks(tmp_path, orientation):
     ring[48 - 17 : 100 + 17, 40 - 17 : 120 + 17] = True  # the box's MCUs and the upsampling pixel, either frame
     assert changed[48:100, 40:120].mean() > 0.5 and not changed[~ring].any()
     assert 0.97 < len(data) / src.stat().st_size < 1.03
-    assert exif.tobytes()[:40] in data  # the EXIF, orientation included, is the input's
+    kept = Image.open(io.BytesIO(data)).getexif()
+    assert kept.get(0x0112, 1) == orientation and len(kept) <= 1  # the orientation tag alone (none when 1)

@@ -1,12 +1,12 @@
 """Container metadata on its own: the EXIF orientation read and applied as OpenCV's IMREAD_COLOR does (the oracle),
-metadata copied into a re-encoded file with the orientation reset, and format ↔ suffix for every format."""
+and format ↔ suffix for every format."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
-from crafted import exif_app1, icc_app2, jpeg_with_orientation, png_with_orientation
+from crafted import jpeg_with_orientation, png_with_orientation
 
 from service.imaging import metadata
 
@@ -27,24 +27,6 @@ def test_upright_by_the_stored_orientation_equals_opencv(value, order):
 @pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff", b"\xff\xd8\x00\x00garbage", b"\x89PNG\r\n\x1a\n"])
 def test_unreadable_metadata_is_orientation_1(data):
     assert metadata.orientation(data, "jpeg") == 1 and metadata.orientation(data, "png") == 1
-
-
-def test_copy_metadata_keeps_exif_and_icc_and_resets_the_orientation():
-    img = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
-    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
-    source = jpeg[:2] + exif_app1(6, "<") + icc_app2() + jpeg[2:]
-    out = metadata.copy_metadata(source, jpeg, "jpeg")
-    assert icc_app2() in out and exif_app1(1, "<") in out  # same segment, Orientation now 1
-    assert metadata.orientation(source, "jpeg") == 6 and metadata.orientation(out, "jpeg") == 1
-    pixels = cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED)
-    np.testing.assert_array_equal(pixels, cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED))
-    png = cv2.imencode(".png", img)[1].tobytes()
-    tagged = png_with_orientation(png, 3)
-    out = metadata.copy_metadata(tagged, png, "png")
-    assert [k for k, _ in metadata.png_chunks(out)].count(b"eXIf") == 1
-    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(out, np.uint8), -1), img)
-    assert metadata.copy_metadata(png, png, "png") == png  # nothing to copy
-    assert metadata.copy_metadata(source, png, "png") == png  # formats that differ: unchanged
 
 
 def test_every_suffix_names_a_format_opencv_encodes_by_its_suffix():

@@ -46,17 +46,24 @@ def decode(data: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
-def test_a_jpeg_comes_back_with_only_the_roi_blocks_changed_and_its_metadata():
+@pytest.mark.parametrize("policy", ["strip", "keep"])
+def test_a_jpeg_comes_back_with_only_the_roi_blocks_changed_and_its_metadata_by_the_policy(policy):
     data = jpeg_with_metadata(photo())
-    body, headers = run(data)
+    body, headers = run(data, metadata=policy)
     assert headers["X-JPEG"] == "blocks"
     changed = (decode(data) != decode(body)).any(2)
     ring = np.zeros(changed.shape, bool)
     ring[80 - 1 : 208 + 1, 96 - 1 : 272 + 1] = True  # the box's 16-pixel MCUs, one upsampling pixel around
     assert changed[80:200, 100:260].mean() > 0.5 and not changed[~ring].any()
     assert 0.95 < len(body) / len(data) < 1.03
-    segments = [data[i : i + 12] for i in range(len(data)) if data[i : i + 2] in (b"\xff\xe1", b"\xff\xe2")][:2]
-    assert all(s in body for s in segments) and b"DashCam" in body
+    app1, app2 = (_segment(data, marker) for marker in (b"\xff\xe1", b"\xff\xe2"))
+    assert app2 in body  # the ICC profile, always
+    assert (app1 in body and b"DashCam" in body) == (policy == "keep") and (b"Exif" in body) == (policy == "keep")
+
+
+def _segment(data: bytes, marker: bytes) -> bytes:
+    at = data.index(marker)
+    return data[at : at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")]
 
 
 def test_the_roi_follows_the_exif_orientation_and_the_file_keeps_it():
