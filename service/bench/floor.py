@@ -48,26 +48,26 @@ def images() -> dict[str, bytes]:
 
 
 def _floor_worker(args) -> int:
-    data, filt, boxes, ext, n = args
+    data, filt, boxes, ext, n, quality = args
     cv2.setNumThreads(1)
     for _ in range(n):
-        floor_call(data, filt, boxes, ext)
+        floor_call(data, filt, boxes, ext, quality)
     return n
 
 
-def floor_throughput(data: bytes, filt: dict, boxes, ext: str, seconds: float) -> float:
+def floor_throughput(data: bytes, filt: dict, boxes, ext: str, seconds: float, quality: int | None = None) -> float:
     """Images per second of one floor process per core (each loops n times)."""
     procs = os.cpu_count() or 1
     t = time.perf_counter()
-    floor_call(data, filt, boxes, ext)
+    floor_call(data, filt, boxes, ext, quality)
     one = time.perf_counter() - t
     n = max(2, int(seconds / one / procs * procs))  # about ``seconds`` of work in all
     per = max(1, n // procs)
     ctx = mp.get_context("spawn")
     with ctx.Pool(procs) as pool:
-        pool.map(_floor_worker, [(data, filt, boxes, ext, 1)] * procs)  # start-up outside the timing
+        pool.map(_floor_worker, [(data, filt, boxes, ext, 1, quality)] * procs)  # start-up outside the timing
         t = time.perf_counter()
-        done = sum(pool.map(_floor_worker, [(data, filt, boxes, ext, per)] * procs))
+        done = sum(pool.map(_floor_worker, [(data, filt, boxes, ext, per, quality)] * procs))
         return done / (time.perf_counter() - t)
 
 

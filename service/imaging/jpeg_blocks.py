@@ -229,8 +229,9 @@ class _Job:
             return
         blocks = px.to_blocks(px.downsample(plane, fx, fy))[mask]  # [K, 64] of the changed blocks
         coefs = px.fdct(blocks, self.layout.tables[c])  # [K, 64]
-        rr, cc = np.nonzero(mask)
-        for r in np.unique(rr):
-            at = rr == r
-            self._row(c, by0 + int(r))[bx0 + cc[at]] = coefs[at]
+        start = 0  # coefs are in row-major order of the mask
+        for r in np.flatnonzero(mask.any(1)).tolist():
+            cols = np.flatnonzero(mask[r])
+            self._row(c, by0 + r)[bx0 + cols] = coefs[start : start + len(cols)]
+            start += len(cols)
         self.reencoded[c] += len(coefs)
