@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 
 import cv2
 import numpy as np
 
+from ..imaging.codec import header_size
 from .floor import floor_throughput, side_by_side
 from .harness import floor_call, photo, serve
 from .jpeg import centred_box
@@ -74,12 +76,11 @@ def rows(url: str | None, seconds: float, requests: int, repeats: int) -> list[t
     cv2.setNumThreads(1)
     out = []
     for name, (data, quality) in images().items():
-        w, h = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_8).shape[1::-1]
-        w, h = w * 8, h * 8
+        w, h = header_size(data, "jpeg")
         for fraction in ROIS:
             box = list(centred_box(w, h, fraction))
             spec = {"filter": FILTER, "roi": {"boxes": [box]}}
-            floor = (lambda d=data, b=box, q=quality: floor_call(d, FILTER, [b], ".jpg", q))
+            floor = functools.partial(floor_call, data, FILTER, [box], ".jpg", quality)
             t_floor, t_ours = side_by_side(floor, _ours(data, spec), repeats)
             served = (float("nan"),) * 3
             if url is not None:
