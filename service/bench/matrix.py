@@ -29,22 +29,26 @@ from .harness import floor_call, photo, serve
 from .jpeg import centred_box
 from .load import load, make_body
 
-__all__ = ["FILTER", "ROIS", "images", "main"]
+__all__ = ["FILTER", "ROIS", "images", "main", "real_photo"]
 
 FILTER = {"name": "gaussian", "ksize": 31, "sigma": 8}
 ROIS = (0.01, 0.05, 0.25)
 SIZES = {"1080p": (1920, 1080), "4K": (3840, 2160)}
 
 
-def _real_photo(width: int, height: int) -> np.ndarray | None:
+def real_photo(width: int, height: int, name: str = "astronaut") -> np.ndarray | None:
+    """scikit-image's photograph ``name`` as BGR (height, width, 3): its centre cut to the aspect ratio, upscaled
+    bicubic; None without scikit-image."""
     try:
         from skimage import data
     except ImportError:
         return None
-    rgb = data.astronaut()  # [512, 512, 3] RGB
-    rows = round(512 * height / width)
-    top = (512 - rows) // 2
-    return cv2.resize(rgb[top : top + rows, :, ::-1], (width, height), interpolation=cv2.INTER_CUBIC)
+    rgb = getattr(data, name)()  # [h, w, 3] RGB
+    h, w = rgb.shape[:2]
+    cut_h, cut_w = min(h, round(w * height / width)), min(w, round(h * width / height))
+    top, left = (h - cut_h) // 2, (w - cut_w) // 2
+    crop = rgb[top : top + cut_h, left : left + cut_w, ::-1]
+    return cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
 def images() -> dict[str, tuple[bytes, int]]:
@@ -52,7 +56,7 @@ def images() -> dict[str, tuple[bytes, int]]:
     out = {}
     for size, (w, h) in SIZES.items():
         out[f"synthetic {size}"] = (cv2.imencode(".jpg", photo(w, h))[1].tobytes(), 95)
-        real = _real_photo(w, h)
+        real = real_photo(w, h)
         if real is not None:
             out[f"photo {size}"] = (cv2.imencode(".jpg", real, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(), 90)
     return out
