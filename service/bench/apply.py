@@ -146,9 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_client:
         rows += bench_client(args.client_requests)
     kind = "photographs (q90)" if args.real else "synthetic (q95)"
-    print(
-        f"roiconv apply / client — {args.images} {kind} JPEGs 1920x1080, 2 boxes, gaussian k31 s8; {os.cpu_count()} cores"
-    )
+    cores = os.cpu_count()
+    print(f"roiconv apply / client — {args.images} {kind} JPEGs 1920x1080, 2 boxes, gaussian k31 s8; {cores} cores")
     print("| run | images or requests /s | vs |")
     print("|---|---:|---|")
     for name, rate, note in rows:
