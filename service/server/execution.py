@@ -88,8 +88,8 @@ def _on_cpu(
     spec: Spec, image: bytes, mask: bytes | None, max_pixels: int, deadline: float, bands: int, prefer_torch: bool
 ) -> tuple[Prepared, bytes | None, float]:
     """Decode and plan (an input nothing recognised as bad is still the input's: 422), then, for the OpenCV engine,
-    filter and encode in the same thread (a failure there is the server's: 500). Returns (prepared, body or None,
-    seconds spent filtering)."""
+    filter and encode in the same thread (:func:`.pipeline.run_and_encode`; a failure there is the server's: 500).
+    Returns (prepared, body or None, seconds spent filtering and encoding: a JPEG's block edit does both at once)."""
     try:
         prepared = pipeline.prepare(
             spec, image, mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
