@@ -27,7 +27,7 @@ import time
 import cv2
 import numpy as np
 
-from .harness import floor_call, photo, serve
+from .harness import floor_call, photo, server_process
 from .load import load, make_body
 
 FACES = [[700, 300, 880, 520], [1100, 350, 1260, 550]]  # two face-sized boxes on 1920×1080 (~3.3% of the image)
@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     data = images()
     rows: list = []
     print(f"cores: {os.cpu_count()}, OpenCV {cv2.__version__}", flush=True)
-    with serve({"ROICONV_DEVICES": "cpu"}) as url:
-        _served_rows(url, data, args.rounds, secs, reqs, reps, rows)
-        measured = [] if args.no_matrix else matrix.rows(url, secs, reqs, 2 if args.quick else 5)
+    with server_process({"ROICONV_DEVICES": "cpu"}) as served:
+        _served_rows(served.url, data, args.rounds, secs, reqs, reps, rows)
+        measured = [] if args.no_matrix else matrix.rows(served, secs, reqs, 2 if args.quick else 5)
     _compute_rows(data, reps, rows)
     print("\n| measurement | measured | ratio | target | |\n|---|---|---|---|---|")
     for r in rows:
