@@ -64,7 +64,7 @@ def read_layout(data: bytes) -> JpegLayout:
     """The frame header and quantization tables of ``data``; Unsupported for what the block edit cannot keep."""
     tables: dict[int, np.ndarray] = {}
     frame = None
-    adobe_transform = None
+    adobe_transform, jfif = None, False
     try:
         for marker, pos, length in _segments(data):
             body = data[pos + 4 : pos + 2 + length]
@@ -74,6 +74,8 @@ def read_layout(data: bytes) -> JpegLayout:
                 tables |= _dqt(body)
             elif marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
                 adobe_transform = body[11]
+            elif marker == 0xE0 and body.startswith(b"JFIF\x00"):
+                jfif = True
             elif marker in _SOF_REFUSED:
                 raise Unsupported(f"{_SOF_REFUSED[marker]} JPEG (SOF{marker - 0xC0}) cannot be edited block by block")
             elif marker in _SOF_OK:
@@ -82,7 +84,7 @@ def read_layout(data: bytes) -> JpegLayout:
         raise Unsupported(f"unreadable JPEG header ({type(exc).__name__})") from None
     if frame is None:
         raise Unsupported("no frame header (SOF) before the first scan")
-    return _layout(frame, tables, adobe_transform)
+    return _layout(frame, tables, adobe_transform, jfif)
 
 
 def _segments(data: bytes):
@@ -107,7 +109,7 @@ def _dqt(body: bytes) -> dict[int, np.ndarray]:
     return tables
 
 
-def _layout(frame: tuple[int, bytes], tables: dict[int, np.ndarray], adobe_transform: int | None) -> JpegLayout:
+def _layout(frame: tuple[int, bytes], tables: dict[int, np.ndarray], adobe: int | None, jfif: bool) -> JpegLayout:
     marker, body = frame
     precision, height, width, count = struct.unpack(">BHHB", body[:6])
     if precision != 8:
@@ -116,8 +118,10 @@ def _layout(frame: tuple[int, bytes], tables: dict[int, np.ndarray], adobe_trans
         raise Unsupported("CMYK/YCCK JPEG: the service filters BGR pixels; a 4-component file cannot keep its blocks")
     if count not in (1, 3):
         raise Unsupported(f"JPEG with {count} components: expected 1 (grayscale) or 3 (YCbCr)")
-    if count == 3 and adobe_transform == 0:
+    if count == 3 and adobe == 0:
         raise Unsupported("RGB-coded JPEG (Adobe transform 0): only YCbCr colour JPEGs can be edited block by block")
+    if count == 3 and adobe is None and not jfif and bytes(body[6:15:3]) == b"RGB":  # libjpeg's rule, no marker
+        raise Unsupported("RGB-coded JPEG (component ids 'R', 'G', 'B'): only YCbCr JPEGs can be edited block by block")
     sampling, qts = [], []
     for i in range(count):
         _, hv, tq = body[6 + 3 * i : 9 + 3 * i]

