@@ -195,8 +195,7 @@ class _Job:
         for c in range(len(self.layout.sampling)):
             read = self._read_rect(band, c)
             blocks = self._gather(c, self._blocks_of(read, c))  # [rows, cols, 64]
-            samples = px.idct(blocks.reshape(-1, 64), self.layout.tables[c]).reshape(blocks.shape)
-            plane = px.upsample(px.from_blocks(samples), *self.layout.factors(c))  # [read h, read w]
+            plane = px.upsample(px.idct(blocks, self.layout.tables[c]), *self.layout.factors(c))  # [read h, w]
             planes.append(plane[y0 - read[1] : y1 - read[1], x0 - read[0] : x1 - read[0]])
         return px.to_bgr(planes)  # [h, w, C]
 
@@ -227,8 +226,8 @@ class _Job:
         mask[:, max(ncols - bx0, 0) :] = False
         if not mask.any():
             return
-        blocks = px.to_blocks(px.downsample(plane, fx, fy))[mask]  # [K, 64] of the changed blocks
-        coefs = px.fdct(blocks, self.layout.tables[c])  # [K, 64]
+        coefs = px.fdct(px.downsample(plane, fx, fy), self.layout.tables[c])  # [rows*8, cols*8] int16
+        coefs = px.blocks_of(coefs)[mask].reshape(-1, 64)  # [K, 64] of the changed blocks
         start = 0  # coefs are in row-major order of the mask
         for r in np.flatnonzero(mask.any(1)).tolist():
             cols = np.flatnonzero(mask[r])

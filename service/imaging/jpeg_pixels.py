@@ -1,6 +1,6 @@
 """JPEG's pixel transforms for many 8×8 blocks at once, with OpenCV's SIMD loops and its thread setting: the 2-D
-DCT as OpenCV's 1-D DCT of every 8-sample row (``cv2.dct`` with ``DCT_ROWS``, orthonormal as JPEG's), over the rows
-then over the columns of all the blocks of a component in two calls; chroma up- and downsampling by ``cv2.resize``;
+DCT as OpenCV's 1-D DCT of every 8-sample run of a plane's rows (``cv2.dct`` with ``DCT_ROWS``, orthonormal as
+JPEG's), then of the transposed plane's, so every block of a component is transformed in two calls; chroma up- and downsampling by ``cv2.resize``;
 YCbCr ↔ BGR by ``cv2.cvtColor``. (A float32 matrix product with the 64×64 DCT basis costs the same with one BLAS
 thread, but NumPy's and OpenCV's ``gemm`` run on OpenBLAS, whose threads took 0.2 to 19 ms for the same 1,152 blocks
 on a busy 2-core machine.)
@@ -17,50 +17,46 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["downsample", "fdct", "from_blocks", "idct", "to_bgr", "to_blocks", "to_ycc", "upsample"]
+__all__ = ["blocks_of", "downsample", "fdct", "idct", "to_bgr", "to_ycc", "upsample"]
 
 
-def _dct2(blocks: np.ndarray, flags: int) -> np.ndarray:
-    """The 2-D (inverse) DCT of float32 blocks (N, 64), row-major: OpenCV's 1-D DCT of every 8-sample row
-    (``DCT_ROWS``, orthonormal as JPEG's), over the rows, then over the columns."""
-    n = len(blocks)
-    rows = cv2.dct(blocks.reshape(n * 8, 8), flags=flags | cv2.DCT_ROWS)  # [N*8 rows, 8]
-    cols = np.ascontiguousarray(rows.reshape(n, 8, 8).transpose(0, 2, 1)).reshape(n * 8, 8)  # [N*8 columns, 8]
-    return cv2.dct(cols, flags=flags | cv2.DCT_ROWS).reshape(n, 8, 8).transpose(0, 2, 1).reshape(n, 64)
+def _dct_plane(plane: np.ndarray, flags: int) -> np.ndarray:
+    """The 2-D (inverse) DCT of every 8×8 block of a float32 plane (rows*8, cols*8), in place of the blocks:
+    OpenCV's 1-D DCT of every 8-sample run of a row (``DCT_ROWS``: along x inside each block), then the same on
+    the transposed plane (along y)."""
+    h, w = plane.shape
+    across = cv2.dct(plane.reshape(-1, 8), flags=flags | cv2.DCT_ROWS).reshape(h, w)
+    down = cv2.dct(cv2.transpose(across).reshape(-1, 8), flags=flags | cv2.DCT_ROWS).reshape(w, h)
+    return cv2.transpose(down)  # [h, w]
 
 
-def idct(coefs: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Samples (N, 64) uint8, row-major, of quantized blocks ``coefs`` (N, 64) int16 in natural order, with the
+def idct(blocks: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """The samples (rows*8, cols*8) uint8 of quantized blocks (rows, cols, 64) int16 (natural order) with the
     component's quantization ``table`` (8, 8): dequantize, inverse DCT, level shift, round, clamp."""
-    if len(coefs) == 0:
-        return np.zeros((0, 64), np.uint8)
-    out = _dct2(coefs * table.reshape(1, 64).astype(np.float32), cv2.DCT_INVERSE)  # [N, 64]
-    out += 128.5
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)  # truncating x + 0.5: rounded
+    rows, cols = blocks.shape[:2]
+    if rows * cols == 0:
+        return np.zeros((rows * 8, cols * 8), np.uint8)
+    plane = blocks.reshape(rows, cols, 8, 8).transpose(0, 2, 1, 3).astype(np.float32, order="C")  # [rows, v, cols, u]
+    plane *= table.astype(np.float32)[None, :, None, :]
+    samples = _dct_plane(plane.reshape(rows * 8, cols * 8), cv2.DCT_INVERSE)
+    return cv2.add(samples, 128.0, dtype=cv2.CV_8U)  # rounded, saturated
 
 
 def fdct(samples: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Quantized blocks (N, 64) int16, natural order, of samples (N, 64) uint8 (row-major)."""
-    if len(samples) == 0:
-        return np.zeros((0, 64), np.int16)
-    shifted = samples.astype(np.float32)
-    shifted -= 128
-    out = _dct2(shifted, 0)  # [N, 64]
-    out /= table.reshape(1, 64).astype(np.float32)
-    return np.rint(out).astype(np.int16)
+    """The quantized blocks of samples (rows*8, cols*8) uint8, in the plane's layout (rows*8, cols*8) int16: the
+    coefficient (v, u) of block (r, c) at [8r + v, 8c + u] (:func:`blocks_of` reads them as blocks)."""
+    h, w = samples.shape
+    if h * w == 0:
+        return np.zeros((h, w), np.int16)
+    coefs = _dct_plane(cv2.subtract(samples, 128.0, dtype=cv2.CV_32F), 0)
+    steps = np.tile((1.0 / table).astype(np.float32), (h // 8, w // 8))  # [h, w]
+    return cv2.multiply(coefs, steps, dtype=cv2.CV_16S)  # divided by the table, rounded
 
 
-def from_blocks(blocks: np.ndarray) -> np.ndarray:
-    """A plane (rows*8, cols*8) of blocks (rows, cols, 64)."""
-    rows, cols = blocks.shape[:2]
-    return blocks.reshape(rows, cols, 8, 8).transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8)
-
-
-def to_blocks(plane: np.ndarray) -> np.ndarray:
-    """The blocks (rows, cols, 64) of a plane (rows*8, cols*8) (a copy)."""
+def blocks_of(plane: np.ndarray) -> np.ndarray:
+    """A view (rows, cols, 8, 8) of the blocks of a plane (rows*8, cols*8)."""
     rows, cols = plane.shape[0] // 8, plane.shape[1] // 8
-    return plane.reshape(rows, 8, cols, 8).transpose(0, 2, 1, 3).reshape(rows, cols, 64)
+    return plane.reshape(rows, 8, cols, 8).transpose(0, 2, 1, 3)
 
 
 def upsample(plane: np.ndarray, fx: int, fy: int) -> np.ndarray:
