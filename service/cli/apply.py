@@ -1,17 +1,18 @@
 """``roiconv apply INPUT… --out DIR``: filter the ROIs of image files, in process or through a server.
 
-In process (the default) every file is decoded with OpenCV (JPEG upright by its EXIF orientation, as the server
-does), filtered inside its ROI by the server's own pipeline (pixels in, pixels out: only the ROI's rectangles are
-read and written) and encoded, in worker processes across the cores. With ``--server URL`` the
-files are decoded the same way and sent with :class:`service.client.AsyncClient` (ROI-aware transfer,
-``--concurrency`` requests in flight), so the work can go to a cluster behind a load balancer. Outputs keep the
-input's name, folder layout and format (EXIF and ICC copied for JPEG and PNG; a JPEG keeps every 8×8 block the filter
-did not change, see :func:`_output`), written atomically; a file whose output exists is skipped unless ``--overwrite``.
+Every file goes through the server's own per-file path (:func:`service.imaging.pipeline.process`): structure checks
+(the decode bombs the server refuses), decode, the EXIF orientation, regions, filter, and encode with the metadata
+policy (docs/anonymization.md: only the ICC profile and the orientation are kept unless ``--keep-metadata``; a JPEG
+keeps every block outside the ROI). In process (the default) that runs in worker processes across the cores; with
+``--server URL`` each file is sent whole with :class:`service.client.AsyncClient` (``--concurrency`` requests in
+flight) and the server's answer is written as it comes, so the work can go to a cluster behind a load balancer. Both
+write the same bytes. Outputs keep the input's name, folder layout and format, written atomically; a file whose
+output exists is skipped unless ``--overwrite``.
 
 It fails closed (docs/anonymization.md): every ROI entry is checked with the server's spec model before any work;
 a file that no ROI source covers is left out unless ``--copy-unmatched`` (one whose entry has no shapes is copied
-unchanged). Exit status: 0 when everything was done, 1 when a file failed or was left out or a ROI entry matched no
-file, 2 for bad arguments or ROI entries (nothing written).
+with its pixels unchanged, its metadata by the same policy). Exit status: 0 when everything was done, 1 when a file
+failed or was left out or a ROI entry matched no file, 2 for bad arguments or ROI entries (nothing written).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ ROI-aware transfer (the default for arrays): the client uploads only the ROI's b
 filter's halo (``crop``), asks for only the ROI's rectangle back (``output_region: "roi"``, as npy) and pastes it
 into a copy of the caller's array, so bytes and server work follow the ROI and the result equals sending the whole
 image. Encoded files (bytes, paths) and requests with a mask file are sent whole; the server decodes them.
+:meth:`Client.convolve_file` sends a file and returns the server's encoded answer as it comes (``roiconv apply
+--server``: the server's per-file path, metadata policy included).
 
 Example:
     >>> from service.client import Client

@@ -35,7 +35,6 @@ __all__ = [
     "JpegLayout",
     "Unsupported",
     "available",
-    "changed_regions",
     "edit_frame",
     "edit_jpeg",
     "optimizes_huffman",
@@ -180,26 +179,6 @@ def _differs(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     if diff.ndim == 3 and diff.shape[2] > 1:
         diff = functools.reduce(cv2.max, cv2.split(diff))
     return diff.reshape(old.shape[:2]) != 0
-
-
-def changed_regions(before: np.ndarray, after: np.ndarray, grid: int = 16) -> list[Region]:
-    """Where ``after`` differs from ``before`` (both (H, W[, C])): the bounding rectangles, on a ``grid``-pixel
-    grid, of the connected groups of changed cells, each with the mask of its changed pixels."""
-    diff = cv2.absdiff(before, after)
-    if diff.ndim == 3:  # the largest change over the channels (cv2's SIMD loops: numpy's any(2) was 3x slower)
-        diff = functools.reduce(cv2.max, cv2.split(diff))
-    changed = (diff != 0).astype(np.uint8)  # [H, W]
-    h, w = changed.shape
-    gh, gw = -(-h // grid), -(-w // grid)
-    padded = cv2.copyMakeBorder(changed, 0, gh * grid - h, 0, gw * grid - w, cv2.BORDER_CONSTANT, value=0)
-    # [gh, gw]: a cell is changed when any of its pixels is (an exact box average in float32: > 0 iff one is 1)
-    cells = (cv2.resize(padded.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(cells, connectivity=8)
-    out = []
-    for x, y, cw, ch, _ in stats[1:count]:
-        x0, y0, x1, y1 = x * grid, y * grid, min((x + cw) * grid, w), min((y + ch) * grid, h)
-        out.append(((int(x0), int(y0), int(x1), int(y1)), changed[y0:y1, x0:x1].astype(bool)))
-    return out
 
 
 def _to_stored(a: np.ndarray, value: int) -> np.ndarray:

@@ -1,18 +1,25 @@
 """One request, in the order it runs: decode → regions → plan → run → encode.
 
-- decode: :func:`decode` turns the uploaded bytes into pixels (upright by their EXIF orientation unless
-  ``exif: "ignore"``), refusing images over MAX_PIXELS from the header, before decoding.
+- decode: :func:`decode` turns the uploaded bytes into pixels, refusing images over MAX_PIXELS from the header and
+  files whose structure would cost more than their size (:mod:`.structure`) before decoding, and turns them as
+  viewers show them by the file's EXIF orientation, read once (:func:`.metadata.read_orientation`; unless
+  ``exif: "ignore"``).
 - regions and plan: :func:`plan` places the pixels in the full image (``crop``), turns the ROI into rectangles
   (:mod:`.regions`), resolves the filter (:mod:`.filters`), picks the engine (:func:`.filters.engine`) and checks
   that the result can be encoded. :func:`prepare` is decode + plan.
 - run: :func:`run_opencv` (the CPU engine, per request) or, for the torch engine, :func:`run_torch` here or the
   server's device pool (which batches requests; it calls :func:`.torch_engine.run_batch` itself).
 - encode: :func:`output` turns an engine's result into the response's pixels, :func:`encode_result` into its bytes
-  (a JPEG in and out keeps every block outside the ROI: :func:`.jpeg_roi.write_pixels`).
+  (a JPEG in and out keeps every block outside the ROI: :func:`.jpeg_roi.write_pixels`) with the metadata policy
+  (:mod:`.scrub`: by default only the ICC profile and a correct orientation are kept).
+- a JPEG that stays a JPEG with nothing that needs every pixel is never decoded whole: :func:`prepare` plans on a
+  frame (:mod:`.jpeg_frame`) and :func:`run_and_encode` decodes only what the filter reads, filters and writes
+  the blocks under the ROI in one pass of libjpeg-turbo's transform (docs/jpeg.md).
 
-:func:`process` is the whole path in process (bytes in, bytes out) and :func:`process_pixels` the same without the
-codec (pixels in, pixels out), for callers that decoded the image themselves (``roiconv apply``). torch is imported
-only when the torch engine runs.
+:func:`process` is the whole per-file path in process (bytes in, bytes out): the server runs the same steps, and
+``roiconv apply`` runs :func:`process` itself (or sends the file to a server). :func:`unfiltered` writes a file with
+nothing to filter (its pixels kept, its metadata by the policy); :func:`process_pixels` is the path without the codec
+(pixels in, pixels out). torch is imported only when the torch engine runs.
 
 Every problem with the input is a :class:`Refused` naming the field: 413 for images over MAX_PIXELS, 504 past the
 deadline, 422 for the rest.

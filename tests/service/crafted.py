@@ -205,6 +205,16 @@ def png_with_orientation(png: bytes, orientation: int) -> bytes:
 SECRETS = (b"Jane Doe", b"SN-0042-XYZ", b"MAKERNOTE", b"Rue de Rivoli")
 """Identifying text planted in every camera-like file: name (Artist, XMP, IPTC, comments), body serial number,
 maker note, a place name; none may reach a default output."""
+
+
+def dummy_icc() -> bytes:
+    """A colour profile that libpng accepts (a 128-byte header with its size, 'acsp' and the D50 illuminant, no
+    tags): distinctive bytes to find in the output, not a profile to render with."""
+    head = struct.pack(">I4sI4s4s4s12s4s", 132, b"roic", 0x02100000, b"mntr", b"RGB ", b"XYZ ", bytes(12), b"acsp")
+    head += bytes(24) + struct.pack(">I3i", 0, 0xF6D6, 0x10000, 0xD32D) + b"roic" + bytes(44)
+    return head + struct.pack(">I", 0)
+
+
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><mwg-rs:Name>Jane Doe</mwg-rs:Name></x:xmpmeta>'
 
 
@@ -291,7 +301,7 @@ def camera_png(pixels: np.ndarray, **exif) -> tuple[bytes, dict]:
     """A PNG with an eXIf chunk (:func:`camera_exif`), an ICC profile, text chunks (tEXt, zTXt, iTXt XMP), tIME."""
     png = encode(pixels, ".png")
     thumbnail = encode(cv2.resize(pixels, (40, 30), interpolation=cv2.INTER_AREA), ".jpg")
-    icc = bytes(range(256)) * 2
+    icc = dummy_icc()
     before = [
         _png_chunk(b"iCCP", b"camera\x00\x00" + zlib.compress(icc)),
         _png_chunk(b"eXIf", camera_exif(thumbnail, **exif)),
@@ -314,7 +324,7 @@ def camera_webp(pixels: np.ndarray, **exif) -> tuple[bytes, dict]:
     vp8l = cv2.imencode(".webp", pixels, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
     image = vp8l[20 : 20 + struct.unpack("<I", vp8l[16:20])[0]]
     thumbnail = encode(cv2.resize(pixels, (40, 30), interpolation=cv2.INTER_AREA), ".jpg")
-    icc = bytes(range(256)) * 2
+    icc = dummy_icc()
     h, w = pixels.shape[:2]
     vp8x = struct.pack("<I", 0x20 | 0x08 | 0x04) + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
     chunks = [(b"VP8X", vp8x), (b"ICCP", icc), (b"VP8L", image)]
@@ -326,7 +336,7 @@ def camera_tiff(pixels: np.ndarray, orientation: int = 6) -> tuple[bytes, dict]:
     """A TIFF (Pillow's writer) with the orientation, an ICC profile, Artist, a description, XMP and a copyright."""
     from PIL import Image
 
-    icc = bytes(range(256)) * 2
+    icc = dummy_icc()
     info = {274: orientation, 315: "Jane Doe", 270: "at Rue de Rivoli", 700: XMP, 33432: "Jane Doe"}
     buf = io.BytesIO()
     Image.fromarray(pixels[:, :, ::-1]).save(buf, "TIFF", tiffinfo=info, icc_profile=icc)

@@ -122,3 +122,26 @@ def pillow_view(data: bytes) -> np.ndarray:
 def cv2_view(data: bytes) -> np.ndarray:
     """BGR pixels as cv2.imdecode shows the file (IMREAD_COLOR applies the EXIF orientation)."""
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+_DRAW = """
+const [url, done] = arguments;
+const img = new Image();
+img.onload = () => {
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;  // as displayed: EXIF orientation applied
+  c.getContext('2d').drawImage(img, 0, 0);
+  done(c.toDataURL('image/png'));
+};
+img.onerror = () => done(null);
+img.src = url;
+"""
+
+
+def chromium_view(driver, data: bytes, media: str) -> np.ndarray:
+    """BGR pixels as Chromium shows the file (drawn on a canvas at its natural, EXIF-oriented size)."""
+    import base64
+
+    url = driver.execute_async_script(_DRAW, f"data:{media};base64," + base64.b64encode(data).decode())
+    assert url is not None, "Chromium could not decode the file"
+    return cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)

