@@ -12,7 +12,7 @@ import numpy as np
 from .metadata import jpeg_segments
 from .turbojpeg import Unsupported
 
-__all__ = ["ZIGZAG", "JpegLayout", "read_layout"]
+__all__ = ["JpegLayout", "ZIGZAG", "read_layout"]
 
 ZIGZAG = np.array(
     [0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21]

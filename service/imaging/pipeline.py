@@ -28,6 +28,7 @@ deadline, 422 for the rest.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -55,6 +56,8 @@ __all__ = [
     "run_torch",
     "unfiltered",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -418,8 +421,8 @@ def run_and_encode(prepared: Prepared) -> bytes:
             body = jpeg_frame.edit(frame, prepared.op, prepared.pieces, prepared.border, prepared.origin, run)
             prepared.headers["X-JPEG"] = "blocks"
             return _with_metadata(body, prepared, True)
-        except jpeg_roi.Unsupported:
-            pass
+        except jpeg_roi.Unsupported as exc:
+            log.warning("JPEG block edit refused, the image is decoded whole: %s", exc)
     if frame is not None:  # never encode a frame that was not decoded
         try:
             jpeg_frame.decode_whole(frame)
