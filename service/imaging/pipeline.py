@@ -339,9 +339,9 @@ def _finite(pixels: np.ndarray, op: FilterOp) -> np.ndarray:
     """Float results must be finite: a filter that overflows float32 (its largest value is 3.4e38) is the request's
     fault (422 naming the filter), never inf or NaN pixels in a 200. Integer results saturate, as OpenCV's do."""
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
-        count = int(pixels.size - np.isfinite(pixels).sum())
+        n = int(pixels.size - np.isfinite(pixels).sum())
         raise bad(
-            f"the {op.name} filter's float32 result is infinite or NaN at {count} value(s): the input's values times the "
+            f"the {op.name} filter's float32 result is infinite or NaN at {n} value(s): the input's values times the "
             "filter's weights pass 3.4e38; scale the image or the filter's parameters down",
             "spec.filter",
         )
