@@ -287,12 +287,12 @@ def run_opencv(prepared: Prepared) -> np.ndarray:
     src = work.pixels  # [H, W, C]
     x0, y0, x1, y1 = prepared.region
     dtype = np.dtype(np.float32) if work.depth == "float32" else src.dtype
-    whole = (x0, y0, x1, y1) == (0, 0, src.shape[1], src.shape[0])
+    entire = (x0, y0, x1, y1) == (0, 0, src.shape[1], src.shape[0])
     if work.outside == "zero":
         out = np.zeros((y1 - y0, x1 - x0, src.shape[2]), dtype)  # [h, w, C]
         if src.shape[2] == 4:
             out[:, :, 3] = src[y0:y1, x0:x1, 3]  # alpha unchanged
-    elif whole and dtype == src.dtype:
+    elif entire and dtype == src.dtype:
         out = src  # in place: apply() reads every piece before writing any
     else:
         out = src[y0:y1, x0:x1].astype(dtype)  # [h, w, C], a copy of the region only
@@ -339,10 +339,10 @@ def _finite(pixels: np.ndarray, op: FilterOp) -> np.ndarray:
     """Float results must be finite: a filter that overflows float32 (its largest value is 3.4e38) is the request's
     fault (422 naming the filter), never inf or NaN pixels in a 200. Integer results saturate, as OpenCV's do."""
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
-        n = int(pixels.size - np.isfinite(pixels).sum())
+        count = int(pixels.size - np.isfinite(pixels).sum())
         raise bad(
-            f"the {op.name} filter's float32 result is infinite or NaN at {n} value(s): the input's values times the "
-            "filter's weights pass 3.4e38; scale the image or the filter's parameters down",
+            f"the {op.name} filter's float32 result is infinite or NaN at {count} value(s): the input's values times "
+            "the filter's weights pass 3.4e38; scale the image or the filter's parameters down",
             "spec.filter",
         )
     return pixels
@@ -364,6 +364,8 @@ def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
     if upload is not None and upload.format == prepared.format and _untouched(pixels, prepared):
         kept = scrub.rewrap(prepared.upload_bytes, upload.format, found, prepared.metadata)
         if kept is not None:  # nothing was filtered: the coded pixels are kept as they are
+            if upload.format == "jpeg":
+                prepared.headers["X-JPEG"] = "blocks"
             return kept
     keeps_frame = prepared.stored  # the pixels as stored: the file's orientation still applies to them
     if prepared.jpeg is not None and pixels.shape == prepared.source.shape and pixels.dtype == np.uint8:

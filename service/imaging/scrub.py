@@ -127,19 +127,18 @@ def _jpeg_kept(source: bytes, orientation: int) -> list[bytes]:
     """Every APPn and COM segment of ``source`` but its colour markers, EXIF orientation set to ``orientation``."""
     kept = []
     try:
-        segments = list(jpeg_segments(source))
+        for marker, pos, length in jpeg_segments(source):
+            if marker == 0xDA:
+                break
+            segment = source[pos : pos + 2 + length]
+            if marker in _JPEG_KEPT_APPS and segment[4:].startswith(_JPEG_KEPT_APPS[marker]):
+                continue
+            if marker == 0xE1 and segment[4:9] == b"Exif\x00":
+                segment = segment[:10] + set_orientation(segment[10:], orientation)
+            if 0xE0 <= marker <= 0xEF or marker == 0xFE:
+                kept.append(segment)
     except ValueError:  # a byte where a marker should be: what came before it
-        return kept
-    for marker, pos, length in segments:
-        if marker == 0xDA:
-            break
-        segment = source[pos : pos + 2 + length]
-        if marker in _JPEG_KEPT_APPS and segment[4:].startswith(_JPEG_KEPT_APPS[marker]):
-            continue
-        if marker == 0xE1 and segment[4:9] == b"Exif\x00":
-            segment = segment[:10] + set_orientation(segment[10:], orientation)
-        if 0xE0 <= marker <= 0xEF or marker == 0xFE:
-            kept.append(segment)
+        pass
     return kept
 
 

@@ -297,8 +297,9 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def camera_png(pixels: np.ndarray, **exif) -> tuple[bytes, dict]:
-    """A PNG with an eXIf chunk (:func:`camera_exif`), an ICC profile, text chunks (tEXt, zTXt, iTXt XMP), tIME."""
+def camera_png(pixels: np.ndarray, *, exif_after_data: bool = False, **exif) -> tuple[bytes, dict]:
+    """A PNG with an eXIf chunk (:func:`camera_exif`; after the image data when asked), an ICC profile, text chunks
+    (tEXt, zTXt, iTXt XMP), tIME."""
     png = encode(pixels, ".png")
     thumbnail = encode(cv2.resize(pixels, (40, 30), interpolation=cv2.INTER_AREA), ".jpg")
     icc = dummy_icc()
@@ -310,8 +311,11 @@ def camera_png(pixels: np.ndarray, **exif) -> tuple[bytes, dict]:
         _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + XMP),
         _png_chunk(b"tIME", struct.pack(">HBBBBB", 2024, 5, 1, 12, 0, 0)),
     ]
-    after = _png_chunk(b"tEXt", b"Copyright\x00Jane Doe")
-    return png[:33] + b"".join(before) + png[33:-12] + after + png[-12:], {"thumbnail": thumbnail, "icc": icc}
+    after = [_png_chunk(b"tEXt", b"Copyright\x00Jane Doe")]
+    if exif_after_data:
+        after.append(before.pop(1))
+    data = png[:33] + b"".join(before) + png[33:-12] + b"".join(after) + png[-12:]
+    return data, {"thumbnail": thumbnail, "icc": icc}
 
 
 def _riff(chunks: list[tuple[bytes, bytes]]) -> bytes:
@@ -319,8 +323,9 @@ def _riff(chunks: list[tuple[bytes, bytes]]) -> bytes:
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
 
 
-def camera_webp(pixels: np.ndarray, **exif) -> tuple[bytes, dict]:
-    """A lossless WebP (VP8X) with an ICC profile, an EXIF chunk (:func:`camera_exif`) and an XMP chunk."""
+def camera_webp(pixels: np.ndarray, *, exif_prefix: bytes = b"", **exif) -> tuple[bytes, dict]:
+    """A lossless WebP (VP8X) with an ICC profile, an EXIF chunk (:func:`camera_exif`, after ``exif_prefix``) and an
+    XMP chunk."""
     vp8l = cv2.imencode(".webp", pixels, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
     image = vp8l[20 : 20 + struct.unpack("<I", vp8l[16:20])[0]]
     thumbnail = encode(cv2.resize(pixels, (40, 30), interpolation=cv2.INTER_AREA), ".jpg")
@@ -328,7 +333,7 @@ def camera_webp(pixels: np.ndarray, **exif) -> tuple[bytes, dict]:
     h, w = pixels.shape[:2]
     vp8x = struct.pack("<I", 0x20 | 0x08 | 0x04) + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
     chunks = [(b"VP8X", vp8x), (b"ICCP", icc), (b"VP8L", image)]
-    chunks += [(b"EXIF", camera_exif(thumbnail, **exif)), (b"XMP ", XMP)]
+    chunks += [(b"EXIF", exif_prefix + camera_exif(thumbnail, **exif)), (b"XMP ", XMP)]
     return _riff(chunks), {"thumbnail": thumbnail, "icc": icc}
 
 

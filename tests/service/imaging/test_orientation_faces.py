@@ -52,3 +52,25 @@ def test_a_turned_face_is_hidden_where_it_is_shown(fmt, roi):
     outside = np.ones(scene.shape[:2], bool)
     outside[max(0, y0 - h) : y1 + h, max(0, x0 - w) : x1 + w] = False  # the ROI and its filter's reach
     assert np.abs(shown[outside].astype(int) - pillow_view(data)[outside]).mean() < 3  # the photo, not turned
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_detect_answers_boxes_in_the_displayed_frame(fmt):
+    """POST /detect on a turned photo: the box lands on the face as viewers show it (TIFF was turned twice)."""
+    pytest.importorskip("torch")
+    from service_support import run, running
+
+    scene, (x0, y0, x1, y1) = face_scene(100, 512)
+
+    async def detect():
+        async with running() as (_, client):
+            files = {"image": ("image", turned(scene, fmt))}
+            return await client.post("/detect", files=files, data={"spec": '{"what": "faces"}'})
+
+    r = run(detect())
+    assert r.status_code == 200, r.text
+    (found,) = r.json()["detections"]
+    bx0, by0, bx1, by1 = found["box"]
+    inter = max(0, min(x1, bx1) - max(x0, bx0)) * max(0, min(y1, by1) - max(y0, by0))
+    union = (x1 - x0) * (y1 - y0) + (bx1 - bx0) * (by1 - by0) - inter
+    assert inter / union > 0.5, (found["box"], (x0, y0, x1, y1))

@@ -104,6 +104,19 @@ def test_every_orientation_tag_gives_one_picture_in_every_viewer(fmt, variant):
         assert headers["X-JPEG"] == "blocks" if clean else headers["X-JPEG"].startswith("re-encoded: its EXIF")
 
 
+@pytest.mark.parametrize(
+    ("make", "options"),
+    [(camera_png, {"exif_after_data": True}), (camera_webp, {"exif_prefix": b"Exif\x00\x00"})],
+    ids=["png eXIf after the image data", "webp EXIF with an Exif header"],
+)
+def test_exif_placed_where_viewers_differ_is_applied_and_dropped(make, options):
+    data, _ = make(photo(), **options)
+    fmt = "png" if make is camera_png else "webp"
+    body, _ = run(data)
+    assert leftovers(body, fmt) == [] and orientation_tag(body, fmt) == 1
+    assert cv2_view(body).shape[:2] == pillow_view(body).shape[:2] == (128, 96)  # turned by the tag's 6
+
+
 @needs_turbo
 def test_an_odd_exif_header_fails_closed():
     """``Exif\\0\\xff``: some viewers read the tag, others do not; the pixels are written upright, the tag dropped."""

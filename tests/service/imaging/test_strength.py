@@ -44,11 +44,11 @@ def test_no_default_leaves_a_face_the_detector_finds(face, size):
     assert not found, f"a {face}-pixel face is still found after {found} (threshold {THRESHOLD})"
 
 
-DETECTED = [24, 32, 40, 56, 80, 100, 140, 200, 280, 400]  # face widths; photos of 512, 1024 or 2048 pixels
+DETECTED = [24, 32, 40, 56, 80, 100, 140, 200, 280, 400]  # face widths; photos of 512, 1024 or 1536 pixels
 
 
 def _scene_side(face: int) -> int:
-    return 512 if face <= 100 else 1024 if face <= 200 else 2048
+    return 512 if face <= 100 else 1024 if face <= 200 else 1536
 
 
 def detected_and_anonymized(scene: np.ndarray, filt: dict | str) -> tuple[np.ndarray, str]:
