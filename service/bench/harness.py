@@ -85,9 +85,10 @@ def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
     return cv2.add(img, rng.integers(0, 12, (height, width, 3), dtype=np.uint8))
 
 
-def floor_call(data: bytes, filt: dict, boxes: list[list[int]], ext: str) -> bytes:
+def floor_call(data: bytes, filt: dict, boxes: list[list[int]], ext: str, quality: int | None = None) -> bytes:
     """The OpenCV floor for one image: decode, filter each box (gaussian on the box's crop grown by the halo, or
-    pixelate on whole cells anchored at (0, 0)) written back into the image, encode as ``ext``."""
+    pixelate on whole cells anchored at (0, 0)) written back into the image, encode as ``ext`` (a JPEG at
+    ``quality``, cv2's default 95 when None)."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     h, w = img.shape[:2]
     for x0, y0, x1, y1 in boxes:
@@ -104,4 +105,5 @@ def floor_call(data: bytes, filt: dict, boxes: list[list[int]], ext: str) -> byt
         t, b_, l, rr = max(y0 - r, 0), min(y1 + r, h), max(x0 - r, 0), min(x1 + r, w)
         out = cv2.GaussianBlur(img[t:b_, l:rr], (k, k), filt.get("sigma", 0))
         img[y0:y1, x0:x1] = out[y0 - t : y1 - t, x0 - l : x1 - l]
-    return cv2.imencode(ext, img)[1].tobytes()
+    params = [] if quality is None else [cv2.IMWRITE_JPEG_QUALITY, quality]
+    return cv2.imencode(ext, img, params)[1].tobytes()

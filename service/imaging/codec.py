@@ -21,6 +21,7 @@ __all__ = [
     "DecodeError",
     "Image",
     "TooLarge",
+    "check",
     "decode",
     "encode",
     "header_size",
@@ -239,8 +240,10 @@ _HEADER_READERS = {
 }
 
 
-def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
-    """Decode ``data`` into (H, W, C) pixels; TooLarge (from the header, before decoding) or DecodeError."""
+def check(data: bytes, max_pixels: int, *, field: str = "image") -> tuple[str, int, int, bytes]:
+    """(format, width, height, the bytes to decode) of ``data`` once everything that can be checked before decoding
+    passed: the format, the header's size against ``max_pixels`` (TooLarge), the file's structure (DecodeError;
+    :func:`.structure.check_structure`, which hands a PNG's image data over inflated)."""
     if not data:
         raise DecodeError(f"{field} is empty")
     fmt = sniff_format(data)
@@ -248,9 +251,15 @@ def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
     if width * height > max_pixels:
         raise TooLarge(f"{field} is {width}x{height} = {width * height} pixels, more than the limit {max_pixels}")
     try:
-        structure.check_structure(data, fmt, width, height)
+        decodable = structure.check_structure(data, fmt, width, height)
     except ValueError as exc:
         raise DecodeError(f"{field}: {exc}") from None
+    return fmt, width, height, decodable
+
+
+def decode(data: bytes, max_pixels: int, *, field: str = "image") -> Image:
+    """Decode ``data`` into (H, W, C) pixels; TooLarge (from the header, before decoding) or DecodeError."""
+    fmt, _, _, data = check(data, max_pixels, field=field)
     if fmt == "npy":
         pixels = _decode_npy(data)
     else:

@@ -24,7 +24,7 @@ import numpy as np
 from .filters import BORDERS, FilterOp, piece_side, sized_op
 from .regions import Piece
 
-__all__ = ["apply", "pixelate_region"]
+__all__ = ["apply", "footprint", "pixelate_region"]
 
 _ALIGN = 64  # columns: a multiple of every SIMD width OpenCV dispatches to (in elements, for 1, 3 or 4 channels)
 _FIXED_POINT = frozenset({"gaussian", "box", "median", "dilate", "erode"})  # on 8/16-bit: no float sums
@@ -64,6 +64,28 @@ def apply(
             np.copyto(dst, res, where=p.mask[:, :, None])
 
 
+def footprint(
+    op: FilterOp, p: Piece, border: str, size: tuple[int, int], origin: tuple[int, int] = (0, 0)
+) -> tuple[int, int, int, int] | None:
+    """The rectangle (x0, y0, x1, y1) of an image of ``size`` (width, height) that :func:`apply` reads to compute
+    ``p``'s pixels — the piece grown by the filter's halo (an "auto" size resolved as :func:`apply` does), or the
+    pixelate cells around it — clipped to the image; None when it may read anywhere (``wrap``)."""
+    w, h = size
+    if border == "wrap":
+        return None
+    op = sized_op(op, piece_side(p.x0, p.y0, p.x1, p.y1))
+    if op.name == "fill":
+        return p.x0, p.y0, p.x1, p.y1
+    if op.name == "pixelate":
+        xs, ys = (
+            _cell_edges(p.x0, p.x1, op.extra["block"], origin[0], w),
+            _cell_edges(p.y0, p.y1, op.extra["block"], origin[1], h),
+        )
+        return int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])
+    hx, hy = _halo(op)
+    return max(p.x0 - hx, 0), max(p.y0 - hy, 0), min(p.x1 + hx, w), min(p.y1 + hy, h)
+
+
 def _compute(op, planes, p: Piece, border: str, dtype, float_out: bool, origin) -> np.ndarray:
     h, w = p.y1 - p.y0, p.x1 - p.x0
     op = sized_op(op, piece_side(p.x0, p.y0, p.x1, p.y1))
@@ -94,8 +116,13 @@ def _plan(op: FilterOp, border: str, float_out: bool) -> tuple:
         exact = not float_out and (name in _FIXED_POINT or name in _DERIVATIVES and _integral(params))
         flag = cv2.BORDER_REFLECT_101 if border == "wrap" else BORDERS[border][1]
         fn = _call(name, params, op, flag, float_out)
-        plan = _PLANS[key] = (fn, op.ksize[1] // 2, op.ksize[0] // 2, 1 if exact else _ALIGN)
+        plan = _PLANS[key] = (fn, *_halo(op), 1 if exact else _ALIGN)
     return plan
+
+
+def _halo(op: FilterOp) -> tuple[int, int]:
+    """(x, y): how far outside a pixel the filter reads."""
+    return op.ksize[1] // 2, op.ksize[0] // 2
 
 
 def _integral(params: dict) -> bool:

@@ -12,6 +12,9 @@
 - encode: :func:`output` turns an engine's result into the response's pixels, :func:`encode_result` into its bytes
   (a JPEG in and out keeps every block outside the ROI: :func:`.jpeg_roi.write_pixels`) with the metadata policy
   (:mod:`.scrub`: by default only the ICC profile and a correct orientation are kept).
+- a JPEG that stays a JPEG with nothing that needs every pixel is never decoded whole: :func:`prepare` plans on a
+  frame (:mod:`.jpeg_frame`) and :func:`run_and_encode` decodes only what the filter reads, filters and writes
+  the blocks under the ROI in one pass of libjpeg-turbo's transform (docs/jpeg.md).
 
 :func:`process` is the whole per-file path in process (bytes in, bytes out): the server runs the same steps, and
 ``roiconv apply`` runs :func:`process` itself (or sends the file to a server). :func:`unfiltered` writes a file with
@@ -24,12 +27,14 @@ deadline, 422 for the rest.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import codec, jpeg_roi, metadata, scrub
+from . import codec, jpeg_frame, jpeg_roi, metadata, scrub
 from .checks import Refused, bad, check_encodable, check_filter, place, whole
 from .filters import FilterOp, build_filter, engine
 from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside, pieces_mask
@@ -46,10 +51,13 @@ __all__ = [
     "prepare",
     "process",
     "process_pixels",
+    "run_and_encode",
     "run_opencv",
     "run_torch",
     "unfiltered",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +93,7 @@ class Prepared:
     metadata: str = "strip"  # the output's metadata policy (:mod:`.scrub`)
     stored: bool = False  # the pixels are in the file's stored frame (``exif: "ignore"``), not upright
     lossless: bool = True  # the input's kind (a JPEG, a lossy WebP: False): a WebP output keeps it
+    frame: jpeg_frame.Frame | None = None  # JPEG in and out, not decoded whole: ``work`` holds the frame
 
 
 def _check_deadline(deadline: float | None, step: str) -> None:
@@ -226,12 +235,18 @@ def prepare(
     deadline: float | None = None,
     bands: int = 1,
 ) -> Prepared:
-    """:func:`decode` then :func:`plan`: a request's bytes to its checked plan."""
-    image, mask = decode(spec, image_bytes, mask_bytes, max_pixels, deadline)
+    """:func:`decode` then :func:`plan`: a request's bytes to its checked plan. A JPEG that stays a JPEG, with
+    nothing that needs every pixel, is not decoded: its plan holds a frame (:mod:`.jpeg_frame`) that
+    :func:`run_and_encode` decodes where the filter reads."""
     options = {"prefer_torch": prefer_torch, "deadline": deadline, "bands": bands}
+    frame = jpeg_frame.open_frame(spec, image_bytes, mask_bytes, max_pixels, prefer_torch)
+    if frame is not None:
+        image, mask = codec.Image(frame.pixels, "jpeg", frame.found), None
+    else:
+        image, mask = decode(spec, image_bytes, mask_bytes, max_pixels, deadline)
     prepared = plan(spec, image.pixels, mask, max_pixels, fmt=image.format, **options)
     prepared.quality, prepared.metadata, prepared.stored = spec.quality, spec.metadata, spec.exif == "ignore"
-    prepared.upload, prepared.upload_bytes = image, image_bytes
+    prepared.upload, prepared.upload_bytes, prepared.frame = image, image_bytes, frame
     prepared.lossless = codec.lossless(image_bytes, image.format)
     if image.format == prepared.format == "jpeg" and spec.outside == "keep" and spec.output_region == "image":
         found = image.orientation
@@ -365,6 +380,14 @@ def _encode(pixels: np.ndarray, prepared: Prepared) -> bytes:
             prepared.headers["X-JPEG"] = "re-encoded: " + str(exc).encode("ascii", "replace").decode()
     if body is None:
         body = codec.encode(pixels, prepared.format, quality=prepared.quality, lossless=prepared.lossless)
+    return _with_metadata(body, prepared, keeps_frame)
+
+
+def _with_metadata(body: bytes, prepared: Prepared, keeps_frame: bool) -> bytes:
+    """``body`` with the metadata the policy keeps (:func:`.scrub.write`) and the orientation its pixels need:
+    the file's when they are in its stored frame (``keeps_frame``), else none."""
+    upload = prepared.upload
+    found = upload.orientation if upload is not None else metadata.Orientation()
     written = found.value if keeps_frame and found.clean else 1
     source = (prepared.upload_bytes, upload.format) if upload is not None else (None, None)
     return scrub.write(body, prepared.format, *source, prepared.metadata, written)
@@ -390,6 +413,27 @@ def unfiltered(data: bytes, policy: str, *, max_pixels: int) -> bytes:
         return kept
     body = codec.encode(image.pixels, image.format, lossless=codec.lossless(data, image.format))
     return scrub.write(body, image.format, data, image.format, policy, 1)
+
+
+def run_and_encode(prepared: Prepared) -> bytes:
+    """The OpenCV engine's result encoded: :func:`run_opencv` then :func:`encode_result`, or for a plan with a frame
+    both inside the block edit (``X-JPEG: blocks``); a file the edit cannot keep is decoded whole, filtered and
+    encoded as any other (``X-JPEG: re-encoded: <reason>``)."""
+    frame = prepared.frame
+    if frame is not None and prepared.pieces:  # none: written as any untouched file
+        try:
+            run = functools.partial(run_opencv, prepared)
+            body = jpeg_frame.edit(frame, prepared.op, prepared.pieces, prepared.border, prepared.origin, run)
+            prepared.headers["X-JPEG"] = "blocks"
+            return _with_metadata(body, prepared, True)
+        except jpeg_roi.Unsupported as exc:
+            log.warning("JPEG block edit refused, the image is decoded whole: %s", exc)
+    if frame is not None:  # never encode a frame that was not decoded
+        try:
+            jpeg_frame.decode_whole(frame)
+        except codec.DecodeError as exc:
+            raise bad(str(exc), "image") from None
+    return encode_result(run_opencv(prepared), prepared)
 
 
 def _paste(window: np.ndarray, prepared: Prepared) -> np.ndarray:
@@ -421,7 +465,7 @@ def process(
     Returns (body, media type, extra headers). Models (``model:<name>``) are served by the server only (422).
     """
     prepared = prepare(spec, image_bytes, mask_bytes, max_pixels)
-    body = encode_result(_run_here(prepared), prepared)
+    body = run_and_encode(prepared) if prepared.engine == "opencv" else encode_result(_run_here(prepared), prepared)
     return body, codec.CONTENT_TYPES[prepared.format], dict(prepared.headers)
 
 

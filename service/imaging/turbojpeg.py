@@ -1,6 +1,6 @@
 """libjpeg-turbo's lossless transform (``tjTransform`` of the TurboJPEG API) with coefficient callbacks, through
 ctypes: the system's ``libturbojpeg`` (Debian: ``libturbojpeg0``), any version from 1.4 (the callback API); optimal
-Huffman tables from 3.0. :mod:`.jpeg_roi` is its one user."""
+Huffman tables from 3.0. :mod:`.jpeg_blocks` is its one user."""
 
 from __future__ import annotations
 

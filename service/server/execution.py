@@ -73,8 +73,8 @@ def _on_cpu(
     spec: Spec, image: bytes, mask: bytes | None, max_pixels: int, deadline: float, bands: int, prefer_torch: bool
 ) -> tuple[Prepared, bytes | None, float]:
     """Decode and plan (an input nothing recognised as bad is still the input's: 422), then, for the OpenCV engine,
-    filter and encode in the same thread (a failure there is the server's: 500). Returns (prepared, body or None,
-    seconds spent filtering)."""
+    filter and encode in the same thread (:func:`.pipeline.run_and_encode`; a failure there is the server's: 500).
+    Returns (prepared, body or None, seconds spent filtering and encoding: a JPEG's block edit does both at once)."""
     try:
         prepared = pipeline.prepare(
             spec, image, mask, max_pixels, prefer_torch=prefer_torch, deadline=deadline, bands=bands
@@ -91,12 +91,11 @@ def _on_cpu(
     if time.perf_counter() > deadline:  # a checkpoint: the filter is not started for an answer already sent
         raise ApiError(504, "timeout", "the deadline passed before filtering (timeout_ms / ROICONV_REQUEST_TIMEOUT_S)")
     t = time.perf_counter()
-    result = pipeline.run_opencv(prepared)
-    seconds = time.perf_counter() - t
     try:
-        return prepared, pipeline.encode_result(result, prepared), seconds
+        body = pipeline.run_and_encode(prepared)
     except Refused as exc:  # a float result that is not finite
         raise _api_error(exc) from None
+    return prepared, body, time.perf_counter() - t
 
 
 async def execute(state: AppState, prepared: Prepared, deadline: float, ticket: Ticket) -> Outcome:

