@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -133,3 +134,23 @@ class ServerProcess:
             self.proc.kill()
         out, _ = self.proc.communicate(timeout=30)
         return out
+
+
+def interrupted_apply(args: list[str], when) -> tuple[int, list[str]]:
+    """Run ``python -m service apply ARGS`` and send it SIGINT at the first stderr line for which ``when(line)`` is
+    true; returns (exit status, every stderr line). The communicate timeout guards against a hang, not a timing."""
+    cmd = [sys.executable, "-m", "service", "apply", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if when(line):
+                proc.send_signal(signal.SIGINT)
+                break
+        _, rest = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, lines + rest.splitlines()

@@ -5,16 +5,12 @@ cv2.GaussianBlur of the input inside the ROI). In process and with ``--server``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-from service_support import ROOT, ServerProcess, smooth
+from service_support import ServerProcess, interrupted_apply, smooth
 
 FILES = 240
 BOX = [4, 4, 40, 30]
@@ -31,23 +27,9 @@ def folder(tmp_path):
 
 
 def _interrupted_run(folder, out, *options: str) -> tuple[int, list[str]]:
-    """Start ``python -m service apply``, send SIGINT once 10 files are done; (exit status, stderr lines)."""
-    cmd = [sys.executable, "-m", "service", "apply", str(folder), "--out", str(out)]
-    cmd += ["--filter", '{"name": "gaussian", "ksize": 15}', *options]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines = []
-    try:
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("[10/"):
-                proc.send_signal(signal.SIGINT)
-                break
-        _, rest = proc.communicate(timeout=300)  # a guard against a hang, not a timing
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, lines + rest.splitlines()
+    """``roiconv apply`` on ``folder``, sent SIGINT once 10 files are done; (exit status, stderr lines)."""
+    args = [str(folder), "--out", str(out), "--filter", '{"name": "gaussian", "ksize": 15}', *options]
+    return interrupted_apply(args, lambda line: line.startswith("[10/"))
 
 
 def _check(out, status: int, lines: list[str], in_flight: int) -> None:

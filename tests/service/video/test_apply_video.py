@@ -175,29 +175,17 @@ def test_a_folder_of_videos_is_not_skipped(tmp_path):
 def test_ctrl_c_stops_the_video_in_progress_and_writes_nothing(tmp_path):
     """SIGINT once the first progress line in frames is printed: the video stops at its next frame, its temporary
     file is removed, the summary is printed and the exit status is 130 (the clip is far too long to finish first)."""
-    import signal
+    from service_support import interrupted_apply
 
     src = tmp_path / "in"
     src.mkdir()
     make_clip(src / "long.mp4", 96, 64, 4000, faces=1, audio="aac")
     (src / "long.json").write_text(json.dumps({"tracks": [{"keys": [{"frame": 0, "box": [10, 10, 40, 40]}]}]}))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "service", "apply", str(src), "--out", str(out), "--filter", '{"name": "fill"}']
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines = []
-    try:
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            if ": frame " in line:
-                proc.send_signal(signal.SIGINT)
-                break
-        _, rest = proc.communicate(timeout=300)  # a guard against a hang, not a timing
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = "\n".join(lines + rest.splitlines())
-    assert proc.returncode == 130, text
+    args = [str(src), "--out", str(out), "--filter", '{"name": "fill"}']
+    status, lines = interrupted_apply(args, lambda line: ": frame " in line)
+    text = "\n".join(lines)
+    assert status == 130, text
     assert "interrupted (Ctrl-C): 1 files not started" in text and "done 0" in text, text
     assert "Traceback" not in text, text
     assert not out.exists() or not list(out.iterdir()), list(out.iterdir())  # no output, no .part left
