@@ -114,11 +114,11 @@ class RoiRects:
         N, H, W = self.shape
         mask = torch.zeros(H, W, dtype=torch.bool, device=self.device)  # [H_out, W_out]
         for r in self.boxes:
-            view = mask[r.y0 : r.y1, r.x0 : r.x1]  # [h, w] view; the boxes are disjoint
+            view = mask[r.y0 : r.y1, r.x0 : r.x1]  # [h, w] view; boxes may overlap, their local masks do not
             if r.local is None:
                 view.fill_(True)
             else:
-                view.copy_(r.local)
+                view |= r.local
         return mask.unsqueeze(0).expand(N, H, W)
 
     @classmethod
