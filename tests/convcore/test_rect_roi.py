@@ -126,15 +126,17 @@ def window_ops(x: torch.Tensor):
     w1 = torch.randn(4, 4, 3, 3, generator=g).to(x.device)
     se = torch.randn(4, 1, 3, 3, generator=g).to(x.device)
     sigma = (torch.rand(x.shape[0], 1, *x.shape[2:], generator=g) + 0.5).to(x.device)
+    maxabs = lambda a, v: (a - v).abs()  # noqa: E731
+    prod = lambda a, v: a * v  # noqa: E731
     return {
-        "window_op2d": lambda m, c: window_op2d(x, w, lambda a, v: (a - v).abs(), reduce="max", mask=m, padding=1, groups=2, compile=c),
-        "window_op2d keep_window": lambda m, c: window_op2d(x, w1, lambda a, v: a * v, keep_window=True, mask=m, compile=c),
+        "window_op2d": lambda m, c: window_op2d(x, w, maxabs, reduce="max", mask=m, padding=1, groups=2, compile=c),
+        "window_op2d keep_window": lambda m, c: window_op2d(x, w1, prod, keep_window=True, mask=m, compile=c),
         "morph_conv2d": lambda m, c: convcore.morph_conv2d(x, se, mask=m, padding=1, groups=4, compile=c),
         "distance_conv2d p=1": lambda m, c: convcore.distance_conv2d(x, w, mask=m, padding=1, groups=2, compile=c),
         "distance_conv2d p=2": lambda m, c: convcore.distance_conv2d(x, w1, p=2, mask=m, stride=2, compile=c),
         "quadratic_conv2d": lambda m, c: convcore.quadratic_conv2d(x, w1, -w1, mask=m, padding=1),
         "adaptive_gaussian_blur2d": lambda m, c: convcore.adaptive_gaussian_blur2d(x, sigma, 5, mask=m, compile=c),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("route", ["eager", "compiled"])
