@@ -126,6 +126,8 @@ def window_ops(x: torch.Tensor):
     w1 = torch.randn(4, 4, 3, 3, generator=g).to(x.device)
     se = torch.randn(4, 1, 3, 3, generator=g).to(x.device)
     sigma = (torch.rand(x.shape[0], 1, *x.shape[2:], generator=g) + 0.5).to(x.device)
+    kernels = torch.randn(x.shape[0], 3, 3, *x.shape[2:], generator=g).to(x.device)  # per location, padding 1
+    per_patch = torch.randn(3, x.shape[1] * 9, generator=g).to(x.device)
     maxabs = lambda a, v: (a - v).abs()  # noqa: E731
     prod = lambda a, v: a * v  # noqa: E731
     return {
@@ -135,6 +137,11 @@ def window_ops(x: torch.Tensor):
         "distance_conv2d p=1": lambda m, c: convcore.distance_conv2d(x, w, mask=m, padding=1, groups=2, compile=c),
         "distance_conv2d p=2": lambda m, c: convcore.distance_conv2d(x, w1, p=2, mask=m, stride=2, compile=c),
         "quadratic_conv2d": lambda m, c: convcore.quadratic_conv2d(x, w1, -w1, mask=m, padding=1),
+        "offset_conv2d": lambda m, c: convcore.offset_conv2d(x, w1, torch.ones(1, device=x.device), mask=m, padding=1),
+        "adaptive_conv2d": lambda m, c: convcore.adaptive_conv2d(x, kernels, mask=m, padding=1, compile=c),
+        "dynamic_conv2d": lambda m, c: convcore.dynamic_conv2d(
+            x, lambda p: per_patch.expand(p.shape[0], *per_patch.shape), 3, 3, mask=m, padding=1, compile=c
+        ),
         "adaptive_gaussian_blur2d": lambda m, c: convcore.adaptive_gaussian_blur2d(x, sigma, 5, mask=m, compile=c),
     }
 
