@@ -29,6 +29,7 @@ from .gather import pad_input
 from .geometry import ConvGeometry, conv_geometry
 from .kernels import fused_available, fused_roi_conv2d
 from .plan import STRATEGIES, RoIPlan, plan_roi, tile_position_bytes, window_bytes
+from .roi import RectRoi
 
 __all__ = ["conv2d_reference", "roi_conv2d", "roi_conv2d_batch"]
 
@@ -42,7 +43,7 @@ def roi_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
+    mask: torch.Tensor | RectRoi | None = None,
     *,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] | str = 0,
@@ -197,7 +198,7 @@ def roi_conv2d_batch(
     inputs: Sequence[torch.Tensor],
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    masks: Sequence[torch.Tensor | None] | None = None,
+    masks: Sequence[torch.Tensor | RectRoi | None] | None = None,
     *,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] | str = 0,

@@ -42,6 +42,7 @@ from .engine import (
     tile_size,
 )
 from .geometry import ConvGeometry, conv_geometry
+from .roi import RectRoi
 
 __all__ = [
     "STRATEGIES",
@@ -194,7 +195,7 @@ RoiPlan = RoIPlan  # the name before RoIPlan matched RoIConv2d's spelling; kept 
 
 
 def plan_roi(
-    mask: torch.Tensor | None,
+    mask: torch.Tensor | RectRoi | None,
     input_shape: Sequence[int],
     weight_shape: Sequence[int],
     *,
