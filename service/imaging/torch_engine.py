@@ -2,7 +2,8 @@
 
 Each job holds decoded pixels (H, W, C), its ROI and how to treat the outside. The ROI reaches convcore as the
 regions module drew it — rectangles with local masks, a :class:`convcore.RectRoi` — so no full-size mask is built
-for it (only a served model and the adaptive blur get one). Color channels
+for it (the served models, the adaptive blur and the channel-mixing kernels, whose results must not move by a rounding,
+get one of the window). Color channels
 are split off the alpha channel (kept unchanged); per-channel filters run depthwise (groups = C), and every job with
 the same channel count goes into a single :func:`convcore.roi_conv2d_batch` call, whatever the image sizes (inside
 it, each image's plan picks its strategy: typically tiles, one conv per ROI rectangle, equal-size rectangles of the
@@ -121,6 +122,9 @@ def _run_mix(op, works, xs, ms, device) -> list[torch.Tensor]:
     weight = torch.from_numpy(op.weight).to(device)  # [O, C, kh, kw]
     bias = None if op.bias == 0 else torch.full((weight.shape[0],), op.bias, device=device)
     outs = [_base(w, x, weight.shape[0]) for w, x in zip(works, xs)]
+    # masks, not the pieces: a conv that mixes channels rounds in the last bit by the rectangle it runs on (the
+    # depthwise ones do not), so planning from the pieces would move a few pixels by one level; a mask keeps them
+    ms = [_dense(m, x) for m, x in zip(ms, xs)]  # each [H, W] bool or None
     whole = [i for i, w in enumerate(works) if w.bands <= 1]
     for i, w in enumerate(works):
         if w.bands > 1:
