@@ -10,6 +10,7 @@ from .morph import morph_conv2d
 from .network import IncrementalNetwork, LayerRegion, NetworkPlan, RoiNetwork, roi_network
 from .nn import RoIConv2d
 from .plan import RoIPlan, RoiPlan, plan_roi
+from .roi import RectRoi
 from .window import window_op2d
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "NetworkPlan",
     "OffsetConv2d",
     "QuadraticConv2d",
+    "RectRoi",
     "RoIConv2d",
     "RoIPlan",
     "RoiNetwork",

@@ -24,7 +24,7 @@ from .compile import (
     traced_pad,
     tracing,
 )
-from .engine import needs_grad, run_tiles_op, shifted_views
+from .engine import dense_roi, needs_grad, run_tiles_op, shifted_views
 from .functional import roi_conv2d
 from .gather import gather_tile
 from .geometry import ConvGeometry
@@ -364,7 +364,7 @@ def _lowered(
 
 def _lowered_eager(input, terms, bias, setup, out, groups: int, geometry: dict) -> torch.Tensor:
     """:func:`_lowered` on the convolutions of :func:`roi_conv2d`, over the mask's bounding box."""
-    geom, mask, result = setup.geom, setup.mask, setup.out
+    geom, mask, result = setup.geom, dense_roi(setup.mask), setup.out  # a RectRoi's boxes as a mask: the bbox is cut
     if mask is None:
         x, sub_mask, conv_args, dst = input, None, dict(geometry, groups=groups), out
     else:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from .geometry import PADDING_MODES, pair
+from .roi import RectRoi
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -43,12 +44,20 @@ def check_tensor(name: str, t: object, dims: Sequence[str], *, floating: bool = 
 def check_mask(
     mask: object, n: int, out_hw: tuple[int, int], device: torch.device | None = None
 ) -> torch.Tensor | None:
-    """Check a ROI mask over output positions and return it as bool (N, H_out, W_out) (expanded if shared)."""
+    """Check a ROI mask over output positions and return it as bool (N, H_out, W_out) (expanded if shared).
+
+    A :class:`convcore.RectRoi` is checked and returned in its dense form: for the paths that need a full-size mask
+    (the engines take it as boxes, through :func:`convcore.engine.check_roi`).
+    """
     if mask is None:
         return None
+    if isinstance(mask, RectRoi):
+        mask.check(out_hw)
+        return mask.to_mask(*out_hw, device=device).unsqueeze(0).expand(n, -1, -1)
     if not isinstance(mask, torch.Tensor):
         raise TypeError(
-            f"mask must be a bool torch.Tensor of shape (N, H_out, W_out) or (H_out, W_out), got {type(mask).__name__}"
+            "mask must be a bool torch.Tensor of shape (N, H_out, W_out) or (H_out, W_out), or a convcore.RectRoi, "
+            f"got {type(mask).__name__}"
         )
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (the ROI over output positions), got {mask.dtype}; use mask != 0")

@@ -7,18 +7,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .checks import check_bias, check_groups, check_mask, check_out, check_same, check_tensor
+from .checks import check_bias, check_groups, check_out, check_same, check_tensor
 from .engine import (
     SERIAL_SECONDS,
     TileBatch,
     TileSource,
     WindowJob,
+    check_roi,
     chunk_bytes,
-    drop_full,
     needs_grad,
     plan_bands,
     run_tiles,
     run_windows,
+    same_roi,
     scratch,
     single_thread,
     tile_size,
@@ -28,6 +29,7 @@ from .gather import pad_input
 from .geometry import ConvGeometry, conv_geometry
 from .kernels import fused_available, fused_roi_conv2d
 from .plan import STRATEGIES, RoIPlan, plan_roi, tile_position_bytes, window_bytes
+from .roi import RectRoi
 
 __all__ = ["conv2d_reference", "roi_conv2d", "roi_conv2d_batch"]
 
@@ -41,7 +43,7 @@ def roi_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
+    mask: torch.Tensor | RectRoi | None = None,
     *,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] | str = 0,
@@ -63,7 +65,8 @@ def roi_conv2d(
         weight (Tensor[O, C/groups, kh, kw]): the convolution weights.
         bias (Tensor[O], optional): added at every computed position.
         mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over OUTPUT positions,
-            one per image or shared by the batch. None means everywhere.
+            one per image or shared by the batch. None means everywhere. A :class:`convcore.RectRoi` (boxes with
+            local masks) is planned without a full-size mask ("dense" and "fused" build one).
         stride, padding, dilation, groups: as in ``F.conv2d``; ``padding`` may be "same" or "valid".
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" as in ``nn.Conv2d``, or "symmetric" (the edge
             repeated). "reflect" does not repeat the edge: it is OpenCV's BORDER_REFLECT_101; OpenCV's BORDER_REFLECT
@@ -122,8 +125,8 @@ def roi_conv2d(
         if plan.mask is not None and plan.mask.device != input.device:
             raise ValueError(f"plan is on {plan.device} but input is on {input.device}; build it with device=")
         if mask is not None:
-            given, _ = drop_full(check_mask(mask, N, geom.out_hw, plan.device))
-            if (given is None) != (plan.mask is None) or (given is not None and not torch.equal(given, plan.mask)):
+            given, _ = check_roi(mask, N, geom.out_hw, plan.device)
+            if not same_roi(given, plan.mask):
                 raise ValueError(
                     "mask differs from the mask the plan was built for: pass the plan's mask (or no mask), "
                     "or build a plan for this one with plan_roi"
@@ -164,7 +167,7 @@ def _run_fused(
     if plan.mask is None:
         mask = torch.ones(N, *geom.out_hw, dtype=torch.bool, device=input.device)  # [N, H_out, W_out]
     else:
-        mask = plan.mask.expand(N, *geom.out_hw)  # [N, H_out, W_out]
+        mask = plan.dense_mask().expand(N, *geom.out_hw)  # [N, H_out, W_out]
     return fused_roi_conv2d(
         input,
         weight,
@@ -195,7 +198,7 @@ def roi_conv2d_batch(
     inputs: Sequence[torch.Tensor],
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    masks: Sequence[torch.Tensor | None] | None = None,
+    masks: Sequence[torch.Tensor | RectRoi | None] | None = None,
     *,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] | str = 0,
@@ -215,7 +218,8 @@ def roi_conv2d_batch(
     Args:
         inputs (list of Tensor[C, H_i, W_i]): the images (same C, dtype and device).
         weight (Tensor[O, C/groups, kh, kw]), bias (Tensor[O], optional): shared by all images.
-        masks (list of bool Tensor[H_out_i, W_out_i] or None, optional): each image's ROI over output positions.
+        masks (list of bool Tensor[H_out_i, W_out_i], :class:`convcore.RectRoi` or None, optional): each image's ROI
+            over output positions.
         outs (list of Tensor[O, H_out_i, W_out_i] or None, optional): written only inside each mask.
 
     Returns:
@@ -276,7 +280,7 @@ def roi_conv2d_batch(
             jobs.append(WindowJob(image, o[0], oy, ox, plan.geometry))
         else:
             sources.append(TileSource(x, o, plan.mask, plan.geometry))
-            tile_masks.append(None if plan.mask is None else plan.mask.cpu().numpy())
+            tile_masks.append(plan.mask.cpu().numpy() if isinstance(plan.mask, torch.Tensor) else plan.mask)
     if jobs:
         _run_windows(jobs, weight, bias, groups)
     if sources:
@@ -338,7 +342,7 @@ def _run_dense(input, weight, bias, plan: RoIPlan, out):
     y = _dense(input, weight, bias, plan.geometry, plan.groups)  # [N, O, H_out, W_out]
     if plan.mask is None:
         return y if out is None else out.copy_(y)
-    keep = plan.mask.unsqueeze(1)  # [N, 1, H_out, W_out]
+    keep = plan.dense_mask().unsqueeze(1)  # [N, 1, H_out, W_out]
     if out is None:
         return torch.where(keep, y, y.new_zeros(()))
     return out.copy_(torch.where(keep, y, out))

@@ -7,6 +7,7 @@ from torch import nn
 
 from .functional import roi_conv2d
 from .plan import RoIPlan, plan_roi
+from .roi import RectRoi
 
 __all__ = ["RoIConv2d"]
 
@@ -54,7 +55,7 @@ class RoIConv2d(nn.Conv2d):
         module.bias = conv.bias
         return module
 
-    def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None, out: torch.Tensor | None = None):
+    def forward(self, input: torch.Tensor, mask: torch.Tensor | RectRoi | None = None, out: torch.Tensor | None = None):
         return roi_conv2d(
             input,
             self.weight,

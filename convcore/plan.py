@@ -28,9 +28,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checks import check_groups, check_mask
-from .engine import Band, Rect, chunk_bytes, drop_full, plan_bands, positions, single_thread, tile_size
+from .checks import check_groups
+from .engine import (
+    Band,
+    Rect,
+    RoiRects,
+    check_roi,
+    chunk_bytes,
+    dense_roi,
+    image_positions,
+    plan_bands,
+    single_thread,
+    tile_size,
+)
 from .geometry import ConvGeometry, conv_geometry
+from .roi import RectRoi
 
 __all__ = [
     "STRATEGIES",
@@ -102,7 +114,9 @@ class RoIPlan:
         input_shape: (N, C, H, W) the plan is for.
         weight_shape: (O, C/groups, kh, kw).
         geometry: resolved stride/padding/dilation and output size.
-        mask: bool Tensor[N, H_out, W_out] on the plan's device, or None for "everywhere".
+        mask: the checked ROI: a bool Tensor[N, H_out, W_out] on the plan's device, the planned boxes of a
+            :class:`convcore.RectRoi` (:class:`convcore.engine.RoiRects`), or None for "everywhere";
+            :meth:`dense_mask` gives it as a tensor in either case.
         strategy: what "auto" picked (or what was forced); one of "windows", "tiles", "dense".
         coverage: fraction of output positions inside the mask.
         estimates: the cost model's estimated seconds per strategy.
@@ -117,7 +131,7 @@ class RoIPlan:
     weight_shape: tuple[int, int, int, int]
     geometry: ConvGeometry
     groups: int
-    mask: torch.Tensor | None
+    mask: torch.Tensor | RoiRects | None
     device: torch.device
     coverage: float
     strategy: str = "dense"
@@ -139,23 +153,27 @@ class RoIPlan:
         """Per image, the in-mask output positions as (oy, ox) long tensors (Tensor[P_n] each), raster order."""
         if self._positions is None:
             N = self.input_shape[0]
-            if self.mask is None:
-                self._positions = [positions(None, self.geometry.out_hw, self.device)] * N
+            if self.mask is None or isinstance(self.mask, RoiRects):  # the same positions for every image
+                self._positions = [image_positions(self.mask, 0, self.geometry.out_hw, self.device)] * N
             else:
-                self._positions = [positions(self.mask[n], self.geometry.out_hw, self.device) for n in range(N)]
+                self._positions = [image_positions(self.mask, n, self.geometry.out_hw, self.device) for n in range(N)]
         return self._positions
+
+    def dense_mask(self) -> torch.Tensor | None:
+        """The ROI as a bool Tensor[N, H_out, W_out] (built from the boxes of a RectRoi), or None for everywhere."""
+        return dense_roi(self.mask)
 
     def bands(self) -> list[Band]:
         """The tiles engine's conv calls: the mask's rectangles, cut and batched under the chunk budget."""
         if self._bands is None:
             N = self.input_shape[0]
-            mask = None if self.mask is None else self.mask.detach().cpu().numpy()
+            mask = self.mask.detach().cpu().numpy() if isinstance(self.mask, torch.Tensor) else self.mask
             budget = chunk_bytes(self.device, blocked=True)
             self._bands = plan_bands([mask], [(N, *self.geometry.out_hw)], self.position_bytes, budget, self.tile)
         return self._bands
 
     def rects(self) -> list[Rect]:
-        """Every rectangle of :meth:`bands`: disjoint, covering the mask, each shrunk to the mask's bounding box."""
+        """Every rectangle of :meth:`bands`: disjoint, covering the ROI, each shrunk to the ROI's bounding box in it."""
         return [r for band in self.bands() for r in band.rects]
 
     @property
@@ -177,7 +195,7 @@ RoiPlan = RoIPlan  # the name before RoIPlan matched RoIConv2d's spelling; kept 
 
 
 def plan_roi(
-    mask: torch.Tensor | None,
+    mask: torch.Tensor | RectRoi | None,
     input_shape: Sequence[int],
     weight_shape: Sequence[int],
     *,
@@ -193,7 +211,8 @@ def plan_roi(
     """Build a :class:`RoIPlan` for convolving inputs of ``input_shape`` with weights of ``weight_shape``.
 
     Args:
-        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool): the ROI over output positions, or None.
+        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, or a :class:`convcore.RectRoi`): the ROI over
+            output positions, or None.
         input_shape: (N, C, H, W).
         weight_shape: (O, C/groups, kh, kw).
         stride, padding, dilation, groups, padding_mode: as in ``nn.Conv2d``.
@@ -222,7 +241,7 @@ def plan_roi(
         device = mask.device if isinstance(mask, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
     with single_thread(device.type == "cpu"):  # mask statistics: small work, not worth a parallel region each
-        mask, covered = drop_full(check_mask(mask, N, geom.out_hw, device))
+        mask, covered = check_roi(mask, N, geom.out_hw, device)
         total = N * geom.out_hw[0] * geom.out_hw[1]
         if covered < 0:
             covered = total

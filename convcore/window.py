@@ -23,6 +23,7 @@ from .compile import (
     run_op,
 )
 from .engine import run_windows, window_jobs
+from .roi import RectRoi
 
 __all__ = ["window_op2d"]
 
@@ -38,7 +39,7 @@ def window_op2d(
     reduce: str = "sum",
     keep_window: bool = False,
     bias: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
+    mask: torch.Tensor | RectRoi | None = None,
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] | str = 0,
     dilation: int | Sequence[int] = 1,
@@ -84,7 +85,8 @@ def window_op2d(
         reduce: "sum" | "mean" | "max" | "min" | "logsumexp".
         keep_window: reduce over channels only and keep the window: the channel-only sum of the forum recipe.
         bias (Tensor[O], optional): added after the reduction.
-        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, optional): the ROI over output positions.
+        mask (Tensor[N, H_out, W_out] or Tensor[H_out, W_out], bool, or a :class:`convcore.RectRoi`, optional): the
+            ROI over output positions.
         stride, padding, dilation, groups: as in ``nn.Conv2d``; ``padding`` may be "same" or "valid".
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric".
         out (Tensor, optional): the output, written only inside the mask; returned.

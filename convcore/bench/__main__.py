@@ -1,4 +1,4 @@
-"""``python -m convcore.bench [conv|ops|network|fused|incremental|peers] [options]``: "conv" by default."""
+"""``python -m convcore.bench [conv|ops|network|fused|incremental|peers|rects] [options]``: "conv" by default."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "fused": ("convcore.bench.fused", "the fused GPU kernel"),
     "incremental": ("convcore.bench.incremental", "re-running a network only where its input changed"),
     "peers": ("convcore.bench.peers", "AdderNet, Kervolution, kornia-style morphology: the unfold layers vs convcore"),
+    "rects": ("convcore.bench.rects", "a few boxes in a 4K image: a RectRoi vs a dense mask vs F.conv2d"),
 }
 
 

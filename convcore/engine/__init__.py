@@ -28,7 +28,18 @@ from .policy import (
     workspace_limit,
     zeros,
 )
-from .rects import Band, Rect, plan_bands, positions, rects_from_mask
+from .rects import (
+    Band,
+    Rect,
+    RoiRects,
+    check_roi,
+    dense_roi,
+    image_positions,
+    plan_bands,
+    positions,
+    rects_from_mask,
+    same_roi,
+)
 from .setup import OpSetup, prepare_op, window_jobs
 from .tiles import (
     TileBatch,
@@ -47,14 +58,18 @@ __all__ = [
     "Band",
     "OpSetup",
     "Rect",
+    "RoiRects",
     "TileBatch",
     "TileSource",
     "TilesCompute",
     "WindowJob",
     "WindowsCompute",
     "chunk_bytes",
+    "check_roi",
+    "dense_roi",
     "chunk_count",
     "drop_full",
+    "image_positions",
     "needs_grad",
     "plan_bands",
     "positions",
@@ -64,6 +79,7 @@ __all__ = [
     "run_tiles_op",
     "run_window_rows",
     "run_windows",
+    "same_roi",
     "scratch",
     "set_workspace_limit",
     "shifted_views",

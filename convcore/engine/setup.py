@@ -7,10 +7,10 @@ from typing import NamedTuple
 
 import torch
 
-from ..checks import check_mask, check_out
+from ..checks import check_out
 from ..geometry import ConvGeometry, conv_geometry
-from .policy import drop_full, zeros
-from .rects import positions
+from .policy import zeros
+from .rects import RoiRects, check_roi, image_positions
 from .windows import WindowJob
 
 __all__ = ["OpSetup", "prepare_op", "window_jobs"]
@@ -18,7 +18,7 @@ __all__ = ["OpSetup", "prepare_op", "window_jobs"]
 
 class OpSetup(NamedTuple):
     geom: ConvGeometry
-    mask: torch.Tensor | None  # None when the mask covers every position
+    mask: torch.Tensor | RoiRects | None  # the checked ROI (a RectRoi as RoiRects); None when it covers everything
     out: torch.Tensor | None
     done: bool  # the mask is empty: nothing to compute
     positions: int  # output positions to compute, over the batch
@@ -39,7 +39,8 @@ def prepare_op(
 ) -> OpSetup:
     """Geometry, checked mask and the output tensor of a window op; ``done`` when the mask is empty.
 
-    A mask that covers everything is returned as None (the whole-image path). The output is ``out`` when given,
+    A mask that covers everything is returned as None (the whole-image path); a :class:`convcore.RectRoi` as its
+    :class:`RoiRects` (no dense mask built: the engines take it as it is). The output is ``out`` when given,
     else new (zeros where a mask leaves positions unwritten, uninitialized when every position gets written), or
     None with ``allocate=False``. ``out_channels`` is O, or the dims between N and (H_out, W_out) of the output
     (``(O, kh, kw)`` for a window op that keeps the window).
@@ -48,7 +49,7 @@ def prepare_op(
     geom = conv_geometry(
         (H, W), kernel_hw, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode
     )
-    mask, covered = drop_full(check_mask(mask, N, geom.out_hw, input.device))
+    mask, covered = check_roi(mask, N, geom.out_hw, input.device)
     channels = (out_channels,) if isinstance(out_channels, int) else tuple(out_channels)
     out_shape = (N, *channels, *geom.out_hw)
     out = check_out(out, out_shape, input)
@@ -61,10 +62,10 @@ def prepare_op(
 
 
 def window_jobs(
-    input: torch.Tensor, out: torch.Tensor, mask: torch.Tensor | None, geom: ConvGeometry
+    input: torch.Tensor, out: torch.Tensor, mask: torch.Tensor | RoiRects | None, geom: ConvGeometry
 ) -> list[WindowJob]:
-    """The windows engine's jobs for a batch: each image's in-mask positions (all of them for None)."""
+    """The windows engine's jobs for a batch: each image's in-ROI positions (all of them for None)."""
     return [
-        WindowJob(input[n], out[n], *positions(None if mask is None else mask[n], geom.out_hw, input.device), geom)
+        WindowJob(input[n], out[n], *image_positions(mask, n, geom.out_hw, input.device), geom)
         for n in range(input.shape[0])
     ]

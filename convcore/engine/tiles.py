@@ -21,7 +21,7 @@ import torch
 from ..gather import as_plane, gather_tile, gather_windows, scatter_windows, window_index
 from ..geometry import ConvGeometry
 from .policy import chunk_bytes, chunk_count, tile_size
-from .rects import Band, Rect, plan_bands, positions
+from .rects import Band, Rect, RoiRects, image_positions, plan_bands
 
 __all__ = ["TileBatch", "TileSource", "TilesCompute", "run_tiles", "run_tiles_op", "shifted_views", "tap_views"]
 
@@ -31,12 +31,12 @@ SPARSE_RATIO = 4
 
 @dataclass(frozen=True, eq=False)
 class TileSource:
-    """One input batch (Tensor[N, C, H, W]) with its output (Tensor[N, O, H_out, W_out]), checked mask
-    (bool Tensor[N, H_out, W_out] or None) and resolved geometry."""
+    """One input batch (Tensor[N, C, H, W]) with its output (Tensor[N, O, H_out, W_out]), checked ROI
+    (bool Tensor[N, H_out, W_out], :class:`RoiRects` or None) and resolved geometry."""
 
     input: torch.Tensor
     out: torch.Tensor
-    mask: torch.Tensor | None
+    mask: torch.Tensor | RoiRects | None
     geom: ConvGeometry
 
 
@@ -104,13 +104,17 @@ def run_tiles(sources: Sequence[TileSource], bands: Sequence[Band], compute: Til
             s = sources[r.src]
             y = res[b, :, : r.y1 - r.y0, : r.x1 - r.x0]  # [O, rh, rw]: drop the rounding-up
             dst = s.out[r.n, :, r.y0 : r.y1, r.x0 : r.x1]  # [O, rh, rw] view
-            dst.copy_(y if r.full else torch.where(s.mask[r.n, r.y0 : r.y1, r.x0 : r.x1], y, dst))
+            if r.full:
+                dst.copy_(y)
+                continue
+            keep = s.mask[r.n, r.y0 : r.y1, r.x0 : r.x1] if r.local is None else r.local  # [rh, rw] bool
+            dst.copy_(torch.where(keep, y, dst))
 
 
 def run_tiles_op(
     input: torch.Tensor,
     geom: ConvGeometry,
-    mask: torch.Tensor | None,
+    mask: torch.Tensor | RoiRects | None,
     out: torch.Tensor,
     compute: TilesCompute,
     position_bytes: int,
@@ -123,19 +127,20 @@ def run_tiles_op(
 
     Args:
         input (Tensor[N, C, H, W]), geom: the input and its resolved geometry.
-        mask (bool Tensor[N, H_out, W_out] or None): checked ROI; None is everywhere.
+        mask (bool Tensor[N, H_out, W_out], RoiRects or None): checked ROI; None is everywhere.
         out (Tensor[N, O, H_out, W_out]): written inside the mask only.
         compute: see the module docstring.
         position_bytes: working memory one output position of one image costs the compute.
     """
     N = input.shape[0]
     source = TileSource(input, out, mask, geom)
-    mask_np = None if mask is None else mask.detach().cpu().numpy()
+    planned = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask  # numpy, RoiRects or None
     budget = chunk_bytes(input.device)
-    bands = plan_bands([mask_np], [(N, *geom.out_hw)], position_bytes, budget, tile_size(geom.out_hw))
-    if mask_np is not None:
+    bands = plan_bands([planned], [(N, *geom.out_hw)], position_bytes, budget, tile_size(geom.out_hw))
+    if planned is not None:
+        count = planned.count if isinstance(planned, RoiRects) else int(planned.sum())
         area = sum(len(b.rects) * b.shape[0] * b.shape[1] for b in bands)
-        if area > SPARSE_RATIO * int(mask_np.sum()):
+        if area > SPARSE_RATIO * count:
             run_window_rows(source, compute, position_bytes)
             return
     run_tiles([source], bands, compute)
@@ -152,7 +157,7 @@ def run_window_rows(source: TileSource, compute: TilesCompute, position_bytes: i
     chunk = chunk_count(position_bytes + 2 * input.shape[1] * K * input.element_size(), input.device)
     for n in range(input.shape[0]):
         plane = as_plane(input[n])  # [C, H*W]
-        oy_all, ox_all = positions(source.mask[n], geom.out_hw, input.device)  # [P_n]
+        oy_all, ox_all = image_positions(source.mask, n, geom.out_hw, input.device)  # [P_n]
         for s in range(0, oy_all.shape[0], chunk):
             oy, ox = oy_all[s : s + chunk], ox_all[s : s + chunk]
             p = oy.shape[0]

@@ -37,7 +37,7 @@ import numpy as np
 from . import codec, jpeg_frame, jpeg_roi, metadata, scrub
 from .checks import Refused, bad, check_encodable, check_filter, place, whole
 from .filters import FilterOp, build_filter, engine
-from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside, pieces_mask
+from .regions import Piece, RegionError, bounding_rect, build_pieces, check_inside
 from .spec import Roi, Spec
 from .work import Work, finish
 
@@ -204,7 +204,8 @@ def plan(
         window = _torch_window(op, pieces, spec.border, w, h)
         x0, y0, x1, y1 = window or (0, 0, w, h)
         sub = pixels if window is None else np.ascontiguousarray(pixels[y0:y1, x0:x1])
-        work = Work(sub, pieces_mask(pieces, y1 - y0, x1 - x0, (x0, y0)), spec.outside, spec.depth, bands=bands)
+        local = [Piece(p.x0 - x0, p.y0 - y0, p.x1 - x0, p.y1 - y0, p.mask) for p in pieces]  # in the window
+        work = Work(sub, None, spec.outside, spec.depth, bands=bands, pieces=local)
     prepared = Prepared(op, work, out_format, coverage, h * w * color, runs_on, headers, pieces, spec.border, region)
     prepared.origin, prepared.source, prepared.window = origin, pixels, window
     return prepared

@@ -1,6 +1,9 @@
 """Run one batch of jobs that share a filter on one device: tensors in, convcore, pixels out.
 
-Each job holds decoded pixels (H, W, C), an optional ROI mask (H, W) and how to treat the outside. Color channels
+Each job holds decoded pixels (H, W, C), its ROI and how to treat the outside. The ROI reaches convcore as the
+regions module drew it — rectangles with local masks, a :class:`convcore.RectRoi` — so no full-size mask is built
+for it (the served models, the adaptive blur and the channel-mixing kernels, whose results must not move by a rounding,
+get one of the window). Color channels
 are split off the alpha channel (kept unchanged); per-channel filters run depthwise (groups = C), and every job with
 the same channel count goes into a single :func:`convcore.roi_conv2d_batch` call, whatever the image sizes (inside
 it, each image's plan picks its strategy: typically tiles, one conv per ROI rectangle, equal-size rectangles of the
@@ -32,7 +35,7 @@ def run_batch(
     device = torch.device(device)
     with torch.inference_mode():
         xs = [_to_tensor(w.color, device) for w in works]  # each [C, H, W] float32
-        ms = [None if w.mask is None else torch.from_numpy(w.mask).to(device) for w in works]  # each [H, W] bool
+        ms = [_roi(w, device) for w in works]  # each a RectRoi, a bool Tensor[H, W] or None
         if op.kind == "conv":
             ys = _run_conv(op, works, xs, ms, device)
         elif op.kind == "mix":
@@ -49,6 +52,25 @@ def run_batch(
         else:
             raise ValueError(f"unknown filter kind {op.kind!r}")
         return [y.permute(1, 2, 0).contiguous().cpu().numpy() for y in ys]  # each [H, W, C_out]
+
+
+def _roi(work: Work, device: torch.device) -> convcore.RectRoi | torch.Tensor | None:
+    """The work's ROI as convcore takes it: its pieces as boxes with local masks, or its mask (bool Tensor[H, W])."""
+    if work.pieces is not None:
+        boxes = [(p.x0, p.y0, p.x1, p.y1) for p in work.pieces]
+        masks = [None if p.mask is None else torch.from_numpy(p.mask).to(device) for p in work.pieces]  # [h, w] each
+        return convcore.RectRoi(boxes, masks)
+    return None if work.mask is None else torch.from_numpy(work.mask).to(device)
+
+
+def _batched(m: convcore.RectRoi | torch.Tensor | None) -> convcore.RectRoi | torch.Tensor | None:
+    """The ROI of one image for a batch of one: a mask gets its batch dimension, a RectRoi is shared as it is."""
+    return m[None] if isinstance(m, torch.Tensor) else m  # [1, H, W]
+
+
+def _dense(m: convcore.RectRoi | torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """The ROI as a bool Tensor[H, W] over the image x (Tensor[C, H, W]), for what takes only a mask."""
+    return m.to_mask(*x.shape[1:], device=x.device) if isinstance(m, convcore.RectRoi) else m
 
 
 def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -100,6 +122,9 @@ def _run_mix(op, works, xs, ms, device) -> list[torch.Tensor]:
     weight = torch.from_numpy(op.weight).to(device)  # [O, C, kh, kw]
     bias = None if op.bias == 0 else torch.full((weight.shape[0],), op.bias, device=device)
     outs = [_base(w, x, weight.shape[0]) for w, x in zip(works, xs)]
+    # masks, not the pieces: a conv that mixes channels rounds in the last bit by the rectangle it runs on (the
+    # depthwise ones do not), so planning from the pieces would move a few pixels by one level; a mask keeps them
+    ms = [_dense(m, x) for m, x in zip(ms, xs)]  # each [H, W] bool or None
     whole = [i for i, w in enumerate(works) if w.bands <= 1]
     for i, w in enumerate(works):
         if w.bands > 1:
@@ -129,7 +154,7 @@ def _run_morph(op, work, x, m, device) -> torch.Tensor:
         x[None],
         weight,
         mode=op.mode,
-        mask=None if m is None else m[None],
+        mask=_batched(m),
         padding="same",
         padding_mode=mode,
         groups=C,
@@ -140,18 +165,21 @@ def _run_morph(op, work, x, m, device) -> torch.Tensor:
 
 
 def _run_adaptive(op, work, x, m) -> torch.Tensor:
+    # a mask, not the pieces: the blur's exp rounds in the last bit by where a position falls in a band (vector lanes
+    # or the tail), so planning from the pieces would change a few results by 1e-4; a mask keeps them as they were
     lo, hi = op.sigma_range
     scale = MAX_VALUE.get(work.pixels.dtype, 1.0)
     intensity = (x.mean(0, keepdim=True) / scale).clamp(0, 1)  # [1, H, W]
     sigma = (lo + (hi - lo) * intensity)[None]  # [1, 1, H, W]
     out = _base(work, x, x.shape[0])[None]  # [1, C, H, W]
     convcore.adaptive_gaussian_blur2d(
-        x[None], sigma, op.ksize[0], border_type=op.padding_mode, mask=None if m is None else m[None], out=out
+        x[None], sigma, op.ksize[0], border_type=op.padding_mode, mask=_batched(_dense(m, x)), out=out
     )
     return out[0]
 
 
 def _run_model(module, work, x, m) -> torch.Tensor:
+    m = _dense(m, x)  # [H, W] bool or None
     scale = MAX_VALUE.get(work.pixels.dtype, 1.0)
     if isinstance(module, ServedModel):  # a torch.export program: computed inside the ROI (see networks.py)
         y = module(x, m, scale)  # [O, H, W]
@@ -171,7 +199,7 @@ def conv_in_bands(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    mask: torch.Tensor | None,
+    mask: convcore.RectRoi | torch.Tensor | None,
     out: torch.Tensor,
     bands: int,
     *,
@@ -182,20 +210,19 @@ def conv_in_bands(
 
     Args:
         x (Tensor[C, H, W]), weight (Tensor[O, C/groups, kh, kw]), bias (Tensor[O] or None).
-        mask (bool Tensor[H, W] or None: everywhere), out (Tensor[O, H, W]): written only inside the mask.
+        mask (a RectRoi, a bool Tensor[H, W] or None: everywhere), out (Tensor[O, H, W]): written only inside it.
     """
     height = x.shape[1]
     step = -(-height // max(1, bands))
     for y0 in range(0, height, step):
-        band = torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device)  # [H, W]
-        band[y0 : y0 + step] = True if mask is None else mask[y0 : y0 + step]
-        if not bool(band.any()):
+        band = _rows(mask, y0, min(y0 + step, height), x)
+        if band is None:
             continue
         convcore.roi_conv2d(
             x[None],
             weight,
             bias,
-            band[None],
+            band,
             padding="same",
             padding_mode=padding_mode,
             groups=groups,
@@ -203,3 +230,22 @@ def conv_in_bands(
             strategy="tiles",
         )  # [1, O, H, W], written inside the band only
     return out
+
+
+def _rows(mask, y0: int, y1: int, x: torch.Tensor) -> convcore.RectRoi | torch.Tensor | None:
+    """The ROI inside rows [y0, y1) of the image x (Tensor[C, H, W]) for a batch of one: a RectRoi (its boxes cut
+    to the rows; the rows themselves for None) or a band mask (Tensor[1, H, W]) for a mask; None when empty."""
+    width = x.shape[2]
+    if isinstance(mask, torch.Tensor):
+        band = torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device)  # [H, W]
+        band[y0:y1] = mask[y0:y1]
+        return band[None] if bool(band.any()) else None
+    if mask is None:
+        return convcore.RectRoi([(0, y0, width, y1)])
+    boxes, masks = [], []
+    for (bx0, by0, bx1, by1), local in zip(mask.boxes, mask.masks):
+        a, b = max(by0, y0), min(by1, y1)
+        if a < b:
+            boxes.append((bx0, a, bx1, b))
+            masks.append(None if local is None else local[a - by0 : b - by0])  # [b - a, w]
+    return convcore.RectRoi(boxes, masks) if boxes else None

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .regions import Piece
 
 __all__ = ["MAX_VALUE", "Work", "finish"]
 
@@ -14,13 +18,18 @@ MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}  # the whi
 
 @dataclass
 class Work:
-    """The data of one request for a worker: pixels (H, W, C), mask bool (H, W) or None, outside, output depth."""
+    """The data of one request for a worker: pixels (H, W, C), the ROI, outside, output depth.
+
+    The ROI is ``mask`` bool (H, W), or ``pieces`` (rectangles of the pixels, each with its local mask: what the
+    regions module draws, handed to convcore as they are), or neither (everywhere).
+    """
 
     pixels: np.ndarray
     mask: np.ndarray | None
     outside: str
     depth: str
     bands: int = 1  # > 1: run the convolution in row bands (bounded working memory)
+    pieces: list[Piece] | None = None  # in the pixels' coordinates; the ROI when mask is None
 
     @property
     def color(self) -> np.ndarray:

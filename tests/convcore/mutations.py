@@ -167,6 +167,27 @@ MUTATIONS = [
         "                    gxs[:, c] -= gx.sum(1)",
         ["tests/convcore/test_peers.py", "-k", "adder"],
     ),
+    (
+        "rect ROI: a box's rectangle planned one row too low",
+        "convcore/engine/rects.py",
+        "boxes.append(Rect(0, y0, y1, x0, x1, covered == area,",
+        "boxes.append(Rect(0, y0 + 1, y1 + 1, x0, x1, covered == area,",
+        ["tests/convcore/test_rect_roi.py"],
+    ),
+    (
+        "rect ROI: the tiles of a box's local mask offset by one column",
+        "convcore/engine/rects.py",
+        "box.x0 + r.x0, box.x0 + r.x1)",
+        "box.x0 + r.x0 + 1, box.x0 + r.x1 + 1)",
+        ["tests/convcore/test_rect_roi.py"],
+    ),
+    (
+        "rect ROI: the dense form of overlapping boxes keeps only the last box's mask",
+        "convcore/engine/rects.py",
+        "view |= r.local",
+        "view.copy_(r.local)",
+        ["tests/convcore/test_rect_roi.py"],
+    ),
 ]
 
 

@@ -68,3 +68,10 @@ def test_missing_subcommands_say_so(name, capsys, monkeypatch):
     monkeypatch.setitem(entry.SUBCOMMANDS, name, ("convcore.no_such_module.bench", "missing"))
     assert bench_main([name]) == 2
     assert "is not part of this installation" in capsys.readouterr().err
+
+
+def test_rects_bench_prints_every_row(capsys):
+    assert bench_main(["rects", "--rounds", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| F.conv2d (whole image) |", "| roi_conv2d, mask (built) |", "| roi_conv2d, RectRoi | "):
+        assert row in out
