@@ -104,8 +104,9 @@ def morph_conv2d(
 
     def compiled(s):
         if Cg * kh * kw > TAP_FORM_MAX_ELEMENTS:  # a reduction loop over the window: the fused band
-            compiled_window_op("morph_conv2d", input, signed, _plus, "plus", s.out, s.mask, s.geom, **reduction)
-            return s.out
+            result = output(s)
+            compiled_window_op("morph_conv2d", input, signed, _plus, "plus", result, s.mask, s.geom, **reduction)
+            return result
         g = s.geom
         if s.mask is None:  # the whole input in one call: zeros read in the kernel, other borders padded once
             x, pad = (input, g.pad) if g.padding_mode == "zeros" else (pad_input(input, g), (0, 0, 0, 0))
@@ -123,8 +124,11 @@ def morph_conv2d(
             return _MorphBand.apply(patch, wg, band.geom, band.shape, mode)
         return _morph_band(patch, wg, band.geom, band.shape, mode, track=False)[0]
 
+    def output(s) -> torch.Tensor:  # every position gets written where run_op allocated none (no mask)
+        return input.new_empty(input.shape[0], O, *s.geom.out_hw) if s.out is None else s.out
+
     def eager(s):
-        result = input.new_empty(input.shape[0], O, *s.geom.out_hw) if s.out is None else s.out
+        result = output(s)
         run_tiles_op(input, s.geom, s.mask, result, compute, position_bytes=3 * O * input.element_size())
         return result
 

@@ -50,7 +50,7 @@ def extremum_band(
 
     Returns:
         Tensor[B, O, h, w]; under autograd the gradient reaches ``patch`` and ``wg`` through the first winner of each
-        window, in (C/G, kh, kw) order.
+        window, in (kh, kw, C/G) order (the eager morph's).
     """
     statics = (reduce, stride, dilation, tuple(pad))
     patch = patch.contiguous()  # one memory layout for every band (see fused.fused_band)
@@ -79,9 +79,9 @@ def _band_forward(patch, wg, reduce, stride, dilation, want_index):
     pick = torch.maximum if reduce == "max" else torch.minimum
     better = torch.gt if reduce == "max" else torch.lt
     acc = index = None
-    for c in range(Cg):
-        for m in range(kh):
-            for q in range(kw):
+    for m in range(kh):  # the eager morph's order: tap by tap, channels within a tap
+        for q in range(kw):
+            for c in range(Cg):
                 xs = x[:, :, :, c, m * dh : m * dh + (h - 1) * sh + 1 : sh, q * dw : q * dw + (w - 1) * sw + 1 : sw]
                 v = xs + wt[:, :, :, c, m, q]  # [B, G, O/G, h, w]
                 if acc is None:
