@@ -61,9 +61,12 @@ def morph_conv2d(
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric" (edge repeated), or
             "geodesic": the border never wins (−inf around a dilation, +inf around an erosion), kornia's default.
         out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
-        compile: True compiles the max/min into one kernel per band, every group in it (``torch.compile``; eager
-            with one warning where impossible); False and "auto" run the eager loop, which measured faster (see
-            docs/compile.md). Both give the gradient of a tie to the first winner in (kh, kw, C) order.
+        compile: True compiles the max/min (``torch.compile``; eager with one warning where impossible): with
+            C/groups·kh·kw <= 64 window elements as one fused elementwise kernel over the whole input (bands of the
+            mask with one), else one reduction kernel per band; False runs the eager loop; "auto" compiles as
+            :func:`window_op2d` does (a large call, or a layer whose eager calls have spent
+            :data:`convcore.compile.AUTO_EAGER_SECONDS`; see docs/compile.md). Both give the gradient of a tie to the
+            first winner in (kh, kw, C) order.
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -143,9 +146,12 @@ def morph_conv2d(
         dense=dense,
         eager=eager,
         compiled=compiled,
-        # "auto" leaves morphology eager: compiled, depthwise 3×3 on 2×16×256² measured 3.7× a depthwise F.conv2d
-        # against the eager loop's 1.7× (CPU time, one thread, python -m convcore.bench peers --clock cpu)
-        generic=False,
+        # "auto" compiles morphology by the rule of the window ops (a large call, a hot layer, compiled before): its
+        # compiled forms measured faster than the eager loop, forward and backward (docs/benchmarks.md, peers)
+        work=lambda s: s.positions * O * Cg * kh * kw,
+        generic=True,
+        key=("morph_conv2d", mode),
+        params=(weight,),
         allocate=mask is not None,  # the whole input's compiled result is returned as it comes
     )
 
