@@ -3,10 +3,10 @@
 For few window elements per output (C/G·kh·kw small: the depthwise morphology of image filters), the reduction
 is written as a chain of elementwise ops over the shifted views of a band's patch — one ``maximum`` (or ``minimum``)
 and one ``where`` (the winner's index) per element — which Inductor fuses into one loop over the output, the
-output's width vectorized and every tap a vector load: no window view, no reduction loop, no padded copy beyond the
-band's halo. The fused band (:mod:`convcore.compile.fused`) reduces over a strided window view instead; with 9
-elements per output its reduction loop did not vectorize well (3.7× a depthwise ``F.conv2d`` against this form's
-figure in docs/benchmarks.md).
+output's width vectorized and every tap a vector load: no window view, no reduction loop. The fused band
+(:mod:`convcore.compile.fused`) reduces over a strided window view instead; with 9 elements per output its
+reduction loop did not vectorize well (3.7× a depthwise ``F.conv2d`` against this form's figure in
+docs/benchmarks.md).
 
 Backward, the gradient goes to the first winner of each window alone (as the eager morph's): for stride 1 the
 patch's gradient is *gathered* — each input element sums the output gradients of the windows that read it where
