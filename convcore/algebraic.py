@@ -24,6 +24,7 @@ from .compile import (
     traced_pad,
     tracing,
 )
+from .compile.grad import affine, affine_coefficients, affine_weight_grad
 from .engine import dense_roi, needs_grad, run_tiles_op, shifted_views
 from .functional import roi_conv2d
 from .gather import gather_tile
@@ -37,6 +38,7 @@ def _adder_dx(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.hardtanh(w - x)  # AdderNet's input gradient: HardTanh of the full-precision one
 
 
+@affine(1, -1)  # its weight gradient Σ g·(x − w) is a convolution's weight gradient minus w·Σ g
 def _adder_dw(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x - w  # AdderNet's weight gradient: the full-precision difference, not its sign
 
@@ -314,6 +316,12 @@ class _AdderBand(torch.autograd.Function):
         h, w = ctx.hw
         grad_patch = torch.zeros_like(patch) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        coefficients = None if ctx.grad is None else affine_coefficients(ctx.grad[1])
+        if grad_w is not None and coefficients is not None:  # a GEMM, not a loop over the taps
+            g = ctx.geom
+            grad_w = affine_weight_grad(coefficients, patch, weight, grad, g.stride, g.dilation, 1)
+            if grad_patch is None:
+                return None, grad_w, None, None, None
         views = shifted_views(grad_patch, ctx.geom, h, w) if grad_patch is not None else None
         for m, q, xs in shifted_views(patch, ctx.geom, h, w):  # xs [B, C, h, w]
             gxs = next(views)[2] if views is not None else None  # [B, C, h, w] view of grad_patch
@@ -323,9 +331,9 @@ class _AdderBand(torch.autograd.Function):
                     gs = grad * torch.sign(xc - wc)  # [B, O, h, w]: d/dw −|x − w| = sign(x − w) = −d/dx
                     gw, gx = gs, -gs
                 else:
-                    gw = grad * ctx.grad[1](xc, wc) if grad_w is not None else None  # [B, O, h, w]
+                    gw = grad * ctx.grad[1](xc, wc) if grad_w is not None and coefficients is None else None
                     gx = grad * ctx.grad[0](xc, wc) if gxs is not None else None  # [B, O, h, w]
-                if grad_w is not None:
+                if grad_w is not None and coefficients is None:
                     grad_w[:, c, m, q] += gw.sum((0, 2, 3))
                 if gxs is not None:
                     gxs[:, c] += gx.sum(1)

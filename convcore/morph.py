@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from .checks import check_groups, check_same, check_tensor
 from .compile import check_compile, compiled_window_op, dense_window_op, run_op
+from .compile.extremum import TAP_FORM_MAX_ELEMENTS, extremum_band
 from .engine import needs_grad, run_tiles_op, shifted_views
+from .gather import pad_input
 from .geometry import PADDING_MODES, ConvGeometry, resolve_padding
 
 __all__ = ["MORPH_PADDING_MODES", "morph_conv2d"]
@@ -59,9 +61,12 @@ def morph_conv2d(
         padding_mode: "zeros" | "reflect" | "replicate" | "circular" | "symmetric" (edge repeated), or
             "geodesic": the border never wins (−inf around a dilation, +inf around an erosion), kornia's default.
         out (Tensor[N, O, H_out, W_out], optional): written only inside the mask; returned.
-        compile: True compiles the max/min into one kernel per band, every group in it (``torch.compile``; eager
-            with one warning where impossible); False and "auto" run the eager loop, which measured faster (see
-            docs/compile.md). Both give the gradient of a tie to the first winner in (kh, kw, C) order.
+        compile: True compiles the max/min (``torch.compile``; eager with one warning where impossible): with
+            C/groups·kh·kw <= 64 window elements as one fused elementwise kernel over the whole input (bands of the
+            mask with one), else one reduction kernel per band; False runs the eager loop; "auto" compiles as
+            :func:`window_op2d` does (a large call, or a layer whose eager calls have spent
+            :data:`convcore.compile.AUTO_EAGER_SECONDS`; see docs/compile.md). Both give the gradient of a tie to the
+            first winner in (kh, kw, C) order.
 
     Returns:
         Tensor[N, O, H_out, W_out].
@@ -101,7 +106,20 @@ def morph_conv2d(
         return dense_window_op(input, signed, _plus, geom, mask, out, (input.shape[0], O, *geom.out_hw), **reduction)
 
     def compiled(s):
-        compiled_window_op("morph_conv2d", input, signed, _plus, "plus", s.out, s.mask, s.geom, **reduction)
+        if Cg * kh * kw > TAP_FORM_MAX_ELEMENTS:  # a reduction loop over the window: the fused band
+            result = output(s)
+            compiled_window_op("morph_conv2d", input, signed, _plus, "plus", result, s.mask, s.geom, **reduction)
+            return result
+        g = s.geom
+        if s.mask is None:  # the whole input in one call: zeros read in the kernel, other borders padded once
+            x, pad = (input, g.pad) if g.padding_mode == "zeros" else (pad_input(input, g), (0, 0, 0, 0))
+            y = extremum_band("morph_conv2d", x, wg, reduction["reduce"], g.stride, g.dilation, pad)
+            return y if s.out is None else s.out.copy_(y)
+
+        def band(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
+            return extremum_band("morph_conv2d", patch, wg, reduction["reduce"], band.geom.stride, band.geom.dilation)
+
+        run_tiles_op(input, g, s.mask, s.out, band, position_bytes=(input.shape[1] + 2 * O) * input.element_size())
         return s.out
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
@@ -109,9 +127,13 @@ def morph_conv2d(
             return _MorphBand.apply(patch, wg, band.geom, band.shape, mode)
         return _morph_band(patch, wg, band.geom, band.shape, mode, track=False)[0]
 
+    def output(s) -> torch.Tensor:  # every position gets written where run_op allocated none (no mask)
+        return input.new_empty(input.shape[0], O, *s.geom.out_hw) if s.out is None else s.out
+
     def eager(s):
-        run_tiles_op(input, s.geom, s.mask, s.out, compute, position_bytes=3 * O * input.element_size())
-        return s.out
+        result = output(s)
+        run_tiles_op(input, s.geom, s.mask, result, compute, position_bytes=3 * O * input.element_size())
+        return result
 
     return run_op(
         input,
@@ -124,9 +146,13 @@ def morph_conv2d(
         dense=dense,
         eager=eager,
         compiled=compiled,
-        # "auto" leaves morphology eager: compiled, depthwise 3×3 on 2×16×256² measured 3.7× a depthwise F.conv2d
-        # against the eager loop's 1.7× (CPU time, one thread, python -m convcore.bench peers --clock cpu)
-        generic=False,
+        # "auto" compiles morphology by the rule of the window ops (a large call, a hot layer, compiled before): its
+        # compiled forms measured faster than the eager loop, forward and backward (docs/benchmarks.md, peers)
+        work=lambda s: s.positions * O * Cg * kh * kw,
+        generic=True,
+        key=("morph_conv2d", mode),
+        params=(weight,),
+        allocate=mask is not None,  # the whole input's compiled result is returned as it comes
     )
 
 

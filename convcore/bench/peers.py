@@ -14,6 +14,13 @@ Shapes: AdderNet's CIFAR layers (32×16×32², 32×64×8²) and 2×16×256², 3�
 the unfold way against ``DistanceConv2d``. Targets: the adder layer forward <= 3× F.conv2d and forward+backward
 <= 5× at 32×16×32² (with AdderNet's gradient); the ResNet-20 step >= 20× faster than the unfold formulation;
 morphology <= 1.5× a depthwise F.conv2d.
+
+Two more columns keep the previous forms in the same run: "dw reduced" (AdderNet's gradient with its x − w not
+declared affine: the weight gradient as a window reduction instead of a convolution's weight gradient) and "fused
+band" (dilation through ``window_op2d(..., reduce="max")``: the reduction kernel morph compiled to before its tap
+form). By default freed memory stays in the heap (``--heap reuse``, :func:`convcore.bench.measure.reuse_heap`):
+with glibc's default a call's large output can be page-faulted in afresh on every call, which cost a depthwise
+F.conv2d of 2×16×256² 13 of its 16 ms here, depending on the allocator's history.
 """
 
 from __future__ import annotations
@@ -30,12 +37,28 @@ from ..algebraic import ADDERNET_GRAD, distance_conv2d
 from ..functional import roi_conv2d
 from ..layers import DistanceConv2d
 from ..morph import morph_conv2d
-from .measure import measure
+from ..window import window_op2d
+from .measure import measure, reuse_heap
 
 __all__ = ["AdderResNet20", "main", "run_layers", "run_resnet"]
 
 SHAPES = [(32, 16, 32), (32, 64, 8), (2, 16, 256)]  # (N, C = O, H = W)
 POLY_C, POLY_D, GAMMA = 1.0, 2, 0.5
+
+
+def _full_precision(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x - w  # AdderNet's weight gradient, not declared affine: the fused band reduces it over (B, h, w)
+
+
+def _plus(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x + w
+
+
+# the comparison columns, reachable through the public API: "dw reduced" (AdderNet's gradient with its x − w left
+# undeclared, so the fused band sums it as a window reduction instead of a convolution's weight gradient) and
+# "fused band" (dilation as window_op2d(x + w, reduce="max"): the fused reduction morph_conv2d compiled to before its
+# tap form)
+REDUCED_ADDERNET_GRAD = (ADDERNET_GRAD[0], _full_precision)
 
 
 class _UnfoldAdder(torch.autograd.Function):
@@ -92,13 +115,15 @@ def _layer_cases(N: int, C: int, S: int) -> dict[str, tuple[Callable, ...]]:
     dw = torch.randn(C, 1, 3, 3, generator=g).requires_grad_()
     adder = DistanceConv2d(C, C, 3, padding=1, grad=ADDERNET_GRAD, compile=True)
     adder_eager = DistanceConv2d(C, C, 3, padding=1, grad=ADDERNET_GRAD, compile=False)
-    adder_eager.weight, adder.weight = w, w
+    adder_reduced = DistanceConv2d(C, C, 3, padding=1, grad=REDUCED_ADDERNET_GRAD, compile=True)
+    adder_eager.weight, adder.weight, adder_reduced.weight = w, w, w
     return {
         "adder": (
             ("F.conv2d", lambda x: F.conv2d(x, w, padding=1)),
             ("unfold", lambda x: unfold_adder(x, w)),
             ("convcore", adder),
             ("convcore eager", adder_eager),
+            ("dw reduced", adder_reduced),
         ),
         "kervolution poly": (
             ("F.conv2d", lambda x: F.conv2d(x, w, padding=1)),
@@ -115,6 +140,7 @@ def _layer_cases(N: int, C: int, S: int) -> dict[str, tuple[Callable, ...]]:
             ("unfold", lambda x: unfold_dilation(x, se)),
             ("convcore", lambda x: morph_conv2d(x, se_dw, padding=1, groups=C, compile=True)),
             ("convcore eager", lambda x: morph_conv2d(x, se_dw, padding=1, groups=C, compile=False)),
+            ("fused band", lambda x: window_op2d(x, se_dw, _plus, reduce="max", padding=1, groups=C, compile=True)),
         ),
     }
 
@@ -201,9 +227,9 @@ class AdderResNet20(nn.Module):
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-def _convcore_adder(compile: bool | str) -> Callable[[int, int, int], nn.Module]:
+def _convcore_adder(compile: bool | str, grad=ADDERNET_GRAD) -> Callable[[int, int, int], nn.Module]:
     def make(cin: int, cout: int, stride: int) -> nn.Module:
-        return DistanceConv2d(cin, cout, 3, stride, 1, bias=False, grad=ADDERNET_GRAD, compile=compile)
+        return DistanceConv2d(cin, cout, 3, stride, 1, bias=False, grad=grad, compile=compile)
 
     return make
 
@@ -215,6 +241,7 @@ def run_resnet(rounds: int, batch: int = 32, stat: str = "median", clock: str = 
         "unfold": AdderResNet20(lambda i, o, s: _UnfoldAdderLayer(i, o, s)),
         "convcore": AdderResNet20(_convcore_adder(True)),
         "convcore eager": AdderResNet20(_convcore_adder(False)),
+        "dw reduced": AdderResNet20(_convcore_adder(True, REDUCED_ADDERNET_GRAD)),
     }
 
     def step(net: nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -239,12 +266,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default=None, help="N×C×S shapes to run, e.g. 32x16x32,2x16x256 (default: all)")
     parser.add_argument("--stat", choices=("median", "min"), default="median", help="per-call statistic")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: CPU seconds (use --threads 1)")
+    parser.add_argument(
+        "--heap",
+        choices=("reuse", "system"),
+        default="reuse",
+        help="reuse: freed blocks stay in the heap (measure.reuse_heap); system: glibc's default, which page-faults "
+        "every large output in again",
+    )
     args = parser.parse_args(argv)
+    heap = args.heap == "reuse" and reuse_heap()
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {args.threads} threads, {args.stat} {args.clock} time of {args.rounds} "
-        "interleaved rounds; "
+        f"interleaved rounds, heap: {'reused' if heap else 'system default'}; "
         "ratios to the baseline measured in the same rounds"
     )
     if args.only != "resnet":

@@ -5,7 +5,8 @@ never an op):
   exception, :class:`CannotCompile`, one warning per reason;
 * :mod:`.dispatch` — :func:`run_op`, the traced → dense / compiled / eager ladder every op climbs;
 * :mod:`.taps` — the tap-by-tap form of a window reduction; :mod:`.fused` — the fused band form with its derived
-  backward; :mod:`.bands` — either form over the tiles engine's bands;
+  backward; :mod:`.bands` — either form over the tiles engine's bands; :mod:`.extremum` — morphology's tap form
+  (max/min of x + w as one elementwise kernel, with a gather backward);
 * :mod:`.dense` — the dense forms for an outer ``torch.compile``; :mod:`.grad` — custom gradients (``grad=``).
 
 See docs/compile.md.

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import CannotCompile, run_compiled
-from .grad import Grad, traced_grad_fn
+from .grad import Grad, affine_coefficients, affine_weight_grad, traced_grad_fn
 from .taps import window_band
 
 __all__ = ["FUSED_REDUCTIONS", "fused_band", "fused_supported", "window_view"]
@@ -158,6 +158,11 @@ def _derived_backward(ctx, name, patch, wf, fn, grad, index, g, statics):
         args = (gp, patch, wx, fn, grad, ip, dilation)
         grad_patch = run_compiled(name, _band_grad_patch, ("fused-dx", statics), args, dynamic=dynamic)
     if ctx.needs_input_grad[1]:
+        coefficients = None if grad is None or index is not None else affine_coefficients(grad[1])
+        if coefficients is not None:  # dfn_dw = a·x + b·w: a convolution's weight gradient (GEMM) and b·w·Σg
+            weight = wf.permute(0, 1, 4, 2, 3).reshape(G * Og, Cg, kh, kw)  # [O, C/G, kh, kw]
+            gw = affine_weight_grad(coefficients, patch, weight, g.flatten(1, 2), stride, dilation, G)
+            return grad_patch, gw.view(G, Og, Cg, kh, kw).permute(0, 1, 3, 4, 2)  # [G, O/G, kh, kw, C/G]
         args = (g, patch, wf, fn, grad, index, stride, dilation)
         grad_weight = run_compiled(name, _band_grad_weight, ("fused-dw", statics), args, dynamic=dynamic)
     return grad_patch, grad_weight

@@ -19,7 +19,17 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["Grad", "check_grad", "eager_grad_fn", "grad_fn", "reaches_other_tensors", "traced_grad_fn"]
+__all__ = [
+    "Grad",
+    "affine",
+    "affine_coefficients",
+    "affine_weight_grad",
+    "check_grad",
+    "eager_grad_fn",
+    "grad_fn",
+    "reaches_other_tensors",
+    "traced_grad_fn",
+]
 
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Grad = tuple[Fn, Fn]
@@ -35,6 +45,53 @@ def check_grad(grad: object) -> Grad | None:
             f"got {grad!r}"
         )
     return tuple(grad)
+
+
+def affine(a: float, b: float) -> Callable[[Fn], Fn]:
+    """Declare a partial derivative ``dfn_dw(x, w) = a·x + b·w`` (a decorator; the function must compute exactly
+    that). The weight's gradient Σ g·(a·x + b·w) over (B, h, w) is then ``a`` times an ordinary convolution's weight
+    gradient (a matrix product) plus ``b·w`` times Σ g — exact algebra, at GEMM speed: AdderNet's full-precision
+    x − w is ``affine(1, -1)``."""
+
+    def declare(fn: Fn) -> Fn:
+        fn.affine = (float(a), float(b))
+        return fn
+
+    return declare
+
+
+def affine_coefficients(fn: Fn) -> tuple[float, float] | None:
+    """(a, b) of a partial derivative declared with :func:`affine`, else None."""
+    coefficients = getattr(fn, "affine", None)
+    return coefficients if isinstance(coefficients, tuple) and len(coefficients) == 2 else None
+
+
+def affine_weight_grad(
+    coefficients: tuple[float, float],
+    patch: torch.Tensor,
+    weight: torch.Tensor,
+    g: torch.Tensor,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """Σ over (B, h, w) of g·(a·x + b·w) for every weight element: a·(the convolution's weight gradient) + b·w·Σ g.
+
+    Args:
+        patch (Tensor[B, C, h_in, w_in]): the input, padding resolved; weight (Tensor[O, C/groups, kh, kw]);
+        g (Tensor[B, O, h, w]): the output gradient.
+
+    Returns:
+        Tensor[O, C/groups, kh, kw].
+    """
+    a, b = coefficients
+    kh, kw = weight.shape[-2:]
+    h, w = g.shape[-2:]
+    rows, cols = (h - 1) * stride[0] + dilation[0] * (kh - 1) + 1, (w - 1) * stride[1] + dilation[1] * (kw - 1) + 1
+    patch = patch[:, :, :rows, :cols]  # what the windows read: the convolution's sizes must agree with g's
+    xg = torch.nn.grad.conv2d_weight(patch, weight.shape, g, stride, 0, dilation, groups)  # [O, C/G, kh, kw]: Σ x·g
+    total = g.sum((0, 2, 3))[:, None, None, None]  # [O, 1, 1, 1]: Σ g
+    return a * xg + b * weight * total
 
 
 def reaches_other_tensors(fn: Fn, like: torch.Tensor) -> bool:

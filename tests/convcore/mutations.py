@@ -188,6 +188,27 @@ MUTATIONS = [
         "view.copy_(r.local)",
         ["tests/convcore/test_rect_roi.py"],
     ),
+    (
+        "affine gradient: AdderNet's weight gradient as a convolution adds w·Σg instead of subtracting it",
+        "convcore/compile/grad.py",
+        "    return a * xg + b * weight * total",
+        "    return a * xg - b * weight * total",
+        ["tests/convcore/test_peers.py", "-k", "adder"],
+    ),
+    (
+        "morph tap form: the gathered patch gradient reads the taps unflipped",
+        "convcore/compile/extremum.py",
+        "r0, c0 = top + dh * (kh - 1 - m), left + dw * (kw - 1 - q)",
+        "r0, c0 = top + dh * m, left + dw * q",
+        ["tests/convcore/test_extremum.py", "-k", "not inductor"],
+    ),
+    (
+        "morph tap form: a tie's gradient goes to the last winner",
+        "convcore/compile/extremum.py",
+        "index = torch.where(better(v, acc), (c * kh + m) * kw + q, index)",
+        "index = torch.where(~better(acc, v), (c * kh + m) * kw + q, index)",
+        ["tests/convcore/test_fused_band.py", "-k", "ties"],
+    ),
 ]
 
 

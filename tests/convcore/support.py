@@ -8,10 +8,11 @@ import pytest
 
 import convcore.adaptive
 import convcore.compile.bands
+import convcore.compile.extremum
 import convcore.compile.fused
 
 # every module that calls the compile cache's run_compiled
-_CALLERS = (convcore.compile.bands, convcore.compile.fused, convcore.adaptive)
+_CALLERS = (convcore.compile.bands, convcore.compile.extremum, convcore.compile.fused, convcore.adaptive)
 
 
 def patch_run_compiled(monkeypatch: pytest.MonkeyPatch, run: Callable) -> None:

@@ -143,6 +143,54 @@ def test_adder_gradient_equals_the_papers(mask_kind, route, device, assert_close
         _close_all(assert_close, torch.autograd.grad(y, (x, w), g), (gx, gw))
 
 
+def _adder_traced_oracle(x, w, groups, geometry, padding_mode):
+    """−Σ|x − w| over each group's F.unfold windows whose backward is AdderNet's by construction: the detached value
+    plus HardTanh(w̄ − x̄)·(x − x̄) + (x̄ − w̄)·(w − w̄) (zero, with those partial derivatives); F.unfold's backward
+    folds the windows' input gradients back."""
+
+    def fn(a, c):
+        ad, cd = a.detach(), c.detach()
+        return -(ad - cd).abs() + F.hardtanh(cd - ad) * (a - ad) + (ad - cd) * (c - cd)
+
+    return _grouped_oracle(x, w, fn, "sum", groups, geometry, padding_mode)
+
+
+@pytest.mark.parametrize("route", ["eager", "compiled"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("geometry", [(3, 1, 1, 1), (3, 2, 1, 1), ((2, 3), 1, "same", (2, 1))], ids=geometry_id)
+def test_adder_weight_gradient_as_a_convolution(geometry, groups, route, ran_cores, device, assert_close):
+    """AdderNet's weight gradient Σ g·(x − w) computed as a convolution's weight gradient minus w·Σ g (x − w is
+    declared affine): exact against the oracle, with groups, stride, dilation and a reflected border; the fused
+    band's weight reduction never runs."""
+    if route == "eager":
+        ran_cores.clear()
+    k, s, p, d = geometry
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(6, 4 // groups, *_pair(k), dtype=torch.float64, device=device, requires_grad=True)
+    ref = _adder_traced_oracle(x, w, groups, geometry, "reflect")
+    kwargs = dict(stride=s, padding=p, dilation=d, groups=groups, padding_mode="reflect")
+    y = distance_conv2d(x, w, 1, grad=ADDERNET_GRAD, compile=route == "compiled", **kwargs)
+    assert_close(y, ref)
+    g = torch.randn_like(ref)
+    _close_all(assert_close, torch.autograd.grad(y, (x, w), g), torch.autograd.grad(ref, (x, w), g))
+    assert "_band_grad_weight" not in ran_cores
+    if route == "compiled" and _pair(s) == (1, 1):
+        assert "_band_forward" in ran_cores  # the fused band ran (strided gradients take the tap form)
+
+
+@pytest.fixture
+def ran_cores(monkeypatch):
+    """The compiled route with its computes called uncompiled; the names of those that ran."""
+    names = []
+
+    def run(name, core, key, args, dynamic=()):
+        names.append(core.__name__)
+        return core(*args)
+
+    patch_run_compiled(monkeypatch, run)
+    return names
+
+
 @pytest.mark.parametrize("form", ["strided", "keep_window", "logsumexp"])
 def test_custom_gradient_in_the_tap_form(form, direct, device, assert_close):
     """Where the fused band does not serve (strided patch gradients, keep_window, logsumexp), the tap form carries
