@@ -196,7 +196,7 @@ class _Job:
         if y // 8 in self.wanted[c]:
             if x != 0 or h != 8:
                 raise Unsupported(f"libturbojpeg passed a {w}x{h} coefficient region at ({x}, {y}); expected a row")
-            self.rows[c][y // 8] = (ctypes.cast(coeffs, ctypes.c_void_p).value, w // 8)  # viewed when used
+            self.rows[c][y // 8] = (coeffs, w // 8)  # the address: viewed when used
 
     def check_complete(self) -> None:
         missing = [c for c, rows in enumerate(self.rows) if not self.wanted[c] <= rows.keys()]
@@ -275,11 +275,14 @@ class _Job:
         mask[:, max(ncols - bx0, 0) :] = False
         if not mask.any():
             return
-        coefs = px.fdct(px.downsample(plane, fx, fy), self.layout.tables[c])  # [rows*8, cols*8] int16
-        coefs = px.blocks_of(coefs)[mask].reshape(-1, 64)  # [K, 64] of the changed blocks
-        start = 0  # coefs are in row-major order of the mask
-        for r in np.flatnonzero(mask.any(1)).tolist():
-            cols = np.flatnonzero(mask[r])
-            self._row(c, by0 + r)[bx0 + cols] = coefs[start : start + len(cols)]
-            start += len(cols)
-        self.reencoded[c] += len(coefs)
+        blocks = px.blocks_of(px.fdct(px.downsample(plane, fx, fy), self.layout.tables[c]))  # [rows, cols, 8, 8]
+        count = mask.sum(1)  # [rows] changed blocks per row; each row's are mostly one run
+        first, last = mask.argmax(1), mask.shape[1] - 1 - mask[:, ::-1].argmax(1)  # [rows]
+        for r, n, a, b in zip(np.flatnonzero(count).tolist(), *(v[count > 0].tolist() for v in (count, first, last))):
+            row = self._row(c, by0 + r)  # [libjpeg's cols, 64]
+            if b - a + 1 == n:
+                row[bx0 + a : bx0 + b + 1] = blocks[r, a : b + 1].reshape(-1, 64)
+            else:
+                cols = np.flatnonzero(mask[r])
+                row[bx0 + cols] = blocks[r, cols].reshape(-1, 64)
+        self.reencoded[c] += int(count.sum())

@@ -26,8 +26,8 @@ class _Region(ctypes.Structure):
     _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_int), ("w", ctypes.c_int), ("h", ctypes.c_int)]
 
 
-_FILTER = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), _Region, _Region, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
+_FILTER = ctypes.CFUNCTYPE(  # the coefficients' address comes as an int (a typed pointer cost a cast per call)
+    ctypes.c_int, ctypes.c_void_p, _Region, _Region, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
 )
 
 
