@@ -193,7 +193,11 @@ def icc_profile(data: bytes, fmt: str) -> bytes | None:
             parts = sorted((seg[16], seg[18:]) for marker, seg in _jpeg_head(data) if _is_icc(marker, seg))
             return b"".join(p for _, p in parts) or None
         if fmt == "png":
-            chunk = next((c for kind, c in png_chunks(data) if kind == b"iCCP"), None)
+            chunk = None
+            for kind, c in png_chunks(data):  # iCCP comes before the image data (libpng ignores one after it)
+                if kind in (b"iCCP", b"IDAT"):
+                    chunk = c if kind == b"iCCP" else None
+                    break
             if chunk is None:
                 return None
             body = chunk[8:-4]
