@@ -102,3 +102,26 @@ def test_the_client_sends_raw_bodies_and_falls_back_to_multipart():
     assert seen == ["application/octet-stream"] and body == want
     body, want, seen = run(go(True))
     assert seen == ["application/octet-stream", "multipart/form-data"] and body == want
+
+
+def test_a_raw_body_over_the_body_limit_is_refused_naming_the_body():
+    image = encode(rand_image(300, 400), ".png")  # about 360 KB
+
+    async def go():
+        async with running(max_body_bytes=64 * 1024) as (_, client):
+            return await raw(client, image, SPEC)
+
+    response = run(go())
+    assert response.status_code == 413 and response.json()["field"] == "body"
+
+    async def chunks():  # no Content-Length: the limit is found while the body streams in
+        for i in range(0, len(image), 16384):
+            yield image[i : i + 16384]
+
+    async def streamed():
+        async with running(max_body_bytes=64 * 1024) as (_, client):
+            headers = {"Content-Type": "application/octet-stream", "X-Spec": json.dumps(SPEC)}
+            return await client.post("/convolve", content=chunks(), headers=headers)
+
+    response = run(streamed())
+    assert response.status_code == 413 and response.json()["field"] == "body"
