@@ -3,7 +3,10 @@
 1. ``roiconv apply`` over N synthetic 1920×1080 JPEGs with two face-sized boxes each (gaussian ksize 31, σ 8):
    the OpenCV floor loop (decode → cv2.GaussianBlur on each box's crop with its halo → encode, one process per
    core), then ``roiconv apply`` in process, then ``roiconv apply --server`` against a local server (a uvicorn
-   process, default settings, started before the clock starts). Each command's wall time includes its own start-up.
+   process, default settings, started before the clock starts). Each side's wall time includes its own start-up:
+   the floor loop its two spawned worker interpreters (each importing OpenCV and this module) and the pool; ``roiconv
+   apply`` its interpreter, imports, the check of every ROI entry and its worker pool (forked from it once it
+   imported the pipeline); ``--server`` the client's start-up, not the server's.
 2. :class:`service.client.Client` on a 3840×2160 PNG with a 1% box (gaussian ksize 15): bytes sent with ROI-aware
    transfer against the whole image's encoded size, and requests/s against uploading the whole PNG.
 

@@ -11,7 +11,8 @@ halo → encode, one process per core — and prints each ratio next to its targ
 - in process, the CPU engine's compute / OpenCV on the crops, and a 1% ROI / the whole image on 4K;
 - ``crop`` + ``output_region: "roi"`` on the 4K PNG: throughput / sending the whole image.
 
-Client and server share the machine's cores; ratios are measured side by side in one run.
+Requests are sent as :class:`service.client.Client` sends them (the image file as the body, the spec in
+``X-Spec``). Client and server share the machine's cores; ratios are measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import cv2
 import numpy as np
 
 from .harness import floor_call, photo, server_process
-from .load import load, make_body
+from .load import load, make_raw
 
 FACES = [[700, 300, 880, 520], [1100, 350, 1260, 550]]  # two face-sized boxes on 1920×1080 (~3.3% of the image)
 BOX_4K = [[1700, 900, 2084, 1116]]  # 384×216 = 1.0% of 3840×2160
@@ -137,7 +138,7 @@ def crops_call(img: np.ndarray, fn, halo: int, boxes):
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
-def _served(url: str, concurrency: int, n: int, body: bytes, ctype: str, max_s: float):
+def _served(url: str, concurrency: int, n: int, body: bytes, ctype: str | dict[str, str], max_s: float):
     asyncio.run(load(url, concurrency, concurrency * 2, max_s, body, ctype))  # warm-up
     return asyncio.run(load(url, concurrency, n, max_s, body, ctype))
 
@@ -151,7 +152,7 @@ def _served_rows(url: str, data: dict[str, bytes], rounds: int, secs: float, req
     """Throughput and latency through a real server against the floor, and a 4K crop against the whole image."""
     for label, (kind, filt, boxes) in WORKLOADS.items():
         ext = ".jpg" if kind == "jpeg" else ".png"
-        body, ctype = make_body(data[kind], {"filter": filt, "roi": {"boxes": boxes}})
+        body, ctype = make_raw(data[kind], {"filter": filt, "roi": {"boxes": boxes}})  # as the client sends it
         fl, sv = 0.0, None
         for _ in range(rounds):  # alternate, keep the best of each: the machine is shared
             fl = max(fl, floor_throughput(data[kind], filt, boxes, ext, secs))
@@ -163,7 +164,7 @@ def _served_rows(url: str, data: dict[str, bytes], rounds: int, secs: float, req
         ok = sv.throughput >= want * fl
         _row(rows, f"throughput c=8, {label}", measured, sv.throughput / fl, f"≥ {want}×", ok)
     kind, filt, boxes = WORKLOADS["1080p JPEG, 2 faces, gaussian 31"]
-    body, ctype = make_body(data[kind], {"filter": filt, "roi": {"boxes": boxes}})
+    body, ctype = make_raw(data[kind], {"filter": filt, "roi": {"boxes": boxes}})
     one, p50 = float("inf"), float("inf")
     for _ in range(rounds):
         one = min(one, floor_latency(data[kind], filt, boxes, ".jpg", reps * 2))
@@ -176,8 +177,8 @@ def _served_rows(url: str, data: dict[str, bytes], rounds: int, secs: float, req
     crop = cv2.imencode(".png", img4k[cy0:cy1, cx0:cx1])[1].tobytes()
     spec = {"filter": {"name": "gaussian", "ksize": 15}, "roi": {"boxes": BOX_4K}}
     crop_spec = {**spec, "crop": {"x": cx0, "y": cy0, "width": 3840, "height": 2160}, "output_region": "roi"}
-    whole = _served(url, 8, max(8, reqs // 4), *make_body(data["png4k"], spec), 120)
-    part = _served(url, 8, reqs * 4, *make_body(crop, crop_spec), 120)
+    whole = _served(url, 8, max(8, reqs // 4), *make_raw(data["png4k"], spec), 120)
+    part = _served(url, 8, reqs * 4, *make_raw(crop, crop_spec), 120)
     measured = f"{part.throughput:.1f}/s vs whole image {whole.throughput:.1f}/s"
     ratio = part.throughput / whole.throughput
     _row(rows, "crop + output_region roi, 4K PNG 1%", measured, ratio, "≥ 5×", part.throughput >= 5 * whole.throughput)

@@ -48,6 +48,12 @@ def make_body(image: bytes, spec: dict) -> tuple[bytes, str]:
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def make_raw(image: bytes, spec: dict) -> tuple[bytes, dict[str, str]]:
+    """The raw form of the same request, as :class:`service.client.Client` sends it: the image file as the body, the
+    spec in ``X-Spec``; the second item is the headers (``load`` takes them in place of a content type)."""
+    return image, {"content-type": "application/octet-stream", "x-spec": json.dumps(spec)}
+
+
 @dataclass
 class Result:
     seconds: float = 0.0
@@ -83,9 +89,13 @@ class Result:
         return line
 
 
-async def load(url: str, concurrency: int, requests: int, max_seconds: float, body: bytes, ctype: str) -> Result:
-    """Run the load: ``concurrency`` clients share ``requests`` POSTs, stopping after ``max_seconds``."""
+async def load(
+    url: str, concurrency: int, requests: int, max_seconds: float, body: bytes, ctype: str | dict[str, str]
+) -> Result:
+    """Run the load: ``concurrency`` clients share ``requests`` POSTs, stopping after ``max_seconds``; ``ctype`` is
+    the content type, or the request's headers (:func:`make_raw`)."""
     result = Result()
+    headers = ctype if isinstance(ctype, dict) else {"content-type": ctype}
     remaining = requests
     start = time.perf_counter()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -96,7 +106,7 @@ async def load(url: str, concurrency: int, requests: int, max_seconds: float, bo
             remaining -= 1
             t = time.perf_counter()
             try:
-                r = await client.post("/convolve", content=body, headers={"content-type": ctype})
+                r = await client.post("/convolve", content=body, headers=headers)
                 status = str(r.status_code)
             except httpx.HTTPError as exc:
                 status, r = type(exc).__name__, None

@@ -30,7 +30,7 @@ from ..imaging.codec import header_size
 from .floor import floor_throughput
 from .harness import Served, floor_call, photo, server_process
 from .jpeg import centred_box
-from .load import load, make_body
+from .load import load, make_raw
 
 __all__ = ["FILTER", "ROIS", "images", "main", "real_photo"]
 
@@ -79,7 +79,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _served(served: Served, body: bytes, ctype: str, n: int) -> tuple[float, float]:
+def _served(served: Served, body: bytes, ctype: str | dict[str, str], n: int) -> tuple[float, float]:
     """(requests/s at concurrency 8, the server's CPU ms per request)."""
     asyncio.run(load(served.url, 8, 16, 120, body, ctype))  # warm-up
     cpu = _cpu_seconds(served.proc.pid)
@@ -117,7 +117,7 @@ def rows(served: Served | None, seconds: float, requests: int, repeats: int) -> 
             if served is not None:
                 fl_s = floor_throughput(data, FILTER, [box], ".jpg", seconds, quality)
                 n = requests if w < 3000 else max(8, requests // 4)
-                sv_s, sv_cpu = _served(served, *make_body(data, spec), n)
+                sv_s, sv_cpu = _served(served, *make_raw(data, spec), n)  # as the client sends it
             out.append((name, fraction, cpu_f * 1e3, cpu_o * 1e3, wall_f * 1e3, wall_o * 1e3, fl_s, sv_s, sv_cpu))
             print(f"{name} {fraction:.0%}: CPU floor {cpu_f * 1e3:.1f} ms, ours {cpu_o * 1e3:.1f} ms; served "
                   f"{sv_s:.1f}/s ({sv_cpu:.1f} CPU ms each) vs floor {fl_s:.1f}/s", flush=True)  # fmt: skip

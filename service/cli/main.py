@@ -4,6 +4,7 @@ status 2. Each sub-command imports only what it needs (``apply`` in process need
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["build_parser", "main"]
@@ -31,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``roiconv`` console script; without a subcommand it prints the help and returns 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["apply"]:  # before NumPy loads: the worker processes are the parallelism
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -47,6 +47,23 @@ __all__ = [
 
 ImageInput = np.ndarray | bytes | str | PathLike
 _RETRY_STATUSES = (429, 503)
+RAW_TYPE = "application/octet-stream"  # the server's raw /convolve body: the image file, the spec in X-Spec
+_RAW_SPEC_BYTES = 4096  # longer specs go multipart: proxies limit a header line (nginx: 8 KB by default)
+
+
+def _goes_raw(plan: _Plan, spec_json: str) -> bool:
+    return set(plan.files) == {"image"} and len(spec_json) <= _RAW_SPEC_BYTES
+
+
+def _multipart_only(plan: _Plan, exc: RoiconvError) -> bool:
+    """Whether the raw body of ``plan`` was refused by a server that reads only multipart (one from before raw
+    bodies: 422 naming the body); the call is then sent again as multipart."""
+    raw = _goes_raw(plan, json.dumps(plan.spec))
+    return raw and isinstance(exc, RequestRejected) and exc.status == 422 and exc.field == "body"
+
+
+def _file_plan(data: bytes, spec: dict) -> _Plan:
+    return _Plan({"image": ("image", data, "application/octet-stream")}, spec, None)
 
 
 class RequestRejected(RoiconvError):
@@ -184,13 +201,15 @@ class _Base:
         self.catalog: dict | None = None
         self.bytes_sent = 0  # request body bytes of the image and mask parts, over the client's life
 
-    def _post_kwargs(self, plan: _Plan) -> dict:
+    def _post_kwargs(self, plan: _Plan, raw: bool = True) -> dict:
+        """The request: the image alone as a raw body with the spec in ``X-Spec`` when ``raw``, no mask goes with
+        it and the spec is short enough for a header; else multipart."""
         self.bytes_sent += sum(len(f[1]) for f in plan.files.values())
-        return {"files": plan.files, "data": {"spec": json.dumps(plan.spec)}}
-
-    def _file_kwargs(self, data: bytes, spec: dict | str) -> dict:
-        self.bytes_sent += len(data)
-        return {"files": {"image": ("image", data, "application/octet-stream")}, "data": {"spec": json.dumps(spec)}}
+        spec = json.dumps(plan.spec)  # ASCII: a header value
+        if raw and _goes_raw(plan, spec):
+            headers = {"Content-Type": RAW_TYPE, "X-Spec": spec}
+            return {"content": plan.files["image"][1], "headers": headers}
+        return {"files": plan.files, "data": {"spec": spec}}
 
     def _needs_catalog(self, spec: dict | str, image: ImageInput) -> bool:
         return self.catalog is None and self.roi_transfer and isinstance(image, np.ndarray)
@@ -270,13 +289,21 @@ class Client(_Base):
         if self._needs_catalog(spec, image):
             self.catalog = self.filters()
         plan = _plan(image, spec, mask, self.roi_transfer, self.catalog)
-        return _finish(plan, *self._request("POST", "/convolve", **self._post_kwargs(plan)))
+        return _finish(plan, *self._convolve(plan))
 
     def convolve_file(self, data: bytes, spec: dict | str) -> tuple[bytes, dict[str, str]]:
         """Send an encoded file whole and return the server's encoded answer (in ``spec``'s format, the input's by
         default) with its headers: the server's per-file path, metadata policy included."""
-        response, body = self._request("POST", "/convolve", **self._file_kwargs(data, _as_spec(spec)))
+        response, body = self._convolve(_file_plan(data, _as_spec(spec)))
         return bytes(body), dict(response.headers)
+
+    def _convolve(self, plan: _Plan) -> tuple[httpx.Response, bytearray]:
+        try:
+            return self._request("POST", "/convolve", **self._post_kwargs(plan))
+        except RoiconvError as exc:
+            if not _multipart_only(plan, exc):
+                raise
+            return self._request("POST", "/convolve", **self._post_kwargs(plan, raw=False))
 
 
 class AsyncClient(_Base):
@@ -352,9 +379,17 @@ class AsyncClient(_Base):
                 if self.catalog is None:
                     self.catalog = await self.filters()
         plan = await asyncio.to_thread(_plan, image, spec, mask, self.roi_transfer, self.catalog)
-        response, body = await self._request("POST", "/convolve", **self._post_kwargs(plan))
+        response, body = await self._convolve(plan)
         return await asyncio.to_thread(_finish, plan, response, body)
 
     async def convolve_file(self, data: bytes, spec: dict | str) -> tuple[bytes, dict[str, str]]:
-        response, body = await self._request("POST", "/convolve", **self._file_kwargs(data, _as_spec(spec)))
+        response, body = await self._convolve(_file_plan(data, _as_spec(spec)))
         return bytes(body), dict(response.headers)
+
+    async def _convolve(self, plan: _Plan) -> tuple[httpx.Response, bytearray]:
+        try:
+            return await self._request("POST", "/convolve", **self._post_kwargs(plan))
+        except RoiconvError as exc:
+            if not _multipart_only(plan, exc):
+                raise
+            return await self._request("POST", "/convolve", **self._post_kwargs(plan, raw=False))

@@ -93,9 +93,14 @@ def edit(
     """
     if not boxes:
         return data
-    job = _Job(layout, _bands(list(boxes), layout), decoded is not None)
+    crops = _crops(boxes, layout) if decoded is not None and _decodes_crops(layout) else []
+    job = _Job(layout, _bands(list(boxes), layout), decoded is not None and not crops)
     last = (len(layout.sampling) - 1, layout.blocks(len(layout.sampling) - 1)[1] - 1)
     done: list[bool] = []
+    windows_px: list[np.ndarray] = []  # per box: its pixels inside the image, decoded by libjpeg from its crop
+
+    def cropped(jpegs: list[bytes]) -> None:
+        windows_px.extend(_crop_pixels(j, crop, box, layout) for j, crop, box in zip(jpegs, crops, boxes))
 
     def step(coeffs, x: int, y: int, w: int, h: int, c: int) -> None:
         job.collect(coeffs, x, y, w, h, c)
@@ -105,18 +110,62 @@ def edit(
         job.check_complete()
         if decoded is not None:
             for band in job.bands:
-                decoded(_inside(band, layout), job.decode(band))
+                pixels = _band_of(band, boxes, windows_px, layout) if crops else job.decode(band)
+                decoded(_inside(band, layout), pixels)
         if then is not None:
             then()
         for band in job.bands:
             pixels, changed = source(_inside(band, layout))
             job.encode(band, pixels, changed)
 
-    out = transform(data, None, step, layout.progressive)
+    out = transform(data, None, step, layout.progressive, crops, cropped)
     if not done:  # fail closed: never hand back a file whose edit did not run
         raise Unsupported("libjpeg-turbo did not pass the last block row")
     log.debug("jpeg_blocks: %d band(s), re-encoded blocks per component %s", len(job.bands), job.reencoded)
     return out
+
+
+_TJ_SAMPLINGS = {(1, 1), (2, 1), (2, 2), (1, 2), (4, 1)}  # the luma factors TurboJPEG names (chroma 1×1), and gray
+
+
+def _decodes_crops(layout: JpegLayout) -> bool:
+    """Whether the windows are decoded by libjpeg from cropped copies of the file (TurboJPEG crops the samplings it
+    names); else from their coefficients here (:mod:`.jpeg_pixels`)."""
+    if len(layout.sampling) == 1:
+        return True
+    return layout.sampling[0] in _TJ_SAMPLINGS and all(f == (1, 1) for f in layout.sampling[1:])
+
+
+def _crops(boxes: Sequence[Rect], layout: JpegLayout) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) per box: the box and one MCU around it, inside the image (libjpeg's upsampling reads one
+    chroma sample beyond a block, so the box's own pixels decode as in the whole image)."""
+    (mw, mh), out = layout.mcu, []
+    for x0, y0, x1, y1 in boxes:
+        cx, cy = max(x0 - mw, 0), max(y0 - mh, 0)
+        out.append((cx, cy, min(x1 + mw, layout.width) - cx, min(y1 + mh, layout.height) - cy))
+    return out
+
+
+def _crop_pixels(jpeg: bytes, crop: tuple[int, int, int, int], box: Rect, layout: JpegLayout) -> np.ndarray:
+    """The box's pixels inside the image (h, w, C) uint8, from libjpeg's decode of its crop (OpenCV's)."""
+    gray = len(layout.sampling) == 1
+    flags = (cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+    pixels = cv2.imdecode(np.frombuffer(jpeg, np.uint8), flags)
+    cx, cy, cw, ch = crop
+    if pixels is None or pixels.shape[:2] != (ch, cw):
+        raise Unsupported(f"libjpeg-turbo's crop {crop} did not decode to {cw}x{ch} pixels")
+    x0, y0, x1, y1 = _inside(box, layout)
+    pixels = pixels[y0 - cy : y1 - cy, x0 - cx : x1 - cx]
+    return pixels[:, :, None] if gray else pixels  # [h, w, C]
+
+
+def _band_of(band: Rect, boxes: Sequence[Rect], pixels: list[np.ndarray], layout: JpegLayout) -> np.ndarray:
+    """The band's pixels inside the image (h, w, C): a view of its box's decoded pixels."""
+    x0, y0, x1, y1 = band
+    i = next(i for i, b in enumerate(boxes) if b[0] <= x0 and b[1] <= y0 and x1 <= b[2] and y1 <= b[3])
+    x0, y0, x1, y1 = _inside(band, layout)
+    bx, by = boxes[i][:2]
+    return pixels[i][y0 - by : y1 - by, x0 - bx : x1 - bx]
 
 
 def _any_in_cells(mask: np.ndarray, cols: int, rows: int) -> np.ndarray:
@@ -147,7 +196,7 @@ class _Job:
         if y // 8 in self.wanted[c]:
             if x != 0 or h != 8:
                 raise Unsupported(f"libturbojpeg passed a {w}x{h} coefficient region at ({x}, {y}); expected a row")
-            self.rows[c][y // 8] = (ctypes.cast(coeffs, ctypes.c_void_p).value, w // 8)  # viewed when used
+            self.rows[c][y // 8] = (coeffs, w // 8)  # the address: viewed when used
 
     def check_complete(self) -> None:
         missing = [c for c, rows in enumerate(self.rows) if not self.wanted[c] <= rows.keys()]
@@ -226,11 +275,14 @@ class _Job:
         mask[:, max(ncols - bx0, 0) :] = False
         if not mask.any():
             return
-        coefs = px.fdct(px.downsample(plane, fx, fy), self.layout.tables[c])  # [rows*8, cols*8] int16
-        coefs = px.blocks_of(coefs)[mask].reshape(-1, 64)  # [K, 64] of the changed blocks
-        start = 0  # coefs are in row-major order of the mask
-        for r in np.flatnonzero(mask.any(1)).tolist():
-            cols = np.flatnonzero(mask[r])
-            self._row(c, by0 + r)[bx0 + cols] = coefs[start : start + len(cols)]
-            start += len(cols)
-        self.reencoded[c] += len(coefs)
+        blocks = px.blocks_of(px.fdct(px.downsample(plane, fx, fy), self.layout.tables[c]))  # [rows, cols, 8, 8]
+        count = mask.sum(1)  # [rows] changed blocks per row; each row's are mostly one run
+        first, last = mask.argmax(1), mask.shape[1] - 1 - mask[:, ::-1].argmax(1)  # [rows]
+        for r, n, a, b in zip(np.flatnonzero(count).tolist(), *(v[count > 0].tolist() for v in (count, first, last))):
+            row = self._row(c, by0 + r)  # [libjpeg's cols, 64]
+            if b - a + 1 == n:
+                row[bx0 + a : bx0 + b + 1] = blocks[r, a : b + 1].reshape(-1, 64)
+            else:
+                cols = np.flatnonzero(mask[r])
+                row[bx0 + cols] = blocks[r, cols].reshape(-1, 64)
+        self.reencoded[c] += int(count.sum())

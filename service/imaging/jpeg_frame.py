@@ -50,9 +50,9 @@ def open_frame(spec: Spec, data: bytes, mask: bytes | None, max_pixels: int, pre
     try:
         if engine(build_filter(spec.filter, spec.border).kind, prefer_torch) != "opencv":
             return None
+        if codec.sniff_format(data) != "jpeg" or not jpeg_roi.available():
+            return None  # before the checks: a PNG's would inflate its image data for nothing
         fmt, width, height, _ = codec.check(data, max_pixels)
-        if fmt != "jpeg" or not jpeg_roi.available():
-            return None
         layout = jpeg_roi.read_layout(data)
     except (ValueError, TypeError):  # codec.DecodeError, TooLarge, Unsupported, a bad filter: said by the other path
         return None

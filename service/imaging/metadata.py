@@ -15,7 +15,6 @@ EXIF orientation, ICC profiles, and which file suffix is which format. Writing a
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -53,7 +52,6 @@ SUFFIXES = {
 """File suffix (lower case) → format name, for the formats OpenCV reads and writes."""
 
 # the end of entropy-coded data: 0xFF followed by neither a stuffed 0x00, a restart marker, nor another fill byte
-_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tiff", "webp": ".webp", "bmp": ".bmp"}
 
 
@@ -94,10 +92,10 @@ def jpeg_segments(data: bytes, *, scans: bool = False) -> Iterator[tuple[int, in
         yield marker, pos, length
         pos += 2 + length
         if scans and marker == 0xDA:
-            found = _MARKER.search(data, pos)
+            found = _next_marker(data, pos)
             if found is None:
                 return
-            pos = found.start()
+            pos = found
 
 
 def jpeg_end(data: bytes) -> int:
@@ -109,8 +107,24 @@ def jpeg_end(data: bytes) -> int:
             end = pos + 2 + length
     except ValueError:
         return len(data)
-    found = _MARKER.search(data, end)
-    return found.start() + 2 if found is not None and data[found.start() + 1] == 0xD9 else len(data)
+    found = _next_marker(data, end)
+    return found + 2 if found is not None and data[found + 1] == 0xD9 else len(data)
+
+
+def _next_marker(data: bytes, pos: int) -> int | None:
+    """The offset of the first marker (0xFF then a byte other than 0x00, RSTn or 0xFF) at or after ``pos``, or None.
+    Entropy-coded data is full of 0xFF 0x00: found in NumPy over growing spans (a regular expression took 0.4 ms
+    for a 1 MB scan)."""
+    a, span = np.frombuffer(data, np.uint8), 1 << 16
+    while pos < len(data) - 1:
+        end = min(pos + span, len(data) - 1)
+        ff = np.flatnonzero(a[pos:end] == 0xFF) + pos  # [n] the 0xFF bytes, each with a byte after it
+        after = a[ff + 1]
+        hit = np.flatnonzero((after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7)))
+        if len(hit):
+            return int(ff[hit[0]])
+        pos, span = end, span * 4
+    return None
 
 
 def _jpeg_head(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -179,7 +193,11 @@ def icc_profile(data: bytes, fmt: str) -> bytes | None:
             parts = sorted((seg[16], seg[18:]) for marker, seg in _jpeg_head(data) if _is_icc(marker, seg))
             return b"".join(p for _, p in parts) or None
         if fmt == "png":
-            chunk = next((c for kind, c in png_chunks(data) if kind == b"iCCP"), None)
+            chunk = None
+            for kind, c in png_chunks(data):  # iCCP comes before the image data (libpng ignores one after it)
+                if kind in (b"iCCP", b"IDAT"):
+                    chunk = c if kind == b"iCCP" else None
+                    break
             if chunk is None:
                 return None
             body = chunk[8:-4]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 __all__ = ["Unsupported", "available", "optimizes_huffman", "transform"]
@@ -26,8 +26,8 @@ class _Region(ctypes.Structure):
     _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_int), ("w", ctypes.c_int), ("h", ctypes.c_int)]
 
 
-_FILTER = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), _Region, _Region, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
+_FILTER = ctypes.CFUNCTYPE(  # the coefficients' address comes as an int (a typed pointer cost a cast per call)
+    ctypes.c_int, ctypes.c_void_p, _Region, _Region, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
 )
 
 
@@ -41,7 +41,7 @@ class _Transform(ctypes.Structure):
     ]
 
 
-_NOOUTPUT, _PROGRESSIVE, _OPTIMIZE = 16, 32, 256  # TJXOPT_*; OPTIMIZE from libjpeg-turbo 3.0
+_CROP, _NOOUTPUT, _PROGRESSIVE, _COPYNONE, _OPTIMIZE = 4, 16, 32, 64, 256  # TJXOPT_*; OPTIMIZE from 3.0
 _LIMITSCANS = 32768  # TJFLAG_LIMITSCANS: refuse progressive files with more than 500 scans (a decoding bomb)
 
 
@@ -77,17 +77,30 @@ def optimizes_huffman() -> bool:
     return lib is not None and hasattr(lib, "tj3Init")
 
 
-def transform(data: bytes, read: Callable | None, write: Callable, progressive: bool) -> bytes:
+def transform(
+    data: bytes,
+    read: Callable | None,
+    write: Callable,
+    progressive: bool,
+    crops: Sequence[tuple[int, int, int, int]] = (),
+    cropped: Callable[[list[bytes]], None] | None = None,
+) -> bytes:
     """One lossless transform of ``data`` with coefficient callbacks: ``read`` (a first transform without output,
-    skipped when None), then ``write``."""
+    skipped when None), then ``write``. ``crops`` (x, y, w, h; x and y multiples of the MCU) are written as small
+    JPEGs of the input's own blocks (no metadata) by the same call, from the coefficients as read, and handed to
+    ``cropped`` before ``write`` sees its first block row."""
     lib = _turbo()
     if lib is None:
         raise Unsupported("libturbojpeg is not installed (Debian: apt-get install libturbojpeg0)")
     errors: list[BaseException] = []
+    first = 0 if read is None else 1  # index of the first crop
 
-    def guard(fn):
+    def guard(fn, deliver: bool = False):
         def call(coeffs, region, plane, component, index, transform):
             try:
+                if deliver and not delivered:
+                    delivered.append(True)  # the crops' transforms ran to the end before this one started
+                    cropped([ctypes.string_at(bufs[first + i], sizes[first + i]) for i in range(len(crops))])
                 fn(coeffs, region.x, region.y, region.w, region.h, component)
                 return 0
             except BaseException as exc:  # an exception must not cross the C frames: record it and stop libjpeg
@@ -96,11 +109,16 @@ def transform(data: bytes, read: Callable | None, write: Callable, progressive: 
 
         return _FILTER(call)
 
-    callbacks = [guard(fn) for fn in (read, write) if fn is not None]  # referenced until tjTransform returns
-    n = len(callbacks)
+    delivered: list[bool] = []
+    callbacks = [guard(fn) for fn in (read,) if fn is not None]  # referenced until tjTransform returns
+    callbacks.append(guard(write, deliver=bool(crops) and cropped is not None))
+    n = len(callbacks) + len(crops)
     transforms = (_Transform * n)()
-    if n == 2:
+    if read is not None:
         transforms[0].options, transforms[0].customFilter = _NOOUTPUT, callbacks[0]
+    for i, (x, y, w, h) in enumerate(crops):
+        t = transforms[first + i]
+        t.r.x, t.r.y, t.r.w, t.r.h, t.options = x, y, w, h, _CROP | _COPYNONE
     options = (_PROGRESSIVE if progressive else 0) | (_OPTIMIZE if optimizes_huffman() else 0)
     transforms[n - 1].options, transforms[n - 1].customFilter = options, callbacks[-1]
     bufs, sizes = (ctypes.POINTER(ctypes.c_ubyte) * n)(), (ctypes.c_ulong * n)()

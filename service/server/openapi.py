@@ -41,10 +41,19 @@ def _multipart(spec_schema: str, **parts: dict) -> dict:
     }
 
 
+_FORM = _multipart("Spec", mask={"type": "string", "format": "binary", "description": "same size; nonzero = ROI"})
+_RAW = {"schema": {"type": "string", "format": "binary", "description": "the image file; its spec in X-Spec"}}
+_X_SPEC = {
+    "name": "X-Spec",
+    "in": "header",
+    "required": False,
+    "description": "with an application/octet-stream body: the spec JSON (components/schemas/Spec)",
+    "schema": {"type": "string"},
+}
+
 FORM_SCHEMA = {
-    "requestBody": _multipart(
-        "Spec", mask={"type": "string", "format": "binary", "description": "same size; nonzero = ROI"}
-    ),
+    "requestBody": {**_FORM, "content": {**_FORM["content"], "application/octet-stream": _RAW}},
+    "parameters": [_X_SPEC],
     "responses": {
         "200": {"description": "The filtered image", "content": {t: {} for t in sorted(set(CONTENT_TYPES.values()))}},
         **{

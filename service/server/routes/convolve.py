@@ -26,7 +26,7 @@ from ..execution import Outcome, run
 from ..metrics import Metrics
 from ..openapi import FORM_SCHEMA
 
-__all__ = ["convolve_router", "discard_body"]
+__all__ = ["RAW_TYPE", "convolve_router", "discard_body"]
 
 log = logging.getLogger("roiconv.routes")
 
@@ -72,7 +72,8 @@ FormDep = Annotated[Form, Depends(read_form)]
 
 @convolve_router.post("/convolve", openapi_extra=FORM_SCHEMA, response_class=Response)
 async def convolve(request: Request, state: StateDep, form: FormDep) -> Response:
-    """Filter an image only inside its region of interest (multipart: ``image``, optional ``mask``, ``spec``)."""
+    """Filter an image only inside its region of interest (multipart: ``image``, optional ``mask``, ``spec``; or
+    the image file as an ``application/octet-stream`` body with the spec in ``X-Spec``)."""
     record = record_of(request)
     spec, peak = await asyncio.to_thread(_read_spec, form, state, record)
     timeout = min(state.settings.request_timeout_s, (spec.timeout_ms or float("inf")) / 1000)
@@ -82,7 +83,13 @@ async def convolve(request: Request, state: StateDep, form: FormDep) -> Response
     return _respond(state.metrics, prepared, outcome, body)
 
 
+RAW_TYPE = "application/octet-stream"
+"""A /convolve body of this type is the image file itself, its spec JSON in the ``X-Spec`` header (no mask)."""
+
+
 async def _read_form(request: Request, max_spec_bytes: int) -> Form:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == RAW_TYPE:
+        return await _read_raw(request, max_spec_bytes)
     try:
         form = await request.form(max_files=3, max_fields=4, max_part_size=max_spec_bytes)
     except BodyTooLarge as exc:
@@ -109,6 +116,25 @@ async def _read_form(request: Request, max_spec_bytes: int) -> Form:
         raise ApiError(422, "invalid_request", "the spec JSON is missing (multipart field 'spec')", "spec")
     spec = spec.encode("utf-8", "replace") if isinstance(spec, str) else spec
     return Form(await image.read(), (await mask.read()) if mask is not None else None, spec)
+
+
+async def _read_raw(request: Request, max_spec_bytes: int) -> Form:
+    """A raw body: the image file as sent (no multipart parsing, no spooled copy), the spec from ``X-Spec``."""
+    spec = request.headers.get("x-spec")
+    if spec is None:
+        reason = f"a {RAW_TYPE} body needs its spec JSON in the X-Spec header (or send multipart/form-data)"
+        raise ApiError(422, "invalid_request", reason, "spec")
+    if len(spec) > max_spec_bytes:
+        raise ApiError(413, "spec_too_large", f"spec is larger than {max_spec_bytes} bytes", "spec")
+    try:
+        image = await request.body()
+    except BodyTooLarge as exc:
+        raise ApiError(413, "body_too_large", str(exc), "body", headers=_CLOSE) from None
+    except ClientDisconnect:
+        raise ApiError(499, "client_closed", "the client closed the connection during the upload") from None
+    if not image:
+        raise ApiError(422, "invalid_request", "the image file is missing (the request body is empty)", "image")
+    return Form(image, None, spec.encode("latin-1"))
 
 
 def _read_spec(form: Form, state: AppState, record: Record) -> tuple[Spec, Peak]:

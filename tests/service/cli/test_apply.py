@@ -255,3 +255,30 @@ def test_in_process_opencv_filters_run_without_torch(photos, tmp_path):
     code = code.replace(repr(FILTER), repr(mix)).replace(repr(str(out)), repr(str(tmp_path / "out2")))
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "blocked in this test" in run.stderr, run.stderr
+
+
+_START_METHODS = """
+import threading
+from service.cli import apply
+methods = [apply._pool_context(False).get_start_method(), apply._pool_context(True).get_start_method()]
+stop = threading.Event()
+other = threading.Thread(target=stop.wait)
+other.start()
+methods.append(apply._pool_context(False).get_start_method())
+stop.set()
+other.join()
+import torch
+methods.append(apply._pool_context(False).get_start_method())
+print(" ".join(methods))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the workers fork only on Linux")
+def test_workers_fork_from_the_command_only_when_that_is_safe():
+    """Without detection, in a single-threaded process, the workers fork from it (no second interpreter); with
+    detection, another thread running (whose locks a child could inherit held) or torch loaded, from a forkserver
+    (a fresh interpreter: the test runs in one, as the command does)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", _START_METHODS], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["fork", "forkserver", "forkserver", "forkserver"]

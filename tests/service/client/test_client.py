@@ -267,15 +267,15 @@ def test_import_needs_only_httpx_and_numpy():
 
 def test_roi_request_sends_the_region_and_states_the_full_image():
     import io
-    import re
     import struct
 
     seen = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
-        body = request.content
-        seen["spec"] = json.loads(re.search(rb'name="spec"\r\n\r\n(.*?)\r\n--', body, re.S).group(1))
-        png = body[body.index(b"\x89PNG") :]
+        body = request.content  # a raw body: the image file, its spec in X-Spec
+        assert request.headers["content-type"] == "application/octet-stream"
+        seen["spec"] = json.loads(request.headers["x-spec"])
+        png = body
         seen["size"] = struct.unpack(">II", png[16:24])  # IHDR width, height
         buf = io.BytesIO()
         np.save(buf, np.full((10, 10, 3), 7, np.uint8))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -67,3 +69,18 @@ def test_npy_with_objects_is_refused():
     np.save(buf, np.array([{"a": 1}] * 4, dtype=object).reshape(2, 2), allow_pickle=True)
     with pytest.raises(codec.DecodeError):
         codec.decode(buf.getvalue(), 10**6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 21844, 1), (3, 21844, 1), (3, 21845, 1), (40, 900, 3), (300, 500, 3)])
+def test_the_png_handed_to_the_decoder_decodes_as_the_original(shape):
+    """The image data is inflated once and handed over in stored deflate blocks (at most 65535 bytes each: the
+    shapes put the rows' bytes below, at and past one block): zlib and cv2 read it as the original file."""
+    img = np.random.default_rng(shape[1]).integers(0, 256, shape, dtype=np.uint8)
+    data = cv2.imencode(".png", img)[1].tobytes()
+    fmt, _, _, handed = codec.check(data, 10**7)
+    assert fmt == "png" and handed != data
+    idat = handed[handed.index(b"IDAT") + 4 : handed.index(b"IEND") - 8]
+    assert len(zlib.decompress(idat)) == shape[0] * (1 + shape[1] * shape[2])
+    want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(handed, np.uint8), cv2.IMREAD_UNCHANGED), want)
+    np.testing.assert_array_equal(codec.decode(data, 10**7).pixels.reshape(want.shape), want)

@@ -17,7 +17,7 @@ import pytest
 from jpeg_support import KSIZE, SIGMA, VARIANTS, H, W, cv_jpeg, decode, floor_params, photo, pillow_jpeg, ring
 from PIL import Image
 
-from service.imaging import jpeg_roi
+from service.imaging import jpeg_blocks, jpeg_roi
 
 pytestmark = pytest.mark.skipif(
     not jpeg_roi.available() and os.environ.get("CI") != "true",  # CI installs it (.ci/run): a failure there
@@ -92,12 +92,27 @@ def test_outside_the_block_ring_is_untouched_and_the_roi_is_filtered(variant, ro
     assert (0.5 if "restart" in variant else 0.9) < len(out) / len(data) < limit  # restart markers are dropped
 
 
+WINDOWS = {"inside": (40, 40, 300, 200), "top left corner": (0, 0, 50, 40), "bottom right edges": (290, 210, W, H)}
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_the_pixels_handed_to_the_filter_are_libjpegs_decode(variant):
-    """The inverse DCT, upsampling and colour conversion against cv2's decode of the untouched file: close to it,
-    not equal (measured: 82-98% of the values equal, the rest within 4 levels, mean 0.02-0.23 level: a float DCT,
-    OpenCV's bilinear resize and YCrCb constants where libjpeg has its own fixed point), far inside what one JPEG
-    re-encode changes. Only pixels inside the windows are decoded this way; blocks outside the ROI are not touched."""
+@pytest.mark.parametrize("where", WINDOWS)
+def test_the_pixels_handed_to_the_filter_are_libjpegs_decode(variant, where):
+    """Every variant's windows are decoded by libjpeg from a cropped copy of the file's blocks with one MCU around
+    them: equal to cv2's decode of the whole untouched file, to the last bit, up to the image's edges."""
+    data = VARIANTS[variant][0](photo(seed=3))
+    seen: list = []
+    jpeg_roi.edit_jpeg(data, [WINDOWS[where]], lambda px, origin: seen.append((px.copy(), origin)), (9, 9))
+    (px, (ox, oy)), ref = seen[0], decode(data)
+    np.testing.assert_array_equal(px, ref[oy : oy + px.shape[0], ox : ox + px.shape[1]])
+
+
+@pytest.mark.parametrize("variant", ["420 q95 (cv2)", "444 (cv2)", "grayscale (cv2)", "411 (cv2)"])
+def test_the_windows_decoded_here_are_close_to_libjpegs(variant, monkeypatch):
+    """The decode from the coefficients (the samplings TurboJPEG cannot crop) against cv2's decode of the untouched
+    file: close to it, not equal (measured: 82-98% of the values equal, the rest within 4 levels, mean 0.02-0.23
+    level: a float DCT, OpenCV's bilinear resize and YCrCb constants where libjpeg has its own fixed point)."""
+    monkeypatch.setattr(jpeg_blocks, "_decodes_crops", lambda layout: False)
     data = VARIANTS[variant][0](photo(seed=3))
     seen: list = []
     jpeg_roi.edit_jpeg(data, [(40, 40, 300, 200)], lambda px, origin: seen.append((px.copy(), origin)), (9, 9))

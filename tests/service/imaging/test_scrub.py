@@ -156,3 +156,27 @@ def test_an_rgb_coded_jpeg_is_reencoded_whole():
         np.abs(out[4:28, 4:28].astype(int) - 255).max() <= 2
         and np.abs(out[40:, 40:].astype(int) - pixels[0, 0]).max() <= 3
     )
+
+
+def test_an_encoders_png_with_nothing_to_add_is_written_as_it_is_and_anything_else_is_dropped():
+    """A PNG of display chunks only comes back byte for byte; a text chunk among them, or bytes after IEND, are
+    dropped (Pillow reads what is left: the same pixels, no text)."""
+    import struct
+    import zlib
+
+    import cv2
+
+    from service.imaging import scrub
+
+    img = photo()
+    body = cv2.imencode(".png", img)[1].tobytes()
+    assert scrub.write(body, "png", None, None, "strip", 1) == body
+    text = b"tEXt" + b"Author\x00someone"
+    chunk = struct.pack(">I", len(text) - 4) + text + struct.pack(">I", zlib.crc32(text))
+    at = body.index(b"IDAT") - 4
+    for dirty in (body[:at] + chunk + body[at:], body + b"trailing bytes"):
+        out = scrub.write(dirty, "png", None, None, "strip", 1)
+        assert out == body
+        with Image.open(io.BytesIO(out)) as shown:
+            assert not shown.info.get("Author")
+            np.testing.assert_array_equal(np.asarray(shown)[:, :, ::-1], img)
