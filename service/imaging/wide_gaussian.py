@@ -19,6 +19,7 @@ cv2.GaussianBlur and the fact is logged once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from functools import lru_cache
 
@@ -77,12 +78,30 @@ def _blur(planes: np.ndarray, rect, kx: np.ndarray, ky: np.ndarray, flag: int) -
         win = cv2.copyMakeBorder(win, *pads, flag)  # [h + 2hy, w + 2hx, C]: the image's edges extrapolated
     R, Wp = h + 2 * hy, w + 2 * hx
     f = np.ascontiguousarray(win.astype(np.float32).transpose(0, 2, 1)).reshape(R * C, Wp)  # [R·C, Wp]
-    rows = f @ _toeplitz(kx, Wp, w)  # [R·C, w] = [R·C, Wp] @ [Wp, w]: the ROI's columns only
-    out = _toeplitz(ky, R, h).T @ rows.reshape(R, C * w)  # [h, C·w] = [h, R] @ [R, C·w]: the ROI's rows only
+    with _one_blas_thread():
+        rows = f @ _toeplitz(kx, Wp, w)  # [R·C, w] = [R·C, Wp] @ [Wp, w]: the ROI's columns only
+        out = _toeplitz(ky, R, h).T @ rows.reshape(R, C * w)  # [h, C·w] = [h, R] @ [R, C·w]: the ROI's rows only
     out += 32768.0  # round half up at 16 fractional bits, exact below 2²⁴
     out *= 1.0 / _SHIFT
     np.floor(out, out=out)
     return out.reshape(h, C, w).transpose(0, 2, 1).clip(0, 255).astype(np.uint8)  # [h, w, C]
+
+
+def _one_blas_thread():
+    """numpy's BLAS on the calling thread only, for the products' duration: they are small, and BLAS threads that
+    busy-wait for work cost 5× the CPU (and the wall time) of one thread on a busy machine (measured, 2 cores)."""
+    controller = _blas()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+@lru_cache(maxsize=1)
+def _blas():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        log.info("wide gaussian: threadpoolctl is not installed; the products use numpy's BLAS threads")
+        return None
+    return ThreadpoolController()
 
 
 def _toeplitz(taps: np.ndarray, n: int, m: int) -> np.ndarray:
