@@ -93,8 +93,8 @@ class Anonymizer:
         interval: frames from one keyframe to the next; hold: frames a face stays covered before its first and
             after its last detection; cut: the scene-cut threshold (None: no cut detection).
         still: where keyframes are searched (:class:`.still.ChangedAreas`: only where the frame changed and where
-            faces were, the whole frame at times); None: every keyframe whole. Default: ChangedAreas() with the
-            built-in detector, None with a detector of your own.
+            faces were, the whole frame at times); None: every keyframe whole. Default: ChangedAreas() with
+            :class:`FaceDetector` (``detect=True`` or an instance), None with a detector of your own.
         max_pixels: the largest frame accepted.
     """
 
@@ -119,8 +119,8 @@ class Anonymizer:
         if interval < 1:
             raise ValueError(f"interval must be >= 1 frame, got {interval}")
         self.detector: Detector | None = FaceDetector(threshold) if detect is True else (detect or None)
-        if still is True:
-            still = ChangedAreas() if detect is True else None
+        if still is True:  # CenterFace sees pixels: a cell that did not change shows it nothing new
+            still = ChangedAreas() if isinstance(self.detector, FaceDetector) else None
         self.still: ChangedAreas | None = still or None
         self._key_faces: list[np.ndarray] = []  # the faces of the last keyframe
         self.filter = filter or {"name": "gaussian"}

@@ -143,6 +143,15 @@ def test_slow_drift_adds_up_against_the_reference():
     assert steps[0] == [] and len(steps[1]) == 1  # 110 - 100 > 8: searched on the second step
 
 
+def test_the_built_in_detector_searches_where_keyframes_changed_by_default():
+    from service.video import FaceDetector
+
+    assert isinstance(Anonymizer(detect=True).still, ChangedAreas)
+    assert isinstance(Anonymizer(detect=FaceDetector()).still, ChangedAreas)  # as roiconv apply builds it
+    assert Anonymizer(detect=lambda f, b: []).still is None  # a detector of one's own: every keyframe whole
+    assert Anonymizer(detect=True, still=None).still is None
+
+
 def test_bad_parameters():
     with pytest.raises(ValueError, match="cell"):
         ChangedAreas(cell=7)
