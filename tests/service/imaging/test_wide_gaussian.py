@@ -78,6 +78,9 @@ def test_alpha_is_kept_and_colour_blurred():
     full = cv2.GaussianBlur(img[:, :, :3], (151, 151), 25.0)
     assert np.array_equal(out[10:110, 20:180, :3], full[10:110, 20:180])
     assert np.array_equal(out[:, :, 3], img[:, :, 3])
+    out = _run({"filter": BLURS[0][0], "roi": {"boxes": [[0, 0, 90, 60]]}, "format": "npy"}, img)  # at the corner
+    assert np.array_equal(out[:60, :90, :3], full[:60, :90])
+    assert np.array_equal(out[:, :, 3], img[:, :, 3])
 
 
 @pytest.mark.parametrize("rect", [(0, 0, 64, 48), (100, 70, 260, 180), (230, 150, 300, 200), (0, 0, 300, 200)])
