@@ -208,8 +208,12 @@ class Anonymizer:
         self.last_key = index
 
     def _search(self, frame: np.ndarray) -> list[np.ndarray]:
-        """A keyframe's faces: the whole frame, or where :attr:`still` says it changed or faces were."""
-        areas = None if self.still is None else self.still.areas(frame, self._key_faces)
+        """A keyframe's faces: the whole frame, or where :attr:`still` says it changed or faces were (found on the
+        previous keyframe, or last seen by an open track)."""
+        if self.still is None:
+            return self.detector(frame, None)
+        tracked = [tr.boxes[-1] for tr in self.timeline.tracks if tr.shot[1] is None]  # also found between keyframes
+        areas = self.still.areas(frame, self._key_faces + tracked)
         if areas is None:
             return self.detector(frame, None)
         if not areas:
