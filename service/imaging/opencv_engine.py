@@ -10,6 +10,9 @@ vector body and the scalar tail of a row round differently, so the window is ali
 image's right edge when it is near): every pixel then falls on the same SIMD lane layout as in the whole image and
 matches bit for bit too.
 
+An 8-bit gaussian with a large kernel (a face's "auto" blur) is computed by :mod:`.wide_gaussian` instead: OpenCV's
+fixed-point sums as two matrix products over only the piece's rows and columns, equal to cv2.GaussianBlur bit for bit.
+
 ``wrap`` (which most OpenCV filters refuse) is built explicitly: the window is gathered with indices modulo the
 image size. ``median`` always extrapolates as cv2.medianBlur does (replicate), whatever ``border`` says.
 """
@@ -23,6 +26,7 @@ import numpy as np
 
 from .filters import BORDERS, FilterOp, piece_side, sized_op
 from .regions import Piece
+from .wide_gaussian import wide_gaussian
 
 __all__ = ["apply", "footprint", "pixelate_region"]
 
@@ -94,6 +98,11 @@ def _compute(op, planes, p: Piece, border: str, dtype, float_out: bool, origin) 
         return np.broadcast_to(color.astype(dtype), (h, w, planes.shape[2]))
     if op.name == "pixelate":
         return pixelate_region(planes, p, op.extra["block"], origin, rounded=not float_out).astype(dtype, copy=False)
+    if op.name == "gaussian" and not float_out and border != "wrap":
+        ksize, sigma = (op.ksize[1], op.ksize[0]), (op.extra["sigma"] or 0, op.extra["sigma_y"] or 0)
+        res = wide_gaussian(planes, (p.x0, p.y0, p.x1, p.y1), ksize, sigma, BORDERS[border][1])
+        if res is not None:
+            return res  # OpenCV's 8-bit pixels, computed only inside the piece (wide_gaussian's docstring)
     fn, hx, hy, align = _plan(op, border, float_out)
     win, wx, wy = _window(planes, p, hx, hy, border, align)
     res = fn(win)  # [h + halo, w + halo(, color)] in the result depth

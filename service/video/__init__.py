@@ -2,6 +2,7 @@
 
 - :mod:`.stream`: :class:`Anonymizer`, frames in, frames out, with state across frames (numpy, OpenCV; torch only
   where the detector runs);
+- :mod:`.still`: where a still camera's keyframe changed (the detector searches only there);
 - :mod:`.hold`: faces across frames (tracks, local detection between keyframes, the hold window);
 - :mod:`.tracks`: ROI tracks given in JSON, interpolated between keys;
 - :mod:`.container`: files in and out with PyAV (the ``video`` extra): timestamps kept, audio and subtitles remuxed;
@@ -16,6 +17,7 @@ from .formats import VIDEO_SUFFIXES, is_video, output_format
 
 _LAZY = {
     "Anonymizer": "stream",
+    "ChangedAreas": "still",
     "FaceDetector": "stream",
     "RoiTracks": "tracks",
     "Timeline": "hold",
@@ -37,6 +39,7 @@ def __getattr__(name: str):
 __all__ = [
     "VIDEO_SUFFIXES",
     "Anonymizer",
+    "ChangedAreas",
     "FaceDetector",
     "RoiTracks",
     "Timeline",

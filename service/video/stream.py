@@ -28,13 +28,15 @@ import cv2
 import numpy as np
 
 from .hold import Timeline
+from .still import ChangedAreas
 from .tracks import RoiTracks
 
 __all__ = ["Anonymizer", "Detector", "FaceDetector"]
 
 log = logging.getLogger("roiconv.video")
 
-Detector = Callable[[np.ndarray, np.ndarray | None], list[np.ndarray]]  # (BGR frame, search box | None) → boxes
+# (BGR frame, search box (x0, y0, x1, y1) | None for the whole frame) → boxes
+Detector = Callable[[np.ndarray, np.ndarray | None], list[np.ndarray]]
 
 DEFAULT_INTERVAL = 8
 DEFAULT_HOLD = 12
@@ -44,7 +46,8 @@ _THUMB = (64, 36)
 
 class FaceDetector:
     """CenterFace (:func:`service.imaging.faces.detect_faces`) as a :data:`Detector`: the whole frame, or only
-    faces whose centre lies inside the search box. Counts its calls and the pixels it was asked to look at."""
+    faces whose centre lies inside the search box (or boxes: an array [n, 4], searched in one call). Counts its
+    calls."""
 
     def __init__(self, threshold: float = 0.2, max_side: int | None = None) -> None:
         from ..imaging.faces import DEFAULT_MAX_SIDE, detect_faces
@@ -57,12 +60,12 @@ class FaceDetector:
         within = None
         if box is not None:
             H, W = frame.shape[:2]
-            x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
-            x1, y1 = min(W, int(np.ceil(box[2]))), min(H, int(np.ceil(box[3])))
-            if x1 <= x0 or y1 <= y0:
-                return []
             within = np.zeros((H, W), bool)
-            within[y0:y1, x0:x1] = True
+            for b in np.asarray(box, np.float64).reshape(-1, 4):
+                x0, y0 = max(0, int(b[0])), max(0, int(b[1]))
+                within[y0 : min(H, int(np.ceil(b[3]))), x0 : min(W, int(np.ceil(b[2])))] = True
+            if not within.any():
+                return []
             self.local_calls += 1
         self.calls += 1
         faces = self._detect(frame, threshold=self.threshold, within=within, max_side=self.max_side, color="bgr")
@@ -89,6 +92,9 @@ class Anonymizer:
         roi: image shapes filtered in every frame (boxes, polygons, circles, ellipses); ``tracks``: :class:`RoiTracks`.
         interval: frames from one keyframe to the next; hold: frames a face stays covered before its first and
             after its last detection; cut: the scene-cut threshold (None: no cut detection).
+        still: where keyframes are searched (:class:`.still.ChangedAreas`: only where the frame changed and where
+            faces were, the whole frame at times); None: every keyframe whole. Default: ChangedAreas() with
+            :class:`FaceDetector` (``detect=True`` or an instance), None with a detector of your own.
         max_pixels: the largest frame accepted.
     """
 
@@ -105,6 +111,7 @@ class Anonymizer:
         interval: int = DEFAULT_INTERVAL,
         hold: int = DEFAULT_HOLD,
         cut: float | None = DEFAULT_CUT,
+        still: ChangedAreas | None | bool = True,
         outside: str = "keep",
         border: str = "reflect101",
         max_pixels: int = 1 << 28,
@@ -112,6 +119,10 @@ class Anonymizer:
         if interval < 1:
             raise ValueError(f"interval must be >= 1 frame, got {interval}")
         self.detector: Detector | None = FaceDetector(threshold) if detect is True else (detect or None)
+        if still is True:  # CenterFace sees pixels: a cell that did not change shows it nothing new
+            still = ChangedAreas() if isinstance(self.detector, FaceDetector) else None
+        self.still: ChangedAreas | None = still or None
+        self._key_faces: list[np.ndarray] = []  # the faces of the last keyframe
         self.filter = filter or {"name": "gaussian"}
         self.scale, self.shape, self.roi, self.tracks = scale, shape, dict(roi or {}), tracks
         self.interval, self.hold, self.cut = interval, hold, cut
@@ -136,6 +147,9 @@ class Anonymizer:
         if is_cut and index > 0:
             self._close(index - 1)  # the shot before the cut ends with a keyframe
             self.timeline.cut(index)
+            self._key_faces = []
+            if self.still is not None:
+                self.still.reset()
             self.cuts += 1
             out = self._emit(index)  # nothing crosses a cut: every earlier frame is final
         else:
@@ -185,12 +199,28 @@ class Anonymizer:
         return self.buffer[index - self.buffer[0].index].pixels
 
     def _keyframe(self, index: int) -> None:
-        boxes = [] if self.detector is None else self.detector(self._frame(index), None)
+        boxes = [] if self.detector is None else self._search(self._frame(index))
+        self._key_faces = boxes
         self.keyframes += 1
         if self.detector is not None:
             local = lambda t, box: self.detector(self._frame(t), box)  # noqa: E731
             self.timeline.keyframe(index, boxes, local, self.buffer[0].index)
         self.last_key = index
+
+    def _search(self, frame: np.ndarray) -> list[np.ndarray]:
+        """A keyframe's faces: the whole frame, or where :attr:`still` says it changed or faces were (found on the
+        previous keyframe, or last seen by an open track)."""
+        if self.still is None:
+            return self.detector(frame, None)
+        tracked = [tr.boxes[-1] for tr in self.timeline.tracks if tr.shot[1] is None]  # also found between keyframes
+        areas = self.still.areas(frame, self._key_faces + tracked)
+        if areas is None:
+            return self.detector(frame, None)
+        if not areas:
+            return []
+        if isinstance(self.detector, FaceDetector):
+            return self.detector(frame, np.stack(areas))  # [n, 4]: one call, one resize of the frame
+        return [b for a in areas for b in self.detector(frame, a)]
 
     def _close(self, index: int) -> None:
         """Frame ``index`` becomes a keyframe (unless it is one): the frames since the last one are filled in."""
