@@ -166,7 +166,7 @@ class IncrementalDetector:
         import torch
 
         from ..imaging.faces import network_size
-        from ..imaging.faces.decode import decode
+        from ..imaging.faces.decode import decode_maps
 
         if box is not None:
             return self.local(frame, box)
@@ -177,7 +177,7 @@ class IncrementalDetector:
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()  # [1, 3, h, w]
         with torch.inference_mode():
             heat, scale, offset, marks = self.net(x)
-        boxes, _ = decode(heat[0], scale[0], offset[0], marks[0], self.threshold)
+        boxes, _ = decode_maps(heat[0], scale[0], offset[0], marks[0], self.threshold)
         return [b[:4].astype(np.float64) * [W / w, H / h, W / w, H / h] for b in boxes]
 
 

@@ -11,7 +11,7 @@ from .sizes import DEFAULT_MAX_SIDE, detect_bytes, network_size
 # The torch-backed names load on first use, so that the size policy (which the server's admission reads) imports
 # without torch.
 _LAZY = {
-    "decode": "decode",
+    "decode_maps": "decode",
     "nms": "decode",
     "CONTEXT": "detect",
     "Face": "detect",
@@ -40,7 +40,7 @@ __all__ = [
     "CenterFace",
     "Face",
     "crop_rects",
-    "decode",
+    "decode_maps",
     "detect_bytes",
     "detect_faces",
     "face_pieces",

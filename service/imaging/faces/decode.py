@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["NMS_IOU", "candidates", "decode", "nms"]
+__all__ = ["NMS_IOU", "candidates", "decode_maps", "nms"]
 
 NMS_IOU = 0.3
 _STRIDE = 4
 
 
-def decode(
+def decode_maps(
     heat: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, marks: torch.Tensor, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes and landmarks from one image's maps (see :func:`candidates`) after NMS, by decreasing score."""

@@ -234,3 +234,12 @@ def test_rotated_heads_are_found():
     rgb = composite(photos()["coffee"], 384, 320, [(20, 20, 150, 25.0), (220, 150, 150, -25.0)])
     assert len([f for f in detect_faces(rgb) if f.score > 0.5]) == 2
     assert head(50).shape == (50, 50, 3)
+
+
+def test_package_names_are_not_shadowed_by_its_submodules():
+    """Every public name the package loads lazily is the object its submodule defines, whatever was imported first."""
+    for name in faces.__all__:
+        module = getattr(faces, "_LAZY", {}).get(name)
+        if module is not None:
+            importlib.import_module(f"service.imaging.faces.{module}")
+            assert getattr(faces, name) is getattr(importlib.import_module(f"service.imaging.faces.{module}"), name)
