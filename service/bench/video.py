@@ -136,10 +136,10 @@ def bench_clip(name: str, clip: Clip, tmp: Path, target: float) -> list[tuple]:
         (f"{label}: frames/s", f"{fps_ours:.2f} vs {fps_deface:.2f}", f"{ratio:.2f}x", f"≥ {target:g}x",
          ratio >= target),
         (f"{label}: CPU s per frame, all processes", f"{c_ours / clip.frames:.3f} vs {c_deface / clip.frames:.3f}",
-         f"{c_deface / c_ours:.2f}x", "", True),
+         f"{c_deface / c_ours:.2f}x", "", None),
         (f"{label}: frames/s with --filter box (leaked face-frames)",
          f"{clip.frames / t_box:.2f} vs {fps_deface:.2f} ({j_box['leaks']} vs {j_deface['leaks']})",
-         f"{clip.frames / t_box / fps_deface:.2f}x", "", True),
+         f"{clip.frames / t_box / fps_deface:.2f}x", "", None),
         (f"{label}: leaked face-frames", f"{j_ours['leaks']} vs {j_deface['leaks']} of {j_ours['face_frames']}", "",
          "0", j_ours["leaks"] == 0),
         (f"{label}: frames, size, audio out (input {clip.frames}, {w}x{h}, aac)",
@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| what | ours vs deface | ratio | target | met |")
     print("|---|---|---|---|---|")
     for what, value, ratio, target, ok in rows:
-        print(f"| {what} | {value} | {ratio} | {target} | {'yes' if ok else 'NO'} |")
+        met = "" if ok is None else "yes" if ok else "NO"  # None: a figure reported beside the targets, none of its own
+        print(f"| {what} | {value} | {ratio} | {target} | {met} |")
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average at the end: {load} ({os.cpu_count()} cores, shared)")
     return 0
