@@ -106,21 +106,7 @@ def morph_conv2d(
         return dense_window_op(input, signed, _plus, geom, mask, out, (input.shape[0], O, *geom.out_hw), **reduction)
 
     def compiled(s):
-        if Cg * kh * kw > TAP_FORM_MAX_ELEMENTS:  # a reduction loop over the window: the fused band
-            result = output(s)
-            compiled_window_op("morph_conv2d", input, signed, _plus, "plus", result, s.mask, s.geom, **reduction)
-            return result
-        g = s.geom
-        if s.mask is None:  # the whole input in one call: zeros read in the kernel, other borders padded once
-            x, pad = (input, g.pad) if g.padding_mode == "zeros" else (pad_input(input, g), (0, 0, 0, 0))
-            y = extremum_band("morph_conv2d", x, wg, reduction["reduce"], g.stride, g.dilation, pad)
-            return y if s.out is None else s.out.copy_(y)
-
-        def band(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
-            return extremum_band("morph_conv2d", patch, wg, reduction["reduce"], band.geom.stride, band.geom.dilation)
-
-        run_tiles_op(input, g, s.mask, s.out, band, position_bytes=(input.shape[1] + 2 * O) * input.element_size())
-        return s.out
+        return _compiled(input, signed, wg, reduction, s, output)
 
     def compute(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
         if track:
@@ -154,6 +140,29 @@ def morph_conv2d(
         params=(weight,),
         allocate=mask is not None,  # the whole input's compiled result is returned as it comes
     )
+
+
+def _compiled(input, signed, wg, reduction, s, output) -> torch.Tensor:
+    """The compiled forms of :func:`morph_conv2d` for the planned call ``s``: the tap form (one fused elementwise
+    max/min over the shifted views, with the winner's index) up to ``TAP_FORM_MAX_ELEMENTS`` window elements per
+    output, the fused band beyond. ``wg`` [G, O/G, Cg, kh, kw] is the signed weight by group."""
+    _, _, Cg, kh, kw = wg.shape
+    if Cg * kh * kw > TAP_FORM_MAX_ELEMENTS:  # a reduction loop over the window: the fused band
+        result = output(s)
+        compiled_window_op("morph_conv2d", input, signed, _plus, "plus", result, s.mask, s.geom, **reduction)
+        return result
+    g = s.geom
+    if s.mask is None:  # the whole input in one call: zeros read in the kernel, other borders padded once
+        x, pad = (input, g.pad) if g.padding_mode == "zeros" else (pad_input(input, g), (0, 0, 0, 0))
+        y = extremum_band("morph_conv2d", x, wg, reduction["reduce"], g.stride, g.dilation, pad)
+        return y if s.out is None else s.out.copy_(y)
+
+    def band(patch: torch.Tensor, band) -> torch.Tensor:  # patch [B, C, h_in, w_in] -> [B, O, h, w]
+        return extremum_band("morph_conv2d", patch, wg, reduction["reduce"], band.geom.stride, band.geom.dilation)
+
+    O = signed.shape[0]
+    run_tiles_op(input, g, s.mask, s.out, band, position_bytes=(input.shape[1] + 2 * O) * input.element_size())
+    return s.out
 
 
 def _plus(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
