@@ -383,3 +383,19 @@ def test_stopping_a_replica_mid_load_loses_no_request(cluster, sig):
         f"\n{sig.name}: {N_REQUESTS} requests in {elapsed:.1f}s, all 200 and correct; served {served}; "
         f"{len(retried)} retried by nginx (first attempt statuses {first_try}); stop after {STOP_AFTER} responses"
     )
+
+
+def test_a_raw_body_with_its_spec_header_passes_through_nginx(cluster):
+    """The client's raw upload (the file as the body, the spec in X-Spec) reaches a replica through the load
+    balancer whole: the answer equals the multipart one and OpenCV's."""
+    _, nginx = cluster
+    image, spec = _image(), VARIANTS[0]
+    png = _png(image)
+    with httpx.Client(base_url=f"http://127.0.0.1:{nginx.port}", timeout=30) as client:
+        headers = {"Content-Type": "application/octet-stream", "X-Spec": json.dumps(spec)}
+        raw = client.post("/convolve", content=png, headers=headers)
+        multipart = _post(client, png, spec)
+    assert raw.status_code == multipart.status_code == 200, raw.text[:300]
+    assert raw.content == multipart.content
+    diff = np.abs(_decode(raw.content).astype(int) - _expected_by_opencv(image, spec).astype(int))
+    assert diff.max() <= 1
