@@ -1,7 +1,7 @@
-"""The abuse probe of issue 20: ``python -m service.bench.abuse [--quick]``.
+"""The abuse probe (decode bombs, slow work, the upload trickle): ``python -m service.bench.abuse [--quick]``.
 
 Starts a real server (``python -m service`` on 127.0.0.1) under the default settings, then under a 64 MiB budget
-(ROICONV_MAX_INFLIGHT_BYTES), sends each bomb of the issue while a small request is sent every 0.25 s, and prints
+(ROICONV_MAX_INFLIGHT_BYTES), sends each bomb while a small request is sent every 0.25 s, and prints
 a table: the answer's status, its wall time, the server's CPU seconds for it, its peak RSS (VmHWM, reset before
 each probe) and the slowest small request meanwhile. Then: slow work against MAX_QUEUE, the 140-socket upload
 trickle, and the client against a trickling fake server. Loopback only; every probe is bounded in size and time.

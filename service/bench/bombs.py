@@ -1,5 +1,6 @@
-"""The inputs of issue 20, built here for the abuse probe (``python -m service.bench.abuse``) and the abuse tests:
-each costs a decoder or the ROI drawing more than its declared size (and, before the checks, the server minutes)."""
+"""The abuse inputs (decode and drawing bombs), built here for the abuse probe (``python -m service.bench.abuse``)
+and the abuse tests: each costs a decoder or the ROI drawing more than its declared size (and, before the checks,
+the server minutes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The standing abuse suite, the client against a misbehaving fake server on loopback (issue 20, item 8): a server
+"""The standing abuse suite, the client against a misbehaving fake server on loopback: a server
 that trickles, lies about sizes or sends nonsense makes every call end within the client's timeout with a
 RoiconvError, never a hang, a ValueError, an httpx error or a MemoryError."""
 

@@ -1,4 +1,4 @@
-"""The standing abuse suite, admission (issue 20, item 5): a request answered 504 while its thread still runs keeps
+"""The standing abuse suite, admission: a request answered 504 while its thread still runs keeps
 its queue place and its memory until that thread stops, so timed-out work cannot pile up on the CPU pool."""
 
 from __future__ import annotations

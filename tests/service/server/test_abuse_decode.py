@@ -1,4 +1,4 @@
-"""The standing abuse suite, decode bombs (issue 20, items 1-4): files whose decode would cost more than their
+"""The standing abuse suite, decode bombs: files whose decode would cost more than their
 declared size, and ROI drawing measured on the canvas actually drawn. Each reproducer is scaled down to run in well
 under a second once refused; without its check each is decoded (200) or drawn at length."""
 

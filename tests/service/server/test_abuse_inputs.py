@@ -1,5 +1,5 @@
-"""The standing abuse suite, inputs that were 500s or silent inf/NaN, and the informational items (issue 20, items
-9-11): each answered 4xx naming the field; the page unframable; /info and /metrics behind the API key; Host check."""
+"""The standing abuse suite, inputs that were 500s or silent inf/NaN, and the informational items:
+each answered 4xx naming the field; the page unframable; /info and /metrics behind the API key; Host check."""
 
 from __future__ import annotations
 

@@ -209,7 +209,7 @@ def test_sigterm_under_retrying_load_exits_once_admitted_work_is_done(server_pro
 
 
 def test_trickling_sockets_lose_their_upload_slots_to_other_requests(server_process):
-    # issue 20 item 6, scaled down: 12 sockets trickling a byte every 0.5 s against 8 upload slots (140 against 128
+    # the upload trickle, scaled down: 12 sockets trickling a byte every 0.5 s against 8 upload slots (140 against 128
     # in the issue); one shared pool answered every other request 429
     server = server_process({"ROICONV_MAX_UPLOADS": "8"})
     body, ctype = _multipart(IMG)

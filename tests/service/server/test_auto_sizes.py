@@ -1,4 +1,4 @@
-"""Strong by default (issue #18): "auto" sizes per ROI piece, a bare filter name, unknown fields with the closest
+"""Strong by default: "auto" sizes per ROI piece, a bare filter name, unknown fields with the closest
 valid one, shapes wholly outside the image. Oracle: OpenCV on the whole image with the size written out from the
 documented rule (docs/anonymization.md), pasted inside each piece."""
 

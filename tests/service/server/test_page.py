@@ -71,7 +71,7 @@ def test_draw_a_box_run_and_only_the_box_changes(server, browser, tmp_path):
     assert abs(x0 - 80) <= 3 and abs(y0 - 60) <= 3 and abs(x1 - 200) <= 3 and abs(y1 - 150) <= 3, shapes
     Select(browser.find_element(By.ID, "filter")).select_by_value("gaussian")
     ksize = browser.find_element(By.ID, "param-ksize")
-    assert ksize.get_attribute("value") == "auto"  # the page's default: sized to each shape (issue #18)
+    assert ksize.get_attribute("value") == "auto"  # the page's default: sized to each shape
     ksize.clear()
     ksize.send_keys("15")
     browser.find_element(By.ID, "run").click()
