@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from oracles import GEOMETRIES, MODES, geometry_id, masks
 from oracles import pair as _pair
 from oracles import windows as _windows
-from support import patch_run_compiled
+from support import patch_run_compiled, record_compiled
 
 import convcore.compile.cache as cc
 import convcore.compile.dispatch as dispatch_mod
@@ -189,13 +189,7 @@ def test_auto_keeps_a_function_compiled_once_it_was(monkeypatch, device, assert_
     its small calls (a 10% ROI) take the compiled path too."""
     if cc.compiler_missing(torch.device(device)) is not None:
         pytest.fail("needs a compiler so that compile='auto' may take the compiled route")
-    ran = []
-
-    def run(name, core, key, args, dynamic=()):
-        ran.append(name)
-        return core(*args)
-
-    patch_run_compiled(monkeypatch, run)
+    ran = record_compiled(monkeypatch)
     monkeypatch.setattr(cc, "AUTO_MIN_WORK", 2 * 3 * 16 * 16 * 3 * 9)  # the large call below, not the small one
     try:
         x, w = torch.randn(2, 3, 16, 16, device=device), torch.randn(3, 3, 3, 3, device=device)
@@ -369,13 +363,7 @@ def test_auto_compiles_a_layer_once_its_eager_calls_paid_for_a_compile(monkeypat
     for morphology, whose compiled forms measured faster than its eager loop."""
     if cc.compiler_missing(torch.device(device)) is not None:
         pytest.fail("needs a compiler so that compile='auto' may take the compiled route")
-    ran = []
-
-    def run(name, core, key, args, dynamic=()):
-        ran.append(name)
-        return core(*args)
-
-    patch_run_compiled(monkeypatch, run)
+    ran = record_compiled(monkeypatch)
     spent = {}
 
     def count(layer, seconds):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from oracles import GEOMETRIES, geometry_id, masked, masks
 from oracles import morph as oracle_morph
 from oracles import pair as _pair
-from support import patch_run_compiled
+from support import record_compiled
 
 import convcore.compile.cache as cc
 from convcore import morph_conv2d
@@ -27,14 +27,7 @@ GROUPINGS = [(4, 4, 4), (4, 8, 4), (4, 6, 2)]
 @pytest.fixture
 def ran(monkeypatch):
     """Run every compiled core uncompiled; the list of (module, core) that ran."""
-    names = []
-
-    def run(name, core, key, args, dynamic=()):
-        names.append((core.__module__.rsplit(".", 1)[-1], core.__name__))
-        return core(*args)
-
-    patch_run_compiled(monkeypatch, run)
-    return names
+    return record_compiled(monkeypatch, lambda name, core: (core.__module__.rsplit(".", 1)[-1], core.__name__))
 
 
 def _check(x, w, mode, assert_close, **kwargs):

@@ -13,7 +13,7 @@ import torch
 from oracles import GEOMETRIES, geometry_id, masks
 from oracles import pair as _pair
 from oracles import windows as _windows
-from support import patch_run_compiled
+from support import patch_run_compiled, record_compiled
 
 import convcore.compile.cache as cc
 from convcore import morph_conv2d, window_op2d
@@ -31,14 +31,7 @@ def _plus(a, c):
 @pytest.fixture
 def cores(monkeypatch):
     """Run every compiled core uncompiled and record which ran."""
-    ran = []
-
-    def run(name, core, key, args, dynamic=()):
-        ran.append(core.__name__)
-        return core(*args)
-
-    patch_run_compiled(monkeypatch, run)
-    return ran
+    return record_compiled(monkeypatch, lambda name, core: core.__name__)
 
 
 def _oracle(x, w, fn, reduce, geometry, mode):

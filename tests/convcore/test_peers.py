@@ -13,7 +13,7 @@ from oracles import GEOMETRIES, geometry_id, masks
 from oracles import conv as oracle_conv
 from oracles import pair as _pair
 from oracles import windows as _windows
-from support import patch_run_compiled
+from support import patch_run_compiled, record_compiled
 
 import convcore.compile.cache as cc
 from convcore import ADDERNET_GRAD, DistanceConv2d, distance_conv2d, window_op2d
@@ -181,14 +181,7 @@ def test_adder_weight_gradient_as_a_convolution(geometry, groups, route, ran_cor
 @pytest.fixture
 def ran_cores(monkeypatch):
     """The compiled route with its computes called uncompiled; the names of those that ran."""
-    names = []
-
-    def run(name, core, key, args, dynamic=()):
-        names.append(core.__name__)
-        return core(*args)
-
-    patch_run_compiled(monkeypatch, run)
-    return names
+    return record_compiled(monkeypatch, lambda name, core: core.__name__)
 
 
 @pytest.mark.parametrize("form", ["strided", "keep_window", "logsumexp"])
